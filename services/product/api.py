@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from services.product import handlers
+from services.product.schemas import ProductIn, ProductOut
+from shared.runtime import ServiceRuntime, get_runtime
+
+router = APIRouter(tags=["products"])
+Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
+
+
+@router.post("/products", status_code=201, response_model=ProductOut)
+def create_product(body: ProductIn, runtime: Runtime) -> ProductOut:
+    with runtime.uow() as unit:
+        return ProductOut.model_validate(handlers.create_product(unit, body))
+
+
+@router.get("/products", response_model=list[ProductOut])
+def list_products(runtime: Runtime) -> list[ProductOut]:
+    with runtime.uow() as unit:
+        return [ProductOut.model_validate(p) for p in handlers.list_products(unit)]
+
+
+@router.get("/products/{product_id}", response_model=ProductOut,
+            responses={404: {"description": "Unknown product"}})
+def get_product(product_id: str, runtime: Runtime) -> ProductOut:
+    with runtime.uow() as unit:
+        return ProductOut.model_validate(handlers.get_product(unit, product_id))

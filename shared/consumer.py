@@ -1,0 +1,256 @@
+"""The consumer loop: pub/sub handlers on a real broker, applied at least once, effectively once.
+
+    events = EventRouter()
+
+    @events.on("order-created", OrderCreated)
+    def on_order_created(unit, event, payload):
+        handlers.reserve_stock(unit, payload)
+
+Each message is decoded, claimed in the processed-events table and handled in one DB
+transaction; only after that commits is its offset stored (auto-commit then commits it).
+Malformed messages, unknown types and handlers that keep failing are dead-lettered and the
+loop moves on; a database or broker outage rewinds and waits instead."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared import tracing
+from shared.db import ProcessedEventMixin
+from shared.deadletter import DeadLetter, Reason, dead_letter
+from shared.envelope import Envelope, InvalidEnvelope
+from shared.idempotency import Claim, claim
+from shared.producer import DeliveryError, EventProducer
+from shared.unit_of_work import Unit, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Unit, Envelope, Any], None]
+TRANSIENT = (OperationalError, DeliveryError, KafkaException)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    event_type: str
+    model: type[BaseModel]
+    handler: Handler
+
+
+class EventRouter:
+    """Maps event types to handlers. Types on a subscribed topic that this service does
+    not handle must be declared with `ignore`; anything else is an unknown type."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.ignored: set[str] = set()
+
+    def on(self, event_type: str, model: type[BaseModel]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            if event_type in self.routes:
+                raise ValueError(f"{event_type} already has a handler")
+            self.routes[event_type] = Route(event_type, model, handler)
+            return handler
+
+        return register
+
+    def ignore(self, *event_types: str) -> None:
+        self.ignored.update(event_types)
+
+
+class UnknownEventType(InvalidEnvelope):
+    pass
+
+
+class _Rewind(Exception):
+    """Stop the batch here and consume this message again after a pause."""
+
+
+def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,  # store only after the DB transaction commits
+        "auto.commit.interval.ms": 1000,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    config.update(overrides)
+    return config
+
+
+class ConsumerWorker:
+    """Runs one consumer-group member in a background thread."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topics: Sequence[str],
+        router: EventRouter,
+        uow: UnitOfWork,
+        processed_model: type[ProcessedEventMixin],
+        producer: EventProducer,
+        dead_letter_topic: str,
+        group_id: str | None = None,
+        batch_size: int = 200,
+        max_attempts: int = 3,
+        backoff: float = 0.1,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
+        self._topics = list(topics)
+        self._router = router
+        self._uow = uow
+        self._processed = processed_model
+        self._producer = producer
+        self._dlq_topic = dead_letter_topic
+        self._batch_size = batch_size
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_poll = 0.0
+        self.applied = 0
+        self.dead_lettered = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"consumer-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+
+        def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            try:  # hand over exactly what was applied
+                c.commit(asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._NO_OFFSET:
+                    log.warning("commit on revoke failed: %s", exc)
+
+        consumer.subscribe(self._topics, on_revoke=on_revoke)
+        try:
+            while not self._stop.is_set():
+                self.last_poll = time.monotonic()
+                batch = consumer.consume(self._batch_size, 0.5)
+                for index, message in enumerate(batch):
+                    try:
+                        self._process(consumer, message)
+                    except _Rewind as exc:
+                        self.last_error = str(exc.__cause__ or exc)
+                        log.warning(
+                            "%s: transient failure, rewinding: %s", self.name, self.last_error
+                        )
+                        _rewind(consumer, batch[index:])
+                        self._stop.wait(1.0)
+                        break
+        finally:
+            consumer.close()  # commits stored offsets and leaves the group
+
+    def _process(self, consumer: Consumer, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.info("%s: %s", self.name, error)
+            return
+        try:
+            event = Envelope.from_message(message)
+            route = self._router.routes.get(event.type)
+            if route is None:
+                if event.type not in self._router.ignored:
+                    raise UnknownEventType(f"unknown event type {event.type!r}")
+                consumer.store_offsets(message=message)
+                return
+            payload = event.payload(route.model)
+        except InvalidEnvelope as exc:
+            unknown = isinstance(exc, UnknownEventType)
+            reason = Reason.UNKNOWN_TYPE if unknown else Reason.INVALID_ENVELOPE
+            self._dead_letter(message, DeadLetter(reason, str(exc)))
+        except ValidationError as exc:
+            self._dead_letter(message, DeadLetter(Reason.INVALID_PAYLOAD, str(exc)))
+        else:
+            self._apply(message, event, route, payload)
+        consumer.store_offsets(message=message)
+
+    def _apply(self, message: Message, event: Envelope, route: Route, payload: Any) -> None:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                with tracing.consuming(event), self._uow() as unit:
+                    outcome = claim(unit.session, self._processed, self.name, event)
+                    if outcome is Claim.NEW:
+                        route.handler(unit, event, payload)
+            except TRANSIENT as exc:
+                raise _Rewind() from exc
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise _Rewind() from exc
+                failure: Exception = exc
+            except Exception as exc:  # a bug or bad data in the handler
+                failure = exc
+            else:
+                if outcome is Claim.CONFLICT:
+                    self._dead_letter(
+                        message,
+                        DeadLetter(
+                            Reason.CONFLICT, f"event id {event.id} was applied with another payload"
+                        ),
+                    )
+                elif outcome is Claim.NEW:
+                    self.applied += 1
+                return
+            log.warning(
+                "%s: handler for %s failed (attempt %d/%d): %r",
+                self.name,
+                event.type,
+                attempt,
+                self._max_attempts,
+                failure,
+            )
+            if attempt < self._max_attempts:
+                self._stop.wait(self._backoff * 2 ** (attempt - 1))
+        self._dead_letter(message, DeadLetter(Reason.HANDLER_FAILED, repr(failure)))
+
+    def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
+        try:
+            dead_letter(self._producer, self._dlq_topic, message, self.name, letter)
+        except DeliveryError as exc:
+            raise _Rewind() from exc
+        self.dead_lettered += 1
+
+
+def _rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:
+    """Seek every partition in `unprocessed` back to its first message not yet applied."""
+    first: dict[tuple[str, int], int] = {}
+    for message in unprocessed:
+        if message.error() is None:
+            key = (message.topic(), message.partition())
+            first.setdefault(key, message.offset())
+    for (topic, partition), offset in first.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:  # revoked meanwhile: the next owner starts there anyway
+            log.info("seek %s[%d] failed: %s", topic, partition, exc)

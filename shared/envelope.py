@@ -1,0 +1,180 @@
+"""The event envelope: a JSON payload plus CloudEvents 1.0 binary-mode Kafka headers.
+
+On the wire an event is a Kafka record whose key is the aggregate id, whose value is the
+JSON payload, and whose headers carry the CloudEvents attributes (`ce_*`), the
+`content-type`, and the W3C `traceparent` of the span that emitted it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from pydantic import BaseModel
+
+SPEC_VERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+H_SPECVERSION = "ce_specversion"
+H_ID = "ce_id"
+H_TYPE = "ce_type"
+H_SOURCE = "ce_source"
+H_TIME = "ce_time"
+H_CORRELATION = "ce_correlationid"
+H_CAUSATION = "ce_causationid"
+H_CONTENT_TYPE = "content-type"
+H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
+
+REQUIRED_HEADERS = (H_SPECVERSION, H_ID, H_TYPE, H_SOURCE)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidEnvelope(ValueError):
+    """A Kafka record that is not a well-formed event of ours."""
+
+
+class KafkaRecord(Protocol):
+    """What the envelope needs of a `confluent_kafka.Message`."""
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+    def key(self) -> bytes | str | None: ...
+    def value(self) -> bytes | str | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 with a `Z` suffix, as CloudEvents recommends."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def dump_json(payload: BaseModel | dict[str, Any]) -> bytes:
+    if isinstance(payload, BaseModel):
+        return orjson.dumps(payload.model_dump(mode="json"))
+    return orjson.dumps(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One event. `topic`, `partition` and `offset` are set only on consumed events."""
+
+    type: str
+    source: str
+    key: str
+    data: bytes
+    id: str = field(default_factory=new_id)
+    time: datetime = field(default_factory=utcnow)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+
+    def payload(self, model: type[M]) -> M:
+        """Validate the JSON payload against `model` (raises pydantic.ValidationError)."""
+        return model.model_validate_json(self.data)
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what makes two deliveries of one event id the same event."""
+        digest = hashlib.sha256()
+        for part in (self.type.encode(), self.key.encode(), self.data):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        headers = [
+            (H_SPECVERSION, SPEC_VERSION.encode()),
+            (H_ID, self.id.encode()),
+            (H_TYPE, self.type.encode()),
+            (H_SOURCE, self.source.encode()),
+            (H_TIME, format_time(self.time).encode()),
+            (H_CONTENT_TYPE, CONTENT_TYPE.encode()),
+        ]
+        optional = (
+            (H_CORRELATION, self.correlation_id),
+            (H_CAUSATION, self.causation_id),
+            (H_TRACEPARENT, self.traceparent),
+            (H_TRACESTATE, self.tracestate),
+        )
+        headers.extend((name, value.encode()) for name, value in optional if value)
+        return headers
+
+    def at(self, topic: str, partition: int, offset: int) -> Envelope:
+        return replace(self, topic=topic, partition=partition, offset=offset)
+
+    @classmethod
+    def from_headers(
+        cls, headers: list[tuple[str, bytes]] | dict[str, bytes], key: str, data: bytes
+    ) -> Envelope:
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        try:
+            text = {name: value.decode() for name, value in pairs if value is not None}
+        except (UnicodeDecodeError, AttributeError) as exc:
+            raise InvalidEnvelope(f"header is not UTF-8 text: {exc}") from exc
+        missing = [name for name in REQUIRED_HEADERS if not text.get(name)]
+        if missing:
+            raise InvalidEnvelope(f"missing CloudEvents header(s): {', '.join(missing)}")
+        if text[H_SPECVERSION] != SPEC_VERSION:
+            raise InvalidEnvelope(f"unsupported ce_specversion {text[H_SPECVERSION]!r}")
+        content_type = text.get(H_CONTENT_TYPE, CONTENT_TYPE)
+        if content_type.split(";")[0].strip() != CONTENT_TYPE:
+            raise InvalidEnvelope(f"unsupported content-type {content_type!r}")
+        try:
+            time = datetime.fromisoformat(text[H_TIME]) if H_TIME in text else utcnow()
+        except ValueError as exc:
+            raise InvalidEnvelope(f"ce_time is not RFC 3339: {text[H_TIME]!r}") from exc
+        if time.tzinfo is None:
+            raise InvalidEnvelope("ce_time has no UTC offset")
+        return cls(
+            type=text[H_TYPE],
+            source=text[H_SOURCE],
+            key=key,
+            data=data,
+            id=text[H_ID],
+            time=time,
+            correlation_id=text.get(H_CORRELATION),
+            causation_id=text.get(H_CAUSATION),
+            traceparent=text.get(H_TRACEPARENT),
+            tracestate=text.get(H_TRACESTATE),
+        )
+
+    @classmethod
+    def from_message(cls, message: KafkaRecord) -> Envelope:
+        """Decode a consumed record; raises InvalidEnvelope for anything malformed."""
+        raw_key = message.key()
+        value = message.value()
+        if value is None:
+            raise InvalidEnvelope("record has no value")
+        data = value.encode() if isinstance(value, str) else value
+        try:
+            key = raw_key.decode() if isinstance(raw_key, bytes) else (raw_key or "")
+        except UnicodeDecodeError as exc:
+            raise InvalidEnvelope("record key is not UTF-8 text") from exc
+        envelope = cls.from_headers(message.headers() or [], key, data)  # type: ignore[arg-type]
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEnvelope(f"value is not JSON: {exc}") from exc
+        return envelope.at(message.topic() or "", message.partition() or 0, message.offset() or 0)

@@ -1,0 +1,160 @@
+"""What every service's HTTP side shares: tracing and size-limit middleware, the error
+envelope, and the /health, /ready and /metrics endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import tracing
+from shared.envelope import new_id
+
+
+class DomainError(Exception):
+    """A rule of the domain said no. Subclasses set the HTTP status and carry the ids."""
+
+    status_code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(DomainError):
+    status_code = 404
+
+
+class Conflict(DomainError):
+    status_code = 409
+
+
+class TracingMiddleware:
+    """Continues the caller's `traceparent` (or starts a trace) and makes the request the
+    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get("x-request-id") or new_id()
+        cause = tracing.Cause(request_id, headers.get("x-correlation-id"))
+        with tracing.span(
+            f"{scope['method']} {scope['path']}",
+            cause=cause,
+            traceparent=headers.get("traceparent"),
+            tracestate=headers.get("tracestate"),
+            kind=SpanKind.SERVER,
+        ):
+            trace_id = format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+            async def send_with_ids(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message.setdefault("headers", [])
+                    message["headers"] = [
+                        *message["headers"],
+                        (b"x-request-id", request_id.encode()),
+                        (b"x-trace-id", trace_id.encode()),
+                    ]
+                await send(message)
+
+            await self.app(scope, receive, send_with_ids)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Answers 413 to a request body over `max_bytes`, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _too_large(self.max_bytes, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(self.max_bytes, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = orjson.dumps({"detail": f"request body is larger than {limit} bytes"})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+
+def install(app: FastAPI, *, max_body_bytes: int) -> None:
+    """Add the middleware, the error handler and the operational endpoints."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(TracingMiddleware)
+    app.add_exception_handler(DomainError, _domain_error)
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "Not ready"}})
+    def ready(request: Request) -> JSONResponse:
+        """Readiness: database and broker reachable, consumer and outbox relay running."""
+        runtime = getattr(request.app.state, "runtime", None)
+        checks: dict[str, Any] = runtime.readiness() if runtime else {"started": False}
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        runtime = getattr(request.app.state, "runtime", None)
+        registry = runtime.metrics if runtime else None
+        payload = generate_latest(registry) if registry else b""
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,49 @@
+"""Alembic, driven from code: every service upgrades its own schema at start-up.
+
+A service's `migrations/env.py` is one call: `run_migrations(Base.metadata)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import Engine, MetaData, create_engine, text
+
+from shared.db import is_postgres
+
+_MIGRATION_LOCK = 727_375_001
+
+
+def upgrade(engine: Engine, script_location: Path) -> None:
+    """Upgrade to head. Processes sharing one PostgreSQL database take turns."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    with engine.begin() as connection:
+        if is_postgres(engine):
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def run_migrations(metadata: MetaData) -> None:
+    """The body of a service's env.py (online mode; a URL in sqlalchemy.url for the CLI)."""
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        url = context.config.get_main_option("sqlalchemy.url") or "sqlite://"
+        with create_engine(url).connect() as fresh:
+            _configure_and_run(fresh, metadata)
+            fresh.commit()
+        return
+    _configure_and_run(connection, metadata)
+
+
+def _configure_and_run(connection: object, metadata: MetaData) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

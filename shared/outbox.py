@@ -1,0 +1,190 @@
+"""Transactional outbox: events are rows committed with the change; a relay publishes them.
+
+`add_events` is called inside the business transaction. `OutboxRelay` runs in a thread,
+is woken by every commit that added events (and polls as a fallback, for other
+processes writing the same database), publishes unsent rows in id order with the
+idempotent producer, and marks them sent only after the broker acknowledged them. A crash
+between publish and mark republishes the same event ids, which consumers drop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+
+from sqlalchemy import Connection, bindparam, delete, event, func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import OutboxMixin, is_postgres
+from shared.envelope import Envelope, utcnow
+from shared.producer import EventProducer
+
+log = logging.getLogger(__name__)
+
+_DIRTY = "outbox_dirty"
+
+
+def add_events(
+    session: Session, model: type[OutboxMixin], topic: str, events: Iterable[Envelope]
+) -> None:
+    """Append events to the outbox in the session's open transaction."""
+    for envelope in events:
+        session.add(
+            model(  # type: ignore[call-arg]
+                event_id=envelope.id,
+                topic=topic,
+                key=envelope.key,
+                event_type=envelope.type,
+                headers=[[name, value.decode()] for name, value in envelope.headers()],
+                payload=envelope.data,
+            )
+        )
+    session.info[_DIRTY] = True
+
+
+def row_to_envelope(row: OutboxMixin) -> Envelope:
+    return Envelope.from_headers([(n, v.encode()) for n, v in row.headers], row.key, row.payload)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        model: type[OutboxMixin],
+        producer: EventProducer,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        before_publish: Callable[[list[Envelope]], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._model = model
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._before_publish = before_publish
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        engine = sessions.kw["bind"]
+        self._lock_key = zlib.crc32(model.__tablename__.encode()) if is_postgres(engine) else None  # type: ignore[attr-defined]
+        self._engine = engine
+        self.published = 0
+        self.last_error: str | None = None
+        event.listen(sessions, "after_commit", self._after_commit)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(_DIRTY, False):
+            self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        event.remove(self._sessions, "after_commit", self._after_commit)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                sent = self.relay_once()
+                self.last_error = None
+            except Exception as exc:  # the broker or database is away: try again soon
+                log.warning("outbox relay: %s", exc)
+                self.last_error = str(exc)
+                sent = 0
+                self._stop.wait(1.0)
+            if sent < self._batch_size:
+                self._wake.wait(self._poll_interval)
+
+    def relay_once(self) -> int:
+        """Publish one batch of unsent events; return how many were acknowledged."""
+        if self._lock_key is None:
+            return self._relay_batch()
+        # Across processes sharing one PostgreSQL database, one relay at a time keeps
+        # the per-key order of publication equal to the commit order.
+        with self._engine.connect() as lock_conn:
+            if not lock_conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": self._lock_key}):
+                return 0
+            try:
+                return self._relay_batch()
+            finally:
+                _unlock(lock_conn, self._lock_key)
+
+    def _relay_batch(self) -> int:
+        model = self._model
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(model)
+                .where(model.sent_at.is_(None))
+                .order_by(model.id)
+                .limit(self._batch_size)
+            ).all()
+            batch = [(row.id, row.topic, row_to_envelope(row)) for row in rows]
+        if not batch:
+            return 0
+        if self._before_publish:
+            self._before_publish([envelope for _, _, envelope in batch])
+        deliveries = self._producer.send([(topic, envelope) for _, topic, envelope in batch])
+        now = utcnow()
+        acked = [
+            {"row_id": row_id, "b_sent_at": now, "b_partition": d.partition, "b_offset": d.offset}
+            for (row_id, _, _), d in zip(batch, deliveries, strict=True)
+            if d.ok
+        ]
+        if acked:
+            with self._sessions.begin() as session:
+                session.connection().execute(
+                    update(model.__table__)  # type: ignore[attr-defined]
+                    .where(model.__table__.c.id == bindparam("row_id"))  # type: ignore[attr-defined]
+                    .values(
+                        sent_at=bindparam("b_sent_at"),
+                        partition=bindparam("b_partition"),
+                        offset=bindparam("b_offset"),
+                    ),
+                    acked,
+                )
+            self.published += len(acked)
+        failed = [d for d in deliveries if not d.ok]
+        if failed:
+            raise RuntimeError(f"{len(failed)} event(s) not acknowledged: {failed[0].error}")
+        return len(acked)
+
+    def purge(self, older_than: timedelta) -> int:
+        """Delete sent rows older than `older_than`; unsent rows are never purged."""
+        model = self._model
+        with self._sessions.begin() as session:
+            result = session.execute(
+                delete(model).where(
+                    model.sent_at.is_not(None), model.sent_at < utcnow() - older_than
+                )
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def pending(self) -> int:
+        model = self._model
+        with self._sessions() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).select_from(model).where(model.sent_at.is_(None))
+                )
+                or 0
+            )
+
+
+def _unlock(connection: Connection, key: int) -> None:
+    try:
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    except Exception:  # the connection is gone, and with it the lock
+        log.debug("advisory unlock failed", exc_info=True)

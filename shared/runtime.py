@@ -1,0 +1,195 @@
+"""Everything a service runs besides its routes, built in the app's lifespan (never at
+import time): engine and migrations, topics, producer, outbox relay, consumer, housekeeping.
+
+A service's main.py describes itself with a `ServiceSpec` and calls `create_service_app`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import delete, text
+
+from shared import http, tracing
+from shared.consumer import ConsumerWorker, EventRouter
+from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
+from shared.envelope import utcnow
+from shared.migrations import upgrade
+from shared.outbox import OutboxRelay
+from shared.producer import EventProducer
+from shared.settings import ServiceSettings
+from shared.topics import ensure_topics
+from shared.unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTERS = "dead-letters"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes one service: its name, event handlers, topics, tables and migrations."""
+
+    name: str
+    router: EventRouter
+    subscribes: Sequence[str]
+    publishes: Sequence[str]
+    outbox_model: type[OutboxMixin]
+    processed_model: type[ProcessedEventMixin]
+    migrations: Path
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+
+
+class ServiceRuntime:
+    def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessions(self.engine)
+        self.uow = UnitOfWork(
+            self.sessions, spec.outbox_model, f"/services/{spec.name}", settings.topic_prefix
+        )
+        self.producer: EventProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumer: ConsumerWorker | None = None
+        self.metrics = CollectorRegistry()
+        self.metrics.register(_RuntimeCollector(self))
+        self._stop = threading.Event()
+        self._housekeeper: threading.Thread | None = None
+
+    def start(self) -> None:
+        spec, settings = self.spec, self.settings
+        tracing.configure(spec.name)
+        upgrade(self.engine, spec.migrations)
+        topics = {*spec.subscribes, *spec.publishes, DEAD_LETTERS}
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            [settings.topic(t) for t in topics],
+            partitions=settings.topic_partitions,
+        )
+        self.producer = EventProducer(settings.kafka_bootstrap_servers)
+        self.relay = OutboxRelay(self.sessions, spec.outbox_model, self.producer)
+        self.relay.start()
+        if spec.subscribes:
+            self.consumer = ConsumerWorker(
+                name=spec.name,
+                group_id=settings.consumer_group or spec.name,
+                bootstrap=settings.kafka_bootstrap_servers,
+                topics=[settings.topic(t) for t in spec.subscribes],
+                router=spec.router,
+                uow=self.uow,
+                processed_model=spec.processed_model,
+                producer=self.producer,
+                dead_letter_topic=settings.topic(DEAD_LETTERS),
+                config=spec.consumer_config,
+            )
+            self.consumer.start()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping, daemon=True, name="housekeeping"
+        )
+        self._housekeeper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.consumer:
+            self.consumer.stop()
+        if self.relay:
+            self.relay.stop()
+        if self.producer:
+            self.producer.close()
+        self.engine.dispose()
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "database": self._database_ok(),
+            "kafka": bool(self.producer and self.producer.ping(timeout=1.5)),
+            "consumer": self.consumer is None
+            or (self.consumer.alive and time.monotonic() - self.consumer.last_poll < 20),
+            "outbox_relay": bool(self.relay and self.relay.alive),
+        }
+
+    def _database_ok(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def purge(self) -> tuple[int, int]:
+        """Drop sent outbox rows and processed-event rows older than their retention."""
+        settings, model = self.settings, self.spec.processed_model
+        outbox_age = timedelta(hours=settings.outbox_retention_hours)
+        sent = self.relay.purge(outbox_age) if self.relay else 0
+        cutoff = utcnow() - timedelta(hours=settings.processed_retention_hours)
+        with self.sessions.begin() as session:
+            result = session.execute(delete(model).where(model.processed_at < cutoff))
+        return sent, int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(600):
+            try:
+                self.purge()
+            except Exception as exc:
+                log.warning("housekeeping: %s", exc)
+
+
+class _RuntimeCollector:
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Any:
+        runtime, name = self._runtime, self._runtime.spec.name
+        consumer, relay = runtime.consumer, runtime.relay
+        applied = CounterMetricFamily("events_applied", "Events applied", labels=["service"])
+        applied.add_metric([name], consumer.applied if consumer else 0)
+        dead = CounterMetricFamily("events_dead_lettered", "Dead-lettered", labels=["service"])
+        dead.add_metric([name], consumer.dead_lettered if consumer else 0)
+        published = CounterMetricFamily(
+            "events_published", "Events published from the outbox", labels=["service"]
+        )
+        published.add_metric([name], relay.published if relay else 0)
+        pending = GaugeMetricFamily(
+            "outbox_pending", "Outbox rows not yet published", labels=["service"]
+        )
+        pending.add_metric([name], relay.pending() if relay else 0)
+        yield from (applied, dead, published, pending)
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def create_service_app(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    *,
+    title: str,
+    include: Callable[[FastAPI], None],
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = ServiceRuntime(spec, settings)
+        runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.settings = settings
+    http.install(app, max_body_bytes=settings.max_body_bytes)
+    include(app)
+    return app

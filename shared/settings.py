@@ -1,0 +1,30 @@
+"""The settings every service has. Each service subclasses with its own env prefix
+(`ORDER_DATABASE_URL`, `INVENTORY_PORT`, ...); the broker address and topic prefix are
+shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`). Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", validate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    topic_prefix: str = Field("", validation_alias=AliasChoices("TOPIC_PREFIX"))
+    topic_partitions: int = Field(3, ge=1, validation_alias=AliasChoices("TOPIC_PARTITIONS"))
+
+    database_url: str = "sqlite:///.run/data/service.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    consumer_group: str | None = None
+    """Defaults to the service name; tests give each run its own."""
+    max_body_bytes: int = 64 * 1024
+    processed_retention_hours: float = 24 * 7
+    outbox_retention_hours: float = 24
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name

@@ -1,0 +1,114 @@
+"""Trace and causation context: W3C `traceparent` via OpenTelemetry, plus the ids that
+CloudEvents carries (`ce_causationid`, `ce_correlationid`).
+
+The HTTP middleware and the consumer loop open a span and set the causation context;
+`new_event` reads both, so business code never passes trace ids around by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import BaseModel
+
+from shared.envelope import Envelope, dump_json, new_id
+
+_propagator = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """What is being handled right now: an HTTP request or a consumed event."""
+
+    id: str
+    correlation_id: str | None = None
+
+
+_cause: ContextVar[Cause | None] = ContextVar("cause", default=None)
+
+
+def configure(service_name: str) -> None:
+    """Install an SDK tracer provider once per process, so spans get real ids.
+
+    Exporters are left to the deployment (e.g. opentelemetry-instrument)."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(
+            TracerProvider(resource=Resource.create({"service.name": service_name}))
+        )
+
+
+def current_traceparent() -> tuple[str | None, str | None]:
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent"), carrier.get("tracestate")
+
+
+def current_cause() -> Cause | None:
+    return _cause.get()
+
+
+@contextmanager
+def span(
+    name: str,
+    *,
+    cause: Cause,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Iterator[None]:
+    """Continue the trace in `traceparent` (or start one) and set the causation context."""
+    carrier = {"traceparent": traceparent or "", "tracestate": tracestate or ""}
+    parent = _propagator.extract(carrier) if traceparent else None
+    tracer = trace.get_tracer("shared")
+    token = _cause.set(cause)
+    try:
+        with tracer.start_as_current_span(name, context=parent, kind=kind):
+            yield
+    finally:
+        _cause.reset(token)
+
+
+def consuming(event: Envelope) -> AbstractContextManager[None]:
+    """The context in which a consumed event is handled: its children are caused by it."""
+    return span(
+        f"{event.type} process",
+        cause=Cause(event.id, event.correlation_id),
+        traceparent=event.traceparent,
+        tracestate=event.tracestate,
+        kind=SpanKind.CONSUMER,
+    )
+
+
+def new_event(
+    type_: str,
+    key: str,
+    payload: BaseModel,
+    *,
+    source: str,
+    correlation_id: str | None = None,
+) -> Envelope:
+    """An event caused by whatever is being handled now, in the current trace.
+
+    The correlation id is the explicit one, else the cause's, else the event's own id."""
+    cause = _cause.get()
+    traceparent, tracestate = current_traceparent()
+    event_id = new_id()
+    return Envelope(
+        type=type_,
+        source=source,
+        key=key,
+        data=dump_json(payload),
+        id=event_id,
+        correlation_id=correlation_id or (cause.correlation_id if cause else None) or event_id,
+        causation_id=cause.id if cause else None,
+        traceparent=traceparent,
+        tracestate=tracestate,
+    )

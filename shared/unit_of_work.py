@@ -1,0 +1,71 @@
+"""One place commits: a unit of work is a DB transaction plus the outbox bound to it.
+
+Handlers receive a `Unit`, change state through `unit.session`, append events through
+`unit.outbox`, and never commit; the entrypoint's `with uow() as unit:` does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import tracing
+from shared.db import OutboxMixin
+from shared.envelope import Envelope
+from shared.outbox import add_events
+
+
+class Outbox:
+    """Where a handler emits events; they are published only if the transaction commits."""
+
+    def __init__(
+        self, session: Session, model: type[OutboxMixin], source: str, topic_prefix: str = ""
+    ) -> None:
+        self._session = session
+        self._model = model
+        self._source = source
+        self._prefix = topic_prefix
+
+    def emit(
+        self,
+        topic: str,
+        event_type: str,
+        key: str,
+        payload: BaseModel,
+        *,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        event = tracing.new_event(
+            event_type, key, payload, source=self._source, correlation_id=correlation_id
+        )
+        add_events(self._session, self._model, self._prefix + topic, [event])
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    session: Session
+    outbox: Outbox
+
+
+class UnitOfWork:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        outbox_model: type[OutboxMixin],
+        source: str,
+        topic_prefix: str = "",
+    ) -> None:
+        self.sessions = sessions
+        self._model = outbox_model
+        self._source = source
+        self._prefix = topic_prefix
+
+    @contextmanager
+    def __call__(self) -> Iterator[Unit]:
+        """Begin a transaction; commit when the block ends, roll back if it raises."""
+        with self.sessions.begin() as session:
+            yield Unit(session, Outbox(session, self._model, self._source, self._prefix))
