@@ -109,7 +109,10 @@ class ConsumerWorker:
         max_attempts: int = 3,
         backoff: float = 0.1,
         config: dict[str, Any] | None = None,
+        after_commit: Callable[[Envelope], None] | None = None,
     ) -> None:
+        """`after_commit` runs between a handler's commit and its offset store (tests use
+        it to crash there)."""
         self.name = name
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)
@@ -121,6 +124,7 @@ class ConsumerWorker:
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._backoff = backoff
+        self._after_commit = after_commit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_poll = 0.0
@@ -221,6 +225,8 @@ class ConsumerWorker:
                     )
                 elif outcome is Claim.NEW:
                     self.applied += 1
+                if self._after_commit:
+                    self._after_commit(event)
                 return
             log.warning(
                 "%s: handler for %s failed (attempt %d/%d): %r",

@@ -6,13 +6,11 @@ delivery is the first: no check-then-insert race between two processes."""
 from __future__ import annotations
 
 import enum
-from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.db import ProcessedEventMixin
+from shared.db import ProcessedEventMixin, insert
 from shared.envelope import Envelope, utcnow
 
 
@@ -28,10 +26,8 @@ class Claim(enum.Enum):
 def claim(
     session: Session, model: type[ProcessedEventMixin], consumer: str, event: Envelope
 ) -> Claim:
-    dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    table = model.__table__  # type: ignore[attr-defined]
     statement = (
-        dialect.insert(table)
+        insert(session, model.__table__)  # type: ignore[attr-defined]
         .values(
             consumer=consumer,
             event_id=event.id,

@@ -1,6 +1,6 @@
 """Autogenerate a migration for one service from its models.
 
-    python -m tools.makemigration order "add reason column"
+python -m tools.makemigration order "add reason column"
 """
 
 from __future__ import annotations

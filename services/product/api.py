@@ -24,8 +24,11 @@ def list_products(runtime: Runtime) -> list[ProductOut]:
         return [ProductOut.model_validate(p) for p in handlers.list_products(unit)]
 
 
-@router.get("/products/{product_id}", response_model=ProductOut,
-            responses={404: {"description": "Unknown product"}})
+@router.get(
+    "/products/{product_id}",
+    response_model=ProductOut,
+    responses={404: {"description": "Unknown product"}},
+)
 def get_product(product_id: str, runtime: Runtime) -> ProductOut:
     with runtime.uow() as unit:
         return ProductOut.model_validate(handlers.get_product(unit, product_id))

@@ -18,11 +18,20 @@ class ProductNotFound(NotFound):
 
 
 def create_product(unit: Unit, command: ProductIn) -> Product:
-    product = Product(id=str(uuid.uuid4()), name=command.name, price_cents=command.price_cents,
-                      in_stock=False, stock_version=0)
+    product = Product(
+        id=str(uuid.uuid4()),
+        name=command.name,
+        price_cents=command.price_cents,
+        in_stock=False,
+        stock_version=0,
+    )
     unit.session.add(product)
-    unit.outbox.emit(PRODUCTS, PRODUCT_CREATED, product.id, ProductCreated(
-        product_id=product.id, name=product.name, price_cents=product.price_cents))
+    unit.outbox.emit(
+        PRODUCTS,
+        PRODUCT_CREATED,
+        product.id,
+        ProductCreated(product_id=product.id, name=product.name, price_cents=product.price_cents),
+    )
     return product
 
 

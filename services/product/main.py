@@ -27,5 +27,9 @@ SPEC = ServiceSpec(
 
 
 def create_app(settings: ProductSettings | None = None) -> FastAPI:
-    return create_service_app(SPEC, settings or ProductSettings(), title="Product service",
-                              include=lambda app: app.include_router(api.router))
+    return create_service_app(
+        SPEC,
+        settings or ProductSettings(),
+        title="Product service",
+        include=lambda app: app.include_router(api.router),
+    )

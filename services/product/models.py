@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, String
+from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import OutboxMixin, ProcessedEventMixin
@@ -22,7 +22,7 @@ class Product(Base):
     in_stock: Mapped[bool] = mapped_column(Boolean, default=False)
     stock_version: Mapped[int] = mapped_column(Integer, default=0)
     """Version of the last `stock-changed` applied; older ones are stale."""
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class OutboxMessage(OutboxMixin, Base):

@@ -1,0 +1,60 @@
+# The two commands that set everything up: `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench jars clean
+
+help:
+	@echo "make up        start Kafka and the four services (ready when it returns)"
+	@echo "make demo      tell the order story against the running stack"
+	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
+	@echo "make test-fast the unit tier alone (no broker, seconds)"
+	@echo "make down      stop everything"
+
+$(STAMP): requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	touch $(STAMP)
+
+jars: $(STAMP)
+	$(PY) -m tools.kafka_local fetch
+
+up: $(STAMP) jars
+	$(PY) -m tools.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi
+
+status: $(STAMP)
+	$(PY) -m tools.stack status
+
+demo: $(STAMP)
+	$(PY) -m tools.demo
+
+test: $(STAMP) jars
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m unit -q
+
+test-integration: $(STAMP) jars
+	$(PY) -m pytest -m integration
+
+test-e2e: $(STAMP) jars
+	$(PY) -m pytest -m e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: down
+	rm -rf .run

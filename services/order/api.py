@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+
+from services.order import handlers
+from services.order.schemas import OrderEventOut, OrderIn, OrderOut
+from shared.runtime import ServiceRuntime, get_runtime
+
+router = APIRouter(tags=["orders"])
+Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown order"},
+    409: {"description": "Conflict"},
+    422: {"description": "Invalid request, unknown user or product"},
+}
+
+
+@router.post("/orders", status_code=202, response_model=OrderOut, responses=ERRORS)
+def place_order(
+    body: OrderIn,
+    runtime: Runtime,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    """Accept an order: it is PENDING until inventory answers."""
+    with runtime.uow() as unit:
+        response = handlers.place_order(unit, body, idempotency_key)
+    return JSONResponse(response, status_code=202)
+
+
+@router.get("/orders", response_model=list[OrderOut])
+def list_orders(
+    runtime: Runtime,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[OrderOut]:
+    with runtime.uow() as unit:
+        return [OrderOut.model_validate(o) for o in handlers.list_orders(unit, user_id, limit)]
+
+
+@router.get("/orders/{order_id}", response_model=OrderOut, responses=ERRORS)
+def get_order(order_id: str, runtime: Runtime) -> OrderOut:
+    with runtime.uow() as unit:
+        return OrderOut.model_validate(handlers.get_order(unit, order_id))
+
+
+@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses=ERRORS)
+def cancel_order(order_id: str, runtime: Runtime) -> OrderOut:
+    with runtime.uow() as unit:
+        return OrderOut.model_validate(handlers.cancel_order(unit, order_id))
+
+
+@router.get("/orders/{order_id}/events", response_model=list[OrderEventOut], responses=ERRORS)
+def order_events(order_id: str, runtime: Runtime) -> list[OrderEventOut]:
+    """The order's event chain as read back from Kafka, each event after its cause."""
+    with runtime.uow() as unit:
+        return [OrderEventOut.model_validate(e) for e in handlers.order_events(unit, order_id)]

@@ -1,0 +1,270 @@
+"""The order saga's rules. Every function takes a Unit and never commits."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from services.order.events import (
+    ORDER_CANCELLED,
+    ORDER_CONFIRMED,
+    ORDER_CREATED,
+    ORDER_REJECTED,
+    ORDERS,
+    Line,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    OrderRejected,
+    ProductCreated,
+    StockReserved,
+    StockShortage,
+    UserRegistered,
+)
+from services.order.models import (
+    IdempotencyKey,
+    KnownProduct,
+    KnownUser,
+    Order,
+    OrderEvent,
+    OrderLine,
+    OrderStatus,
+)
+from services.order.schemas import OrderIn, OrderOut
+from shared.db import insert
+from shared.envelope import Envelope
+from shared.http import Conflict, DomainError, NotFound
+from shared.unit_of_work import Unit
+
+
+class OrderNotFound(NotFound):
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} not found")
+        self.order_id = order_id
+
+
+class UnknownUser(DomainError):
+    status_code = 422
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"unknown user {user_id}")
+        self.user_id = user_id
+
+
+class UnknownProducts(DomainError):
+    status_code = 422
+
+    def __init__(self, product_ids: list[str]) -> None:
+        super().__init__(f"unknown product(s): {', '.join(product_ids)}")
+        self.product_ids = product_ids
+
+
+class IdempotencyKeyReused(Conflict):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used with a different request")
+        self.key = key
+
+
+class OrderNotCancellable(Conflict):
+    def __init__(self, order_id: str, status: OrderStatus) -> None:
+        super().__init__(f"order {order_id} is {status} and cannot be cancelled")
+        self.order_id = order_id
+
+
+def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None) -> dict[str, Any]:
+    """Record a PENDING order and emit `order-created`; return the response body.
+
+    With an idempotency key, the key is claimed first: a replay of the same request gets
+    the first response and creates nothing; the same key with another request conflicts."""
+    order_id = str(uuid.uuid4())
+    claim: IdempotencyKey | None = None
+    if idempotency_key is not None:
+        request_hash = hashlib.sha256(
+            orjson.dumps(command.model_dump(), option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()
+        claim = IdempotencyKey(key=idempotency_key, request_hash=request_hash, order_id=order_id)
+        try:
+            with unit.session.begin_nested():
+                unit.session.add(claim)
+        except IntegrityError:
+            first = unit.session.get(IdempotencyKey, idempotency_key, populate_existing=True)
+            if first is None or first.request_hash != request_hash:
+                raise IdempotencyKeyReused(idempotency_key) from None
+            if first.response is not None:
+                return first.response
+            return _response(get_order(unit, first.order_id))
+
+    _check_known(unit, command)
+    order = Order(id=order_id, user_id=command.user_id, status=OrderStatus.PENDING)
+    order.lines = [
+        OrderLine(line_no=n, product_id=line.product_id, quantity=line.quantity)
+        for n, line in enumerate(command.items)
+    ]
+    unit.session.add(order)
+    unit.session.flush()
+    unit.outbox.emit(
+        ORDERS,
+        ORDER_CREATED,
+        order.id,
+        OrderCreated(
+            order_id=order.id,
+            user_id=order.user_id,
+            items=[Line(product_id=i.product_id, quantity=i.quantity) for i in command.items],
+        ),
+        correlation_id=order.id,
+    )
+    response = _response(order)
+    if claim is not None:
+        claim.response = response
+    return response
+
+
+def _check_known(unit: Unit, command: OrderIn) -> None:
+    if unit.session.get(KnownUser, command.user_id) is None:
+        raise UnknownUser(command.user_id)
+    wanted = {line.product_id for line in command.items}
+    known = set(unit.session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
+    if missing := sorted(wanted - known):
+        raise UnknownProducts(missing)
+
+
+def _response(order: Order) -> dict[str, Any]:
+    return OrderOut.model_validate(order).model_dump(mode="json")
+
+
+def get_order(unit: Unit, order_id: str, *, for_update: bool = False) -> Order:
+    query = select(Order).where(Order.id == order_id)
+    order = unit.session.scalars(query.with_for_update() if for_update else query).one_or_none()
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+def list_orders(unit: Unit, user_id: str | None, limit: int) -> list[Order]:
+    query = select(Order).order_by(Order.created_at.desc(), Order.id).limit(limit)
+    if user_id is not None:
+        query = query.where(Order.user_id == user_id)
+    return list(unit.session.scalars(query))
+
+
+def cancel_order(unit: Unit, order_id: str) -> Order:
+    """PENDING or CONFIRMED → CANCELLED, emitting `order-cancelled` (inventory releases
+    whatever it holds for the order). Cancelling a cancelled order changes nothing."""
+    order = get_order(unit, order_id, for_update=True)
+    if order.status is OrderStatus.CANCELLED:
+        return order
+    if order.status is OrderStatus.REJECTED:
+        raise OrderNotCancellable(order_id, order.status)
+    order.status = OrderStatus.CANCELLED
+    unit.outbox.emit(
+        ORDERS, ORDER_CANCELLED, order.id, OrderCancelled(order_id=order.id, user_id=order.user_id)
+    )
+    return order
+
+
+def confirm_order(unit: Unit, reserved: StockReserved) -> None:
+    """Stock is held: a PENDING order is confirmed. A cancelled one stays cancelled (its
+    `order-cancelled` follows `order-created` on one partition, so inventory releases)."""
+    order = get_order(unit, reserved.order_id, for_update=True)
+    if order.status is not OrderStatus.PENDING:
+        return
+    order.status = OrderStatus.CONFIRMED
+    unit.outbox.emit(
+        ORDERS, ORDER_CONFIRMED, order.id, OrderConfirmed(order_id=order.id, user_id=order.user_id)
+    )
+
+
+def reject_order(unit: Unit, shortage: StockShortage) -> None:
+    order = get_order(unit, shortage.order_id, for_update=True)
+    if order.status is not OrderStatus.PENDING:
+        return
+    order.status = OrderStatus.REJECTED
+    order.reason = "insufficient stock: " + ", ".join(
+        f"{s.product_id} (requested {s.requested}, available {s.available})"
+        for s in shortage.shortages
+    )
+    unit.outbox.emit(
+        ORDERS,
+        ORDER_REJECTED,
+        order.id,
+        OrderRejected(
+            order_id=order.id,
+            user_id=order.user_id,
+            reason=order.reason,
+            shortages=shortage.shortages,
+        ),
+    )
+
+
+def remember_user(unit: Unit, user: UserRegistered) -> None:
+    _upsert_newer(unit, KnownUser, {"id": user.user_id, "version": user.version})
+
+
+def remember_product(unit: Unit, product: ProductCreated) -> None:
+    _upsert_newer(
+        unit,
+        KnownProduct,
+        {"id": product.product_id, "name": product.name, "version": product.version},
+    )
+
+
+def _upsert_newer(
+    unit: Unit, model: type[KnownUser] | type[KnownProduct], row: dict[str, Any]
+) -> None:
+    """Insert the view row, or overwrite it only if the event's version is newer."""
+    table = model.__table__
+    statement = insert(unit.session, table).values(**row)
+    unit.session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={name: getattr(statement.excluded, name) for name in row if name != "id"},
+            where=table.c.version < statement.excluded.version,
+        )
+    )
+
+
+def record_event(unit: Unit, event: Envelope, order_id: str) -> None:
+    """File an event of the order's saga, with where it sits on Kafka."""
+    unit.session.execute(
+        insert(unit.session, OrderEvent.__table__)
+        .values(
+            event_id=event.id,
+            order_id=order_id,
+            type=event.type,
+            source=event.source,
+            time=event.time,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            traceparent=event.traceparent,
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+def order_events(unit: Unit, order_id: str) -> list[OrderEvent]:
+    """The order's events in causal order: each after the event that caused it."""
+    get_order(unit, order_id)
+    events = list(
+        unit.session.scalars(
+            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.time)
+        )
+    )
+    ids = {e.event_id for e in events}
+    children: dict[str | None, list[OrderEvent]] = {}
+    for e in events:
+        children.setdefault(e.causation_id if e.causation_id in ids else None, []).append(e)
+    ordered: list[OrderEvent] = []
+    stack = list(reversed(children.get(None, [])))
+    while stack:
+        event = stack.pop()
+        ordered.append(event)
+        stack.extend(reversed(children.get(event.event_id, [])))
+    return ordered

@@ -1,0 +1,35 @@
+"""The order service: accepts orders over REST and drives each through the saga.
+
+Run: uvicorn services.order.main:create_app --factory"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.order import api
+from services.order.config import OrderSettings
+from services.order.consumers import events
+from services.order.events import ORDERS, PRODUCTS, STOCK, USERS
+from services.order.models import OutboxMessage, ProcessedEvent
+from shared.runtime import ServiceSpec, create_service_app
+
+SPEC = ServiceSpec(
+    name="order",
+    router=events,
+    subscribes=[STOCK, ORDERS, USERS, PRODUCTS],
+    publishes=[ORDERS],
+    outbox_model=OutboxMessage,
+    processed_model=ProcessedEvent,
+    migrations=Path(__file__).parent / "migrations",
+)
+
+
+def create_app(settings: OrderSettings | None = None) -> FastAPI:
+    return create_service_app(
+        SPEC,
+        settings or OrderSettings(),
+        title="Order service",
+        include=lambda app: app.include_router(api.router),
+    )

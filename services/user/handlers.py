@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from services.user.events import (
+    ORDER_CANCELLED,
+    ORDER_CONFIRMED,
+    ORDER_REJECTED,
+    USER_REGISTERED,
+    USERS,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderRejected,
+    Shortage,
+    UserRegistered,
+)
+from services.user.models import Notification, User
+from services.user.schemas import UserIn
+from shared.http import Conflict, NotFound
+from shared.unit_of_work import Unit
+
+log = logging.getLogger(__name__)
+
+
+class UserNotFound(NotFound):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id} not found")
+        self.user_id = user_id
+
+
+class EmailAlreadyRegistered(Conflict):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"a user with email {email} is already registered")
+        self.email = email
+
+
+def register_user(unit: Unit, command: UserIn) -> User:
+    """Register a user; the unique key on email, not a prior lookup, rejects a second one."""
+    user = User(id=str(uuid.uuid4()), name=command.name, email=command.email)
+    try:
+        with unit.session.begin_nested():
+            unit.session.add(user)
+    except IntegrityError as exc:
+        raise EmailAlreadyRegistered(command.email) from exc
+    unit.outbox.emit(
+        USERS,
+        USER_REGISTERED,
+        user.id,
+        UserRegistered(user_id=user.id, name=user.name, email=user.email),
+    )
+    return user
+
+
+def get_user(unit: Unit, user_id: str) -> User:
+    user = unit.session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(user_id)
+    return user
+
+
+def list_notifications(unit: Unit, user_id: str) -> list[Notification]:
+    """A user's notifications, oldest first."""
+    get_user(unit, user_id)
+    return list(
+        unit.session.scalars(
+            select(Notification)
+            .where(Notification.user_id == user_id)
+            .order_by(Notification.created_at, Notification.id)
+        )
+    )
+
+
+def notify_order_confirmed(unit: Unit, event: OrderConfirmed) -> None:
+    message = f"Order {event.order_id} is confirmed."
+    _notify(unit, event.user_id, event.order_id, ORDER_CONFIRMED, message)
+
+
+def notify_order_rejected(unit: Unit, event: OrderRejected) -> None:
+    if event.shortages:
+        why = "not enough stock of " + _and_join(_describe(s) for s in event.shortages)
+    else:
+        why = event.reason.rstrip(".") or "no reason given"
+    message = f"Order {event.order_id} was rejected: {why}."
+    _notify(unit, event.user_id, event.order_id, ORDER_REJECTED, message)
+
+
+def notify_order_cancelled(unit: Unit, event: OrderCancelled) -> None:
+    message = f"Order {event.order_id} was cancelled."
+    _notify(unit, event.user_id, event.order_id, ORDER_CANCELLED, message)
+
+
+def _notify(unit: Unit, user_id: str, order_id: str, type_: str, message: str) -> None:
+    """Store one notification per (order, outcome); a second one for the same pair is a no-op.
+
+    The consumer already drops redelivered events; this catches the same outcome arriving
+    under another event id."""
+    notification = Notification(user_id=user_id, order_id=order_id, type=type_, message=message)
+    try:
+        with unit.session.begin_nested():
+            unit.session.add(notification)
+    except IntegrityError:
+        log.info("order %s already has a %s notification; skipped", order_id, type_)
+
+
+def _describe(shortage: Shortage) -> str:
+    return f"{shortage.product_id} (requested {shortage.requested}, available {shortage.available})"
+
+
+def _and_join(parts: Iterable[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    items = list(parts)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -1,0 +1,35 @@
+"""The user service: registration, and notifications kept from order's events.
+
+Run: uvicorn services.user.main:create_app --factory"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.user import api
+from services.user.config import UserSettings
+from services.user.consumers import events
+from services.user.events import ORDERS, USERS
+from services.user.models import OutboxMessage, ProcessedEvent
+from shared.runtime import ServiceSpec, create_service_app
+
+SPEC = ServiceSpec(
+    name="user",
+    router=events,
+    subscribes=[ORDERS],
+    publishes=[USERS],
+    outbox_model=OutboxMessage,
+    processed_model=ProcessedEvent,
+    migrations=Path(__file__).parent / "migrations",
+)
+
+
+def create_app(settings: UserSettings | None = None) -> FastAPI:
+    return create_service_app(
+        SPEC,
+        settings or UserSettings(),
+        title="User service",
+        include=lambda app: app.include_router(api.router),
+    )

@@ -1,0 +1,88 @@
+"""Fixtures for the three tiers. The broker is always real:
+
+- `KAFKA_BOOTSTRAP_SERVERS` if set;
+- else a testcontainers Kafka container when a Docker engine answers;
+- else the project's local KRaft broker (started if needed, stopped after if we started it).
+
+PostgreSQL tests run when `TEST_DATABASE_URL` names a server (CI sets it); each test
+database is created fresh and dropped after."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from tools.kafka_local import LocalBroker
+from tools.stack import docker_engine
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    if address := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield address
+        return
+    if docker_engine():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalBroker()
+    was_running = broker.is_running()
+    broker.start()
+    yield broker.bootstrap
+    if not was_running:
+        broker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def fresh_postgres(count: int) -> Iterator[list[str]]:
+    """`count` new PostgreSQL databases, dropped afterwards (skips without a server)."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("TEST_DATABASE_URL is not set")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    names = [f"test_{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    with admin.connect() as connection:
+        for name in names:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield [
+            make_url(base).set(database=name).render_as_string(hide_password=False)
+            for name in names
+        ]
+    finally:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def service_databases(backend: str, folder: Path, names: list[str]) -> Iterator[dict[str, str]]:
+    """One database per service, as SQLite files in `folder` or on PostgreSQL."""
+    if backend == "sqlite":
+        yield {name: f"sqlite:///{folder}/{name}.db" for name in names}
+        return
+    with fresh_postgres(len(names)) as urls:
+        yield dict(zip(names, urls, strict=True))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One empty database, on SQLite and on PostgreSQL."""
+    with service_databases(request.param, tmp_path, ["db"]) as urls:
+        yield urls["db"]

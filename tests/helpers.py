@@ -1,0 +1,64 @@
+"""Small helpers for tests: polling with a deadline, unique names, reading topics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import Consumer, Message
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T], timeout: float = 30, interval: float = 0.1, message: str = "condition"
+) -> T:
+    """Call `check` until it returns a truthy value (returned) or raises no AssertionError;
+    fail with the last error once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not met within {timeout}s: {last!r}")
+        time.sleep(interval)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def random_email() -> str:
+    return f"{uuid.uuid4().hex[:12]}@example.com"
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool], timeout: float = 30
+) -> list[Message]:
+    """Read `topic` from the beginning until `until(messages)` holds or time runs out."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("reader"),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(messages):
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    messages.append(message)
+    finally:
+        consumer.close()
+    return messages

@@ -1,0 +1,337 @@
+"""A real single-node Apache Kafka broker (KRaft, broker+controller) run from Maven jars.
+
+    python -m tools.kafka_local {fetch,start,stop,kill,status} [--port N] [--controller-port N]
+                                [--home DIR]
+
+The jars come from tools/kafka/pom.xml (fetched once into .run/kafka/libs); each broker keeps
+its config, pid file, log and data under its own home directory (default .run/kafka).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run"
+POM = ROOT / "tools" / "kafka" / "pom.xml"
+LOG4J_CONFIG = ROOT / "tools" / "kafka" / "log4j2.properties"
+LIBS_DIR = RUN_DIR / "kafka" / "libs"
+# The flags of Kafka's bin/kafka-run-class.sh; the heap is set per broker.
+JVM_FLAGS = (
+    "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35"
+    " -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
+).split()
+# One node that is both broker and controller (KRaft), sized for a small machine.
+SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data_dir}
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+# A missing topic is an explicit error, never silently created.
+auto.create.topics.enable=false
+offsets.topic.num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# The 128 MiB default is allocated at start-up and breaks small heaps.
+log.cleaner.dedupe.buffer.size=2097152
+num.network.threads=2
+num.io.threads=2
+# After kill -9 the old registration blocks a restart until its session expires (default
+# 9 s); a short session lets a crashed broker come back within a few seconds.
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=4000
+"""
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_jars() -> Path:
+    """Copy the broker's runtime classpath into .run/kafka/libs (once per pom version)."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    stamp = LIBS_DIR / ".pom-sha256"
+    LIBS_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(LIBS_DIR.parent / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent callers wait for one fetch
+        if stamp.is_file() and stamp.read_text().strip() == digest:
+            return LIBS_DIR
+        shutil.rmtree(LIBS_DIR, ignore_errors=True)  # never mix jar versions
+        cmd = ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies"]
+        cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={LIBS_DIR}"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0 or not any(LIBS_DIR.glob("kafka_2.13-*.jar")):
+            raise RuntimeError(
+                f"maven fetch failed ({done.returncode}):\n"
+                f"{done.stdout[-4000:]}{done.stderr[-4000:]}"
+            )
+        stamp.write_text(digest + "\n")
+    return LIBS_DIR
+
+
+def wait_for_broker(bootstrap: str, timeout: float) -> None:
+    """Poll until the broker at `bootstrap` answers a metadata request with a broker list."""
+    deadline = time.monotonic() + timeout
+    host, _, port = bootstrap.rpartition(":")
+    while not port_open(host, int(port)):  # cheap pre-check; avoids librdkafka connect noise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no Kafka broker listening on {bootstrap} after {timeout:.0f}s")
+        time.sleep(0.1)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"Kafka broker at {bootstrap} not ready after {timeout:.0f}s")
+        try:
+            if admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers:
+                return
+        except KafkaException:
+            pass
+        time.sleep(0.1)
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    return str(Path(java_home) / "bin" / "java") if java_home else "java"
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live (not zombie) Kafka java process with this pid."""
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X") and b"java" in cmdline and b"kafka.Kafka" in cmdline
+    try:  # no procfs (macOS): signal 0 only tells that the pid exists
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class LocalBroker:
+    """One local Kafka broker process with its own home directory (config, data, log, pid)."""
+
+    def __init__(
+        self,
+        home: Path = RUN_DIR / "kafka",
+        port: int = 9092,
+        controller_port: int = 9093,
+        heap_mb: int = 512,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.port = port
+        self.controller_port = controller_port
+        self.heap_mb = heap_mb
+        self.pid_file = self.home / "broker.pid"
+        self.log_file = self.home / "broker.log"
+        self.data_dir = self.home / "data"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pid(self) -> int | None:
+        """Pid of the live broker process named by the pid file, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if self._proc is not None and self._proc.pid == pid:
+            self._proc.poll()  # reap our own child so a killed broker is not a zombie
+        return pid if _pid_alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None and port_open("127.0.0.1", self.port)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no broker log)"
+
+    def _java_cmd(self, libs: Path, *args: str) -> list[str]:
+        heap = [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m"]
+        props = [f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.home}"]
+        return [_java(), *heap, *JVM_FLAGS, *props, "-cp", f"{libs}/*", *args]
+
+    def _write_config(self) -> Path:
+        path = self.home / "server.properties"
+        path.write_text(
+            SERVER_PROPERTIES.format(
+                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+            )
+        )
+        return path
+
+    def _cluster_id(self) -> str:
+        path = self.home / "cluster-id"
+        if not path.is_file():
+            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
+            path.write_text(raw.rstrip("=") + "\n")
+        return path.read_text().strip()
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the broker (no-op if it already runs) and wait until it serves metadata."""
+        if self.pid() is not None:
+            wait_for_broker(self.bootstrap, timeout)  # running, or still starting up
+            return
+        self.pid_file.unlink(missing_ok=True)  # stale
+        for port in (self.port, self.controller_port):
+            if port_open("127.0.0.1", port):
+                raise RuntimeError(f"port {port} is taken by a process that is not this broker")
+        libs = ensure_jars()
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        if not (self.data_dir / "meta.properties").is_file():
+            args = ["format", "-t", self._cluster_id(), "-c", str(config)]
+            args += ["--standalone", "--ignore-formatted"]
+            cmd = self._java_cmd(libs, "kafka.tools.StorageTool", *args)
+            fmt = subprocess.run(cmd, capture_output=True, text=True)
+            if fmt.returncode != 0:
+                raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+        if self.log_file.is_file() and self.log_file.stat().st_size > 20_000_000:
+            self.log_file.replace(self.log_file.with_suffix(".log.1"))  # keep one old log
+        with open(self.log_file, "ab") as log:
+            log.write(f"=== kafka_local: starting broker at {time.ctime()} ===\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._java_cmd(libs, "kafka.Kafka", str(config)),
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise RuntimeError(
+                    f"Kafka broker exited with code {self._proc.returncode}; "
+                    f"{self.log_file} ends with:\n{self.log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"Kafka broker not ready after {timeout:.0f}s; "
+                    f"{self.log_file} ends with:\n{self.log_tail()}"
+                )
+            try:
+                wait_for_broker(self.bootstrap, min(1.0, max(0.1, deadline - time.monotonic())))
+                return
+            except TimeoutError:
+                pass
+
+    def _signal_and_wait(self, pid: int, sig: signal.Signals, timeout: float) -> bool:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while self.pid() == pid:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _wait_ports_free(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while port_open("127.0.0.1", self.port) or port_open("127.0.0.1", self.controller_port):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"port {self.port}/{self.controller_port} still open")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Clean shutdown (SIGTERM); SIGKILL if it has not exited after `timeout` seconds."""
+        pid = self.pid()
+        if pid is not None and not self._signal_and_wait(pid, signal.SIGTERM, timeout):
+            self._signal_and_wait(pid, signal.SIGKILL, 10)
+        self.pid_file.unlink(missing_ok=True)
+        self._wait_ports_free(10)
+
+    def kill(self) -> None:
+        """SIGKILL at once, like a crash; the next start() recovers the same data dir."""
+        pid = self.pid()
+        if pid is not None:
+            self._signal_and_wait(pid, signal.SIGKILL, 10)
+        self.pid_file.unlink(missing_ok=True)
+        self._wait_ports_free(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.kafka_local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["fetch", "start", "stop", "kill", "status"])
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--controller-port", type=int, default=9093)
+    parser.add_argument("--home", type=Path, default=RUN_DIR / "kafka")
+    parser.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args(argv)
+    broker = LocalBroker(args.home, args.port, args.controller_port)
+    began = time.monotonic()
+    if args.command == "fetch":
+        print(f"jars in {ensure_jars()} ({time.monotonic() - began:.1f}s)")
+    elif args.command == "start":
+        broker.start(args.timeout)
+        print(
+            f"kafka broker ready at {broker.bootstrap} (pid {broker.pid()}) "
+            f"in {time.monotonic() - began:.1f}s"
+        )
+    elif args.command == "stop":
+        broker.stop(args.timeout)
+        print(f"kafka broker on {broker.bootstrap} stopped ({time.monotonic() - began:.1f}s)")
+    elif args.command == "kill":
+        broker.kill()
+        print(f"kafka broker on {broker.bootstrap} killed")
+    else:
+        if broker.is_running():
+            print(f"running: pid {broker.pid()} at {broker.bootstrap}")
+            return 0
+        print(f"not running ({broker.bootstrap})")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

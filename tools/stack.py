@@ -1,0 +1,266 @@
+"""The whole stack on this machine: the Kafka broker and the four services.
+
+    python -m tools.stack up        start what is not running, wait until every /ready is 200
+    python -m tools.stack down      stop everything, free the ports
+    python -m tools.stack status
+    python -m tools.stack kill SERVICE|kafka    SIGKILL, as a crash would
+    python -m tools.stack start SERVICE|kafka
+
+With a Docker engine present, `up` and `down` hand over to `docker compose` instead.
+Each service runs as `uvicorn services.<name>.main:create_app --factory`, with its pid file
+in .run/pids and its log in .run/logs; its database defaults to SQLite under .run/data."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tools.kafka_local import RUN_DIR, LocalBroker, port_open
+
+PORTS = {"order": 8001, "inventory": 8002, "product": 8003, "user": 8004}
+
+
+def docker_engine() -> bool:
+    """True when a Docker engine answers (not only the CLI)."""
+    if not shutil.which("docker"):
+        return False
+    result = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
+    return result.returncode == 0
+
+
+@dataclass
+class ServiceProcess:
+    """One service as a background uvicorn process with a pid file and a log."""
+
+    name: str
+    port: int
+    run_dir: Path = RUN_DIR
+    env: Mapping[str, str] = field(default_factory=dict)
+    workers: int = 1
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+        return pid if _not_zombie(pid) else None
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        if port_open("127.0.0.1", self.port):
+            raise RuntimeError(f"port {self.port} for {self.name} is taken by another process")
+        prefix = self.name.upper() + "_"
+        env = {
+            **os.environ,
+            f"{prefix}DATABASE_URL": f"sqlite:///{self.run_dir}/data/{self.name}.db",
+            **self.env,
+            f"{prefix}PORT": str(self.port),
+        }
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"services.{self.name}.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--workers",
+            str(self.workers),
+        ]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/ready", timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.pid() is None:
+                raise RuntimeError(
+                    f"{self.name} exited; {self.log_file} ends with:\n" + _tail(self.log_file)
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name} not ready after {timeout:.0f}s:\n" + _tail(self.log_file)
+                )
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 20) -> None:
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL, 10)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + timeout
+            while self.pid() == pid and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.pid() == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                while self.pid() == pid:
+                    time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + 10
+        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class Stack:
+    """The broker (unless an external one is given) and the four services."""
+
+    def __init__(
+        self,
+        run_dir: Path = RUN_DIR,
+        ports: Mapping[str, int] = PORTS,
+        env: Mapping[str, str] | None = None,
+        broker: LocalBroker | None = None,
+        bootstrap: str | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.broker = broker if bootstrap is None else None
+        if self.broker is None and bootstrap is None:
+            self.broker = LocalBroker()
+        self.bootstrap = bootstrap or self.broker.bootstrap  # type: ignore[union-attr]
+        shared_env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, **(env or {})}
+        self.services = {
+            name: ServiceProcess(name, port, run_dir, shared_env) for name, port in ports.items()
+        }
+
+    def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
+        if self.broker is not None:
+            self.broker.start()
+        chosen = [self.services[n] for n in (names or self.services)]
+        for service in chosen:
+            service.start()
+        for service in chosen:
+            service.wait_ready(timeout)
+
+    def down(self) -> None:
+        for service in self.services.values():
+            service.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def status(self) -> dict[str, str]:
+        states = {}
+        if self.broker is not None:
+            states["kafka"] = f"pid {self.broker.pid()}" if self.broker.is_running() else "down"
+        for name, service in self.services.items():
+            pid = service.pid()
+            states[name] = (
+                "down"
+                if pid is None
+                else (f"pid {pid}, " + ("ready" if service.ready() else "NOT READY"))
+            )
+        return states
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "kill", "start"])
+    parser.add_argument("names", nargs="*", help="services (or kafka) for kill/start")
+    args = parser.parse_args(argv)
+    compose = [
+        "docker",
+        "compose",
+        "-f",
+        str(Path(__file__).resolve().parent.parent / "compose.yaml"),
+    ]
+    if args.command in ("up", "down") and docker_engine():
+        extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
+        return subprocess.call(compose + extra)
+    stack = Stack()
+    began = time.monotonic()
+    if args.command == "up":
+        stack.up()
+        print(f"stack ready in {time.monotonic() - began:.1f}s")
+        print(f"  kafka      {stack.bootstrap}")
+        for name, service in stack.services.items():
+            print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
+    elif args.command == "down":
+        stack.down()
+        print("stack stopped")
+    elif args.command == "status":
+        for name, state in stack.status().items():
+            print(f"  {name:<10} {state}")
+        return 0 if all(s != "down" for s in stack.status().values()) else 3
+    else:
+        for name in args.names:
+            if name == "kafka" and stack.broker is not None:
+                stack.broker.kill() if args.command == "kill" else stack.broker.start()
+            elif args.command == "kill":
+                stack.services[name].kill()
+            else:
+                stack.services[name].start()
+                stack.services[name].wait_ready()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
