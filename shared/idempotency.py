@@ -36,8 +36,9 @@ def claim(
             processed_at=utcnow(),
         )
         .on_conflict_do_nothing()
+        .returning(model.event_id)
     )
-    if session.execute(statement).rowcount == 1:  # type: ignore[attr-defined]
+    if session.execute(statement).first() is not None:
         return Claim.NEW
     first = session.scalar(
         select(model.fingerprint).where(model.consumer == consumer, model.event_id == event.id)

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import OutboxMixin, ProcessedEventMixin
+from shared.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
 from shared.envelope import utcnow
 
 

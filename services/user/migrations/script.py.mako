@@ -3,18 +3,13 @@
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
-
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-% if imports:
-${imports}
-% endif
+${imports if imports else ""}
 
 # revision identifiers, used by Alembic.
 revision: str = ${repr(up_revision)}

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from services.inventory import handlers
+from services.inventory.schemas import StockIn, StockOut
+from shared.runtime import ServiceRuntime, get_runtime
+
+router = APIRouter(tags=["stock"])
+Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
+UNKNOWN_PRODUCT: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Inventory has not learned of this product yet"}
+}
+
+
+@router.put("/stock/{product_id}", response_model=StockOut, responses=UNKNOWN_PRODUCT)
+def set_stock(product_id: str, body: StockIn, runtime: Runtime) -> StockOut:
+    with runtime.uow() as unit:
+        return StockOut.model_validate(handlers.set_stock(unit, product_id, body))
+
+
+@router.get("/stock/{product_id}", response_model=StockOut, responses=UNKNOWN_PRODUCT)
+def get_stock(product_id: str, runtime: Runtime) -> StockOut:
+    with runtime.uow() as unit:
+        return StockOut.model_validate(handlers.get_stock(unit, product_id))

@@ -1,0 +1,65 @@
+"""The four services as real processes, on their own topics, ports and databases, against
+the real broker: once on SQLite, once on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import free_port, service_databases
+from tests.helpers import unique
+from tools.client import ShopClient
+from tools.stack import PORTS, Stack
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    client: ShopClient
+    topic_prefix: str
+    backend: str
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+
+def start_stack(
+    kafka_bootstrap: str,
+    folder,
+    backend: str,
+    databases: dict[str, str],
+    extra_env: dict[str, str] | None = None,
+) -> RunningStack:
+    prefix = unique("e2e") + "-"
+    env = {"TOPIC_PREFIX": prefix, **(extra_env or {})}
+    for name, url in databases.items():
+        env[f"{name.upper()}_DATABASE_URL"] = url
+        env[f"{name.upper()}_CONSUMER_GROUP"] = f"{prefix}{name}"
+    ports = {name: free_port() for name in PORTS}
+    stack = Stack(run_dir=folder, ports=ports, env=env, bootstrap=kafka_bootstrap)
+    stack.up(timeout=120)
+    client = ShopClient({name: service.url for name, service in stack.services.items()})
+    return RunningStack(stack, client, prefix, backend)
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def running(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningStack]:
+    folder = tmp_path_factory.mktemp(f"stack-{request.param}")
+    with service_databases(request.param, folder, list(PORTS)) as databases:
+        running = start_stack(kafka_bootstrap, folder, request.param, databases)
+        try:
+            yield running
+        finally:
+            running.client.close()
+            running.stack.down()
+
+
+@pytest.fixture
+def shop(running: RunningStack) -> ShopClient:
+    return running.client

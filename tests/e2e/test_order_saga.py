@@ -1,0 +1,269 @@
+"""The order saga end to end: four services as real processes, a real broker."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Message
+
+from tests.e2e.conftest import RunningStack
+from tests.helpers import eventually, random_email, read_topic, unique
+from tools.client import ShopClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def customer(shop: ShopClient) -> str:
+    return shop.register_user("Ada", random_email())["id"]
+
+
+def product_with_stock(shop: ShopClient, available: int, name: str = "widget") -> str:
+    product_id = shop.create_product(name, 250)["id"]
+    eventually(lambda: _set_stock(shop, product_id, available), message="inventory learns product")
+    return product_id
+
+
+def _set_stock(shop: ShopClient, product_id: str, available: int) -> bool:
+    response = shop.http.put(
+        f"{shop.urls['inventory']}/stock/{product_id}", json={"available": available}
+    )
+    return response.status_code == 200
+
+
+def order(
+    shop: ShopClient,
+    user_id: str,
+    product_id: str,
+    quantity: int = 1,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return shop.place_order_eventually(
+        user_id, [{"product_id": product_id, "quantity": quantity}], headers
+    )
+
+
+def events_of(running: RunningStack, order_id: str, count: int) -> list[Message]:
+    """The Kafka records about one order on `orders` and `stock`, once `count` are there."""
+
+    def mine(messages: list[Message]) -> list[Message]:
+        return [m for m in messages if m.key() == order_id.encode()]
+
+    found: list[Message] = []
+    for topic in ("orders", "stock"):
+        found += mine(
+            read_topic(
+                running.stack.bootstrap,
+                running.topic(topic),
+                timeout=30,
+                until=lambda got: len(mine(got)) >= count,
+            )
+        )
+    return found
+
+
+def header(message: Message, name: str) -> str:
+    return dict(message.headers() or [])[name].decode()
+
+
+def test_an_order_within_stock_is_confirmed_and_the_user_notified(shop: ShopClient):
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 5)
+    placed = order(shop, user_id, product_id, 2)
+    assert placed["status"] == "PENDING"
+
+    confirmed = shop.wait_for_status(placed["id"])
+    assert confirmed["status"] == "CONFIRMED" and confirmed["reason"] is None
+    assert shop.stock(product_id) == {"product_id": product_id, "available": 3, "reserved": 2}
+    eventually(lambda: shop.product(product_id)["in_stock"], message="product view in stock")
+    notes = eventually(lambda: shop.notifications(user_id), message="notification")
+    assert [(n["order_id"], n["type"]) for n in notes] == [(placed["id"], "order-confirmed")]
+
+
+def test_an_order_beyond_stock_is_rejected_naming_the_short_product(shop: ShopClient):
+    user_id = customer(shop)
+    plenty, scarce = product_with_stock(shop, 10), product_with_stock(shop, 1)
+    placed = shop.place_order_eventually(
+        user_id, [{"product_id": plenty, "quantity": 2}, {"product_id": scarce, "quantity": 3}]
+    )
+    rejected = shop.wait_for_status(placed["id"])
+    assert rejected["status"] == "REJECTED"
+    assert scarce in rejected["reason"] and plenty not in rejected["reason"]
+    assert shop.stock(plenty) == {"product_id": plenty, "available": 10, "reserved": 0}
+    notes = eventually(lambda: shop.notifications(user_id), message="notification")
+    assert notes[0]["type"] == "order-rejected" and scarce in notes[0]["message"]
+
+
+def test_fifty_concurrent_orders_for_ten_in_stock_confirm_exactly_ten(shop: ShopClient):
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 10)
+    outcomes = place_concurrently(shop, user_id, product_id, 50)
+    assert outcomes.count("CONFIRMED") == 10 and outcomes.count("REJECTED") == 40
+    assert shop.stock(product_id) == {"product_id": product_id, "available": 0, "reserved": 10}
+
+
+def place_concurrently(shop: ShopClient, user_id: str, product_id: str, count: int) -> list[str]:
+    """Place `count` one-unit orders from 10 threads; return their final statuses."""
+
+    def place(_: int) -> str:
+        return str(order(shop, user_id, product_id)["id"])
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        order_ids = list(pool.map(place, range(count)))
+    return [shop.wait_for_status(order_id, timeout=60)["status"] for order_id in order_ids]
+
+
+def test_an_idempotency_key_replays_the_first_response_and_conflicts_on_another_body(
+    shop: ShopClient,
+):
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 5)
+    key = {"Idempotency-Key": unique("key")}
+    first = order(shop, user_id, product_id, 1, key)
+    again = shop.place_order(user_id, [{"product_id": product_id, "quantity": 1}], key)
+    assert again.status_code == 202 and again.json() == first
+    other = shop.place_order(user_id, [{"product_id": product_id, "quantity": 2}], key)
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+    shop.wait_for_status(first["id"])
+    orders = shop.http.get(f"{shop.urls['order']}/orders", params={"user_id": user_id}).json()
+    assert [o["id"] for o in orders] == [first["id"]]
+    assert shop.stock(product_id)["reserved"] == 1
+
+
+def test_cancelling_a_confirmed_order_releases_its_stock(shop: ShopClient):
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 4)
+    placed = order(shop, user_id, product_id, 3)
+    assert shop.wait_for_status(placed["id"])["status"] == "CONFIRMED"
+    cancelled = shop.cancel(placed["id"])
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+    eventually(
+        lambda: shop.stock(product_id) == {"product_id": product_id, "available": 4, "reserved": 0},
+        message="stock released",
+    )
+    types = eventually(
+        lambda: [
+            n["type"] for n in shop.notifications(user_id) if len(shop.notifications(user_id)) == 2
+        ]
+    )
+    assert types == ["order-confirmed", "order-cancelled"]
+
+
+def test_cancel_before_inventory_answers_holds_no_stock(running: RunningStack):
+    shop = running.client
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 4)
+    order(shop, user_id, product_id, 1)  # the order service knows user and product
+    inventory = running.stack.services["inventory"]
+    inventory.stop()
+    try:
+        placed = shop.place_order(user_id, [{"product_id": product_id, "quantity": 2}]).json()
+        cancelled = shop.cancel(placed["id"]).json()
+        assert cancelled["status"] == "CANCELLED"
+    finally:
+        inventory.start()
+        inventory.wait_ready()
+    eventually(
+        lambda: "stock-released" in [e["type"] for e in shop.order_events(placed["id"])],
+        message="inventory reserved, then released on the cancel",
+    )
+    assert shop.order(placed["id"])["status"] == "CANCELLED"
+    assert shop.stock(product_id) == {"product_id": product_id, "available": 3, "reserved": 1}
+
+
+def test_events_carry_cloudevents_headers_and_a_causation_chain(running: RunningStack):
+    shop = running.client
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 5)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    response = None
+    for _ in range(300):
+        response = shop.place_order(
+            user_id, [{"product_id": product_id, "quantity": 1}], {"traceparent": traceparent}
+        )
+        if response.status_code == 202:
+            break
+    assert response is not None and response.status_code == 202
+    order_id = response.json()["id"]
+    request_id = response.headers["x-request-id"]
+    assert response.headers["x-trace-id"] == trace_id
+    shop.wait_for_status(order_id)
+
+    records = {header(m, "ce_type"): m for m in events_of(running, order_id, 2)}
+    assert set(records) >= {"order-created", "stock-reserved", "order-confirmed"}
+    for kind, record in records.items():
+        names = dict(record.headers() or [])
+        assert {
+            "ce_specversion",
+            "ce_id",
+            "ce_type",
+            "ce_source",
+            "ce_time",
+            "content-type",
+            "ce_correlationid",
+            "ce_causationid",
+            "traceparent",
+        } <= set(names), kind
+        assert header(record, "ce_correlationid") == order_id
+        assert header(record, "traceparent").split("-")[1] == trace_id, kind
+        assert orjson.loads(record.value())["order_id"] == order_id
+    created, reserved, confirmed = (
+        records[t] for t in ("order-created", "stock-reserved", "order-confirmed")
+    )
+    assert header(created, "ce_causationid") == request_id
+    assert header(reserved, "ce_causationid") == header(created, "ce_id")
+    assert header(confirmed, "ce_causationid") == header(reserved, "ce_id")
+    assert header(created, "ce_source") == "/services/order"
+    assert header(reserved, "ce_source") == "/services/inventory"
+
+    chain = eventually(
+        lambda: len(shop.order_events(order_id)) >= 3 and shop.order_events(order_id),
+        message="chain filed",
+    )
+    assert [e["type"] for e in chain] == ["order-created", "stock-reserved", "order-confirmed"]
+    assert [e["id"] for e in chain] == [
+        header(created, "ce_id"),
+        header(reserved, "ce_id"),
+        header(confirmed, "ce_id"),
+    ]
+    assert chain[1]["offset"] == reserved.offset() and chain[1]["topic"] == reserved.topic()
+
+
+def test_bad_requests_answer_4xx_and_publish_nothing(running: RunningStack):
+    shop = running.client
+    user_id = customer(shop)
+    product_id = product_with_stock(shop, 5)
+    order(shop, user_id, product_id)  # known to the order service from here on
+    ghost_user, ghost_product = unique("ghost-user"), unique("ghost-product")
+    bad = [
+        shop.place_order(ghost_user, [{"product_id": product_id, "quantity": 1}]),
+        shop.place_order(user_id, [{"product_id": ghost_product, "quantity": 1}]),
+        shop.place_order(user_id, []),
+        shop.place_order(user_id, [{"product_id": product_id, "quantity": 0}]),
+        shop.http.post(
+            f"{shop.urls['order']}/orders",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        ),
+        shop.http.post(f"{shop.urls['order']}/orders", json={"user_id": user_id}),
+        shop.http.post(
+            f"{shop.urls['order']}/orders",
+            content=b"x" * 100_000,
+            headers={"content-type": "application/json"},
+        ),
+    ]
+    assert [r.status_code for r in bad] == [422, 422, 422, 422, 422, 422, 413]
+    assert "unknown user" in bad[0].json()["detail"]
+    assert ghost_product in bad[1].json()["detail"]
+    control = order(shop, user_id, product_id)
+    published = read_topic(
+        running.stack.bootstrap,
+        running.topic("orders"),
+        until=lambda got: any(m.key() == control["id"].encode() for m in got),
+    )
+    text = b"".join(m.value() or b"" for m in published)
+    assert control["id"].encode() in text
+    assert ghost_user.encode() not in text and ghost_product.encode() not in text
