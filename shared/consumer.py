@@ -189,7 +189,7 @@ class ConsumerWorker:
                     raise UnknownEventType(f"unknown event type {event.type!r}")
                 consumer.store_offsets(message=message)
                 return
-            payload = event.payload(route.model)
+            payload: Any = event.payload(route.model)
         except InvalidEnvelope as exc:
             unknown = isinstance(exc, UnknownEventType)
             reason = Reason.UNKNOWN_TYPE if unknown else Reason.INVALID_ENVELOPE
@@ -252,9 +252,9 @@ def _rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:
     """Seek every partition in `unprocessed` back to its first message not yet applied."""
     first: dict[tuple[str, int], int] = {}
     for message in unprocessed:
-        if message.error() is None:
-            key = (message.topic(), message.partition())
-            first.setdefault(key, message.offset())
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if message.error() is None and topic is not None and partition is not None:
+            first.setdefault((topic, partition), offset or 0)
     for (topic, partition), offset in first.items():
         try:
             consumer.seek(TopicPartition(topic, partition, offset))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from shared.envelope import KafkaRecord, format_time, utcnow
+from shared.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
 from shared.producer import EventProducer
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,10 @@ def dead_letter(
     producer: EventProducer, topic: str, message: KafkaRecord, consumer: str, letter: DeadLetter
 ) -> None:
     """Park `message` on the dead-letter topic; returns once the broker acknowledged it."""
-    original = [
-        (name, value)
-        for name, value in (message.headers() or [])
-        if value is not None and not name.startswith("dlq_")
+    headers: KafkaHeaders = [
+        (name, value) for name, value in _pairs(message.headers()) if not name.startswith("dlq_")
     ]
-    headers = original + [
+    headers += [
         (H_REASON, letter.reason.encode()),
         (H_ERROR, letter.error[:2000].encode(errors="replace")),
         (H_TOPIC, (message.topic() or "").encode()),
@@ -104,18 +102,25 @@ def redrive(
                 return count
             if message.error():
                 continue
-            headers = dict(message.headers() or [])
-            if consumer is None or headers.get(H_CONSUMER, b"").decode() == consumer:
-                original = [(n, v) for n, v in message.headers() or [] if not n.startswith("dlq_")]
+            pairs = _pairs(message.headers())
+            headers = {name: _text(value) for name, value in pairs}
+            if consumer is None or headers.get(H_CONSUMER) == consumer:
+                original = [(n, v) for n, v in pairs if not n.startswith("dlq_")]
                 producer.produce_raw(
-                    headers[H_TOPIC].decode(), message.value(), key=message.key(), headers=original
+                    headers[H_TOPIC], message.value(), key=message.key(), headers=original
                 )
                 count += 1
-            reader.commit(
-                offsets=[
-                    TopicPartition(message.topic(), message.partition(), message.offset() + 1)
-                ],
-                asynchronous=False,
+            position = TopicPartition(
+                dead_letter_topic, message.partition() or 0, (message.offset() or 0) + 1
             )
+            reader.commit(offsets=[position], asynchronous=False)
     finally:
         reader.close()
+
+
+def _pairs(headers: KafkaHeaders | dict[str, HeaderValue] | None) -> KafkaHeaders:
+    return list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+
+
+def _text(value: HeaderValue) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")

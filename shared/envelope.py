@@ -7,6 +7,7 @@ JSON payload, and whose headers carry the CloudEvents attributes (`ce_*`), the
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import uuid
 from dataclasses import dataclass, field, replace
@@ -39,10 +40,15 @@ class InvalidEnvelope(ValueError):
     """A Kafka record that is not a well-formed event of ours."""
 
 
+HeaderValue = str | bytes | None
+KafkaHeaders = list[tuple[str, HeaderValue]]
+"""Headers as confluent-kafka takes and gives them."""
+
+
 class KafkaRecord(Protocol):
     """What the envelope needs of a `confluent_kafka.Message`."""
 
-    def headers(self) -> list[tuple[str, bytes | None]] | None: ...
+    def headers(self) -> KafkaHeaders | dict[str, HeaderValue] | None: ...
     def key(self) -> bytes | str | None: ...
     def value(self) -> bytes | str | None: ...
     def topic(self) -> str | None: ...
@@ -87,7 +93,7 @@ class Envelope:
     partition: int | None = None
     offset: int | None = None
 
-    def payload(self, model: type[M]) -> M:
+    def payload(self, model: builtins.type[M]) -> M:
         """Validate the JSON payload against `model` (raises pydantic.ValidationError)."""
         return model.model_validate_json(self.data)
 
@@ -103,14 +109,15 @@ class Envelope:
             digest.update(part)
         return digest.hexdigest()
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def text_headers(self) -> list[tuple[str, str]]:
+        """The CloudEvents binary-mode headers, `traceparent` and `tracestate`, as text."""
         headers = [
-            (H_SPECVERSION, SPEC_VERSION.encode()),
-            (H_ID, self.id.encode()),
-            (H_TYPE, self.type.encode()),
-            (H_SOURCE, self.source.encode()),
-            (H_TIME, format_time(self.time).encode()),
-            (H_CONTENT_TYPE, CONTENT_TYPE.encode()),
+            (H_SPECVERSION, SPEC_VERSION),
+            (H_ID, self.id),
+            (H_TYPE, self.type),
+            (H_SOURCE, self.source),
+            (H_TIME, format_time(self.time)),
+            (H_CONTENT_TYPE, CONTENT_TYPE),
         ]
         optional = (
             (H_CORRELATION, self.correlation_id),
@@ -118,20 +125,30 @@ class Envelope:
             (H_TRACEPARENT, self.traceparent),
             (H_TRACESTATE, self.tracestate),
         )
-        headers.extend((name, value.encode()) for name, value in optional if value)
+        headers.extend((name, value) for name, value in optional if value)
         return headers
+
+    def headers(self) -> KafkaHeaders:
+        return [(name, value.encode()) for name, value in self.text_headers()]
 
     def at(self, topic: str, partition: int, offset: int) -> Envelope:
         return replace(self, topic=topic, partition=partition, offset=offset)
 
     @classmethod
     def from_headers(
-        cls, headers: list[tuple[str, bytes]] | dict[str, bytes], key: str, data: bytes
+        cls,
+        headers: KafkaHeaders | list[tuple[str, str]] | dict[str, HeaderValue],
+        key: str,
+        data: bytes,
     ) -> Envelope:
         pairs = headers.items() if isinstance(headers, dict) else headers
         try:
-            text = {name: value.decode() for name, value in pairs if value is not None}
-        except (UnicodeDecodeError, AttributeError) as exc:
+            text = {
+                name: value.decode() if isinstance(value, bytes) else value
+                for name, value in pairs
+                if value is not None
+            }
+        except UnicodeDecodeError as exc:
             raise InvalidEnvelope(f"header is not UTF-8 text: {exc}") from exc
         missing = [name for name in REQUIRED_HEADERS if not text.get(name)]
         if missing:
@@ -172,7 +189,7 @@ class Envelope:
             key = raw_key.decode() if isinstance(raw_key, bytes) else (raw_key or "")
         except UnicodeDecodeError as exc:
             raise InvalidEnvelope("record key is not UTF-8 text") from exc
-        envelope = cls.from_headers(message.headers() or [], key, data)  # type: ignore[arg-type]
+        envelope = cls.from_headers(message.headers() or [], key, data)
         try:
             orjson.loads(data)
         except orjson.JSONDecodeError as exc:

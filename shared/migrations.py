@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Engine, MetaData, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, text
 
 from shared.db import is_postgres
 
@@ -38,7 +38,7 @@ def run_migrations(metadata: MetaData) -> None:
     _configure_and_run(connection, metadata)
 
 
-def _configure_and_run(connection: object, metadata: MetaData) -> None:
+def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,

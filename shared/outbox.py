@@ -37,7 +37,7 @@ def add_events(
                 topic=topic,
                 key=envelope.key,
                 event_type=envelope.type,
-                headers=[[name, value.decode()] for name, value in envelope.headers()],
+                headers=[[name, value] for name, value in envelope.text_headers()],
                 payload=envelope.data,
             )
         )
@@ -45,7 +45,9 @@ def add_events(
 
 
 def row_to_envelope(row: OutboxMixin) -> Envelope:
-    return Envelope.from_headers([(n, v.encode()) for n, v in row.headers], row.key, row.payload)
+    return Envelope.from_headers(
+        [(name, value) for name, value in row.headers], row.key, row.payload
+    )
 
 
 class OutboxRelay:

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from shared.envelope import Envelope
+from shared.envelope import Envelope, KafkaHeaders
 
 
 class DeliveryError(RuntimeError):
@@ -103,7 +103,7 @@ class EventProducer:
         topic: str,
         value: bytes | None,
         key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: KafkaHeaders | None = None,
         timeout: float = 30,
     ) -> None:
         """Produce a record as-is (dead letters, redrive) and wait for its acknowledgement."""
