@@ -1,18 +1,22 @@
 """Dead letters: a message that cannot be applied is parked, with why and where it came from.
 
 The dead-letter record keeps the original key, value and headers, and adds `dlq_*`
-headers. `redrive` puts parked records back on their original topic once the cause is
-fixed."""
+headers. A record too large to park whole (the `dlq_*` headers push it over the
+producer's size limit) is parked without its key, value and headers, which `dlq_dropped`
+names; the original stays readable at `dlq_topic`/`dlq_partition`/`dlq_offset` for as long
+as that topic retains it. `redrive` puts parked records back on their original topic
+once the cause is fixed."""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from shared.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
-from shared.producer import EventProducer
+from shared.producer import DeliveryError, EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,12 @@ H_PARTITION = "dlq_partition"
 H_OFFSET = "dlq_offset"
 H_CONSUMER = "dlq_consumer"
 H_TIME = "dlq_time"
+H_DROPPED = "dlq_dropped"
+"""Set when the record was too large to park whole: what of it was left out."""
+H_SIZE = "dlq_size"
+"""With `dlq_dropped`: the original record's key, value and header bytes."""
+
+DROPPED = "key,value,headers"
 
 
 class Reason:
@@ -42,11 +52,11 @@ class DeadLetter:
 def dead_letter(
     producer: EventProducer, topic: str, message: KafkaRecord, consumer: str, letter: DeadLetter
 ) -> None:
-    """Park `message` on the dead-letter topic; returns once the broker acknowledged it."""
-    headers: KafkaHeaders = [
-        (name, value) for name, value in _pairs(message.headers()) if not name.startswith("dlq_")
-    ]
-    headers += [
+    """Park `message` on the dead-letter topic; returns once the broker acknowledged it.
+
+    Raises DeliveryError when the broker cannot be reached (the caller retries later)."""
+    original = [(n, v) for n, v in _pairs(message.headers()) if not n.startswith("dlq_")]
+    parking: KafkaHeaders = [
         (H_REASON, letter.reason.encode()),
         (H_ERROR, letter.error[:2000].encode(errors="replace")),
         (H_TOPIC, (message.topic() or "").encode()),
@@ -55,14 +65,14 @@ def dead_letter(
         (H_CONSUMER, consumer.encode()),
         (H_TIME, format_time(utcnow()).encode()),
     ]
-    key = message.key()
-    value = message.value()
-    producer.produce_raw(
-        topic,
-        value.encode() if isinstance(value, str) else value,
-        key=key.encode() if isinstance(key, str) else key,
-        headers=headers,
-    )
+    key, value = _bytes(message.key()), _bytes(message.value())
+    try:
+        _produce(producer, topic, value, key, original + parking)
+    except _TooLarge:
+        size = len(key or b"") + len(value or b"")
+        size += sum(len(n) + len(v or b"") for n, v in original)
+        parking += [(H_DROPPED, DROPPED.encode()), (H_SIZE, str(size).encode())]
+        _produce(producer, topic, None, None, parking)
     log.warning(
         "dead-lettered %s[%s]@%s for %s: %s",
         message.topic(),
@@ -79,47 +89,121 @@ def redrive(
     producer: EventProducer,
     *,
     consumer: str | None = None,
-    group_id: str = "redrive",
-    idle_timeout: float = 5.0,
+    group_id: str | None = None,
+    timeout: float = 60.0,
 ) -> int:
-    """Re-publish parked records (optionally only one consumer's) to their original topic.
+    """Re-publish the records parked now (optionally only one consumer's) to their original
+    topics; return how many were re-published.
 
-    Progress is committed under `group_id`, so each parked record is redriven once."""
+    Progress is committed under `group_id` (default `redrive-<consumer>`, so redriving one
+    consumer never skips another's records) after each record, so each is redriven once.
+    Records parked while this runs (a redriven event failing again) wait for the next run.
+    Records parked without their value are skipped with a warning: they cannot be
+    re-published whole."""
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
-            "group.id": group_id,
+            "group.id": group_id or f"redrive-{consumer or 'all'}",
             "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+            "enable.auto.offset.store": False,
         }
     )
-    reader.subscribe([dead_letter_topic])
     count = 0
     try:
-        while True:
-            message = reader.poll(idle_timeout)
-            if message is None:
-                return count
-            if message.error():
+        backlog = _backlog(reader, dead_letter_topic, timeout)
+        reader.assign([TopicPartition(dead_letter_topic, p, start) for p, (start, _) in backlog])
+        ends = {partition: end for partition, (start, end) in backlog if start < end}
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redrive of {dead_letter_topic} unfinished after {timeout}s")
+            message = reader.poll(0.5)
+            if message is None or message.error() is not None:
                 continue
-            pairs = _pairs(message.headers())
-            headers = {name: _text(value) for name, value in pairs}
-            if consumer is None or headers.get(H_CONSUMER) == consumer:
-                original = [(n, v) for n, v in pairs if not n.startswith("dlq_")]
-                producer.produce_raw(
-                    headers[H_TOPIC], message.value(), key=message.key(), headers=original
-                )
-                count += 1
-            position = TopicPartition(
-                dead_letter_topic, message.partition() or 0, (message.offset() or 0) + 1
-            )
+            partition, offset = message.partition() or 0, message.offset() or 0
+            if offset >= ends.get(partition, -1):
+                continue  # parked after this run began
+            count += _redrive_one(producer, message, consumer)
+            position = TopicPartition(dead_letter_topic, partition, offset + 1)
             reader.commit(offsets=[position], asynchronous=False)
+            if offset + 1 >= ends[partition]:
+                del ends[partition]
     finally:
         reader.close()
+    return count
+
+
+def _redrive_one(producer: EventProducer, message: KafkaRecord, consumer: str | None) -> int:
+    pairs = _pairs(message.headers())
+    headers = {name: _text(value) for name, value in pairs}
+    if consumer is not None and headers.get(H_CONSUMER) != consumer:
+        return 0
+    where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+    if not headers.get(H_TOPIC):
+        log.warning("redrive: %s has no %s header: skipped", where, H_TOPIC)
+        return 0
+    if H_DROPPED in headers:
+        log.warning("redrive: %s was parked without its %s: skipped", where, headers[H_DROPPED])
+        return 0
+    original = [(n, v) for n, v in pairs if not n.startswith("dlq_")]
+    key, value = _bytes(message.key()), _bytes(message.value())
+    try:
+        _produce(producer, headers[H_TOPIC], value, key, original)
+    except _TooLarge as exc:
+        log.error("redrive: %s is too large for %s: skipped (%s)", where, headers[H_TOPIC], exc)
+        return 0
+    return 1
+
+
+def _backlog(reader: Consumer, topic: str, timeout: float) -> list[tuple[int, tuple[int, int]]]:
+    """Per partition of `topic`: the first offset not redriven yet and the end offset."""
+    metadata = reader.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise LookupError(f"no topic {topic!r}: {metadata.error if metadata else 'missing'}")
+    partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+    backlog = []
+    for committed in reader.committed(partitions, timeout=timeout):
+        low, high = reader.get_watermark_offsets(committed, timeout=timeout, cached=False)
+        start = low if committed.offset == OFFSET_INVALID else max(committed.offset, low)
+        backlog.append((committed.partition, (start, high)))
+    return backlog
+
+
+class _TooLarge(DeliveryError):
+    """The record exceeds the producer's or the broker's size limit: no retry will help."""
+
+    def __init__(self, error: KafkaError | str) -> None:
+        super().__init__("<raw>", error)
+
+
+def _produce(
+    producer: EventProducer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    headers: KafkaHeaders,
+) -> None:
+    """`produce_raw`, with a record over the size limit told apart from a broker outage."""
+    try:
+        producer.produce_raw(topic, value, key=key, headers=headers)
+    except KafkaException as exc:  # refused before it was queued
+        error = exc.args[0]
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            raise _TooLarge(error) from exc
+        raise DeliveryError("<raw>", error) from exc
+    except DeliveryError as exc:
+        error = exc.error
+        if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            raise _TooLarge(error) from exc
+        raise
 
 
 def _pairs(headers: KafkaHeaders | dict[str, HeaderValue] | None) -> KafkaHeaders:
     return list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 def _text(value: HeaderValue) -> str:

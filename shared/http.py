@@ -3,14 +3,16 @@ envelope, and the /health, /ready and /metrics endpoints."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import tracing
@@ -35,6 +37,48 @@ class Conflict(DomainError):
     status_code = 409
 
 
+class Error(BaseModel):
+    """The body of every error a service answers itself: domain errors, 400 and 413."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrors(BaseModel):
+    """The body of FastAPI's 422 for a request that does not match its schema."""
+
+    detail: list[ValidationIssue]
+
+
+class Readiness(BaseModel):
+    """The body of /ready: 200 when every check holds, else 503."""
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+def errors(described: Mapping[int, str]) -> Responses:
+    """A route's `responses=`: each status answered with an `Error` body, as described."""
+    return {status: {"model": Error, "description": text} for status, text in described.items()}
+
+
+BODY_ERRORS: Responses = errors(
+    {
+        400: "Request body unreadable (not UTF-8)",
+        413: "Request body larger than the limit",
+    }
+)
+"""What any route with a request body may answer before it validates the body."""
+
+
 class TracingMiddleware:
     """Continues the caller's `traceparent` (or starts a trace) and makes the request the
     cause of every event it emits. Echoes `x-request-id` and `x-trace-id`."""
@@ -48,7 +92,9 @@ class TracingMiddleware:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get("x-request-id") or new_id()
-        cause = tracing.Cause(request_id, headers.get("x-correlation-id"))
+        cause = tracing.Cause(
+            request_id, headers.get("x-correlation-id"), continued="traceparent" in headers
+        )
         with tracing.span(
             f"{scope['method']} {scope['path']}",
             cause=cause,
@@ -71,8 +117,16 @@ class TracingMiddleware:
             await self.app(scope, receive, send_with_ids)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit. An HTTPException, so
+    FastAPI's body reading passes it through (any other exception becomes its 400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_detail(limit))
+
+
+def _too_large_detail(limit: int) -> str:
+    return f"request body is larger than {limit} bytes"
 
 
 class BodyLimitMiddleware:
@@ -98,7 +152,7 @@ class BodyLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -114,7 +168,7 @@ class BodyLimitMiddleware:
 
 
 async def _too_large(limit: int, send: Send) -> None:
-    body = orjson.dumps({"detail": f"request body is larger than {limit} bytes"})
+    body = orjson.dumps({"detail": _too_large_detail(limit)})
     await send(
         {
             "type": "http.response.start",
@@ -144,7 +198,12 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/ready", tags=["ops"], responses={503: {"description": "Not ready"}})
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready"}},
+    )
     def ready(request: Request) -> JSONResponse:
         """Readiness: database and broker reachable, consumer and outbox relay running."""
         runtime = getattr(request.app.state, "runtime", None)

@@ -5,10 +5,11 @@ A service's `migrations/env.py` is one call: `run_migrations(Base.metadata)`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, TypeDecorator, create_engine, text
 
 from shared.db import is_postgres
 
@@ -44,6 +45,15 @@ def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _render_item(kind: str, obj: Any, _context: Any) -> str | Literal[False]:
+    """Render a TypeDecorator column (e.g. UtcDateTime) as its plain SQL type, so that
+    migrations never import application code."""
+    if kind == "type" and isinstance(obj, TypeDecorator):
+        return f"sa.{obj.impl!r}"
+    return False

@@ -30,6 +30,8 @@ class Cause:
 
     id: str
     correlation_id: str | None = None
+    continued: bool = False
+    """True when the caller sent a trace to continue (a `traceparent`)."""
 
 
 _cause: ContextVar[Cause | None] = ContextVar("cause", default=None)
@@ -80,11 +82,25 @@ def consuming(event: Envelope) -> AbstractContextManager[None]:
     """The context in which a consumed event is handled: its children are caused by it."""
     return span(
         f"{event.type} process",
-        cause=Cause(event.id, event.correlation_id),
+        cause=Cause(event.id, event.correlation_id, continued=bool(event.traceparent)),
         traceparent=event.traceparent,
         tracestate=event.tracestate,
         kind=SpanKind.CONSUMER,
     )
+
+
+@contextmanager
+def join_trace(traceparent: str | None, name: str = "join") -> Iterator[None]:
+    """Continue the trace in `traceparent` unless the current cause brought its own: e.g. a
+    cancel request without a `traceparent` joins the trace of the order it cancels."""
+    cause = _cause.get()
+    if not traceparent or cause is None or cause.continued:
+        yield
+        return
+    with span(
+        name, cause=Cause(cause.id, cause.correlation_id, continued=True), traceparent=traceparent
+    ):
+        yield
 
 
 def new_event(

@@ -1,21 +1,22 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
 from services.inventory import handlers
 from services.inventory.schemas import StockIn, StockOut
+from shared.http import BODY_ERRORS, errors
 from shared.runtime import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["stock"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
-UNKNOWN_PRODUCT: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Inventory has not learned of this product yet"}
-}
+UNKNOWN_PRODUCT = errors({404: "Inventory has not learned of this product yet"})
 
 
-@router.put("/stock/{product_id}", response_model=StockOut, responses=UNKNOWN_PRODUCT)
+@router.put(
+    "/stock/{product_id}", response_model=StockOut, responses={**UNKNOWN_PRODUCT, **BODY_ERRORS}
+)
 def set_stock(product_id: str, body: StockIn, runtime: Runtime) -> StockOut:
     with runtime.uow() as unit:
         return StockOut.model_validate(handlers.set_stock(unit, product_id, body))

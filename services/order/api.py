@@ -1,24 +1,29 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 
 from services.order import handlers
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
+from shared.http import BODY_ERRORS, Error, ValidationErrors, errors
 from shared.runtime import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["orders"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown order"},
-    409: {"description": "Conflict"},
-    422: {"description": "Invalid request, unknown user or product"},
+UNKNOWN_ORDER = errors({404: "Unknown order"})
+PLACE_ORDER_ERRORS = {
+    **BODY_ERRORS,
+    **errors({409: "Idempotency-Key already used with another request"}),
+    422: {
+        "model": Error | ValidationErrors,
+        "description": "Invalid request, unknown user or product",
+    },
 }
 
 
-@router.post("/orders", status_code=202, response_model=OrderOut, responses=ERRORS)
+@router.post("/orders", status_code=202, response_model=OrderOut, responses=PLACE_ORDER_ERRORS)
 def place_order(
     body: OrderIn,
     runtime: Runtime,
@@ -40,19 +45,25 @@ def list_orders(
         return [OrderOut.model_validate(o) for o in handlers.list_orders(unit, user_id, limit)]
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut, responses=ERRORS)
+@router.get("/orders/{order_id}", response_model=OrderOut, responses=UNKNOWN_ORDER)
 def get_order(order_id: str, runtime: Runtime) -> OrderOut:
     with runtime.uow() as unit:
         return OrderOut.model_validate(handlers.get_order(unit, order_id))
 
 
-@router.post("/orders/{order_id}/cancel", response_model=OrderOut, responses=ERRORS)
+@router.post(
+    "/orders/{order_id}/cancel",
+    response_model=OrderOut,
+    responses={**UNKNOWN_ORDER, **errors({409: "A rejected order cannot be cancelled"})},
+)
 def cancel_order(order_id: str, runtime: Runtime) -> OrderOut:
     with runtime.uow() as unit:
         return OrderOut.model_validate(handlers.cancel_order(unit, order_id))
 
 
-@router.get("/orders/{order_id}/events", response_model=list[OrderEventOut], responses=ERRORS)
+@router.get(
+    "/orders/{order_id}/events", response_model=list[OrderEventOut], responses=UNKNOWN_ORDER
+)
 def order_events(order_id: str, runtime: Runtime) -> list[OrderEventOut]:
     """The order's event chain as read back from Kafka, each event after its cause."""
     with runtime.uow() as unit:

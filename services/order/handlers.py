@@ -36,6 +36,7 @@ from services.order.models import (
     OrderStatus,
 )
 from services.order.schemas import OrderIn, OrderOut
+from shared import tracing
 from shared.db import insert
 from shared.envelope import Envelope
 from shared.http import Conflict, DomainError, NotFound
@@ -107,7 +108,7 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
     ]
     unit.session.add(order)
     unit.session.flush()
-    unit.outbox.emit(
+    created = unit.outbox.emit(
         ORDERS,
         ORDER_CREATED,
         order.id,
@@ -118,6 +119,7 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
         ),
         correlation_id=order.id,
     )
+    order.traceparent = created.traceparent
     response = _response(order)
     if claim is not None:
         claim.response = response
@@ -161,9 +163,13 @@ def cancel_order(unit: Unit, order_id: str) -> Order:
     if order.status is OrderStatus.REJECTED:
         raise OrderNotCancellable(order_id, order.status)
     order.status = OrderStatus.CANCELLED
-    unit.outbox.emit(
-        ORDERS, ORDER_CANCELLED, order.id, OrderCancelled(order_id=order.id, user_id=order.user_id)
-    )
+    with tracing.join_trace(order.traceparent):
+        unit.outbox.emit(
+            ORDERS,
+            ORDER_CANCELLED,
+            order.id,
+            OrderCancelled(order_id=order.id, user_id=order.user_id),
+        )
     return order
 
 

@@ -30,6 +30,8 @@ class Order(Base):
     user_id: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[OrderStatus] = mapped_column(SqlEnum(OrderStatus, native_enum=False, length=16))
     reason: Mapped[str | None] = mapped_column(String(2000), default=None)
+    traceparent: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The trace of the request that placed it: later events of the order join it."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     lines: Mapped[list[OrderLine]] = relationship(

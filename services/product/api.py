@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends
 
 from services.product import handlers
 from services.product.schemas import ProductIn, ProductOut
+from shared.http import BODY_ERRORS, errors
 from shared.runtime import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["products"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-@router.post("/products", status_code=201, response_model=ProductOut)
+@router.post("/products", status_code=201, response_model=ProductOut, responses=BODY_ERRORS)
 def create_product(body: ProductIn, runtime: Runtime) -> ProductOut:
     with runtime.uow() as unit:
         return ProductOut.model_validate(handlers.create_product(unit, body))
@@ -27,7 +28,7 @@ def list_products(runtime: Runtime) -> list[ProductOut]:
 @router.get(
     "/products/{product_id}",
     response_model=ProductOut,
-    responses={404: {"description": "Unknown product"}},
+    responses=errors({404: "Unknown product"}),
 )
 def get_product(product_id: str, runtime: Runtime) -> ProductOut:
     with runtime.uow() as unit:

@@ -6,26 +6,26 @@ from fastapi import APIRouter, Depends
 
 from services.user import handlers
 from services.user.schemas import NotificationOut, UserIn, UserOut
+from shared.http import BODY_ERRORS, errors
 from shared.runtime import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["users"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
+UNKNOWN_USER = errors({404: "Unknown user"})
 
 
 @router.post(
     "/users",
     status_code=201,
     response_model=UserOut,
-    responses={409: {"description": "Email already registered"}},
+    responses={**errors({409: "Email already registered"}), **BODY_ERRORS},
 )
 def register_user(body: UserIn, runtime: Runtime) -> UserOut:
     with runtime.uow() as unit:
         return UserOut.model_validate(handlers.register_user(unit, body))
 
 
-@router.get(
-    "/users/{user_id}", response_model=UserOut, responses={404: {"description": "Unknown user"}}
-)
+@router.get("/users/{user_id}", response_model=UserOut, responses=UNKNOWN_USER)
 def get_user(user_id: str, runtime: Runtime) -> UserOut:
     with runtime.uow() as unit:
         return UserOut.model_validate(handlers.get_user(unit, user_id))
@@ -34,7 +34,7 @@ def get_user(user_id: str, runtime: Runtime) -> UserOut:
 @router.get(
     "/users/{user_id}/notifications",
     response_model=list[NotificationOut],
-    responses={404: {"description": "Unknown user"}},
+    responses=UNKNOWN_USER,
 )
 def list_notifications(user_id: str, runtime: Runtime) -> list[NotificationOut]:
     with runtime.uow() as unit:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
 
+from tests.conftest import free_port
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, random_email, read_topic, unique
 from tools.client import ShopClient
+from tools.stack import ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -267,3 +271,89 @@ def test_bad_requests_answer_4xx_and_publish_nothing(running: RunningStack):
     text = b"".join(m.value() or b"" for m in published)
     assert control["id"].encode() in text
     assert ghost_user.encode() not in text and ghost_product.encode() not in text
+
+
+def test_replaying_every_topic_from_offset_zero_into_inventory_changes_no_stock(
+    running: RunningStack,
+):
+    shop = running.client
+    user_id = customer(shop)
+    products = [product_with_stock(shop, 3) for _ in range(2)]
+    for quantity in (1, 2, 5):
+        placed = order(shop, user_id, products[0], quantity)
+        shop.wait_for_status(placed["id"])
+    cancelled = order(shop, user_id, products[1], 2)
+    shop.wait_for_status(cancelled["id"])
+    shop.cancel(cancelled["id"])
+    eventually(lambda: shop.stock(products[1])["reserved"] == 0, message="released")
+    before = [shop.stock(p) for p in products]
+
+    inventory = running.stack.services["inventory"]
+    group = f"{running.topic_prefix}inventory"
+    topics = [running.topic("products"), running.topic("orders")]
+    inventory.stop()
+    try:
+        rewind_group(running.stack.bootstrap, group, topics)
+    finally:
+        inventory.start()
+        inventory.wait_ready()
+    eventually(
+        lambda: group_caught_up(running.stack.bootstrap, group, topics),
+        timeout=60,
+        message="inventory re-consumed every topic",
+    )
+    assert [shop.stock(p) for p in products] == before
+
+
+def rewind_group(bootstrap: str, group: str, topics: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    metadata = admin.list_topics(timeout=10)
+    partitions = [TopicPartition(t, p, 0) for t in topics for p in metadata.topics[t].partitions]
+    future = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, partitions)])
+    for result in future.values():
+        result.result(30)
+
+
+def group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
+        committed = consumer.committed(partitions, timeout=10)
+        return all(
+            tp.offset == consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in committed
+        )
+    finally:
+        consumer.close()
+
+
+def test_two_inventory_processes_on_postgres_confirm_exactly_the_stock(
+    running: RunningStack, tmp_path: Path
+):
+    if running.backend != "postgres":
+        pytest.skip("two processes share one database only on PostgreSQL")
+    shop = running.client
+    first = running.stack.services["inventory"]
+    second = ServiceProcess("inventory", free_port(), tmp_path, first.env)
+    second.start()
+    try:
+        second.wait_ready()
+        group = f"{running.topic_prefix}inventory"
+        eventually(
+            lambda: assigned_members(running.stack.bootstrap, group) == 2,
+            timeout=60,
+            message="both inventory processes own partitions",
+        )
+        user_id = customer(shop)
+        product_id = product_with_stock(shop, 10)
+        outcomes = place_concurrently(shop, user_id, product_id, 50)
+    finally:
+        second.stop()
+    assert outcomes.count("CONFIRMED") == 10 and outcomes.count("REJECTED") == 40
+    assert shop.stock(product_id) == {"product_id": product_id, "available": 0, "reserved": 10}
+
+
+def assigned_members(bootstrap: str, group: str) -> int:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    (description,) = [f.result(10) for f in admin.describe_consumer_groups([group]).values()]
+    return sum(1 for m in description.members if m.assignment.topic_partitions)

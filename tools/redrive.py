@@ -1,0 +1,62 @@
+"""Put one consumer's dead-lettered events back on their original topics.
+
+Run it once the cause that parked them is fixed:
+
+    python -m tools.redrive --topic-prefix P --consumer NAME [--bootstrap HOST:PORT]
+
+Redrives what is parked when it starts and commits its progress, so running it again
+re-publishes only what was parked since. Consumers drop a redriven event that was already
+applied (the processed-events table), so a repeat is harmless."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from confluent_kafka import KafkaException
+
+from shared.deadletter import redrive
+from shared.producer import DeliveryError, EventProducer
+from shared.runtime import DEAD_LETTERS
+from shared.settings import ServiceSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = ServiceSettings()
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.redrive", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--topic-prefix",
+        default=settings.topic_prefix,
+        help="the stack's topic prefix (default: %(default)r, from TOPIC_PREFIX)",
+    )
+    parser.add_argument(
+        "--consumer", required=True, help="the consumer whose dead letters to redrive"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=settings.kafka_bootstrap_servers,
+        help="Kafka bootstrap servers (default: %(default)s, from KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds before giving up (default: 60)"
+    )
+    args = parser.parse_args(argv)
+    topic = args.topic_prefix + DEAD_LETTERS
+    producer = EventProducer(args.bootstrap)
+    try:
+        count = redrive(
+            args.bootstrap, topic, producer, consumer=args.consumer, timeout=args.timeout
+        )
+    except (LookupError, TimeoutError, DeliveryError, KafkaException) as exc:
+        print(f"redrive failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        producer.close()
+    print(f"re-published {count} dead-lettered event(s) of {args.consumer} from {topic}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
