@@ -35,6 +35,13 @@ status: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tools.demo
 
+# Throughput and latency against the running stack (`make up` first), beside the limits.
+# Options: make bench BENCH_ARGS="--duration 60 --connections 32"; results/ gets the report.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(PY) -m tools.bench $(BENCH_ARGS)
+
 test: $(STAMP) jars
 	$(PY) -m pytest
 

@@ -5,7 +5,9 @@ A service's main.py describes itself with a `ServiceSpec` and calls `create_serv
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -78,7 +80,12 @@ class ServiceRuntime:
             partitions=settings.topic_partitions,
         )
         self.producer = EventProducer(settings.kafka_bootstrap_servers)
-        self.relay = OutboxRelay(self.sessions, spec.outbox_model, self.producer)
+        self.relay = OutboxRelay(
+            self.sessions,
+            spec.outbox_model,
+            self.producer,
+            before_publish=crash_on_call(settings.fault_crash_before_publish),
+        )
         self.relay.start()
         if spec.subscribes:
             self.consumer = ConsumerWorker(
@@ -92,6 +99,7 @@ class ServiceRuntime:
                 producer=self.producer,
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
+                after_commit=crash_on_call(settings.fault_crash_after_commits),
             )
             self.consumer.start()
         self._housekeeper = threading.Thread(
@@ -164,6 +172,20 @@ class _RuntimeCollector:
         )
         pending.add_metric([name], relay.pending() if relay else 0)
         yield from (applied, dead, published, pending)
+
+
+def crash_on_call(n: int) -> Callable[[Any], None] | None:
+    """A fault-injection hook that kills the process, like SIGKILL, on its n-th call."""
+    if n <= 0:
+        return None
+    calls = itertools.count(1)
+
+    def crash(_: Any) -> None:
+        if next(calls) == n:
+            log.error("fault injection: exiting abruptly")
+            os._exit(137)
+
+    return crash
 
 
 def get_runtime(request: Request) -> ServiceRuntime:

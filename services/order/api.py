@@ -7,13 +7,13 @@ from fastapi.responses import JSONResponse
 
 from services.order import handlers
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
-from shared.http import BODY_ERRORS, Error, ValidationErrors, errors
+from shared.http import BODY_ERRORS, Error, Responses, ValidationErrors, errors
 from shared.runtime import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["orders"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 UNKNOWN_ORDER = errors({404: "Unknown order"})
-PLACE_ORDER_ERRORS = {
+PLACE_ORDER_ERRORS: Responses = {
     **BODY_ERRORS,
     **errors({409: "Idempotency-Key already used with another request"}),
     422: {

@@ -1,0 +1,463 @@
+"""compose.yaml, Dockerfile and .dockerignore read as data: no Docker engine, no broker.
+
+What `docker compose up -d --wait` relies on is checked here: every container has a
+healthcheck, the services wait for healthy Kafka and PostgreSQL, each service gets the
+environment its settings class actually reads, and the host sees the same addresses as
+in the local process mode (tools/stack.py, tools/kafka_local.py)."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from email.message import Message
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+from pydantic import AliasChoices, AliasPath
+from sqlalchemy import make_url
+
+from shared.settings import ServiceSettings
+from tools.kafka_local import LocalBroker
+from tools.stack import PORTS
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+POM = ROOT / "tools" / "kafka" / "pom.xml"
+INFRA = ("kafka", "postgres")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+@cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict), "compose.yaml is not a mapping"
+    return data
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"compose.yaml has no service {name!r}"
+    spec = services[name]
+    assert isinstance(spec, dict)
+    return spec
+
+
+def environment(name: str) -> dict[str, str]:
+    """A service's environment as a dict, whichever of the two Compose syntaxes it uses."""
+    env = service(name).get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(key): "" if value is None else str(value) for key, value in env.items()}
+
+
+def published_ports(name: str) -> list[tuple[str, str, str]]:
+    """(host_ip, published, target) of each entry of a service's `ports`."""
+    result = []
+    for entry in service(name).get("ports") or []:
+        if isinstance(entry, dict):
+            result.append(
+                (
+                    str(entry.get("host_ip", "")),
+                    str(entry.get("published", "")),
+                    str(entry["target"]),
+                )
+            )
+            continue
+        parts = str(entry).removesuffix("/tcp").split(":")
+        if len(parts) == 3:
+            result.append((parts[0], parts[1], parts[2]))
+        elif len(parts) == 2:
+            result.append(("", parts[0], parts[1]))
+        else:
+            result.append(("", "", parts[0]))
+    return result
+
+
+def healthcheck_text(name: str) -> str:
+    check = service(name).get("healthcheck")
+    assert check, f"{name} has no healthcheck, so `up --wait` cannot wait for it"
+    assert not check.get("disable"), f"{name}'s healthcheck is disabled"
+    test = check.get("test")
+    assert test and test != ["NONE"], f"{name}'s healthcheck has no test"
+    if isinstance(test, str):
+        return test
+    assert test[0] in ("CMD", "CMD-SHELL"), f"{name}: healthcheck test starts with {test[0]!r}"
+    return " ".join(test[1:])
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    """`NAME://host:port,...` -> {NAME: (host, port)}."""
+    result = {}
+    for item in value.split(","):
+        listener, _, address = item.strip().partition("://")
+        host, _, port = address.rpartition(":")
+        result[listener] = (host, int(port))
+    return result
+
+
+def settings_class(name: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"services.{name}.config")
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == module.__name__
+    ]
+    assert len(classes) == 1, f"services.{name}.config defines {classes}"
+    return classes[0]
+
+
+def env_names(settings: type[ServiceSettings]) -> dict[str, str]:
+    """Every environment variable the settings class reads (upper-case) -> its field.
+
+    pydantic-settings reads `<env_prefix><field>` unless the field has an alias; an alias
+    is read as is, without the prefix (that is how KAFKA_BOOTSTRAP_SERVERS is shared)."""
+    prefix = settings.model_config.get("env_prefix", "")
+    names = {}
+    for field, info in settings.model_fields.items():
+        alias = info.validation_alias or info.alias
+        if alias is None:
+            names[(prefix + field).upper()] = field
+        elif isinstance(alias, str):
+            names[alias.upper()] = field
+        elif isinstance(alias, AliasChoices):
+            for choice in alias.choices:
+                if not isinstance(choice, AliasPath):
+                    names[choice.upper()] = field
+    return names
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, arguments = line.partition(" ")
+            result.append((keyword.upper(), arguments.strip()))
+    return result
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    assert starts, "the Dockerfile has no FROM"
+    return instructions[starts[-1] :]
+
+
+def assert_uvicorn_factory(command: list[str], name: str, port: int | None = None) -> None:
+    """`uvicorn services.<name>.main:create_app --factory ...` naming a real factory."""
+    assert command[0] == "uvicorn", command
+    app = f"services.{name}.main:create_app"
+    assert app in command, command
+    assert "--factory" in command, command
+    assert command[command.index("--host") + 1] == "0.0.0.0", command
+    if port is not None:
+        assert command[command.index("--port") + 1] == str(port), command
+    module_name, _, attribute = app.partition(":")
+    assert importlib.util.find_spec(module_name) is not None, f"no module {module_name}"
+    assert callable(getattr(importlib.import_module(module_name), attribute, None))
+
+
+# --- the file as a whole ---------------------------------------------------------------
+
+
+def test_compose_file_is_compose_specification() -> None:
+    data = compose()
+    assert "version" not in data, "the Compose Specification has no `version:`"
+    assert set(data["services"]) == {*INFRA, *PORTS}
+
+
+def test_every_container_has_a_healthcheck_for_up_wait() -> None:
+    for name in compose()["services"]:
+        healthcheck_text(name)
+
+
+def test_everything_is_published_on_loopback_only() -> None:
+    seen: dict[str, str] = {}
+    for name in compose()["services"]:
+        for host_ip, published, target in published_ports(name):
+            assert host_ip == "127.0.0.1", f"{name} publishes {target} on {host_ip or 'all'}"
+            assert published not in seen, f"{name} and {seen.get(published)} both take {published}"
+            seen[published] = name
+
+
+def test_depends_on_names_defined_services() -> None:
+    names = set(compose()["services"])
+    for name, spec in compose()["services"].items():
+        assert set(spec.get("depends_on") or {}) <= names, name
+
+
+# --- kafka -----------------------------------------------------------------------------
+
+
+def test_kafka_image_tag_is_the_version_of_the_local_broker() -> None:
+    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=namespace)
+    assert version
+    assert service("kafka")["image"] == f"apache/kafka:{version}"
+
+
+def test_kafka_runs_kraft_combined_mode() -> None:
+    env = environment("kafka")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    node_id = env["KAFKA_NODE_ID"]
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    bound = listeners(env["KAFKA_LISTENERS"])
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert len(voters) == 1, "one node: a single voter"
+    voter_id, _, voter_address = voters[0].partition("@")
+    assert voter_id == node_id
+    voter_host, _, voter_port = voter_address.rpartition(":")
+    assert voter_host in ("kafka", service("kafka").get("hostname", "kafka"))
+    assert int(voter_port) == bound[controller][1], "the voter is this node's controller listener"
+    # A fixed cluster id, so a restarted container finds its formatted log dir compatible.
+    cluster_id = env["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, "CLUSTER_ID is no Kafka UUID"
+
+
+def test_kafka_listeners_internal_for_containers_external_for_the_host() -> None:
+    env = environment("kafka")
+    protocols = dict(
+        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    bound = listeners(env["KAFKA_LISTENERS"])
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(bound) <= set(protocols) and set(advertised) <= set(bound)
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
+
+    # The host reaches the broker where the local process mode has it: 127.0.0.1:9092.
+    host_bootstrap = LocalBroker().bootstrap
+    external = [name for name, address in advertised.items() if address == ("127.0.0.1", 9092)]
+    assert len(external) == 1 and f"127.0.0.1:{advertised[external[0]][1]}" == host_bootstrap
+    assert published_ports("kafka") == [("127.0.0.1", "9092", str(bound[external[0]][1]))]
+
+    # The services reach it on the other advertised listener, by the service's name.
+    internal = {
+        f"{host}:{port}" for name, (host, port) in advertised.items() if name != external[0]
+    }
+    for name in PORTS:
+        bootstrap = environment(name)["KAFKA_BOOTSTRAP_SERVERS"]
+        assert bootstrap in internal, f"{name} uses {bootstrap}, not one of {internal}"
+        assert bootstrap.partition(":")[0] == "kafka"
+
+
+def test_kafka_is_sized_for_a_small_machine() -> None:
+    env = environment("kafka")
+    expected = {
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+    }
+    assert {key: env.get(key) for key in expected} == expected
+    assert "-Xmx512m" in env["KAFKA_HEAP_OPTS"].split()
+
+
+def test_kafka_healthcheck_asks_the_broker() -> None:
+    text = healthcheck_text("kafka")
+    assert re.search(r"/opt/kafka/bin/kafka-(broker-api-versions|topics)\.sh", text), text
+    assert "--bootstrap-server" in text
+
+
+# --- postgres --------------------------------------------------------------------------
+
+
+def init_script() -> Path:
+    for volume in service("postgres").get("volumes") or []:
+        source, _, rest = str(volume).partition(":")
+        if rest.startswith("/docker-entrypoint-initdb.d/"):
+            return (ROOT / source).resolve()
+    raise AssertionError("postgres mounts no script into /docker-entrypoint-initdb.d")
+
+
+def test_postgres_has_a_healthcheck_and_loopback_port() -> None:
+    assert service("postgres")["image"] == "postgres:16"
+    assert "pg_isready" in healthcheck_text("postgres")
+    assert published_ports("postgres") == [("127.0.0.1", "5432", "5432")]
+
+
+def test_postgres_creates_one_database_per_service() -> None:
+    script = init_script()
+    assert script.is_file() and script.is_relative_to(ROOT), script
+    created = set(re.findall(r'CREATE\s+DATABASE\s+"?(\w+)"?', script.read_text(), re.I))
+    env = environment("postgres")
+    databases = set()
+    for name in PORTS:
+        url = make_url(environment(name)[f"{name.upper()}_DATABASE_URL"])
+        assert url.drivername == "postgresql+psycopg"
+        assert (url.host, url.port or 5432) == ("postgres", 5432)
+        assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+        assert url.database in created, f"{url.database} is not created by {script.name}"
+        databases.add(url.database)
+    assert len(databases) == len(PORTS), "each service has its own database"
+    assert importlib.util.find_spec("psycopg") is not None
+
+
+# --- the four services -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_service_is_built_from_the_repo_and_waits_for_healthy_infra(name: str) -> None:
+    spec = service(name)
+    build = spec["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    assert (COMPOSE_FILE.parent / context).resolve() == ROOT
+    assert (ROOT / "Dockerfile").is_file()
+    depends_on = spec["depends_on"]
+    assert isinstance(depends_on, dict), "the list form of depends_on has no condition"
+    for dependency in INFRA:
+        assert depends_on[dependency]["condition"] == "service_healthy", dependency
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_service_runs_its_factory_on_its_port(name: str) -> None:
+    command = service(name)["command"]
+    if isinstance(command, str):
+        command = shlex.split(command)
+    assert_uvicorn_factory(command, name, PORTS[name])
+    assert published_ports(name) == [("127.0.0.1", str(PORTS[name]), str(PORTS[name]))]
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_service_healthcheck_probes_ready(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    test = service(name)["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], "slim images have python, not curl"
+    code = compile(test[3], f"{name}-healthcheck", "exec")
+    requested: list[str] = []
+
+    def answer(status: int) -> Any:
+        def urlopen(url: str, timeout: float) -> Any:
+            requested.append(url)
+            if status >= 400:
+                raise urllib.error.HTTPError(url, status, "Not ready", Message(), None)
+            return SimpleNamespace(status=status)
+
+        return urlopen
+
+    monkeypatch.setattr(urllib.request, "urlopen", answer(200))
+    with pytest.raises(SystemExit) as exit_ok:
+        exec(code, {})
+    assert exit_ok.value.code == 0
+    monkeypatch.setattr(urllib.request, "urlopen", answer(503))
+    with pytest.raises(urllib.error.HTTPError):  # an uncaught error: python exits 1
+        exec(code, {})
+    assert requested == [f"http://127.0.0.1:{PORTS[name]}/ready"] * 2
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_service_environment_is_read_by_its_settings(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings_class(name)
+    known = env_names(settings)
+    env = environment(name)
+    assert "KAFKA_BOOTSTRAP_SERVERS" in env
+    assert f"{name.upper()}_DATABASE_URL" in env
+    unknown = sorted(set(env) - set(known))
+    assert not unknown, f"{settings.__name__} reads none of {unknown}"
+    assert known[f"{name.upper()}_DATABASE_URL"] == "database_url"
+    # And they take effect: the settings built from this environment hold these values.
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    loaded = settings()
+    for key, value in env.items():
+        assert str(getattr(loaded, known[key])) == value, key
+    assert loaded.port == PORTS[name]
+
+
+# --- Dockerfile and .dockerignore ------------------------------------------------------
+
+
+def test_dockerfile_base_image_matches_the_supported_python() -> None:
+    base = final_stage()[0][1].split()[0]
+    assert base == "python:3.11-slim"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(base.split(":")[1].split("-")[0])
+
+
+def test_dockerfile_installs_the_lock_and_copies_the_code() -> None:
+    stage = final_stage()
+    runs = " ".join(arguments for keyword, arguments in stage if keyword == "RUN")
+    assert re.search(r"pip install .*-r requirements\.lock", runs), runs
+    copied = {arguments.split()[0].rstrip("/") for keyword, arguments in stage if keyword == "COPY"}
+    assert {"requirements.lock", "shared", "services", "tools"} <= copied
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [arguments for keyword, arguments in final_stage() if keyword == "USER"]
+    assert users, "no USER: the container would run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_dockerfile_default_command_is_an_overridable_service_factory() -> None:
+    stage = final_stage()
+    assert not [keyword for keyword, _ in stage if keyword == "ENTRYPOINT"], "CMD alone is simpler"
+    commands = [arguments for keyword, arguments in stage if keyword == "CMD"]
+    assert commands, "no CMD"
+    command = json.loads(commands[-1])  # exec form, so uvicorn is PID 1 and gets SIGTERM
+    name = command[command.index("--factory") - 1].split(".")[1]
+    assert_uvicorn_factory(command, name, PORTS[name])
+    for each in PORTS:
+        assert service(each).get("command"), f"{each} relies on the image's default CMD"
+
+
+def test_dockerignore_keeps_local_state_out_but_not_the_code() -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".git", ".venv", ".run"} <= set(patterns)
+    for needed in ("requirements.lock", "shared", "services", "tools"):
+        assert not any(fnmatch.fnmatch(needed, pattern) for pattern in patterns), needed
+
+
+# --- docker compose itself, when installed ---------------------------------------------
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    """`docker compose config` only parses: it needs the compose plugin, not an engine."""
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI")
+    try:
+        version = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("docker compose does not answer")
+    if version.returncode != 0:
+        pytest.skip("the docker compose plugin is not installed")
+    done = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,259 @@
+"""How many events a second one service's consumer applies, against what Kafka hands it.
+
+    python -m tools.bench consumer [--events 20000]
+
+On a unique topic prefix and a SQLite database in a temporary directory, the inventory
+service's real runtime (ServiceRuntime with services.inventory.main.SPEC, consumer group
+unique) consumes:
+
+1. `events` product-created events (idempotency insert + one INSERT, no outbox row);
+2. `events` order-created events, one product each, every product well stocked
+   (idempotency insert, order row, stock row locked and updated, reservation row, two
+   outbox rows; the relay publishes those meanwhile, as in the service).
+
+Each phase is timed from the first event applied to the last. Then, over the same
+records: a raw consume loop (consume and count), the same plus decoding (Envelope and
+the pydantic payload), and the handlers applied without Kafka on a fresh database in one
+transaction per event (what ConsumerWorker does) against one transaction per 200 events,
+with and without a savepoint per event: what batching the consumer's commits would buy."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from sqlalchemy import update
+
+from services.inventory.config import InventorySettings
+from services.inventory.main import SPEC
+from services.inventory.models import Stock
+from shared import tracing
+from shared.consumer import ConsumerWorker
+from shared.db import make_engine, make_sessions
+from shared.envelope import Envelope
+from shared.idempotency import Claim, claim
+from shared.migrations import upgrade
+from shared.producer import EventProducer
+from shared.runtime import DEAD_LETTERS, ServiceRuntime
+from shared.topics import ensure_topics
+from shared.unit_of_work import UnitOfWork
+
+SOURCE = "/bench/consumer"
+
+
+def product_created(product_id: str, n: int) -> Envelope:
+    payload = {"product_id": product_id, "name": f"bench #{n}", "price_cents": 100, "version": 1}
+    return Envelope("product-created", SOURCE, product_id, orjson.dumps(payload))
+
+
+def order_created(product_id: str) -> Envelope:
+    order_id = str(uuid.uuid4())
+    payload = {
+        "order_id": order_id,
+        "user_id": "bench-user",
+        "items": [{"product_id": product_id, "quantity": 1}],
+    }
+    return Envelope("order-created", SOURCE, order_id, orjson.dumps(payload))
+
+
+def _wait_applied(
+    worker: ConsumerWorker, target: int, timeout: float, say: Callable[[str], None]
+) -> tuple[int, float]:
+    """Poll `worker.applied` until it reaches target; return (events counted, seconds)
+    from the first poll that saw progress to the one that saw the target."""
+    start_count = worker.applied
+    deadline = time.monotonic() + timeout
+    first: tuple[int, float] | None = None
+    next_report = time.monotonic() + 1
+    while worker.applied < target:
+        now = time.monotonic()
+        if first is None and worker.applied > start_count:
+            first = (worker.applied, now)
+        if now > deadline:
+            raise TimeoutError(f"consumer applied {worker.applied} of {target} in {timeout:.0f}s")
+        if now >= next_report:
+            say(f"  applied {worker.applied}/{target}")
+            next_report += 1
+        time.sleep(0.005)
+    done = time.monotonic()
+    if first is None:
+        first = (start_count, done)
+    return target - first[0], done - first[1]
+
+
+def _phase(name: str, events: int, seconds: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "events": events,
+        "seconds": seconds,
+        "events_per_s": events / seconds if seconds else None,
+        "us_per_event": seconds / events * 1e6 if events else None,
+    }
+
+
+def _read_back(
+    bootstrap: str, topic: str, count: int, decode: Callable[[Any], Any] | None
+) -> tuple[float, list[Any]]:
+    """Consume `count` records of `topic` from the start; (seconds, decoded values)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    got: list[Any] = []
+    seen = 0
+    began = time.monotonic()
+    deadline = began + 120
+    while seen < count and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            if message.error() is None:
+                seen += 1
+                if decode is not None:
+                    got.append(decode(message))
+    seconds = time.monotonic() - began
+    consumer.close()
+    if seen < count:
+        raise TimeoutError(f"read back {seen} of {count} records of {topic}")
+    return seconds, got
+
+
+def _decode(model: Any) -> Callable[[Any], tuple[Envelope, Any]]:
+    def decode(message: Any) -> tuple[Envelope, Any]:
+        event = Envelope.from_message(message)
+        return event, event.payload(model)
+
+    return decode
+
+
+def _apply_direct(
+    database: Path,
+    products: Sequence[tuple[Envelope, Any]],
+    orders: Sequence[tuple[Envelope, Any]],
+    batch: int,
+    savepoints: bool,
+) -> float:
+    """Apply the events with the inventory router on a fresh database, no Kafka; return
+    the seconds the order-created events took."""
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        upgrade(engine, SPEC.migrations)
+        uow = UnitOfWork(make_sessions(engine), SPEC.outbox_model, "/services/inventory")
+        _apply_batches(uow, products, 500, savepoints=False)
+        with engine.begin() as connection:
+            connection.execute(update(Stock).values(available=1_000_000))
+        began = time.monotonic()
+        _apply_batches(uow, orders, batch, savepoints)
+        return time.monotonic() - began
+    finally:
+        engine.dispose()
+
+
+def _apply_batches(
+    uow: UnitOfWork, events: Sequence[tuple[Envelope, Any]], batch: int, savepoints: bool
+) -> None:
+    for start in range(0, len(events), batch):
+        with uow() as unit:
+            for event, payload in events[start : start + batch]:
+                route = SPEC.router.routes[event.type]
+                nested = unit.session.begin_nested() if savepoints else contextlib.nullcontext()
+                with tracing.consuming(event), nested:
+                    if claim(unit.session, SPEC.processed_model, "inventory", event) is Claim.NEW:
+                        route.handler(unit, event, payload)
+
+
+def run(
+    bootstrap: str, events: int = 20_000, timeout: float = 300, say: Callable[[str], None] = print
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run_id}-"
+    topics = [prefix + t for t in {*SPEC.subscribes, *SPEC.publishes, DEAD_LETTERS}]
+    ensure_topics(bootstrap, topics, partitions=3)
+    producer = EventProducer(bootstrap)
+    phases = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-consumer-") as tmp:
+            settings = InventorySettings(
+                database_url=f"sqlite:///{tmp}/inventory.db",
+                topic_prefix=prefix,
+                consumer_group=f"bench-inventory-{run_id}",
+                kafka_bootstrap_servers=bootstrap,
+            )
+            product_ids = [str(uuid.uuid4()) for _ in range(events)]
+            say(f"producing {events} product-created events to {prefix}products")
+            producer.send(
+                [(prefix + "products", product_created(p, n)) for n, p in enumerate(product_ids)]
+            )
+            runtime = ServiceRuntime(SPEC, settings)
+            runtime.start()
+            try:
+                worker = runtime.consumer
+                assert worker is not None
+                say("ConsumerWorker: product-created")
+                phases.append(
+                    _phase(
+                        "worker: product-created",
+                        *_wait_applied(worker, events, timeout, say),
+                    )
+                )
+                with runtime.engine.begin() as connection:
+                    connection.execute(update(Stock).values(available=1_000_000))
+                say(f"producing {events} order-created events to {prefix}orders")
+                producer.send([(prefix + "orders", order_created(p)) for p in product_ids])
+                say("ConsumerWorker: order-created (reserve stock, two outbox rows)")
+                phases.append(
+                    _phase(
+                        "worker: order-created",
+                        *_wait_applied(worker, 2 * events, timeout, say),
+                    )
+                )
+                dead = worker.dead_lettered
+            finally:
+                runtime.stop()
+            say("raw consume loops over the same records")
+            products_s, _ = _read_back(bootstrap, prefix + "products", events, None)
+            orders_s, _ = _read_back(bootstrap, prefix + "orders", events, None)
+            phases.append(_phase("raw consume (count only)", 2 * events, products_s + orders_s))
+            model_products = SPEC.router.routes["product-created"].model
+            model_orders = SPEC.router.routes["order-created"].model
+            products_s, products = _read_back(
+                bootstrap, prefix + "products", events, _decode(model_products)
+            )
+            orders_s, orders = _read_back(
+                bootstrap, prefix + "orders", events, _decode(model_orders)
+            )
+            phases.append(
+                _phase(
+                    "raw consume + decode (envelope, pydantic)", 2 * events, products_s + orders_s
+                )
+            )
+            for name, batch, savepoints in (
+                ("no kafka: order-created, 1 txn/event", 1, False),
+                ("no kafka: order-created, 1 txn/200, savepoints", 200, True),
+                ("no kafka: order-created, 1 txn/200", 200, False),
+            ):
+                say(name)
+                database = Path(tmp) / f"direct-{batch}-{savepoints}.db"
+                phases.append(
+                    _phase(
+                        name, events, _apply_direct(database, products, orders, batch, savepoints)
+                    )
+                )
+    finally:
+        producer.close()
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        with contextlib.suppress(Exception):
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result(30)
+    return {"events": events, "dead_lettered": dead, "phases": phases}

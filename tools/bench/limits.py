@@ -1,0 +1,226 @@
+"""The two ceilings the end-to-end numbers are read against.
+
+- HTTP: wrk, with the same script, connections and threads, against `bare_app` served by
+  one uvicorn process started with the services' flags (uvloop and httptools when
+  installed, which uvicorn picks by itself) on a free loopback port.
+- Kafka: one Python process produces `messages` small keyed records with the services'
+  producer settings (idempotent, acks=all, lz4, linger 2 ms) to a fresh 3-partition
+  topic while a consumer thread reads them back; the ceiling is messages over the time
+  from the first produce to the last record consumed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+from shared.producer import producer_config
+from shared.topics import ensure_topics
+from tools.bench.procs import Sampler
+from tools.bench.report import cpu_summary
+from tools.bench.wrk import OrderMix, run_wrk
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def bare_server(timeout: float = 30) -> Any:
+    """Serve bare_app on a free port for the duration of the block; yield (url, pid)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "tools.bench.bare_app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError("bare uvicorn exited:\n" + log.read().decode()[-2000:])
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bare uvicorn not ready after {timeout:.0f}s")
+                time.sleep(0.1)
+            yield url, process.pid
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def http_ceiling(
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+    sampler: Sampler,
+    say: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """wrk against the async and the threadpool endpoint of bare_app, one after the other."""
+    results = {}
+    with bare_server() as (url, pid):
+        sampler.add("bare-uvicorn", pid)
+        for name, path in (
+            ("bare async def", "/orders"),
+            ("bare def (threadpool)", "/orders-sync"),
+        ):
+            mix = OrderMix(user="u", ample=["p"], path=path)
+
+            def tick(elapsed: float, name: str = name) -> None:
+                cpu = sampler.latest
+                say(
+                    f"  [{elapsed:4.0f}s] {name}: uvicorn CPU {cpu.get('bare-uvicorn', 0):.0f}%"
+                    f"  wrk {cpu.get('wrk', 0):.0f}%"
+                )
+
+            began = time.time()
+            result = run_wrk(
+                url,
+                mix,
+                duration=duration,
+                connections=connections,
+                threads=threads,
+                on_tick=tick,
+                on_start=lambda p: sampler.add("wrk", p.pid),
+            )
+            sampler.remove("wrk")
+            result["processes"] = {
+                k: v
+                for k, v in cpu_summary(sampler.samples, began + 1, time.time()).items()
+                if k in ("bare-uvicorn", "wrk", "others")
+            }
+            results[name] = result
+            say(f"  {name}: {result['requests_per_s']:.0f} req/s")
+        sampler.remove("bare-uvicorn")
+    return results
+
+
+def kafka_ceiling(
+    bootstrap: str,
+    *,
+    messages: int = 200_000,
+    value_size: int = 150,
+    timeout: float = 180,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    topic = f"bench-raw-{uuid.uuid4().hex[:12]}"
+    ensure_topics(bootstrap, [topic], partitions=3)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        return _produce_and_consume(bootstrap, topic, messages, value_size, timeout, say)
+    finally:
+        with contextlib.suppress(Exception):
+            for future in admin.delete_topics([topic], operation_timeout=30).values():
+                future.result(30)
+
+
+def _produce_and_consume(
+    bootstrap: str,
+    topic: str,
+    messages: int,
+    value_size: int,
+    timeout: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    consumed = 0
+    last_consumed = 0.0
+    stop = threading.Event()
+
+    def consume() -> None:
+        nonlocal consumed, last_consumed
+        while consumed < messages and not stop.is_set():
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    consumed += 1
+            last_consumed = time.monotonic()
+
+    reader = threading.Thread(target=consume, name="bench-raw-consumer", daemon=True)
+    producer = Producer(producer_config(bootstrap))
+    errors: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    value = (b'{"order_id":"' + b"x" * max(value_size - 16, 0) + b'"}')[:value_size]
+    keys = [f"{i:032x}".encode() for i in range(messages)]
+    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    reader.start()
+    for key in keys:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(max(1.0, deadline - time.monotonic()))
+    produced = time.monotonic()
+    say(f"  kafka: produced {messages} in {produced - began:.1f}s, consuming...")
+    reader.join(max(1.0, deadline - time.monotonic()))
+    stop.set()
+    reader.join(5)
+    consumer.close()
+    if consumed < messages:
+        raise RuntimeError(f"kafka ceiling: consumed {consumed} of {messages} before timeout")
+    if errors:
+        raise RuntimeError(f"kafka ceiling: {len(errors)} delivery errors, first {errors[0]}")
+    return {
+        "messages": messages,
+        "value_bytes": len(value),
+        "produce_s": produced - began,
+        "produce_per_s": messages / (produced - began),
+        "roundtrip_s": last_consumed - began,
+        "roundtrip_per_s": messages / (last_consumed - began),
+        "producer": "services' producer_config: idempotent, acks=all, lz4, linger.ms=2",
+    }

@@ -1,0 +1,303 @@
+"""The end-to-end run: a catalogue through the REST API, wrk on POST /orders, and every
+order's outcome read back from Kafka.
+
+Request->outcome latency, per order: from the `order-created` event's `ce_time`, which
+the order service stamps inside the POST /orders handler (after the body is parsed,
+before the transaction commits), to the Kafka timestamp of its `order-confirmed` or
+`order-rejected` record (CreateTime: librdkafka stamps it when the order service's
+outbox relay produces the outcome, after the outcome's transaction committed). It leaves
+out the HTTP time before the handler runs and the final hop to a subscriber, so wrk's
+HTTP latency is reported beside it, and `seen_latency_ms` measures to the moment this
+bench's consumer received the outcome. All clocks are this one machine's."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+
+from tools.bench.procs import Sampler
+from tools.bench.report import cpu_summary, per_second, rate, ratio, steady_window, summarize
+from tools.bench.wrk import OrderMix, run_wrk
+from tools.client import ShopClient
+
+CREATED = "order-created"
+OUTCOMES = {"order-confirmed": "CONFIRMED", "order-rejected": "REJECTED"}
+SERVICE_TOPICS = ("orders", "stock", "stock-changes", "products", "users", "dead-letters")
+"""Every topic the four services publish to (see each services/*/main.py SPEC)."""
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    user: str
+    ample: list[str]
+    scarce: list[str]
+
+
+def setup_catalogue(
+    shop: ShopClient,
+    *,
+    products: int,
+    scarce: int,
+    ample_stock: int,
+    scarce_stock: int,
+    say: Callable[[str], None] = print,
+    timeout: float = 60,
+) -> Catalogue:
+    """One user, `products` products with ample stock and `scarce` with little; returns
+    once the order service accepts an order for every one of them."""
+    run = uuid.uuid4().hex[:8]
+    user = shop.register_user(f"Bench {run}", f"bench-{run}@example.com")["id"]
+    ids = [
+        shop.create_product(f"bench {run} #{n}", 100 + n)["id"] for n in range(products + scarce)
+    ]
+    say(f"  user {user}, {len(ids)} products; waiting until the order service knows them")
+    for chunk in _chunks(ids, 100):  # an order holds at most 100 lines
+        probe = shop.place_order_eventually(
+            user, [{"product_id": p, "quantity": 1} for p in chunk], timeout=timeout
+        )
+        shop.wait_for_status(probe["id"], timeout=timeout)
+    ample, few = ids[:products], ids[products:]
+    for product_id in ample:
+        _set_stock_when_known(shop, product_id, ample_stock, timeout)
+    for product_id in few:
+        _set_stock_when_known(shop, product_id, scarce_stock, timeout)
+    return Catalogue(user, ample, few)
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _set_stock_when_known(
+    shop: ShopClient, product_id: str, available: int, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            shop.set_stock(product_id, available)
+            return
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class OutcomeCollector:
+    """Reads `orders` from its current end in a thread: creation time of each order and
+    the timestamp of its outcome. Assigns partitions itself (a unique group, no commits),
+    so it reads from the moment start() returns."""
+
+    def __init__(self, bootstrap: str, topic: str = "orders") -> None:
+        self.topic = topic
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-outcomes-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+        self.created: dict[str, float] = {}
+        """order id -> ce_time of order-created (epoch seconds)"""
+        self.outcomes: dict[str, tuple[str, float, float]] = {}
+        """order id -> (CONFIRMED|REJECTED, record timestamp, time this bench received it)"""
+        self.records = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-outcomes", daemon=True)
+
+    def start(self) -> OutcomeCollector:
+        metadata = self._consumer.list_topics(self.topic, timeout=30).topics[self.topic]
+        assignment = []
+        for partition in metadata.partitions:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=30
+            )
+            assignment.append(TopicPartition(self.topic, partition, high))
+        self._consumer.assign(assignment)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer.consume(1000, 0.2):
+                if message.error() is not None:
+                    continue
+                received = time.time()
+                self.records += 1
+                headers = {k: v for k, v in (message.headers() or []) if v is not None}
+                kind = headers.get("ce_type", b"").decode()
+                key = (message.key() or b"").decode()
+                if kind == CREATED and "ce_time" in headers:
+                    created = datetime.fromisoformat(headers["ce_time"].decode()).timestamp()
+                    self.created.setdefault(key, created)
+                elif kind in OUTCOMES:
+                    stamp = message.timestamp()[1] / 1000
+                    self.outcomes.setdefault(key, (OUTCOMES[kind], stamp, received))
+
+    def finished(self) -> dict[str, tuple[float, str, float, float]]:
+        """order id -> (created, outcome, outcome timestamp, received) for orders whose
+        creation and outcome were both seen."""
+        created, outcomes = dict(self.created), dict(self.outcomes)
+        return {order: (created[order], *outcomes[order]) for order in created if order in outcomes}
+
+
+def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS) -> int:
+    """Records ever written to `topics`: the sum of their partitions' high watermarks."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+    try:
+        existing = consumer.list_topics(timeout=30).topics
+        total = 0
+        for topic in topics:
+            if topic not in existing:
+                continue
+            for partition in existing[topic].partitions:
+                total += consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=30
+                )[1]
+        return total
+    finally:
+        consumer.close()
+
+
+def run_e2e(
+    *,
+    bootstrap: str,
+    order_url: str,
+    catalogue: Catalogue,
+    sampler: Sampler,
+    duration: float,
+    connections: int,
+    threads: int,
+    rate_limit: float | None,
+    scarce_share: float,
+    warmup: float,
+    drain_timeout: float,
+    say: Callable[[str], None] = print,
+    on_load_tick: Callable[[float], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Drive the load, wait for the outcomes; return (summary, raw per-order series)."""
+    records_before = kafka_records(bootstrap)
+    collector = OutcomeCollector(bootstrap).start()
+    mix = OrderMix(catalogue.user, catalogue.ample, catalogue.scarce, scarce_share)
+    seen = {"created": 0, "outcomes": 0}
+
+    def progress(elapsed: float, label: str) -> None:
+        created, outcomes = len(collector.created), len(collector.outcomes)
+        recent = [
+            (stamp - made) * 1000
+            for made, _, stamp, _ in collector.finished().values()
+            if stamp > time.time() - 1
+        ]
+        cpu = sampler.latest
+        say(
+            f"  [{elapsed:4.0f}s] {label} accepted {created - seen['created']:4d}/s"
+            f"  completed {outcomes - seen['outcomes']:4d}/s  in flight {created - outcomes:5d}"
+            f"  latency p50 {summarize(recent)['p50'] or 0:7.0f} ms"
+            f"  CPU order {cpu.get('order', 0):3.0f}% inventory {cpu.get('inventory', 0):3.0f}%"
+            f" kafka {cpu.get('kafka', 0):3.0f}% wrk {cpu.get('wrk', 0):3.0f}%"
+            f" others {cpu.get('others', 0):3.0f}%"
+        )
+        seen.update(created=created, outcomes=outcomes)
+
+    def tick(elapsed: float) -> None:
+        progress(elapsed, "load ")
+        if on_load_tick:
+            on_load_tick(elapsed)
+
+    load_start = time.time()
+    try:
+        wrk = run_wrk(
+            order_url,
+            mix,
+            duration=duration,
+            connections=connections,
+            threads=threads,
+            rate=rate_limit,
+            on_tick=tick,
+            on_start=lambda p: sampler.add("wrk", p.pid),
+        )
+        load_end = load_start + wrk["seconds"]
+        sampler.remove("wrk")
+        expected = wrk["statuses"].get("202", 0)
+        drain_start = time.monotonic()
+        last_progress, last_count = drain_start, 0
+        while True:
+            done = len(collector.finished())
+            if done >= expected and len(collector.created) >= expected:
+                break
+            now = time.monotonic()
+            if done != last_count:
+                last_progress, last_count = now, done
+            if now - drain_start > drain_timeout or now - last_progress > 15:
+                say(f"  drain stopped: {expected - done} accepted orders without an outcome")
+                break
+            time.sleep(1)
+            progress(time.time() - load_start, "drain")
+        drain_s = time.monotonic() - drain_start
+    finally:
+        collector.stop()
+    finished = collector.finished()
+    records = kafka_records(bootstrap) - records_before
+    window = steady_window(load_start, load_end, warmup)
+    in_window = {k: v for k, v in finished.items() if window[0] <= v[0] < window[1]}
+    latency = [(stamp - made) * 1000 for made, _, stamp, _ in in_window.values()]
+    seen_latency = [(got - made) * 1000 for made, _, _, got in in_window.values()]
+    outcomes: dict[str, int] = {}
+    for _, outcome, _, _ in finished.values():
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    seconds = int(load_end - load_start + drain_s) + 1
+    summary = {
+        "load": {
+            "duration_s": wrk["seconds"],
+            "connections": connections,
+            "threads": wrk["threads"],
+            "rate": rate_limit,
+            "scarce_share": scarce_share,
+            "products": len(catalogue.ample),
+            "scarce_products": len(catalogue.scarce),
+        },
+        "window_s": window[1] - window[0],
+        "completed_per_s": rate((v[2] for v in finished.values()), *window),
+        "accepted_per_s": rate(collector.created.values(), *window),
+        "latency_ms": summarize(latency),
+        "seen_latency_ms": summarize(seen_latency),
+        "latency_ms_all_orders": summarize([(v[2] - v[0]) * 1000 for v in finished.values()]),
+        "outcomes": outcomes,
+        "accepted": expected,
+        "unfinished": max(expected - len(finished), 0),
+        "drain_s": drain_s,
+        "kafka_records": records,
+        "kafka_records_per_s": records / (load_end - load_start + drain_s),
+        "records_per_order": ratio(records, len(finished)),
+        "wrk": wrk,
+        "processes": cpu_summary(sampler.samples, *window),
+        "per_second": {
+            "accepted": per_second(collector.created.values(), load_start, seconds),
+            "completed": per_second((v[2] for v in finished.values()), load_start, seconds),
+        },
+        "latency_definition": (
+            "order-created ce_time (stamped in the POST /orders handler) to the outcome "
+            "record's Kafka CreateTime (stamped when the order service's relay produces it)"
+        ),
+    }
+    series = {
+        "load_start": load_start,
+        "load_end": load_end,
+        "window": window,
+        "orders": sorted(finished.values()),
+    }
+    return summary, series

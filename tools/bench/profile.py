@@ -1,0 +1,78 @@
+"""py-spy on the services while the load runs: a flame graph (SVG) and the folded stacks
+of each, and a summary of the folded stacks (see report.profile_summary).
+
+Both recordings run with --nonblocking (they read the process's memory without pausing
+it), so two of them can watch one process at once and the service is barely slowed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.bench.report import parse_folded, profile_summary
+
+
+def py_spy() -> str:
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("py-spy is not installed (it is in the dev dependencies)")
+    return found
+
+
+@dataclass
+class Recording:
+    service: str
+    svg: Path
+    folded: Path
+    processes: list[subprocess.Popen[bytes]]
+
+
+def start(
+    pids: Mapping[str, int], services: list[str], duration: int, out_dir: Path, stamp: str
+) -> list[Recording]:
+    exe = py_spy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recordings = []
+    for service in services:
+        pid = pids[service]
+        svg = out_dir / f"{service}-{stamp}.svg"
+        folded = out_dir / f"{service}-{stamp}.folded"
+        common = [exe, "record", "--pid", str(pid), "--duration", str(duration)]
+        common += ["--rate", "100", "--nonblocking", "--threads"]
+        processes = [
+            subprocess.Popen(
+                [*common, "--format", fmt, "-o", str(path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for fmt, path in (("flamegraph", svg), ("raw", folded))
+        ]
+        recordings.append(Recording(service, svg, folded, processes))
+    return recordings
+
+
+def finish(recordings: list[Recording], root: Path, timeout: float = 60) -> dict[str, Any]:
+    """Wait for the recordings; summarise each service's folded stacks."""
+    summaries: dict[str, Any] = {}
+    for recording in recordings:
+        for process in recording.processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if not recording.folded.is_file():
+            summaries[recording.service] = {"error": "py-spy wrote no profile"}
+            continue
+        with recording.folded.open() as lines:
+            summary = profile_summary(parse_folded(lines))
+        summary["svg"] = str(recording.svg.relative_to(root))
+        summary["folded"] = str(recording.folded.relative_to(root))
+        summaries[recording.service] = summary
+    return summaries

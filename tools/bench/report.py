@@ -1,0 +1,296 @@
+"""The bench's arithmetic and its text report: pure functions, no I/O but `write_json`.
+
+Percentiles interpolate linearly between closest ranks (numpy's default), so p50 of
+[1, 2, 3, 4] is 2.5. Rates count events whose time falls in a half-open window
+[start, end). Ratios are None when the denominator is missing or zero."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+WRK_MARKER = "BENCH_WRK_JSON "
+"""The line prefix under which the wrk script's done() prints its JSON summary."""
+
+QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) of `values`, interpolating between closest ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} outside 0..100")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
+    """count, mean, p50, p95, p99, min and max of `values` (None for each when empty)."""
+    if not values:
+        return dict.fromkeys(("mean", "min", "p50", "p95", "p99", "max"), None) | {"count": 0}
+    summary: dict[str, float | int | None] = {
+        "count": len(values),
+        "mean": sum(values) / len(values),
+        "min": min(values),
+    }
+    for name, q in QUANTILES:
+        summary[name] = percentile(values, q)
+    summary["max"] = max(values)
+    return summary
+
+
+def rate(times: Iterable[float], start: float, end: float) -> float:
+    """Events per second whose time lies in [start, end)."""
+    if end <= start:
+        raise ValueError("empty window")
+    return sum(1 for t in times if start <= t < end) / (end - start)
+
+
+def per_second(times: Iterable[float], start: float, seconds: int) -> list[int]:
+    """How many of `times` fall in each whole second after `start` (later ones dropped)."""
+    counts = [0] * max(seconds, 0)
+    for t in times:
+        index = math.floor(t - start)
+        if 0 <= index < len(counts):
+            counts[index] += 1
+    return counts
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def steady_window(load_start: float, load_end: float, warmup: float) -> tuple[float, float]:
+    """The part of the load after warm-up; the whole load if warm-up would eat it all."""
+    start = load_start + warmup
+    if start >= load_end:
+        return load_start, load_end
+    return start, load_end
+
+
+def parse_wrk(stdout: str) -> dict[str, Any]:
+    """The JSON summary that the wrk script's done() printed, with rates added.
+
+    Latencies stay in microseconds as wrk reports them; `requests_per_s` counts every
+    completed request, `accepted_per_s` only the 202s."""
+    for line in stdout.splitlines():
+        if line.startswith(WRK_MARKER):
+            data: dict[str, Any] = json.loads(line[len(WRK_MARKER) :])
+            break
+    else:
+        raise ValueError("wrk printed no summary (did the Lua script's done() run?)")
+    seconds = data["duration_us"] / 1e6
+    statuses = {str(k): int(v) for k, v in data.get("statuses", {}).items()}
+    data["statuses"] = statuses
+    data["seconds"] = seconds
+    data["requests_per_s"] = data["requests"] / seconds if seconds else 0.0
+    data["accepted_per_s"] = statuses.get("202", 0) / seconds if seconds else 0.0
+    errors = data.get("errors", {})
+    data["non_202"] = sum(n for code, n in statuses.items() if code != "202")
+    data["socket_errors"] = sum(
+        int(errors.get(k, 0)) for k in ("connect", "read", "write", "timeout")
+    )
+    return data
+
+
+def cpu_summary(
+    samples: Sequence[tuple[float, str, float, float]], start: float, end: float
+) -> dict[str, dict[str, float]]:
+    """Per process, from (time, name, cpu%, rss bytes) samples: mean and max CPU% (100 =
+    one core) inside [start, end), and peak RSS in MiB over every sample."""
+    cpu: dict[str, list[float]] = defaultdict(list)
+    rss: dict[str, float] = defaultdict(float)
+    for t, name, percent, resident in samples:
+        if start <= t < end:
+            cpu[name].append(percent)
+        rss[name] = max(rss[name], resident)
+    result = {}
+    for name in sorted(rss):
+        values = cpu.get(name, [])
+        result[name] = {
+            "cpu_mean": sum(values) / len(values) if values else 0.0,
+            "cpu_max": max(values) if values else 0.0,
+            "rss_peak_mib": rss[name] / 2**20,
+        }
+    return result
+
+
+# py-spy's raw (folded) output: "frame;frame;...;leaf count", root first.
+
+
+def parse_folded(lines: Iterable[str]) -> list[tuple[list[str], int]]:
+    stacks = []
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        frames, _, count = line.rpartition(" ")
+        try:
+            stacks.append((frames.split(";"), int(count)))
+        except ValueError:
+            continue
+    return stacks
+
+
+ROLES = (
+    # (role, a substring of some frame in the stack): the first match names the stack.
+    ("consumer", "shared/consumer.py"),
+    ("outbox relay", "shared/outbox.py"),
+    ("request (threadpool)", "anyio/_backends/_asyncio.py"),
+    ("housekeeping", "_housekeeping"),
+    ("event loop", "uvicorn"),
+)
+
+
+def role_of(frames: Sequence[str]) -> str:
+    for role, marker in ROLES:
+        if any(marker in frame for frame in frames):
+            return role
+    return "other"
+
+
+def _function(frame: str) -> str:
+    """'place_order (services/order/api.py:32)' -> 'place_order (services/order/api.py)'."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({path})" if path else name
+
+
+def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 25) -> dict[str, Any]:
+    """Share of samples per thread role, per leaf function (self) and per function
+    anywhere on the stack (inclusive, counted once per stack)."""
+    total = sum(count for _, count in stacks)
+    roles: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    for frames, count in stacks:
+        python = [f for f in frames if not f.startswith(("thread (", "process "))]
+        roles[role_of(python)] += count
+        if python:
+            own[_function(python[-1])] += count
+        for function in {_function(f) for f in python}:
+            inclusive[function] += count
+
+    def shares(counter: Counter[str], n: int) -> list[tuple[str, float]]:
+        return [(name, count / total) for name, count in counter.most_common(n)] if total else []
+
+    return {
+        "samples": total,
+        "roles": dict(shares(roles, len(roles))),
+        "self": shares(own, top),
+        "inclusive": shares(inclusive, top),
+    }
+
+
+def _ms(value: float | int | None) -> str:
+    return "-" if value is None else f"{value:8.1f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:9.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:5.1f}%"
+
+
+def render(result: Mapping[str, Any]) -> str:
+    """The human summary printed at the end of a run."""
+    out: list[str] = []
+    e2e = result.get("e2e")
+    if e2e:
+        load = e2e["load"]
+        out.append(
+            f"end to end: {load['duration_s']:.0f}s, {load['connections']} connections, "
+            f"{load['threads']} wrk thread(s)"
+            + (f", paced to <= {load['rate']}/s" if load.get("rate") else ", unpaced")
+            + f"; steady window {e2e['window_s']:.1f}s"
+        )
+        out.append(f"  completed orders/s   {_rate(e2e['completed_per_s'])}")
+        out.append(f"  accepted requests/s  {_rate(e2e['accepted_per_s'])}  (202s seen on Kafka)")
+        wrk = e2e["wrk"]
+        out.append(
+            f"  wrk requests/s       {_rate(wrk['requests_per_s'])}  "
+            f"(202/s {wrk['accepted_per_s']:.1f}; non-202 {wrk['non_202']}, "
+            f"socket errors {wrk['socket_errors']})"
+        )
+        out.append(f"  outcomes             {e2e['outcomes']}")
+        lat = e2e["latency_ms"]
+        http = wrk["latency_us"]
+        out.append("  latency (ms)             p50      p95      p99      max")
+        out.append(
+            "  request->outcome    "
+            + " ".join(_ms(lat[k]) for k in ("p50", "p95", "p99", "max"))
+            + f"   (n={lat['count']})"
+        )
+        out.append(
+            "  HTTP (wrk)          "
+            + " ".join(_ms(http[k] / 1000) for k in ("p50", "p95", "p99", "max"))
+        )
+        out.append(f"  unfinished orders    {e2e['unfinished']}  (drain {e2e['drain_s']:.1f}s)")
+        out.append(
+            f"  kafka records/s      {_rate(e2e['kafka_records_per_s'])}  "
+            f"({e2e['records_per_order']:.2f} per order)"
+            if e2e.get("records_per_order")
+            else f"  kafka records/s      {_rate(e2e.get('kafka_records_per_s'))}"
+        )
+        out.append("  process        CPU% mean   CPU% max   peak RSS MiB")
+        for name, proc in e2e["processes"].items():
+            out.append(
+                f"  {name:<14}{proc['cpu_mean']:9.0f}  {proc['cpu_max']:9.0f}  "
+                f"{proc['rss_peak_mib']:12.0f}"
+            )
+    limits = result.get("limits")
+    if limits:
+        out.append("ceilings")
+        for name, http in limits.get("http", {}).items():
+            lat = http["latency_us"]
+            out.append(
+                f"  HTTP {name:<16} {_rate(http['requests_per_s'])} req/s  "
+                f"p50 {lat['p50'] / 1000:.1f} ms  p99 {lat['p99'] / 1000:.1f} ms"
+            )
+        kafka = limits.get("kafka")
+        if kafka:
+            out.append(
+                f"  Kafka produce+consume {_rate(kafka['roundtrip_per_s'])} msg/s  "
+                f"(produce alone {kafka['produce_per_s']:.0f} msg/s, {kafka['messages']} msgs)"
+            )
+    ratios = result.get("ratios")
+    if ratios:
+        out.append("ours against the ceilings")
+        for name, value in ratios.items():
+            out.append(f"  {name:<44} {_pct(value)}")
+    consumer = result.get("consumer")
+    if consumer:
+        out.append(f"consumer: inventory's ConsumerWorker, {consumer['events']} events per phase")
+        for phase in consumer["phases"]:
+            out.append(
+                f"  {phase['name']:<34} {_rate(phase['events_per_s'])} events/s  "
+                f"({phase['us_per_event']:.0f} us/event)"
+            )
+    profiles = result.get("profiles")
+    if profiles:
+        for service, prof in profiles.items():
+            out.append(f"profile {service}: {prof['samples']} samples")
+            out.append(
+                "  by thread: "
+                + ", ".join(f"{role} {share * 100:.0f}%" for role, share in prof["roles"].items())
+            )
+            for function, share in prof["inclusive"][:12]:
+                out.append(f"  {share * 100:5.1f}%  {function}")
+    return "\n".join(out)
+
+
+def write_json(result: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=str) + "\n")
