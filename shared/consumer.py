@@ -159,7 +159,7 @@ class ConsumerWorker:
         try:
             while not self._stop.is_set():
                 self.last_poll = time.monotonic()
-                batch = consumer.consume(self._batch_size, 0.5)
+                batch = _next_batch(consumer, self._batch_size)
                 for index, message in enumerate(batch):
                     try:
                         self._process(consumer, message)
@@ -246,6 +246,17 @@ class ConsumerWorker:
         except DeliveryError as exc:
             raise _Rewind() from exc
         self.dead_lettered += 1
+
+
+def _next_batch(consumer: Consumer, size: int, wait: float = 0.5) -> list[Message]:
+    """Wait for one message, then take whatever else is already fetched, up to `size`.
+
+    (`consume(n, timeout)` would wait out the whole timeout whenever fewer than n are
+    there, adding its timeout to the latency of every quiet moment.)"""
+    first = consumer.poll(wait)
+    if first is None:
+        return []
+    return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
 
 
 def _rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:

@@ -20,6 +20,9 @@ from shared.producer import DeliveryError, EventProducer
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTERS = "dead-letters"
+"""The dead-letter topic's name, after the stack's topic prefix."""
+
 H_REASON = "dlq_reason"
 H_ERROR = "dlq_error"
 H_TOPIC = "dlq_topic"

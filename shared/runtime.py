@@ -25,6 +25,7 @@ from sqlalchemy import delete, text
 from shared import http, tracing
 from shared.consumer import ConsumerWorker, EventRouter
 from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
+from shared.deadletter import DEAD_LETTERS
 from shared.envelope import utcnow
 from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
@@ -34,8 +35,6 @@ from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTERS = "dead-letters"
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def read_topic(
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not until(messages):
-            for message in consumer.consume(500, 0.5):
+            for message in consumer.consume(500, 0.2):
                 if message.error() is None:
                     messages.append(message)
     finally:

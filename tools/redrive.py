@@ -15,9 +15,8 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from shared.deadletter import redrive
+from shared.deadletter import DEAD_LETTERS, redrive
 from shared.producer import DeliveryError, EventProducer
-from shared.runtime import DEAD_LETTERS
 from shared.settings import ServiceSettings
 
 

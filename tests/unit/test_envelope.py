@@ -149,12 +149,12 @@ def test_a_charset_parameter_on_the_content_type_is_accepted() -> None:
 
 @pytest.mark.parametrize("name", REQUIRED_HEADERS)
 @pytest.mark.parametrize("absent", ["dropped", "empty"])
-def test_a_missing_required_header_is_an_invalid_envelope_naming_it(
-    name: str, absent: str
-) -> None:
+def test_a_missing_required_header_is_an_invalid_envelope_naming_it(name: str, absent: str) -> None:
     sent = full_envelope()
-    headers = without(sent.headers(), name) if absent == "dropped" else (
-        with_header(sent.headers(), name, b"")
+    headers = (
+        without(sent.headers(), name)
+        if absent == "dropped"
+        else (with_header(sent.headers(), name, b""))
     )
 
     with pytest.raises(InvalidEnvelope, match=name):

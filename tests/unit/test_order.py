@@ -127,7 +127,9 @@ def in_status(uow: UnitOfWork, wanted: OrderStatus) -> str:
     move: dict[OrderStatus, Callable[[], object]] = {
         OrderStatus.PENDING: lambda: None,
         OrderStatus.CONFIRMED: lambda: reserve(uow, order_id),
-        OrderStatus.REJECTED: lambda: short(uow, order_id, Shortage(product_id="p", requested=1, available=0)),
+        OrderStatus.REJECTED: lambda: short(
+            uow, order_id, Shortage(product_id="p", requested=1, available=0)
+        ),
         OrderStatus.CANCELLED: lambda: cancel(uow, order_id),
     }
     move[wanted]()
@@ -176,7 +178,9 @@ def test_order_created_is_caused_by_the_request_and_its_trace_is_kept_for_the_or
 ) -> None:
     user_id, (lamp, _) = known(uow)
 
-    with tracing.span("POST /orders", cause=Cause("request-1", "client-saga"), traceparent=TRACEPARENT):
+    with tracing.span(
+        "POST /orders", cause=Cause("request-1", "client-saga"), traceparent=TRACEPARENT
+    ):
         order_id = place(uow, command(user_id, (lamp, 1)))["id"]
 
     [(_, event)] = emitted(uow)
@@ -369,9 +373,7 @@ def test_stock_shortage_rejects_a_pending_order_with_a_reason_naming_the_short_p
 
     short(uow, order_id, *shortages)
 
-    reason = (
-        "insufficient stock: p-1 (requested 3, available 1), p-2 (requested 2, available 0)"
-    )
+    reason = "insufficient stock: p-1 (requested 3, available 1), p-2 (requested 2, available 0)"
     with uow() as unit:
         order = handlers.get_order(unit, order_id)
         assert (order.status, order.reason) == (OrderStatus.REJECTED, reason)

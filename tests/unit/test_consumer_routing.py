@@ -1,0 +1,573 @@
+"""The consumer loop without a broker: fake messages, a fake consumer and producer, and
+the real SQLite-backed unit of work with a tiny schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+from pydantic import BaseModel
+from sqlalchemy import Engine, Integer, String, func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import shared.consumer
+from shared import tracing
+from shared.consumer import ConsumerWorker, EventRouter, _Rewind, _rewind
+from shared.db import OutboxMixin, ProcessedEventMixin, make_sessions
+from shared.deadletter import Reason
+from shared.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
+from shared.outbox import row_to_envelope
+from shared.producer import DeliveryError
+from shared.unit_of_work import Unit, UnitOfWork
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "ticks"
+DLQ = "ticks-dlq"
+CONSUMER = "ticker"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Outbox(OutboxMixin, Base):
+    __tablename__ = "outbox"
+
+
+class Processed(ProcessedEventMixin, Base):
+    __tablename__ = "processed_events"
+
+
+class Applied(Base):
+    """What the handler wrote: rolled back with its transaction."""
+
+    __tablename__ = "applied"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+
+
+class Tick(BaseModel):
+    seq: int
+
+
+class Tock(BaseModel):
+    seq: int
+
+
+def tick(seq: int = 1, key: str = "k", event_type: str = "tick") -> Envelope:
+    return Envelope(
+        type=event_type,
+        source="/tests",
+        key=key,
+        data=dump_json(Tick(seq=seq)),
+        correlation_id="saga-1",
+    )
+
+
+@dataclass
+class KafkaErrorStub:
+    is_fatal: bool = False
+
+    def fatal(self) -> bool:
+        return self.is_fatal
+
+    def __str__(self) -> str:
+        return "Broker: partition EOF"
+
+
+@dataclass
+class FakeMessage:
+    value_: bytes | None
+    headers_: KafkaHeaders
+    key_: bytes | None = b"k"
+    topic_: str = TOPIC
+    partition_: int = 0
+    offset_: int = 0
+    error_: KafkaErrorStub | None = None
+
+    def error(self) -> KafkaErrorStub | None:
+        return self.error_
+
+    def headers(self) -> KafkaHeaders:
+        return self.headers_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+
+def message(event: Envelope, offset: int = 0, partition: int = 0) -> FakeMessage:
+    return FakeMessage(
+        event.data, event.headers(), event.key.encode(), partition_=partition, offset_=offset
+    )
+
+
+@dataclass
+class FakeConsumer:
+    stored: list[FakeMessage] = field(default_factory=list)
+    seeks: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def store_offsets(self, message: FakeMessage) -> None:
+        self.stored.append(message)
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+
+
+@dataclass
+class Parked:
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeProducer:
+    parked: list[Parked] = field(default_factory=list)
+    down: bool = False
+
+    def produce_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: KafkaHeaders | None = None,
+        timeout: float = 30,
+    ) -> None:
+        if self.down:
+            raise DeliveryError("<raw>", "broker unreachable")
+        text = {n: v.decode() if isinstance(v, bytes) else (v or "") for n, v in headers or []}
+        self.parked.append(Parked(topic, value, key, text))
+
+
+class Harness:
+    """A worker whose `tick` handler writes a row and then does what `behaviour` says."""
+
+    def __init__(self, uow: UnitOfWork, **worker_options: Any) -> None:
+        self.uow = uow
+        self.calls: list[str] = []
+        self.seen: list[Envelope] = []
+        self.behaviour: Callable[[int], None] = lambda attempt: None
+        router = EventRouter()
+        router.on("tick", Tick)(self._handle)
+        router.ignore("tock")
+        self.consumer = FakeConsumer()
+        self.producer = FakeProducer()
+        self.worker = ConsumerWorker(
+            name=CONSUMER,
+            bootstrap="never-dialled:9092",
+            topics=[TOPIC],
+            router=router,
+            uow=uow,
+            processed_model=Processed,
+            producer=self.producer,  # type: ignore[arg-type]
+            dead_letter_topic=DLQ,
+            **{"backoff": 0, **worker_options},
+        )
+
+    def _handle(self, unit: Unit, event: Envelope, payload: Tick) -> None:
+        self.calls.append(event.id)
+        self.seen.append(event)
+        unit.session.add(Applied(event_id=event.id, seq=payload.seq))
+        unit.outbox.emit("tocks", "tock", event.key, Tock(seq=payload.seq))
+        unit.session.flush()
+        self.behaviour(len(self.calls))
+
+    def process(self, record: FakeMessage) -> None:
+        self.worker._process(self.consumer, record)  # type: ignore[arg-type]
+
+    def applied(self) -> list[int]:
+        with self.uow() as unit:
+            return list(unit.session.scalars(select(Applied.seq).order_by(Applied.seq)))
+
+    def processed(self) -> int:
+        with self.uow() as unit:
+            return unit.session.scalar(select(func.count()).select_from(Processed)) or 0
+
+    def emitted(self) -> list[Envelope]:
+        with self.uow() as unit:
+            return [
+                row_to_envelope(row)
+                for row in unit.session.scalars(select(Outbox).order_by(Outbox.id))
+            ]
+
+    def reasons(self) -> list[str]:
+        return [p.headers["dlq_reason"] for p in self.producer.parked]
+
+
+@pytest.fixture
+def uow(sqlite_engine: Engine) -> UnitOfWork:
+    Base.metadata.create_all(sqlite_engine)
+    return UnitOfWork(make_sessions(sqlite_engine), Outbox, "/tests")
+
+
+@pytest.fixture
+def harness(uow: UnitOfWork) -> Harness:
+    tracing.configure("test")
+    return Harness(uow)
+
+
+def failing_with(error: Exception, times: int | None = None) -> Callable[[int], None]:
+    def behaviour(attempt: int) -> None:
+        if times is None or attempt <= times:
+            raise error
+
+    return behaviour
+
+
+def database_locked() -> OperationalError:
+    return OperationalError("INSERT INTO applied ...", {}, Exception("database is locked"))
+
+
+# Applying
+
+
+def test_a_valid_event_is_applied_once_and_its_offset_stored(harness: Harness) -> None:
+    record = message(tick(7), offset=3)
+
+    harness.process(record)
+
+    assert harness.applied() == [7]
+    assert harness.calls == [Envelope.from_message(record).id]
+    assert harness.consumer.stored == [record]
+    assert harness.producer.parked == []
+    assert (harness.worker.applied, harness.worker.dead_lettered) == (1, 0)
+
+
+def test_a_handler_gets_the_event_at_its_kafka_position_as_the_cause_of_what_it_emits(
+    harness: Harness,
+) -> None:
+    event = tick(7)
+    causes: list[tracing.Cause | None] = []
+    harness.behaviour = lambda _: causes.append(tracing.current_cause())
+
+    harness.process(message(event, offset=3, partition=2))
+
+    [seen] = harness.seen
+    assert (seen.id, seen.topic, seen.partition, seen.offset) == (event.id, TOPIC, 2, 3)
+    assert causes == [tracing.Cause(event.id, "saga-1")]
+    [tock] = harness.emitted()
+    assert (tock.type, tock.key, tock.causation_id, tock.correlation_id) == (
+        "tock",
+        "k",
+        event.id,
+        "saga-1",
+    )
+    assert tracing.current_cause() is None
+
+
+def test_a_redelivered_event_is_not_applied_again_but_its_offset_is_stored(
+    harness: Harness,
+) -> None:
+    event = tick(7)
+    first, redelivered, replayed = message(event, 3), message(event, 3), message(event, 90)
+
+    for record in (first, redelivered, replayed):
+        harness.process(record)
+
+    assert harness.applied() == [7]
+    assert len(harness.calls) == 1
+    assert harness.consumer.stored == [first, redelivered, replayed]
+    assert harness.producer.parked == []
+    assert harness.worker.applied == 1
+    assert len(harness.emitted()) == 1
+
+
+def test_an_ignored_type_is_skipped_with_its_offset_stored_and_no_dead_letter(
+    harness: Harness,
+) -> None:
+    record = message(tick(7, event_type="tock"))
+
+    harness.process(record)
+
+    assert harness.calls == []
+    assert harness.consumer.stored == [record]
+    assert harness.producer.parked == []
+    assert harness.processed() == 0
+
+
+def test_a_kafka_error_that_is_not_fatal_is_skipped_without_storing_an_offset(
+    harness: Harness,
+) -> None:
+    record = FakeMessage(None, [], error_=KafkaErrorStub(is_fatal=False))
+
+    harness.process(record)
+
+    assert harness.consumer.stored == []
+    assert harness.producer.parked == []
+
+
+def test_a_fatal_kafka_error_stops_the_loop(harness: Harness) -> None:
+    with pytest.raises(KafkaException):
+        harness.process(FakeMessage(None, [], error_=KafkaErrorStub(is_fatal=True)))
+    assert harness.consumer.stored == []
+
+
+# Dead letters
+
+
+def headers_without(event: Envelope, name: str) -> KafkaHeaders:
+    return [(n, v) for n, v in event.headers() if n != name]
+
+
+def bad_records() -> dict[str, tuple[FakeMessage, str]]:
+    event = tick(7)
+    headers = event.headers()
+    return {
+        "unknown-type": (message(tick(7, event_type="tack")), Reason.UNKNOWN_TYPE),
+        "invalid-json": (FakeMessage(b"{seq: 7", headers), Reason.INVALID_ENVELOPE),
+        "no-value": (FakeMessage(None, headers), Reason.INVALID_ENVELOPE),
+        "missing-header": (
+            FakeMessage(event.data, headers_without(event, "ce_id")),
+            Reason.INVALID_ENVELOPE,
+        ),
+        "wrong-specversion": (
+            FakeMessage(
+                event.data, [*headers_without(event, "ce_specversion"), ("ce_specversion", b"0.3")]
+            ),
+            Reason.INVALID_ENVELOPE,
+        ),
+        "invalid-payload": (FakeMessage(b'{"seq": "seven"}', headers), Reason.INVALID_PAYLOAD),
+        "missing-field": (FakeMessage(b"{}", headers), Reason.INVALID_PAYLOAD),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_records()))
+def test_a_poison_message_is_dead_lettered_with_its_reason_and_its_offset_stored(
+    harness: Harness, case: str
+) -> None:
+    record, reason = bad_records()[case]
+    record = replace(record, partition_=2, offset_=41)
+
+    harness.process(record)
+
+    assert harness.calls == []
+    assert harness.consumer.stored == [record]
+    [parked] = harness.producer.parked
+    assert parked.topic == DLQ
+    assert parked.headers["dlq_reason"] == reason
+    assert (parked.headers["dlq_topic"], parked.headers["dlq_partition"]) == (TOPIC, "2")
+    assert (parked.headers["dlq_offset"], parked.headers["dlq_consumer"]) == ("41", CONSUMER)
+    assert parked.headers["dlq_error"]
+    assert (parked.value, parked.key) == (record.value_, record.key_)
+    original: dict[str, HeaderValue] = dict(record.headers_)
+    assert {n: v for n, v in parked.headers.items() if not n.startswith("dlq_")} == {
+        n: v.decode() if isinstance(v, bytes) else v for n, v in original.items()
+    }
+    assert harness.worker.dead_lettered == 1
+    assert harness.processed() == 0
+
+
+def test_an_unknown_type_names_the_type_in_the_dead_letter(harness: Harness) -> None:
+    harness.process(message(tick(7, event_type="tack")))
+
+    [parked] = harness.producer.parked
+    assert "tack" in parked.headers["dlq_error"]
+
+
+def test_a_conflicting_duplicate_is_dead_lettered_and_never_applied(harness: Harness) -> None:
+    event = tick(7)
+    impostor = replace(event, data=dump_json(Tick(seq=8)))
+    first, second = message(event, 3), message(impostor, 4)
+
+    harness.process(first)
+    harness.process(second)
+
+    assert harness.applied() == [7]
+    assert len(harness.calls) == 1
+    assert harness.reasons() == [Reason.CONFLICT]
+    assert event.id in harness.producer.parked[0].headers["dlq_error"]
+    assert harness.producer.parked[0].value == impostor.data
+    assert harness.consumer.stored == [first, second]
+
+
+def test_a_handler_failing_twice_then_succeeding_is_applied_once(harness: Harness) -> None:
+    harness.behaviour = failing_with(RuntimeError("flaky"), times=2)
+    record = message(tick(7))
+
+    harness.process(record)
+
+    assert len(harness.calls) == 3
+    assert harness.applied() == [7]
+    assert len(harness.emitted()) == 1, "the failed attempts' events were rolled back"
+    assert harness.processed() == 1
+    assert harness.producer.parked == []
+    assert harness.consumer.stored == [record]
+    assert harness.worker.applied == 1
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3, 4])
+def test_a_handler_that_always_fails_is_dead_lettered_after_max_attempts(
+    uow: UnitOfWork, max_attempts: int
+) -> None:
+    harness = Harness(uow, max_attempts=max_attempts)
+    harness.behaviour = failing_with(ValueError("bad data"))
+    record = message(tick(7))
+
+    harness.process(record)
+
+    assert len(harness.calls) == max_attempts
+    assert harness.reasons() == [Reason.HANDLER_FAILED]
+    assert "ValueError('bad data')" in harness.producer.parked[0].headers["dlq_error"]
+    assert harness.consumer.stored == [record]
+    assert harness.applied() == []
+    assert harness.emitted() == []
+    assert harness.processed() == 0, "unclaimed, so a redrive after the fix applies it"
+    assert (harness.worker.applied, harness.worker.dead_lettered) == (0, 1)
+
+
+def test_a_dead_lettered_event_redriven_after_the_fix_is_applied(harness: Harness) -> None:
+    harness.behaviour = failing_with(ValueError("bad data"))
+    event = tick(7)
+    harness.process(message(event, 3))
+
+    harness.behaviour = lambda _: None
+    harness.process(message(event, 99))
+
+    assert harness.applied() == [7]
+    assert harness.reasons() == [Reason.HANDLER_FAILED]
+
+
+def test_an_integrity_error_in_the_handler_is_bad_data_not_an_outage(harness: Harness) -> None:
+    harness.behaviour = failing_with(IntegrityError("INSERT", {}, Exception("UNIQUE failed")))
+
+    harness.process(message(tick(7)))
+
+    assert harness.reasons() == [Reason.HANDLER_FAILED]
+    assert len(harness.consumer.stored) == 1
+
+
+# Outages rewind
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [
+        database_locked(),
+        DBAPIError("SELECT 1", {}, Exception("server closed"), connection_invalidated=True),
+        DeliveryError("e-1", "broker unreachable"),
+    ],
+    ids=["operational-error", "connection-invalidated", "delivery-error"],
+)
+def test_a_transient_failure_rewinds_without_storing_the_offset(
+    harness: Harness, outage: Exception
+) -> None:
+    harness.behaviour = failing_with(outage, times=1)
+    record = message(tick(7))
+
+    with pytest.raises(_Rewind) as caught:
+        harness.process(record)
+
+    assert caught.value.__cause__ is outage
+    assert len(harness.calls) == 1, "no retry in place: the loop pauses and re-consumes"
+    assert harness.consumer.stored == []
+    assert harness.producer.parked == []
+    assert harness.applied() == [] and harness.processed() == 0
+
+    harness.process(record)  # consumed again once the database is back
+
+    assert harness.applied() == [7]
+    assert harness.consumer.stored == [record]
+
+
+def test_an_unreachable_dead_letter_topic_rewinds_without_storing_the_offset(
+    harness: Harness,
+) -> None:
+    harness.producer.down = True
+    record = FakeMessage(b"{not json", tick(7).headers())
+
+    with pytest.raises(_Rewind):
+        harness.process(record)
+
+    assert harness.consumer.stored == []
+    assert harness.worker.dead_lettered == 0
+
+
+def test_rewind_seeks_each_partition_to_its_first_unapplied_message() -> None:
+    consumer = FakeConsumer()
+    batch = [
+        message(tick(1), offset=11, partition=0),
+        FakeMessage(None, [], error_=KafkaErrorStub()),
+        message(tick(2), offset=5, partition=1),
+        message(tick(3), offset=12, partition=0),
+        message(tick(4), offset=6, partition=1),
+    ]
+
+    _rewind(consumer, batch)  # type: ignore[arg-type]
+
+    assert sorted(consumer.seeks) == [(TOPIC, 0, 11), (TOPIC, 1, 5)]
+
+
+@dataclass
+class LoopConsumer(FakeConsumer):
+    """What `ConsumerWorker._run` builds instead of a confluent_kafka.Consumer."""
+
+    fetched: list[FakeMessage] = field(default_factory=list)
+    subscribed: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    def subscribe(self, topics: list[str], on_revoke: Any = None) -> None:
+        self.subscribed = topics
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        return self.fetched.pop(0) if self.fetched else None
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        batch, self.fetched = self.fetched[:num_messages], self.fetched[num_messages:]
+        return batch
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def loop_consumer(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopConsumer]:
+    consumer = LoopConsumer()
+    monkeypatch.setattr(shared.consumer, "Consumer", lambda config: consumer)
+    yield consumer
+
+
+def test_the_loop_stops_the_batch_at_an_outage_and_seeks_back_to_it(
+    harness: Harness, loop_consumer: LoopConsumer
+) -> None:
+    ok, outage, later, other = (
+        message(tick(1), offset=10, partition=0),
+        message(tick(2), offset=11, partition=0),
+        message(tick(3), offset=12, partition=0),
+        message(tick(4), offset=7, partition=1),
+    )
+    loop_consumer.fetched = [ok, outage, later, other]
+
+    def behaviour(attempt: int) -> None:
+        if attempt == 2:
+            harness.worker.stop()  # shut down during the outage: no pause before exiting
+            raise database_locked()
+
+    harness.behaviour = behaviour
+
+    harness.worker._run()
+
+    assert loop_consumer.subscribed == [TOPIC]
+    assert harness.applied() == [1]
+    assert loop_consumer.stored == [ok]
+    assert sorted(loop_consumer.seeks) == [(TOPIC, 0, 11), (TOPIC, 1, 7)]
+    assert loop_consumer.closed
+    assert harness.worker.last_error is not None and "locked" in harness.worker.last_error
