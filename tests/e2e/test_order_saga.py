@@ -56,13 +56,13 @@ def events_of(running: RunningStack, order_id: str, counts: dict[str, int]) -> l
         return [m for m in messages if m.key() == order_id.encode()]
 
     found: list[Message] = []
-    for topic in ("orders", "stock"):
+    for topic, count in counts.items():
         found += mine(
             read_topic(
                 running.stack.bootstrap,
                 running.topic(topic),
                 timeout=30,
-                until=lambda got: len(mine(got)) >= count,
+                until=lambda got, n=count: len(mine(got)) >= n,
             )
         )
     return found
