@@ -113,6 +113,8 @@ class ConsumerWorker:
     ) -> None:
         """`after_commit` runs between a handler's commit and its offset store (tests use
         it to crash there)."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.name = name
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)

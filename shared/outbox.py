@@ -90,7 +90,8 @@ class OutboxRelay:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
-        event.remove(self._sessions, "after_commit", self._after_commit)
+        if event.contains(self._sessions, "after_commit", self._after_commit):
+            event.remove(self._sessions, "after_commit", self._after_commit)
 
     @property
     def alive(self) -> bool:

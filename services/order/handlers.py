@@ -169,6 +169,7 @@ def cancel_order(unit: Unit, order_id: str) -> Order:
             ORDER_CANCELLED,
             order.id,
             OrderCancelled(order_id=order.id, user_id=order.user_id),
+            correlation_id=order.id,
         )
     return order
 
@@ -260,7 +261,9 @@ def order_events(unit: Unit, order_id: str) -> list[OrderEvent]:
     get_order(unit, order_id)
     events = list(
         unit.session.scalars(
-            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.time)
+            select(OrderEvent)
+            .where(OrderEvent.order_id == order_id)
+            .order_by(OrderEvent.time, OrderEvent.topic, OrderEvent.partition, OrderEvent.offset)
         )
     )
     ids = {e.event_id for e in events}

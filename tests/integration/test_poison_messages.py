@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from shared.consumer import ConsumerWorker, EventRouter
 from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
 from shared.deadletter import (
+    DEAD_LETTERS,
     H_CONSUMER,
     H_DROPPED,
     H_ERROR,
@@ -34,7 +35,6 @@ from shared.deadletter import (
 )
 from shared.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
 from shared.producer import EventProducer, producer_config
-from shared.runtime import DEAD_LETTERS
 from shared.topics import ensure_topics
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.helpers import eventually, read_topic, unique

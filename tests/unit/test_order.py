@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from services.order import handlers
@@ -21,7 +21,6 @@ from services.order.events import (
     ORDER_REJECTED,
     STOCK_RELEASED,
     STOCK_RESERVED,
-    Line,
     ProductCreated,
     Shortage,
     StockReserved,
@@ -186,7 +185,8 @@ def test_order_created_is_caused_by_the_request_and_its_trace_is_kept_for_the_or
     [(_, event)] = emitted(uow)
     assert event.causation_id == "request-1"
     assert event.correlation_id == order_id, "the order id, not the caller's correlation id"
-    assert event.traceparent is not None and event.traceparent.split("-")[1] in TRACEPARENT
+    assert event.traceparent is not None
+    assert event.traceparent.split("-")[1] == TRACEPARENT.split("-")[1]
     with uow() as unit:
         assert handlers.get_order(unit, order_id).traceparent == event.traceparent
 
@@ -223,9 +223,9 @@ def test_an_order_of_unknown_products_is_refused_naming_each_and_emits_nothing(
 
 
 def test_an_order_must_have_items_of_positive_quantity() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         OrderIn(user_id="u", items=[])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         LineIn(product_id="p", quantity=0)
 
 
@@ -487,11 +487,6 @@ def test_a_cancel_request_without_a_trace_joins_the_trace_of_the_order(uow: Unit
     assert event.traceparent.split("-")[1] == TRACEPARENT.split("-")[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: cancel_order emits order-cancelled without correlation_id=order.id, so "
-    "a cancel request correlates the event (and inventory's stock-released) to itself",
-)
 def test_order_cancelled_is_correlated_by_the_order_id_like_the_rest_of_the_saga(
     uow: UnitOfWork,
 ) -> None:
@@ -558,7 +553,7 @@ def test_a_redelivered_version_of_a_product_changes_nothing(uow: UnitOfWork) -> 
     assert product_view(uow, product_id) == ("Lamp", 1)
 
 
-def test_emitting_nothing_while_learning_users_and_products(uow: UnitOfWork) -> None:
+def test_learning_users_and_products_emits_nothing(uow: UnitOfWork) -> None:
     known(uow, products=3)
 
     assert emitted(uow) == []
@@ -678,7 +673,3 @@ def test_order_events_of_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
 
 def test_an_order_without_events_read_back_has_an_empty_chain(uow: UnitOfWork) -> None:
     assert chain(uow, pending_order(uow)) == []
-
-
-def test_line_payloads_match_the_contract() -> None:
-    assert Line(product_id="p", quantity=1).model_dump() == {"product_id": "p", "quantity": 1}

@@ -114,7 +114,7 @@ def test_relay_once_publishes_unsent_rows_in_id_order_across_topics(
     assert relay.relay_once() == 4
 
     assert producer.sent == emitted
-    assert [call for call in producer.calls] == [emitted], "one batch"
+    assert producer.calls == [emitted], "one batch"
     assert relay.published == 4
     assert relay.pending() == 0
 
@@ -128,9 +128,7 @@ def test_published_rows_are_marked_sent_with_their_partition_and_offset(
     relay.relay_once()
 
     marked = [(row.topic, row.partition, row.offset) for row in rows(uow)]
-    partition = {
-        seq: zlib.crc32(f"key-{seq}".encode()) % 3 for seq in (1, 2)
-    }
+    partition = {seq: zlib.crc32(f"key-{seq}".encode()) % 3 for seq in (1, 2)}
     assert marked == [
         ("orders", partition[1], 0),
         ("orders", partition[1], 1),
@@ -180,9 +178,7 @@ def test_topics_take_the_unit_of_works_prefix(
     assert [topic for topic, _ in producer.sent] == ["run-7.orders"]
 
 
-def test_the_hook_before_publishing_sees_the_batch(
-    uow: UnitOfWork, producer: FakeProducer
-) -> None:
+def test_the_hook_before_publishing_sees_the_batch(uow: UnitOfWork, producer: FakeProducer) -> None:
     emitted = emit(uow, ("orders", 1), ("stock", 2))
     seen: list[list[Envelope]] = []
     relay = OutboxRelay(uow.sessions, Outbox, producer, before_publish=seen.append)  # type: ignore[arg-type]
@@ -247,17 +243,26 @@ def test_a_rolled_back_transaction_adds_nothing_to_the_outbox(
 
 
 def test_a_commit_that_adds_events_wakes_the_running_relay(
-    uow: UnitOfWork, producer: FakeProducer, relay: OutboxRelay
+    uow: UnitOfWork, producer: FakeProducer
 ) -> None:
+    relay = OutboxRelay(uow.sessions, Outbox, producer, poll_interval=60)  # type: ignore[arg-type]
     relay.start()  # polls only every 60 s: only the commit can wake it in time
-    assert relay.alive
+    try:
+        assert relay.alive
+        emitted = emit(uow, ("orders", 1))
 
-    emitted = emit(uow, ("orders", 1))
-
-    eventually(lambda: producer.sent == emitted, timeout=5, interval=0.005, message="woken")
-    relay.stop()
+        eventually(lambda: producer.sent == emitted, timeout=5, interval=0.005, message="woken")
+    finally:
+        relay.stop()
     assert not relay.alive
     assert unsent(uow) == []
+
+
+def test_stopping_the_relay_twice_is_harmless(uow: UnitOfWork, producer: FakeProducer) -> None:
+    relay = OutboxRelay(uow.sessions, Outbox, producer)  # type: ignore[arg-type]
+    relay.stop()
+
+    relay.stop()
 
 
 # Purging

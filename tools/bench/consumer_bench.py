@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 from sqlalchemy import update
 
 from services.inventory.config import InventorySettings
@@ -38,11 +38,12 @@ from services.inventory.models import Stock
 from shared import tracing
 from shared.consumer import ConsumerWorker
 from shared.db import make_engine, make_sessions
+from shared.deadletter import DEAD_LETTERS
 from shared.envelope import Envelope
 from shared.idempotency import Claim, claim
 from shared.migrations import upgrade
 from shared.producer import EventProducer
-from shared.runtime import DEAD_LETTERS, ServiceRuntime
+from shared.runtime import ServiceRuntime
 from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork
 

@@ -138,11 +138,11 @@ class OutcomeCollector:
                     continue
                 received = time.time()
                 self.records += 1
-                headers = {k: v for k, v in (message.headers() or []) if v is not None}
-                kind = headers.get("ce_type", b"").decode()
-                key = (message.key() or b"").decode()
+                headers = _text_headers(message.headers())
+                kind = headers.get("ce_type", "")
+                key = _text(message.key())
                 if kind == CREATED and "ce_time" in headers:
-                    created = datetime.fromisoformat(headers["ce_time"].decode()).timestamp()
+                    created = datetime.fromisoformat(headers["ce_time"]).timestamp()
                     self.created.setdefault(key, created)
                 elif kind in OUTCOMES:
                     stamp = message.timestamp()[1] / 1000
@@ -153,6 +153,15 @@ class OutcomeCollector:
         creation and outcome were both seen."""
         created, outcomes = dict(self.created), dict(self.outcomes)
         return {order: (created[order], *outcomes[order]) for order in created if order in outcomes}
+
+
+def _text(value: str | bytes | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def _text_headers(headers: Any) -> dict[str, str]:
+    pairs = headers.items() if isinstance(headers, dict) else (headers or [])
+    return {name: _text(value) for name, value in pairs if value is not None}
 
 
 def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS) -> int:
@@ -259,7 +268,8 @@ def run_e2e(
     outcomes: dict[str, int] = {}
     for _, outcome, _, _ in finished.values():
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    seconds = int(load_end - load_start + drain_s) + 1
+    last_outcome = max((v[2] for v in finished.values()), default=load_end)
+    seconds = int(max(last_outcome, load_end) - load_start) + 1
     summary = {
         "load": {
             "duration_s": wrk["seconds"],
@@ -272,6 +282,9 @@ def run_e2e(
         },
         "window_s": window[1] - window[0],
         "completed_per_s": rate((v[2] for v in finished.values()), *window),
+        "completed_per_s_overall": ratio(len(finished), last_outcome - load_start),
+        "backlog_at_load_end": sum(1 for v in finished.values() if v[0] < load_end <= v[2])
+        + max(expected - len(finished), 0),
         "accepted_per_s": rate(collector.created.values(), *window),
         "latency_ms": summarize(latency),
         "seen_latency_ms": summarize(seen_latency),

@@ -1,5 +1,6 @@
-"""py-spy on the services while the load runs: a flame graph (SVG) and the folded stacks
-of each, and a summary of the folded stacks (see report.profile_summary).
+"""py-spy on the services while the load runs: per service a CPU flame graph (SVG: threads
+on CPU only) and the folded stacks of every thread, idle or not (--idle: wall-clock time,
+so waiting for a lock or for Kafka shows), summarised by report.profile_summary.
 
 Both recordings run with --nonblocking (they read the process's memory without pausing
 it), so two of them can watch one process at once and the service is barely slowed."""
@@ -47,11 +48,11 @@ def start(
         common += ["--rate", "100", "--nonblocking", "--threads"]
         processes = [
             subprocess.Popen(
-                [*common, "--format", fmt, "-o", str(path)],
+                [*common, *idle, "--format", fmt, "-o", str(path)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for fmt, path in (("flamegraph", svg), ("raw", folded))
+            for fmt, path, idle in (("flamegraph", svg, []), ("raw", folded, ["--idle"]))
         ]
         recordings.append(Recording(service, svg, folded, processes))
     return recordings

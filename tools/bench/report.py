@@ -125,7 +125,8 @@ def cpu_summary(
     return result
 
 
-# py-spy's raw (folded) output: "frame;frame;...;leaf count", root first.
+# py-spy's raw (folded) output with --threads: "thread (tid): name;frame;...;leaf count",
+# root first, each frame "function (file:line)".
 
 
 def parse_folded(lines: Iterable[str]) -> list[tuple[list[str], int]]:
@@ -142,21 +143,26 @@ def parse_folded(lines: Iterable[str]) -> list[tuple[list[str], int]]:
     return stacks
 
 
-ROLES = (
-    # (role, a substring of some frame in the stack): the first match names the stack.
-    ("consumer", "shared/consumer.py"),
-    ("outbox relay", "shared/outbox.py"),
-    ("request (threadpool)", "anyio/_backends/_asyncio.py"),
-    ("housekeeping", "_housekeeping"),
-    ("event loop", "uvicorn"),
+THREAD_ROLES = (
+    ("consumer-", "consumer"),
+    ("outbox-relay", "outbox relay"),
+    ("AnyIO worker", "HTTP handlers (threadpool)"),
+    ("MainThread", "event loop"),
+    ("housekeeping", "housekeeping"),
 )
+
+IDLE = "idle: waiting for work"
+PROJECT = ("shared/", "services/", "tools/")
 
 
 def role_of(frames: Sequence[str]) -> str:
-    for role, marker in ROLES:
-        if any(marker in frame for frame in frames):
+    """The thread's role, from py-spy's 'thread (tid): name' root frame."""
+    head = frames[0] if frames else ""
+    name = head.partition("): ")[2] if head.startswith("thread (") else ""
+    for prefix, role in THREAD_ROLES:
+        if name.startswith(prefix):
             return role
-    return "other"
+    return name or "other"
 
 
 def _function(frame: str) -> str:
@@ -166,30 +172,85 @@ def _function(frame: str) -> str:
     return f"{name} ({path})" if path else name
 
 
-def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 25) -> dict[str, Any]:
-    """Share of samples per thread role, per leaf function (self) and per function
-    anywhere on the stack (inclusive, counted once per stack)."""
-    total = sum(count for _, count in stacks)
-    roles: Counter[str] = Counter()
+def category(frames: Sequence[str]) -> str:
+    """What a sampled thread was doing, from its stack (root first)."""
+    python = [f for f in frames if not f.startswith(("thread (", "process "))]
+    if not python:
+        return "other"
+    leaf = _function(python[-1])
+    name = leaf.partition(" (")[0]
+    if name == "DefaultDialect.do_execute":
+        if any("_begin_impl" in f for f in python):
+            return "sqlite: BEGIN IMMEDIATE (waiting for the write lock)"
+        return "sqlite: executing statements"
+    if name == "DefaultDialect.do_commit":
+        return "sqlite: COMMIT"
+    if name in ("Condition.wait", "Event.wait", "Queue.get", "WorkerThread.run") or (
+        name == "_run" and "housekeeping" in leaf
+    ):
+        return IDLE
+    if name == "Runner.run":
+        return "event loop: uvloop (C: epoll, sockets)"
+    if name == "ConsumerWorker._run":
+        return "kafka: Consumer.consume() (waiting for records)"
+    if name == "EventProducer.send":
+        return "kafka: produce + flush (waiting for acks)"
+    for marker, label in (
+        ("sqlalchemy/", "python: SQLAlchemy"),
+        ("pydantic", "python: pydantic"),
+        ("fastapi/", "python: FastAPI/Starlette"),
+        ("starlette/", "python: FastAPI/Starlette"),
+        ("opentelemetry/", "python: OpenTelemetry"),
+        ("anyio/", "python: anyio (threadpool hand-off)"),
+        ("asyncio/", "python: asyncio"),
+        ("uvicorn/", "python: uvicorn"),
+        ("confluent_kafka", "kafka: client"),
+    ):
+        if marker in leaf:
+            return label
+    if any(marker in leaf for marker in PROJECT):
+        return "python: our code"
+    return "python: other (stdlib, json, uuid, ...)"
+
+
+def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> dict[str, Any]:
+    """Per thread role: threads seen, samples, and the share of each category; then, over
+    samples not idle, where in our code (the deepest frame in shared/, services/ or
+    tools/) and in which leaf function the time goes. Taken with py-spy --idle, samples
+    are wall-clock time per thread."""
+    threads: dict[str, set[str]] = defaultdict(set)
+    by_role: dict[str, Counter[str]] = defaultdict(Counter)
+    ours: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
+    busy = 0
     for frames, count in stacks:
+        role = role_of(frames)
+        if frames and frames[0].startswith("thread ("):
+            threads[role].add(frames[0].partition(")")[0])
+        kind = category(frames)
+        by_role[role][kind] += count
+        if kind == IDLE or kind.startswith(("event loop", "kafka: Consumer.consume")):
+            continue
+        busy += count
         python = [f for f in frames if not f.startswith(("thread (", "process "))]
-        roles[role_of(python)] += count
-        if python:
-            own[_function(python[-1])] += count
-        for function in {_function(f) for f in python}:
-            inclusive[function] += count
+        project = [f for f in python if any(marker in f for marker in PROJECT)]
+        ours[_function(project[-1]) if project else "(no frame of ours)"] += count
+        own[_function(python[-1])] += count
+    total = sum(count for _, count in stacks)
+    roles = {}
+    for role, kinds in sorted(by_role.items(), key=lambda item: -sum(item[1].values())):
+        samples = sum(kinds.values())
+        roles[role] = {
+            "threads": len(threads[role]),
+            "samples": samples,
+            "categories": {kind: n / samples for kind, n in kinds.most_common()},
+        }
 
-    def shares(counter: Counter[str], n: int) -> list[tuple[str, float]]:
-        return [(name, count / total) for name, count in counter.most_common(n)] if total else []
+    def shares(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, n / busy) for name, n in counter.most_common(top)] if busy else []
 
-    return {
-        "samples": total,
-        "roles": dict(shares(roles, len(roles))),
-        "self": shares(own, top),
-        "inclusive": shares(inclusive, top),
-    }
+    return {"samples": total, "busy_samples": busy, "roles": roles,
+            "ours": shares(ours), "leaf": shares(own)}  # fmt: skip
 
 
 def _ms(value: float | int | None) -> str:
@@ -216,7 +277,13 @@ def render(result: Mapping[str, Any]) -> str:
             + (f", paced to <= {load['rate']}/s" if load.get("rate") else ", unpaced")
             + f"; steady window {e2e['window_s']:.1f}s"
         )
-        out.append(f"  completed orders/s   {_rate(e2e['completed_per_s'])}")
+        out.append(
+            f"  completed orders/s   {_rate(e2e['completed_per_s'])}  in the steady window; "
+            f"{e2e['completed_per_s_overall'] or 0:.1f}/s from load start to the last outcome"
+        )
+        out.append(
+            f"  backlog at load end  {e2e['backlog_at_load_end']:9d}  accepted, no outcome yet"
+        )
         out.append(f"  accepted requests/s  {_rate(e2e['accepted_per_s'])}  (202s seen on Kafka)")
         wrk = e2e["wrk"]
         out.append(
@@ -281,13 +348,17 @@ def render(result: Mapping[str, Any]) -> str:
     profiles = result.get("profiles")
     if profiles:
         for service, prof in profiles.items():
-            out.append(f"profile {service}: {prof['samples']} samples")
-            out.append(
-                "  by thread: "
-                + ", ".join(f"{role} {share * 100:.0f}%" for role, share in prof["roles"].items())
-            )
-            for function, share in prof["inclusive"][:12]:
-                out.append(f"  {share * 100:5.1f}%  {function}")
+            if "roles" not in prof:
+                out.append(f"profile {service}: {prof.get('error')}")
+                continue
+            out.append(f"profile {service}: {prof['samples']} samples (wall clock, per thread)")
+            for role, info in prof["roles"].items():
+                out.append(f"  {role} ({info['threads']} thread(s), {info['samples']} samples)")
+                for kind, share in list(info["categories"].items())[:6]:
+                    out.append(f"    {share * 100:5.1f}%  {kind}")
+            out.append("  not idle, by deepest frame of ours:")
+            for function, share in prof["ours"][:10]:
+                out.append(f"    {share * 100:5.1f}%  {function}")
     return "\n".join(out)
 
 

@@ -1,0 +1,229 @@
+"""The bench's arithmetic: percentiles, windows, rates, wrk's summary, profile folding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tools.bench.report import (
+    IDLE,
+    WRK_MARKER,
+    category,
+    cpu_summary,
+    parse_folded,
+    parse_wrk,
+    per_second,
+    percentile,
+    profile_summary,
+    rate,
+    ratio,
+    render,
+    role_of,
+    steady_window,
+    summarize,
+)
+from tools.bench.wrk import OrderMix, lua_data, lua_string, pacing_delay_ms
+
+pytestmark = pytest.mark.unit
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([4, 1, 3, 2], 0) == 1
+    assert percentile([4, 1, 3, 2], 100) == 4
+    assert percentile(list(range(101)), 95) == 95
+    assert percentile([10, 20], 99) == pytest.approx(19.9)
+
+
+def test_percentile_of_one_value_is_that_value() -> None:
+    assert percentile([7.5], 50) == 7.5
+    assert percentile([7.5], 99) == 7.5
+
+
+def test_percentile_refuses_no_values_and_out_of_range_quantiles() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1], 101)
+
+
+def test_summary_reports_count_mean_quantiles_and_extremes() -> None:
+    summary = summarize([float(v) for v in range(1, 101)])
+    assert summary["count"] == 100
+    assert summary["mean"] == 50.5
+    assert summary["min"] == 1
+    assert summary["max"] == 100
+    assert summary["p50"] == pytest.approx(50.5)
+    assert summary["p95"] == pytest.approx(95.05)
+    assert summary["p99"] == pytest.approx(99.01)
+
+
+def test_summary_of_nothing_is_all_none_and_zero_count() -> None:
+    summary = summarize([])
+    assert summary["count"] == 0
+    assert all(summary[k] is None for k in ("mean", "min", "p50", "p95", "p99", "max"))
+
+
+def test_rate_counts_a_half_open_window() -> None:
+    times = [10.0, 10.5, 11.0, 11.999, 12.0]
+    assert rate(times, 10.0, 12.0) == 2.0  # 12.0 itself is outside
+    with pytest.raises(ValueError):
+        rate(times, 12.0, 12.0)
+
+
+def test_per_second_buckets_by_whole_seconds_and_drops_the_rest() -> None:
+    assert per_second([100.0, 100.9, 101.0, 102.5, 99.0, 103.0], 100.0, 3) == [2, 1, 1]
+    assert per_second([1.0], 0.0, 0) == []
+
+
+def test_ratio_is_none_without_a_denominator() -> None:
+    assert ratio(50, 200) == 0.25
+    assert ratio(50, 0) is None
+    assert ratio(None, 3) is None
+    assert ratio(1, None) is None
+
+
+def test_steady_window_skips_warmup_unless_it_would_leave_nothing() -> None:
+    assert steady_window(100.0, 130.0, 5) == (105.0, 130.0)
+    assert steady_window(100.0, 103.0, 5) == (100.0, 103.0)
+
+
+def wrk_output(statuses: dict[str, int], duration_us: int = 2_000_000) -> str:
+    summary = {
+        "requests": sum(statuses.values()),
+        "duration_us": duration_us,
+        "bytes": 1000,
+        "errors": {"connect": 0, "read": 1, "write": 0, "status": 3, "timeout": 2},
+        "statuses": statuses,
+        "latency_us": {"p50": 1500, "p99": 9000, "min": 100, "max": 12000, "mean": 2.0},
+    }
+    return f"Running 2s test\n  noise\n{WRK_MARKER}{json.dumps(summary)}\n"
+
+
+def test_parse_wrk_derives_rates_and_counts_non_202_and_socket_errors() -> None:
+    result = parse_wrk(wrk_output({"202": 400, "422": 3}))
+    assert result["seconds"] == 2.0
+    assert result["requests_per_s"] == pytest.approx(201.5)
+    assert result["accepted_per_s"] == 200.0
+    assert result["non_202"] == 3
+    assert result["socket_errors"] == 3
+    assert result["latency_us"]["p99"] == 9000
+
+
+def test_parse_wrk_without_the_summary_line_says_so() -> None:
+    with pytest.raises(ValueError, match="no summary"):
+        parse_wrk("Running 2s test\n")
+
+
+def test_cpu_summary_averages_inside_the_window_and_peaks_rss_over_all() -> None:
+    samples = [
+        (0.0, "order", 50.0, 100 * 2**20),
+        (1.0, "order", 80.0, 120 * 2**20),
+        (2.0, "order", 100.0, 110 * 2**20),
+        (5.0, "order", 10.0, 300 * 2**20),  # after the window: RSS counts, CPU does not
+        (1.0, "kafka", 20.0, 2**30),
+    ]
+    summary = cpu_summary(samples, 1.0, 3.0)
+    assert summary["order"]["cpu_mean"] == 90.0
+    assert summary["order"]["cpu_max"] == 100.0
+    assert summary["order"]["rss_peak_mib"] == 300.0
+    assert summary["kafka"]["rss_peak_mib"] == 1024.0
+
+
+CONSUMER = "thread (11): consumer-order"
+WORKER = "thread (12): AnyIO worker thread"
+BEGIN = (
+    "Connection._begin_impl (sqlalchemy/engine/base.py:1158)",
+    "DefaultDialect.do_execute (sqlalchemy/engine/default.py:1192)",
+)
+FOLDED = [
+    f"{CONSUMER};ConsumerWorker._run (shared/consumer.py:165);"
+    "claim (shared/idempotency.py:41);"
+    "DefaultDialect.do_execute (sqlalchemy/engine/default.py:1192) 6\n",
+    f"{CONSUMER};ConsumerWorker._run (shared/consumer.py:165);"
+    "UnitOfWork.__call__ (shared/unit_of_work.py:70);"
+    "DefaultDialect.do_commit (sqlalchemy/engine/default.py:954) 2\n",
+    f"{CONSUMER};ConsumerWorker._run (shared/consumer.py:162) 2\n",
+    f"{WORKER};place_order (services/order/api.py:32);{';'.join(BEGIN)} 7\n",
+    f"{WORKER};WorkerThread.run (anyio/_backends/_asyncio.py:1113);"
+    "Queue.get (queue.py:171);Condition.wait (threading.py:327) 3\n",
+    "\n",
+    "garbage-without-count\n",
+]
+
+
+def test_parse_folded_reads_frames_root_first_and_skips_junk() -> None:
+    stacks = parse_folded(FOLDED)
+    assert len(stacks) == 5
+    frames, count = stacks[0]
+    assert frames[0] == CONSUMER
+    assert frames[-1].startswith("DefaultDialect.do_execute")
+    assert count == 6
+
+
+def test_roles_come_from_thread_names() -> None:
+    assert role_of([CONSUMER]) == "consumer"
+    assert role_of([WORKER]) == "HTTP handlers (threadpool)"
+    assert role_of(["thread (1): MainThread"]) == "event loop"
+    assert role_of(["thread (2): outbox-relay"]) == "outbox relay"
+    assert role_of(["thread (3): something-else"]) == "something-else"
+    assert role_of(["claim (shared/idempotency.py:41)"]) == "other"
+
+
+def test_categories_tell_lock_waits_from_statements_commits_and_idling() -> None:
+    assert category([WORKER, *BEGIN]).startswith("sqlite: BEGIN IMMEDIATE")
+    assert category([CONSUMER, BEGIN[1]]) == "sqlite: executing statements"
+    assert category([CONSUMER, "DefaultDialect.do_commit (sqlalchemy/engine/default.py:9)"]) == (
+        "sqlite: COMMIT"
+    )
+    assert category([WORKER, "Condition.wait (threading.py:327)"]) == IDLE
+    assert category([CONSUMER, "ConsumerWorker._run (shared/consumer.py:162)"]).startswith(
+        "kafka: Consumer.consume"
+    )
+    assert category([CONSUMER, "Session.flush (sqlalchemy/orm/session.py:1)"]) == (
+        "python: SQLAlchemy"
+    )
+    assert category([CONSUMER, "claim (shared/idempotency.py:30)"]) == "python: our code"
+
+
+def test_profile_summary_shares_per_role_and_blames_our_deepest_frame() -> None:
+    summary = profile_summary(parse_folded(FOLDED))
+    assert summary["samples"] == 20
+    consumer = summary["roles"]["consumer"]
+    assert consumer["threads"] == 1
+    assert consumer["samples"] == 10
+    assert consumer["categories"]["sqlite: executing statements"] == 0.6
+    assert consumer["categories"]["sqlite: COMMIT"] == 0.2
+    workers = summary["roles"]["HTTP handlers (threadpool)"]
+    assert workers["categories"][IDLE] == 0.3
+    # not idle: 6 + 2 + 7 samples (consume waits and queue waits left out)
+    assert summary["busy_samples"] == 15
+    ours = dict(summary["ours"])
+    assert ours["place_order (services/order/api.py)"] == pytest.approx(7 / 15)
+    assert ours["claim (shared/idempotency.py)"] == pytest.approx(6 / 15)
+    assert math.isclose(sum(ours.values()), 1.0)
+
+
+def test_render_survives_a_profile_that_failed() -> None:
+    text = render({"profiles": {"order": {"error": "py-spy wrote no profile"}}})
+    assert "py-spy wrote no profile" in text
+
+
+def test_lua_data_quotes_strings_and_carries_the_mix() -> None:
+    mix = OrderMix(user='u"1', ample=["a", "b"], scarce=["c"], scarce_share=0.25)
+    text = lua_data(mix, delay_ms=12.5)
+    assert 'user = "u\\"1"' in text
+    assert 'ample = {"a", "b"}' in text
+    assert 'scarce = {"c"}' in text
+    assert "scarce_share = 0.25" in text
+    assert "delay_ms = 12.5" in text
+    assert 'path = "/orders"' in text
+    assert lua_string("a\\b\n") == '"a\\\\b\\n"'
+
+
+def test_pacing_spreads_the_rate_over_the_connections() -> None:
+    assert pacing_delay_ms(None, 16) == 0.0
+    assert pacing_delay_ms(100, 10) == 100.0
+    assert pacing_delay_ms(400, 16) == 40.0
