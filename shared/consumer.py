@@ -70,6 +70,10 @@ class UnknownEventType(InvalidEnvelope):
     pass
 
 
+class _Fatal(KafkaException):
+    """The client cannot go on (e.g. fenced): end the loop; /ready reports it."""
+
+
 class _Rewind(Exception):
     """Stop the batch here and consume this message again after a pause."""
 
@@ -170,9 +174,16 @@ class ConsumerWorker:
                         log.warning(
                             "%s: transient failure, rewinding: %s", self.name, self.last_error
                         )
-                        _rewind(consumer, batch[index:])
-                        self._stop.wait(1.0)
-                        break
+                    except _Fatal:
+                        raise
+                    except Exception as exc:  # never let one surprise end the loop
+                        self.last_error = repr(exc)
+                        log.exception("%s: unexpected failure, rewinding", self.name)
+                    else:
+                        continue
+                    _rewind(consumer, batch[index:])
+                    self._stop.wait(1.0)
+                    break
         finally:
             consumer.close()  # commits stored offsets and leaves the group
 
@@ -180,7 +191,7 @@ class ConsumerWorker:
         error = message.error()
         if error is not None:
             if error.fatal():
-                raise KafkaException(error)
+                raise _Fatal(error)
             log.info("%s: %s", self.name, error)
             return
         try:
@@ -189,7 +200,7 @@ class ConsumerWorker:
             if route is None:
                 if event.type not in self._router.ignored:
                     raise UnknownEventType(f"unknown event type {event.type!r}")
-                consumer.store_offsets(message=message)
+                _store(consumer, message)
                 return
             payload: Any = event.payload(route.model)
         except InvalidEnvelope as exc:
@@ -198,9 +209,11 @@ class ConsumerWorker:
             self._dead_letter(message, DeadLetter(reason, str(exc)))
         except ValidationError as exc:
             self._dead_letter(message, DeadLetter(Reason.INVALID_PAYLOAD, str(exc)))
+        except Exception as exc:  # anything else about this record that cannot be read
+            self._dead_letter(message, DeadLetter(Reason.INVALID_ENVELOPE, repr(exc)))
         else:
             self._apply(message, event, route, payload)
-        consumer.store_offsets(message=message)
+        _store(consumer, message)
 
     def _apply(self, message: Message, event: Envelope, route: Route, payload: Any) -> None:
         for attempt in range(1, self._max_attempts + 1):
@@ -248,6 +261,13 @@ class ConsumerWorker:
         except DeliveryError as exc:
             raise _Rewind() from exc
         self.dead_lettered += 1
+
+
+def _store(consumer: Consumer, message: Message) -> None:
+    try:
+        consumer.store_offsets(message=message)
+    except KafkaException as exc:  # the partition was revoked meanwhile: its new owner
+        log.info("offset not stored: %s", exc)  # re-reads; claims make that harmless
 
 
 def _next_batch(consumer: Consumer, size: int, wait: float = 0.5) -> list[Message]:

@@ -194,6 +194,8 @@ def _produce(
         if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
             raise _TooLarge(error) from exc
         raise DeliveryError("<raw>", error) from exc
+    except BufferError as exc:  # the producer's local queue is full (it is shared)
+        raise DeliveryError("<raw>", str(exc)) from exc
     except DeliveryError as exc:
         error = exc.error
         if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:

@@ -32,6 +32,17 @@ H_TRACEPARENT = "traceparent"
 H_TRACESTATE = "tracestate"
 
 REQUIRED_HEADERS = (H_SPECVERSION, H_ID, H_TYPE, H_SOURCE)
+_OURS = frozenset(
+    {
+        *REQUIRED_HEADERS,
+        H_TIME,
+        H_CORRELATION,
+        H_CAUSATION,
+        H_CONTENT_TYPE,
+        H_TRACEPARENT,
+        H_TRACESTATE,
+    }
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -142,11 +153,11 @@ class Envelope:
         data: bytes,
     ) -> Envelope:
         pairs = headers.items() if isinstance(headers, dict) else headers
-        try:
+        try:  # other headers are the producer's business, whatever their bytes
             text = {
                 name: value.decode() if isinstance(value, bytes) else value
                 for name, value in pairs
-                if value is not None
+                if value is not None and name in _OURS
             }
         except UnicodeDecodeError as exc:
             raise InvalidEnvelope(f"header is not UTF-8 text: {exc}") from exc

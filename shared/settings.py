@@ -23,7 +23,9 @@ class ServiceSettings(BaseSettings):
     consumer_group: str | None = None
     """Defaults to the service name; tests give each run its own."""
     max_body_bytes: int = 64 * 1024
-    processed_retention_hours: float = 24 * 7
+    processed_retention_hours: float = 24 * 30
+    """Keep processed ids longer than a record can stay on a topic (retention plus a
+    segment's age) and longer than a group's offsets live, or a replay could re-apply."""
     outbox_retention_hours: float = 24
 
     fault_crash_after_commits: int = 0

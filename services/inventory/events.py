@@ -29,21 +29,21 @@ STOCK_RELEASED = "stock-released"
 class ProductCreated(BaseModel):
     """Consumed from `products` (published by product), keyed by product id."""
 
-    product_id: str = Field(min_length=1)
+    product_id: str = Field(min_length=1, max_length=64)
     name: str
     price_cents: int
     version: int = 1
 
 
 class OrderLine(BaseModel):
-    product_id: str = Field(min_length=1)
+    product_id: str = Field(min_length=1, max_length=64)
     quantity: int = Field(gt=0)
 
 
 class OrderCreated(BaseModel):
     """Consumed from `orders` (published by order), keyed by order id."""
 
-    order_id: str = Field(min_length=1)
+    order_id: str = Field(min_length=1, max_length=64)
     user_id: str
     items: list[OrderLine]
 
@@ -51,7 +51,7 @@ class OrderCreated(BaseModel):
 class OrderCancelled(BaseModel):
     """Consumed from `orders` (published by order), keyed by order id."""
 
-    order_id: str = Field(min_length=1)
+    order_id: str = Field(min_length=1, max_length=64)
     user_id: str
 
 

@@ -322,6 +322,7 @@ def test_a_poison_message_is_dead_lettered_and_its_partition_goes_on_in_order(
         (times,) = harness.faults.attempts.values()
         gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
         assert len(times) == MAX_ATTEMPTS, "bounded retries"
+        assert "boom 3" in parked[H_ERROR]
         assert gaps[0] >= BACKOFF * 0.9 and gaps[1] >= 2 * BACKOFF * 0.9, f"backoff {gaps}"
 
 
