@@ -201,6 +201,9 @@ def create_service_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         runtime = ServiceRuntime(spec, settings)
         runtime.start()
         app.state.runtime = runtime

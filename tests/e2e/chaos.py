@@ -46,6 +46,7 @@ def make_catalogue(shop: ShopClient, ample: int = 4, scarce: int = 3) -> Catalog
         amount = 100_000 if n < ample else 25
         eventually(
             lambda p=product_id, a=amount: _put_stock(shop, p, a),
+            timeout=90,
             message="inventory learns the product",
         )
         stock[product_id] = amount

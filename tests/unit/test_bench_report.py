@@ -11,6 +11,7 @@ from tools.bench.report import (
     IDLE,
     WRK_MARKER,
     category,
+    cpu_seconds,
     cpu_summary,
     parse_folded,
     parse_wrk,
@@ -227,3 +228,22 @@ def test_pacing_spreads_the_rate_over_the_connections() -> None:
     assert pacing_delay_ms(None, 16) == 0.0
     assert pacing_delay_ms(100, 10) == 100.0
     assert pacing_delay_ms(400, 16) == 40.0
+
+
+def test_profile_summary_skips_threads_without_python_frames() -> None:
+    summary = profile_summary(parse_folded(["thread (9): rdk:main 5\n", *FOLDED]))
+    assert summary["samples"] == 25
+    assert summary["busy_samples"] == 15
+
+
+def test_cpu_seconds_adds_up_each_sample_over_its_interval() -> None:
+    samples = [
+        (0.5, "order", 100.0, 0.0),
+        (1.0, "order", 50.0, 0.0),
+        (1.5, "order", 200.0, 0.0),  # two cores' worth
+        (2.0, "order", 100.0, 0.0),  # outside (end is 1.5)
+        (1.0, "kafka", 20.0, 0.0),
+    ]
+    spent = cpu_seconds(samples, 0.0, 1.5, 0.5)
+    assert spent["order"] == pytest.approx(0.5 + 0.25 + 1.0)
+    assert spent["kafka"] == pytest.approx(0.1)

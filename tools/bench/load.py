@@ -24,11 +24,20 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from tools.bench.procs import Sampler
-from tools.bench.report import cpu_summary, per_second, rate, ratio, steady_window, summarize
+from tools.bench.report import (
+    cpu_seconds,
+    cpu_summary,
+    per_second,
+    rate,
+    ratio,
+    steady_window,
+    summarize,
+)
 from tools.bench.wrk import OrderMix, run_wrk
 from tools.client import ShopClient
 
 CREATED = "order-created"
+ANSWERS = ("stock-reserved", "stock-shortage")
 OUTCOMES = {"order-confirmed": "CONFIRMED", "order-rejected": "REJECTED"}
 SERVICE_TOPICS = ("orders", "stock", "stock-changes", "products", "users", "dead-letters")
 """Every topic the four services publish to (see each services/*/main.py SPEC)."""
@@ -92,12 +101,13 @@ def _set_stock_when_known(
 
 
 class OutcomeCollector:
-    """Reads `orders` from its current end in a thread: creation time of each order and
-    the timestamp of its outcome. Assigns partitions itself (a unique group, no commits),
-    so it reads from the moment start() returns."""
+    """Reads `orders` and `stock` from their current ends in a thread: when each order was
+    created, and when its order-created, inventory's answer and its outcome were
+    produced. Assigns partitions itself (a unique group, no commits), so it reads from the
+    moment start() returns."""
 
-    def __init__(self, bootstrap: str, topic: str = "orders") -> None:
-        self.topic = topic
+    def __init__(self, bootstrap: str, topics: tuple[str, ...] = ("orders", "stock")) -> None:
+        self.topics = topics
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -108,6 +118,10 @@ class OutcomeCollector:
         )
         self.created: dict[str, float] = {}
         """order id -> ce_time of order-created (epoch seconds)"""
+        self.published: dict[str, float] = {}
+        """order id -> record timestamp of order-created (the order relay produced it)"""
+        self.answered: dict[str, float] = {}
+        """order id -> record timestamp of stock-reserved / stock-shortage (inventory's)"""
         self.outcomes: dict[str, tuple[str, float, float]] = {}
         """order id -> (CONFIRMED|REJECTED, record timestamp, time this bench received it)"""
         self.records = 0
@@ -115,13 +129,14 @@ class OutcomeCollector:
         self._thread = threading.Thread(target=self._run, name="bench-outcomes", daemon=True)
 
     def start(self) -> OutcomeCollector:
-        metadata = self._consumer.list_topics(self.topic, timeout=30).topics[self.topic]
+        metadata = self._consumer.list_topics(timeout=30).topics
         assignment = []
-        for partition in metadata.partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=30
-            )
-            assignment.append(TopicPartition(self.topic, partition, high))
+        for topic in self.topics:
+            for partition in metadata[topic].partitions:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=30
+                )
+                assignment.append(TopicPartition(topic, partition, high))
         self._consumer.assign(assignment)
         self._thread.start()
         return self
@@ -141,12 +156,33 @@ class OutcomeCollector:
                 headers = _text_headers(message.headers())
                 kind = headers.get("ce_type", "")
                 key = _text(message.key())
+                stamp = message.timestamp()[1] / 1000
                 if kind == CREATED and "ce_time" in headers:
+                    self.published.setdefault(key, stamp)
                     created = datetime.fromisoformat(headers["ce_time"]).timestamp()
                     self.created.setdefault(key, created)
+                elif kind in ANSWERS:
+                    self.answered.setdefault(key, stamp)
                 elif kind in OUTCOMES:
-                    stamp = message.timestamp()[1] / 1000
                     self.outcomes.setdefault(key, (OUTCOMES[kind], stamp, received))
+
+    def stages(self, orders: Iterable[str]) -> dict[str, list[float]]:
+        """Per stage, the milliseconds each of `orders` spent in it (when all seen)."""
+        stages: dict[str, list[float]] = {
+            "accepted -> order-created produced (order: commit, outbox relay)": [],
+            "order-created -> stock answer produced (inventory: consume, reserve, relay)": [],
+            "stock answer -> outcome produced (order: consume, confirm/reject, relay)": [],
+        }
+        first, second, third = stages.values()
+        for order in orders:
+            created, published = self.created.get(order), self.published.get(order)
+            answered, outcome = self.answered.get(order), self.outcomes.get(order)
+            if created is None or published is None or answered is None or outcome is None:
+                continue
+            first.append((published - created) * 1000)
+            second.append((answered - published) * 1000)
+            third.append((outcome[1] - answered) * 1000)
+        return stages
 
     def finished(self) -> dict[str, tuple[float, str, float, float]]:
         """order id -> (created, outcome, outcome timestamp, received) for orders whose
@@ -270,6 +306,11 @@ def run_e2e(
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     last_outcome = max((v[2] for v in finished.values()), default=load_end)
     seconds = int(max(last_outcome, load_end) - load_start) + 1
+    processes = cpu_summary(sampler.samples, *window)
+    spent = cpu_seconds(sampler.samples, load_start, last_outcome, sampler.interval)
+    for name, proc in processes.items():
+        if len(finished) and name != "system":
+            proc["cpu_ms_per_order"] = spent.get(name, 0.0) * 1000 / len(finished)
     summary = {
         "load": {
             "duration_s": wrk["seconds"],
@@ -289,6 +330,9 @@ def run_e2e(
         "latency_ms": summarize(latency),
         "seen_latency_ms": summarize(seen_latency),
         "latency_ms_all_orders": summarize([(v[2] - v[0]) * 1000 for v in finished.values()]),
+        "stages_ms": {
+            stage: summarize(values) for stage, values in collector.stages(in_window).items()
+        },
         "outcomes": outcomes,
         "accepted": expected,
         "unfinished": max(expected - len(finished), 0),
@@ -297,7 +341,7 @@ def run_e2e(
         "kafka_records_per_s": records / (load_end - load_start + drain_s),
         "records_per_order": ratio(records, len(finished)),
         "wrk": wrk,
-        "processes": cpu_summary(sampler.samples, *window),
+        "processes": processes,
         "per_second": {
             "accepted": per_second(collector.created.values(), load_start, seconds),
             "completed": per_second((v[2] for v in finished.values()), load_start, seconds),

@@ -71,8 +71,12 @@ def finish(recordings: list[Recording], root: Path, timeout: float = 60) -> dict
         if not recording.folded.is_file():
             summaries[recording.service] = {"error": "py-spy wrote no profile"}
             continue
-        with recording.folded.open() as lines:
-            summary = profile_summary(parse_folded(lines))
+        try:
+            with recording.folded.open() as lines:
+                summary = profile_summary(parse_folded(lines))
+        except Exception as exc:  # a profile we cannot read must not lose the run
+            summaries[recording.service] = {"error": f"unreadable profile: {exc!r}"}
+            continue
         summary["svg"] = str(recording.svg.relative_to(root))
         summary["folded"] = str(recording.folded.relative_to(root))
         summaries[recording.service] = summary

@@ -125,6 +125,18 @@ def cpu_summary(
     return result
 
 
+def cpu_seconds(
+    samples: Sequence[tuple[float, str, float, float]], start: float, end: float, interval: float
+) -> dict[str, float]:
+    """CPU-seconds per process inside [start, end), from CPU% samples taken every
+    `interval` seconds (each sample covers the interval before it)."""
+    total: dict[str, float] = defaultdict(float)
+    for t, name, percent, _ in samples:
+        if start < t <= end:
+            total[name] += percent / 100 * interval
+    return dict(total)
+
+
 # py-spy's raw (folded) output with --threads: "thread (tid): name;frame;...;leaf count",
 # root first, each frame "function (file:line)".
 
@@ -231,8 +243,10 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
         by_role[role][kind] += count
         if kind == IDLE or kind.startswith(("event loop", "kafka: Consumer.consume")):
             continue
-        busy += count
         python = [f for f in frames if not f.startswith(("thread (", "process "))]
+        if not python:
+            continue
+        busy += count
         project = [f for f in python if any(marker in f for marker in PROJECT)]
         ours[_function(project[-1]) if project else "(no frame of ours)"] += count
         own[_function(python[-1])] += count
@@ -300,6 +314,12 @@ def render(result: Mapping[str, Any]) -> str:
             + " ".join(_ms(lat[k]) for k in ("p50", "p95", "p99", "max"))
             + f"   (n={lat['count']})"
         )
+        for number, (stage, values) in enumerate(e2e.get("stages_ms", {}).items(), 1):
+            out.append(
+                f"    stage {number}         "
+                + " ".join(_ms(values[k]) for k in ("p50", "p95", "p99", "max"))
+                + f"   {stage}"
+            )
         out.append(
             "  HTTP (wrk)          "
             + " ".join(_ms(http[k] / 1000) for k in ("p50", "p95", "p99", "max"))
@@ -311,11 +331,15 @@ def render(result: Mapping[str, Any]) -> str:
             if e2e.get("records_per_order")
             else f"  kafka records/s      {_rate(e2e.get('kafka_records_per_s'))}"
         )
-        out.append("  process        CPU% mean   CPU% max   peak RSS MiB")
+        out.append(
+            "  process        CPU% mean   CPU% max   peak RSS MiB   CPU ms/order (load + drain)"
+        )
         for name, proc in e2e["processes"].items():
+            per_order = proc.get("cpu_ms_per_order")
             out.append(
                 f"  {name:<14}{proc['cpu_mean']:9.0f}  {proc['cpu_max']:9.0f}  "
-                f"{proc['rss_peak_mib']:12.0f}"
+                f"{proc['rss_peak_mib']:12.0f}   "
+                + ("" if per_order is None else f"{per_order:10.1f}")
             )
     limits = result.get("limits")
     if limits:
