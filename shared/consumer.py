@@ -75,7 +75,14 @@ class _Fatal(KafkaException):
 
 
 class _Rewind(Exception):
-    """Stop the batch here and consume this message again after a pause."""
+    """Stop the batch at `message` and consume it again after a pause."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__()
+        self.message = message
+
+
+_Decoded = tuple[Message, Envelope, Route, Any]
 
 
 def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
@@ -134,6 +141,8 @@ class ConsumerWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_poll = 0.0
+        self.assigned: set[tuple[str, int]] = set()
+        """The partitions this member owns now."""
         self.applied = 0
         self.dead_lettered = 0
         self.last_error: str | None = None
@@ -154,40 +163,118 @@ class ConsumerWorker:
     def _run(self) -> None:
         consumer = Consumer(self._config)
 
+        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+            self.assigned |= {(p.topic, p.partition) for p in partitions}
+
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
+            self.assigned -= {(p.topic, p.partition) for p in partitions}
             try:  # hand over exactly what was applied
                 c.commit(asynchronous=False)
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError._NO_OFFSET:
                     log.warning("commit on revoke failed: %s", exc)
 
-        consumer.subscribe(self._topics, on_revoke=on_revoke)
+        def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+            self.assigned -= {(p.topic, p.partition) for p in partitions}
+
+        consumer.subscribe(self._topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         try:
             while not self._stop.is_set():
                 self.last_poll = time.monotonic()
                 batch = _next_batch(consumer, self._batch_size)
-                for index, message in enumerate(batch):
-                    try:
-                        self._process(consumer, message)
-                    except _Rewind as exc:
-                        self.last_error = str(exc.__cause__ or exc)
-                        log.warning(
-                            "%s: transient failure, rewinding: %s", self.name, self.last_error
-                        )
-                    except _Fatal:
-                        raise
-                    except Exception as exc:  # never let one surprise end the loop
-                        self.last_error = repr(exc)
-                        log.exception("%s: unexpected failure, rewinding", self.name)
-                    else:
-                        continue
-                    _rewind(consumer, batch[index:])
+                try:
+                    self._process_batch(consumer, batch)
+                except _Rewind as exc:
+                    self.last_error = str(exc.__cause__ or exc)
+                    log.warning("%s: transient failure, rewinding: %s", self.name, self.last_error)
+                    _rewind(consumer, batch[_index_of(batch, exc.message) :])
                     self._stop.wait(1.0)
-                    break
+                except _Fatal:
+                    raise
+                except Exception as exc:  # never let one surprise end the loop
+                    self.last_error = repr(exc)
+                    log.exception("%s: unexpected failure, rewinding", self.name)
+                    _rewind(consumer, batch)
+                    self._stop.wait(1.0)
         finally:
             consumer.close()  # commits stored offsets and leaves the group
 
+    def _process_batch(self, consumer: Consumer, batch: Sequence[Message]) -> None:
+        """Apply runs of well-formed events in one transaction each; anything else (dead
+        letters, ignored types, client errors) goes one by one, in its place."""
+        run: list[_Decoded] = []
+        for message in batch:
+            decoded = self._decode(message)
+            if decoded is not None:
+                run.append(decoded)
+                continue
+            self._apply_run(consumer, run)
+            run = []
+            self._process(consumer, message)
+        self._apply_run(consumer, run)
+
+    def _decode(self, message: Message) -> _Decoded | None:
+        """The event, route and payload of a record this service handles, else None."""
+        if message.error() is not None:
+            return None
+        try:
+            event = Envelope.from_message(message)
+            route = self._router.routes.get(event.type)
+            return None if route is None else (message, event, route, event.payload(route.model))
+        except Exception:
+            return None
+
+    def _apply_run(self, consumer: Consumer, run: list[_Decoded]) -> None:
+        """Claim and handle a run of events in one transaction, then store their offsets.
+        If a handler fails, the run is rolled back and applied one event at a time, so only
+        the bad event is retried and dead-lettered and the order is kept."""
+        if not run:
+            return
+        if len(run) == 1:
+            message, event, route, payload = run[0]
+            self._apply(message, event, route, payload)
+            _store(consumer, message)
+            return
+        failed_at: int | None = None
+        try:
+            outcomes = []
+            with self._uow() as unit:
+                for failed_at, (_, event, route, payload) in enumerate(run):  # noqa: B007
+                    with tracing.consuming(event):
+                        outcome = claim(unit.session, self._processed, self.name, event)
+                        if outcome is Claim.NEW:
+                            route.handler(unit, event, payload)
+                    outcomes.append(outcome)
+                failed_at = None  # what fails now fails at commit
+        except TRANSIENT as exc:
+            raise _Rewind(run[0][0]) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _Rewind(run[0][0]) from exc
+            failure: Exception = exc
+        except Exception as exc:
+            failure = exc
+        else:
+            for (message, event, _, _), outcome in zip(run, outcomes, strict=True):
+                self._settle(message, event, outcome)
+            for message, *_ in run:
+                _store(consumer, message)
+            return
+        if failed_at is None:  # cannot tell which one: one at a time
+            for message, event, route, payload in run:
+                self._apply(message, event, route, payload)
+                _store(consumer, message)
+            return
+        # Apply what came before the culprit, retry the culprit alone, go on after it.
+        self._apply_run(consumer, run[:failed_at])
+        message, event, route, payload = run[failed_at]
+        self._apply(message, event, route, payload, failed_once=failure)
+        _store(consumer, message)
+        self._apply_run(consumer, run[failed_at + 1 :])
+
     def _process(self, consumer: Consumer, message: Message) -> None:
+        """Handle one record on its own: client errors, ignored types, dead letters, and
+        well-formed events (with retries)."""
         error = message.error()
         if error is not None:
             if error.fatal():
@@ -215,52 +302,78 @@ class ConsumerWorker:
             self._apply(message, event, route, payload)
         _store(consumer, message)
 
-    def _apply(self, message: Message, event: Envelope, route: Route, payload: Any) -> None:
-        for attempt in range(1, self._max_attempts + 1):
+    def _apply(
+        self,
+        message: Message,
+        event: Envelope,
+        route: Route,
+        payload: Any,
+        failed_once: Exception | None = None,
+    ) -> None:
+        """Apply one event, retrying a failing handler with backoff, then dead-letter it.
+        `failed_once`: the first attempt already failed (inside a run)."""
+        first = 1
+        if failed_once is not None:
+            self._log_failure(event, 1, failed_once)
+            self._stop.wait(self._backoff)
+            first = 2
+        failure: Exception | None = failed_once
+        for attempt in range(first, self._max_attempts + 1):
             try:
                 with tracing.consuming(event), self._uow() as unit:
                     outcome = claim(unit.session, self._processed, self.name, event)
                     if outcome is Claim.NEW:
                         route.handler(unit, event, payload)
             except TRANSIENT as exc:
-                raise _Rewind() from exc
+                raise _Rewind(message) from exc
             except DBAPIError as exc:
                 if exc.connection_invalidated:
-                    raise _Rewind() from exc
-                failure: Exception = exc
+                    raise _Rewind(message) from exc
+                failure = exc
             except Exception as exc:  # a bug or bad data in the handler
                 failure = exc
             else:
-                if outcome is Claim.CONFLICT:
-                    self._dead_letter(
-                        message,
-                        DeadLetter(
-                            Reason.CONFLICT, f"event id {event.id} was applied with another payload"
-                        ),
-                    )
-                elif outcome is Claim.NEW:
-                    self.applied += 1
-                if self._after_commit:
-                    self._after_commit(event)
+                self._settle(message, event, outcome)
                 return
-            log.warning(
-                "%s: handler for %s failed (attempt %d/%d): %r",
-                self.name,
-                event.type,
-                attempt,
-                self._max_attempts,
-                failure,
-            )
+            self._log_failure(event, attempt, failure)
             if attempt < self._max_attempts:
                 self._stop.wait(self._backoff * 2 ** (attempt - 1))
         self._dead_letter(message, DeadLetter(Reason.HANDLER_FAILED, repr(failure)))
+
+    def _log_failure(self, event: Envelope, attempt: int, failure: Exception) -> None:
+        log.warning(
+            "%s: handler for %s failed (attempt %d/%d): %r",
+            self.name,
+            event.type,
+            attempt,
+            self._max_attempts,
+            failure,
+        )
+
+    def _settle(self, message: Message, event: Envelope, outcome: Claim) -> None:
+        """After the commit: count it, dead-letter a conflicting duplicate, run the hook."""
+        if outcome is Claim.CONFLICT:
+            self._dead_letter(
+                message,
+                DeadLetter(
+                    Reason.CONFLICT, f"event id {event.id} was applied with another payload"
+                ),
+            )
+        elif outcome is Claim.NEW:
+            self.applied += 1
+        if self._after_commit:
+            self._after_commit(event)
 
     def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
         try:
             dead_letter(self._producer, self._dlq_topic, message, self.name, letter)
         except DeliveryError as exc:
-            raise _Rewind() from exc
+            raise _Rewind(message) from exc
         self.dead_lettered += 1
+
+
+def _index_of(batch: Sequence[Message], message: Message) -> int:
+    return next(i for i, candidate in enumerate(batch) if candidate is message)
 
 
 def _store(consumer: Consumer, message: Message) -> None:

@@ -108,12 +108,6 @@ def test_envelope_round_trips_through_kafka_as_a_cloudevent(kafka_bootstrap: str
 def test_every_key_is_consumed_in_order_by_a_group_of_two(
     kafka_bootstrap: str, topic: str, uow: UnitOfWork
 ):
-    keys = [f"key-{n}" for n in range(50)]
-    events = [(topic, tick(keys[n % 50], n // 50)) for n in range(1000)]
-    deliveries = EventProducer(kafka_bootstrap).send(events)
-    assert all(d.ok for d in deliveries)
-    assert len({d.partition for d in deliveries}) == 3
-
     lock = threading.Lock()
     seen: dict[str, list[int]] = defaultdict(list)
     by_worker: dict[str, set[str]] = defaultdict(set)
@@ -143,6 +137,16 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
     for worker in workers:
         worker.start()
     try:
+        eventually(
+            lambda: all(w.assigned for w in workers),
+            timeout=60,
+            message="both members of the group own partitions",
+        )
+        keys = [f"key-{n}" for n in range(50)]
+        events = [(topic, tick(keys[n % 50], n // 50)) for n in range(1000)]
+        deliveries = EventProducer(kafka_bootstrap).send(events)
+        assert all(d.ok for d in deliveries)
+        assert len({d.partition for d in deliveries}) == 3
         eventually(
             lambda: sum(len(v) for v in seen.values()) >= 1000,
             timeout=60,

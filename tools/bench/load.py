@@ -249,8 +249,8 @@ def run_e2e(
         ]
         cpu = sampler.latest
         say(
-            f"  [{elapsed:4.0f}s] {label} accepted {created - seen['created']:4d}/s"
-            f"  completed {outcomes - seen['outcomes']:4d}/s  in flight {created - outcomes:5d}"
+            f"  [{elapsed:4.0f}s] {label} order-created {created - seen['created']:4d}/s"
+            f"  outcomes {outcomes - seen['outcomes']:4d}/s  in flight {created - outcomes:5d}"
             f"  latency p50 {summarize(recent)['p50'] or 0:7.0f} ms"
             f"  CPU order {cpu.get('order', 0):3.0f}% inventory {cpu.get('inventory', 0):3.0f}%"
             f" kafka {cpu.get('kafka', 0):3.0f}% wrk {cpu.get('wrk', 0):3.0f}%"
