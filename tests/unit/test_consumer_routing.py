@@ -524,7 +524,7 @@ class LoopConsumer(FakeConsumer):
     subscribed: list[str] = field(default_factory=list)
     closed: bool = False
 
-    def subscribe(self, topics: list[str], on_revoke: Any = None) -> None:
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
         self.subscribed = topics
 
     def poll(self, timeout: float) -> FakeMessage | None:

@@ -184,7 +184,7 @@ def _produce_and_consume(
             last_consumed = time.monotonic()
 
     reader = threading.Thread(target=consume, name="bench-raw-consumer", daemon=True)
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(bootstrap, log_level=5))  # no info-level noise
     errors: list[KafkaError] = []
 
     def on_delivery(error: KafkaError | None, _message: Message) -> None:
