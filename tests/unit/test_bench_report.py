@@ -183,6 +183,9 @@ def test_categories_tell_lock_waits_from_statements_commits_and_idling() -> None
     assert category([CONSUMER, "ConsumerWorker._run (shared/consumer.py:162)"]).startswith(
         "kafka: Consumer.consume"
     )
+    assert category([CONSUMER, "_next_batch (shared/consumer.py:391)"]).startswith(
+        "kafka: Consumer.consume"
+    )
     assert category([CONSUMER, "Session.flush (sqlalchemy/orm/session.py:1)"]) == (
         "python: SQLAlchemy"
     )

@@ -10,7 +10,9 @@
 `run` (the default) needs the stack that `make up` started. It creates one user, ample
 products and a few scarce ones through the REST API, drives POST /orders with wrk for
 --duration seconds, and reads every order's outcome (order-confirmed / order-rejected)
-back from the `orders` topic with a consumer of its own; meanwhile it samples CPU and RSS
+back from the `orders` topic with a consumer of its own (with inventory's answer on `stock`,
+which splits the latency into three stages: order relay, inventory, order consumer; the
+definitions are in load.py); meanwhile it samples CPU and RSS
 of each service, the broker, wrk and itself every 0.5 s and prints a line a second. Then
 it measures the ceilings: wrk against a bare FastAPI endpoint on uvicorn (HTTP) and a raw
 confluent-kafka produce-and-consume loop (broker), and reports ours as ratios to them.

@@ -15,7 +15,7 @@ from tools.bench import consumer_bench, limits, load, procs, profile
 from tools.bench.plot import plot_run
 from tools.bench.report import ratio, render, write_json
 from tools.bench.wrk import WrkMissing, require_wrk
-from tools.client import ShopClient
+from tools.client import DEFAULT_URLS, ShopClient
 from tools.kafka_local import LocalBroker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def command_run(args: argparse.Namespace) -> int:
         )
         e2e, series = load.run_e2e(
             bootstrap=args.bootstrap,
-            order_url=ShopClient().urls["order"],
+            order_url=DEFAULT_URLS["order"],
             catalogue=catalogue,
             sampler=sampler,
             duration=args.duration,

@@ -203,7 +203,7 @@ def category(frames: Sequence[str]) -> str:
         return IDLE
     if name == "Runner.run":
         return "event loop: uvloop (C: epoll, sockets)"
-    if name == "ConsumerWorker._run":
+    if name in ("ConsumerWorker._run", "_next_batch") and "shared/consumer.py" in leaf:
         return "kafka: Consumer.consume() (waiting for records)"
     if name == "EventProducer.send":
         return "kafka: produce + flush (waiting for acks)"
