@@ -70,11 +70,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock at BEGIN: a deferred transaction that later writes can fail
-        # with "database is locked" instead of waiting its turn.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writer takes the write lock at BEGIN: a deferred transaction that later writes
+        # can fail with "database is locked" instead of waiting its turn. Readers (see
+        # `reader`) begin deferred and read beside the writer, as WAL allows.
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "shop_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """The same engine and pool, for transactions that only read: on SQLite they do not
+    take the write lock."""
+    return engine.execution_options(**{_READ_ONLY: True})
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -17,9 +17,9 @@ from datetime import timedelta
 from sqlalchemy import Connection, bindparam, delete, event, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import OutboxMixin, is_postgres
+from shared.db import OutboxMixin, is_postgres, make_sessions, reader
 from shared.envelope import Envelope, utcnow
-from shared.producer import EventProducer
+from shared.producer import Delivery, EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,13 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 0.5,
         before_publish: Callable[[list[Envelope]], None] | None = None,
+        on_published: Callable[[Session, list[Delivery]], None] | None = None,
     ) -> None:
+        """`on_published` runs in the transaction that marks events sent, with where the
+        broker put them (the order service files its own events in the chain there)."""
         self._sessions = sessions
+        self._reads = make_sessions(reader(sessions.kw["bind"]))
+        self._on_published = on_published
         self._model = model
         self._producer = producer
         self._batch_size = batch_size
@@ -127,7 +132,7 @@ class OutboxRelay:
 
     def _relay_batch(self) -> int:
         model = self._model
-        with self._sessions() as session:
+        with self._reads() as session:
             rows = session.scalars(
                 select(model)
                 .where(model.sent_at.is_(None))
@@ -158,6 +163,8 @@ class OutboxRelay:
                     ),
                     acked,
                 )
+                if self._on_published:
+                    self._on_published(session, [d for d in deliveries if d.ok])
             self.published += len(acked)
         failed = [d for d in deliveries if not d.ok]
         if failed:
@@ -177,7 +184,7 @@ class OutboxRelay:
 
     def pending(self) -> int:
         model = self._model
-        with self._sessions() as session:
+        with self._reads() as session:
             return int(
                 session.scalar(
                     select(func.count()).select_from(model).where(model.sent_at.is_(None))

@@ -21,15 +21,16 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import delete, text
+from sqlalchemy.orm import Session
 
 from shared import http, tracing
 from shared.consumer import ConsumerWorker, EventRouter
-from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
+from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader
 from shared.deadletter import DEAD_LETTERS
 from shared.envelope import utcnow
 from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
-from shared.producer import EventProducer
+from shared.producer import Delivery, EventProducer
 from shared.settings import ServiceSettings
 from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork
@@ -49,6 +50,8 @@ class ServiceSpec:
     processed_model: type[ProcessedEventMixin]
     migrations: Path
     consumer_config: dict[str, Any] = field(default_factory=dict)
+    on_published: Callable[[Session, list[Delivery]], None] | None = None
+    """Runs as the relay marks events sent, with their partitions and offsets."""
 
 
 class ServiceRuntime:
@@ -57,8 +60,13 @@ class ServiceRuntime:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessions(self.engine)
+        self.read_sessions = make_sessions(reader(self.engine))
         self.uow = UnitOfWork(
-            self.sessions, spec.outbox_model, f"/services/{spec.name}", settings.topic_prefix
+            self.sessions,
+            spec.outbox_model,
+            f"/services/{spec.name}",
+            settings.topic_prefix,
+            read_sessions=self.read_sessions,
         )
         self.producer: EventProducer | None = None
         self.relay: OutboxRelay | None = None
@@ -84,6 +92,7 @@ class ServiceRuntime:
             spec.outbox_model,
             self.producer,
             before_publish=crash_on_call(settings.fault_crash_before_publish),
+            on_published=spec.on_published,
         )
         self.relay.start()
         if spec.subscribes:
@@ -127,7 +136,7 @@ class ServiceRuntime:
 
     def _database_ok(self) -> bool:
         try:
-            with self.engine.connect() as connection:
+            with reader(self.engine).connect() as connection:
                 connection.execute(text("SELECT 1"))
             return True
         except Exception:

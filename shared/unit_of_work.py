@@ -58,8 +58,10 @@ class UnitOfWork:
         outbox_model: type[OutboxMixin],
         source: str,
         topic_prefix: str = "",
+        read_sessions: sessionmaker[Session] | None = None,
     ) -> None:
         self.sessions = sessions
+        self.read_sessions = read_sessions or sessions
         self._model = outbox_model
         self._source = source
         self._prefix = topic_prefix
@@ -68,4 +70,11 @@ class UnitOfWork:
     def __call__(self) -> Iterator[Unit]:
         """Begin a transaction; commit when the block ends, roll back if it raises."""
         with self.sessions.begin() as session:
+            yield Unit(session, Outbox(session, self._model, self._source, self._prefix))
+
+    @contextmanager
+    def read(self) -> Iterator[Unit]:
+        """A transaction for queries only (it never commits, and on SQLite takes no write
+        lock); emitting from it is a bug."""
+        with self.read_sessions() as session:
             yield Unit(session, Outbox(session, self._model, self._source, self._prefix))

@@ -4,7 +4,7 @@
 
 Registers a customer, creates two products with a little stock, places orders until one
 is rejected for a stock shortage, cancels one, and prints every order with its event
-chain as the order service read it back from Kafka."""
+chain: every event with its place on Kafka and the event that caused it."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def main() -> int:
     orders.append(settle(shop, placed["id"], 5))
     say(f"   order {placed['id'][:8]}… → CANCELLED; stock of cards: {shop.stock(cards['id'])}")
 
-    say("\n5. Every order and its event chain, as read back from Kafka:")
+    say("\n5. Every order and its event chain, with each event's place on Kafka:")
     for order in orders:
         show_chain(shop, shop.order(order["id"]))
 

@@ -24,5 +24,5 @@ def set_stock(product_id: str, body: StockIn, runtime: Runtime) -> StockOut:
 
 @router.get("/stock/{product_id}", response_model=StockOut, responses=UNKNOWN_PRODUCT)
 def get_stock(product_id: str, runtime: Runtime) -> StockOut:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return StockOut.model_validate(handlers.get_stock(unit, product_id))

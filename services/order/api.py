@@ -41,13 +41,13 @@ def list_orders(
     user_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[OrderOut]:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return [OrderOut.model_validate(o) for o in handlers.list_orders(unit, user_id, limit)]
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut, responses=UNKNOWN_ORDER)
 def get_order(order_id: str, runtime: Runtime) -> OrderOut:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return OrderOut.model_validate(handlers.get_order(unit, order_id))
 
 
@@ -65,6 +65,6 @@ def cancel_order(order_id: str, runtime: Runtime) -> OrderOut:
     "/orders/{order_id}/events", response_model=list[OrderEventOut], responses=UNKNOWN_ORDER
 )
 def order_events(order_id: str, runtime: Runtime) -> list[OrderEventOut]:
-    """The order's event chain as read back from Kafka, each event after its cause."""
-    with runtime.uow() as unit:
+    """The order's event chain with each event's topic, partition and offset, each event after its cause."""
+    with runtime.uow.read() as unit:
         return [OrderEventOut.model_validate(e) for e in handlers.order_events(unit, order_id)]

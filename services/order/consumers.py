@@ -1,14 +1,10 @@
-"""Kafka entrypoints: decode, call one handler. Every event of an order, including the
-service's own (read back from `orders`), is filed in the order's chain."""
+"""Kafka entrypoints: decode, call one handler. Inventory's events about an order are filed
+in the order's chain (the service's own are filed as the outbox relay publishes them)."""
 
 from __future__ import annotations
 
 from services.order import handlers
 from services.order.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_CREATED,
-    ORDER_REJECTED,
     PRODUCT_CREATED,
     STOCK_RELEASED,
     STOCK_RESERVED,
@@ -39,12 +35,9 @@ def on_stock_shortage(unit: Unit, event: Envelope, payload: StockShortage) -> No
     handlers.reject_order(unit, payload)
 
 
-def on_order_event(unit: Unit, event: Envelope, payload: OrderRef) -> None:
+@events.on(STOCK_RELEASED, OrderRef)
+def on_stock_released(unit: Unit, event: Envelope, payload: OrderRef) -> None:
     handlers.record_event(unit, event, payload.order_id)
-
-
-for _type in (ORDER_CREATED, ORDER_CANCELLED, ORDER_CONFIRMED, ORDER_REJECTED, STOCK_RELEASED):
-    events.on(_type, OrderRef)(on_order_event)
 
 
 @events.on(USER_REGISTERED, UserRegistered)

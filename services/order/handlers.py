@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from services.order.events import (
     ORDER_CANCELLED,
@@ -40,6 +41,7 @@ from shared import tracing
 from shared.db import insert
 from shared.envelope import Envelope
 from shared.http import Conflict, DomainError, NotFound
+from shared.producer import Delivery
 from shared.unit_of_work import Unit
 
 
@@ -237,8 +239,19 @@ def _upsert_newer(
 
 def record_event(unit: Unit, event: Envelope, order_id: str) -> None:
     """File an event of the order's saga, with where it sits on Kafka."""
-    unit.session.execute(
-        insert(unit.session, OrderEvent.__table__)
+    file_event(unit.session, event, order_id)
+
+
+def file_published(session: Session, deliveries: list[Delivery]) -> None:
+    """The outbox relay's hook: file this service's own events (all keyed by order id) with
+    the place the broker acknowledged, without consuming them back."""
+    for d in deliveries:
+        file_event(session, d.event.at(d.topic, d.partition or 0, d.offset or 0), d.event.key)
+
+
+def file_event(session: Session, event: Envelope, order_id: str) -> None:
+    session.execute(
+        insert(session, OrderEvent.__table__)
         .values(
             event_id=event.id,
             order_id=order_id,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.order import api
+from services.order import api, handlers
 from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import ORDERS, PRODUCTS, STOCK, USERS
@@ -18,11 +18,12 @@ from shared.runtime import ServiceSpec, create_service_app
 SPEC = ServiceSpec(
     name="order",
     router=events,
-    subscribes=[STOCK, ORDERS, USERS, PRODUCTS],
+    subscribes=[STOCK, USERS, PRODUCTS],
     publishes=[ORDERS],
     outbox_model=OutboxMessage,
     processed_model=ProcessedEvent,
     migrations=Path(__file__).parent / "migrations",
+    on_published=handlers.file_published,
 )
 
 

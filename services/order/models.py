@@ -81,7 +81,7 @@ class IdempotencyKey(Base):
 
 
 class OrderEvent(Base):
-    """Every event of an order as read back from Kafka: its causal chain."""
+    """Every event of an order with its place on Kafka: its causal chain."""
 
     __tablename__ = "order_events"
 

@@ -21,7 +21,7 @@ def create_product(body: ProductIn, runtime: Runtime) -> ProductOut:
 
 @router.get("/products", response_model=list[ProductOut])
 def list_products(runtime: Runtime) -> list[ProductOut]:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return [ProductOut.model_validate(p) for p in handlers.list_products(unit)]
 
 
@@ -31,5 +31,5 @@ def list_products(runtime: Runtime) -> list[ProductOut]:
     responses=errors({404: "Unknown product"}),
 )
 def get_product(product_id: str, runtime: Runtime) -> ProductOut:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return ProductOut.model_validate(handlers.get_product(unit, product_id))

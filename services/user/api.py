@@ -27,7 +27,7 @@ def register_user(body: UserIn, runtime: Runtime) -> UserOut:
 
 @router.get("/users/{user_id}", response_model=UserOut, responses=UNKNOWN_USER)
 def get_user(user_id: str, runtime: Runtime) -> UserOut:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return UserOut.model_validate(handlers.get_user(unit, user_id))
 
 
@@ -37,7 +37,7 @@ def get_user(user_id: str, runtime: Runtime) -> UserOut:
     responses=UNKNOWN_USER,
 )
 def list_notifications(user_id: str, runtime: Runtime) -> list[NotificationOut]:
-    with runtime.uow() as unit:
+    with runtime.uow.read() as unit:
         return [
             NotificationOut.model_validate(n) for n in handlers.list_notifications(unit, user_id)
         ]
