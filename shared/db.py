@@ -5,6 +5,9 @@ tables in its own database."""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,18 @@ def reader(engine: Engine) -> Engine:
     """The same engine and pool, for transactions that only read: on SQLite they do not
     take the write lock."""
     return engine.execution_options(**{_READ_ONLY: True})
+
+
+_write_locks: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def writing(engine: Engine) -> AbstractContextManager[object]:
+    """Around a write transaction. On SQLite, the process's writers queue here, in Python,
+    for the one write lock the database has, instead of in SQLite's busy handler, which
+    sleeps and retries and lets a busy HTTP side starve the consumer. Elsewhere a no-op."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return _write_locks.setdefault(engine.pool, threading.RLock())
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

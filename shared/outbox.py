@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import Connection, bindparam, delete, event, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import OutboxMixin, is_postgres, make_sessions, reader
+from shared.db import OutboxMixin, is_postgres, make_sessions, reader, writing
 from shared.envelope import Envelope, utcnow
 from shared.producer import Delivery, EventProducer
 
@@ -152,7 +152,7 @@ class OutboxRelay:
             if d.ok
         ]
         if acked:
-            with self._sessions.begin() as session:
+            with writing(self._engine), self._sessions.begin() as session:
                 session.connection().execute(
                     update(model.__table__)  # type: ignore[attr-defined]
                     .where(model.__table__.c.id == bindparam("row_id"))  # type: ignore[attr-defined]
@@ -174,7 +174,7 @@ class OutboxRelay:
     def purge(self, older_than: timedelta) -> int:
         """Delete sent rows older than `older_than`; unsent rows are never purged."""
         model = self._model
-        with self._sessions.begin() as session:
+        with writing(self._engine), self._sessions.begin() as session:
             result = session.execute(
                 delete(model).where(
                     model.sent_at.is_not(None), model.sent_at < utcnow() - older_than

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from shared import http, tracing
 from shared.consumer import ConsumerWorker, EventRouter
-from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader
+from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader, writing
 from shared.deadletter import DEAD_LETTERS
 from shared.envelope import utcnow
 from shared.migrations import upgrade
@@ -148,7 +148,7 @@ class ServiceRuntime:
         outbox_age = timedelta(hours=settings.outbox_retention_hours)
         sent = self.relay.purge(outbox_age) if self.relay else 0
         cutoff = utcnow() - timedelta(hours=settings.processed_retention_hours)
-        with self.sessions.begin() as session:
+        with writing(self.engine), self.sessions.begin() as session:
             result = session.execute(delete(model).where(model.processed_at < cutoff))
         return sent, int(result.rowcount or 0)  # type: ignore[attr-defined]
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import tracing
-from shared.db import OutboxMixin
+from shared.db import OutboxMixin, writing
 from shared.envelope import Envelope
 from shared.outbox import add_events
 
@@ -69,7 +69,7 @@ class UnitOfWork:
     @contextmanager
     def __call__(self) -> Iterator[Unit]:
         """Begin a transaction; commit when the block ends, roll back if it raises."""
-        with self.sessions.begin() as session:
+        with writing(self.sessions.kw["bind"]), self.sessions.begin() as session:
             yield Unit(session, Outbox(session, self._model, self._source, self._prefix))
 
     @contextmanager
