@@ -45,6 +45,20 @@ class ShopClient:
             )
         )
 
+    def set_stock_eventually(
+        self, product_id: str, available: int, timeout: float = 30
+    ) -> dict[str, Any]:
+        """Set stock, retrying while inventory has not yet learned the product from its
+        `product-created` event (404)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.set_stock(product_id, available)
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
     def stock(self, product_id: str) -> dict[str, Any]:
         return self._ok(self.http.get(f"{self.urls['inventory']}/stock/{product_id}"))
 

@@ -22,19 +22,6 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def set_stock_when_known(shop: ShopClient, product_id: str, available: int) -> None:
-    """Inventory learns products from `product-created`: wait for it, then set stock."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            shop.set_stock(product_id, available)
-            return
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def show_chain(shop: ShopClient, order: dict[str, Any]) -> None:
     chain = shop.order_events(order["id"])
     trace_ids = {e["traceparent"].split("-")[1] for e in chain if e["traceparent"]}
@@ -77,8 +64,8 @@ def main() -> int:
     say("2. Two products are created, and inventory gets a little stock of each.")
     gear = shop.create_product("Brass gear", 1250)
     cards = shop.create_product("Punched cards (box)", 300)
-    set_stock_when_known(shop, gear["id"], 3)
-    set_stock_when_known(shop, cards["id"], 5)
+    shop.set_stock_eventually(gear["id"], 3)
+    shop.set_stock_eventually(cards["id"], 5)
     say(f"   {gear['name']:<20} {gear['id']}  stock 3")
     say(f"   {cards['name']:<20} {cards['id']}  stock 5")
 

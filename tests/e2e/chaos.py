@@ -44,20 +44,9 @@ def make_catalogue(shop: ShopClient, ample: int = 4, scarce: int = 3) -> Catalog
     for n in range(ample + scarce):
         product_id = shop.create_product(f"p{n}", 100)["id"]
         amount = 100_000 if n < ample else 25
-        eventually(
-            lambda p=product_id, a=amount: _put_stock(shop, p, a),
-            timeout=90,
-            message="inventory learns the product",
-        )
+        shop.set_stock_eventually(product_id, amount, timeout=90)
         stock[product_id] = amount
     return Catalogue(user_id, stock)
-
-
-def _put_stock(shop: ShopClient, product_id: str, amount: int) -> bool:
-    response = shop.http.put(
-        f"{shop.urls['inventory']}/stock/{product_id}", json={"available": amount}
-    )
-    return response.status_code == 200
 
 
 def retrying(

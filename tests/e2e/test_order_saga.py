@@ -26,15 +26,8 @@ def customer(shop: ShopClient) -> str:
 
 def product_with_stock(shop: ShopClient, available: int, name: str = "widget") -> str:
     product_id = shop.create_product(name, 250)["id"]
-    eventually(lambda: _set_stock(shop, product_id, available), message="inventory learns product")
+    shop.set_stock_eventually(product_id, available)
     return product_id
-
-
-def _set_stock(shop: ShopClient, product_id: str, available: int) -> bool:
-    response = shop.http.put(
-        f"{shop.urls['inventory']}/stock/{product_id}", json={"available": available}
-    )
-    return response.status_code == 200
 
 
 def order(

@@ -16,31 +16,19 @@ from cloudevents.v1.kafka import KafkaMessage, from_binary
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.orm import DeclarativeBase
 
 from shared.consumer import ConsumerWorker, EventRouter
-from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
+from shared.db import make_engine, make_sessions
 from shared.envelope import Envelope, dump_json
 from shared.producer import DeliveryError, EventProducer
 from shared.topics import ensure_topics
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.conftest import free_port
 from tests.helpers import eventually, read_topic, unique
+from tests.schema import Base, Outbox, Processed
 from tools.kafka_local import LocalBroker
 
 pytestmark = pytest.mark.integration
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Outbox(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class Processed(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"
 
 
 class Tick(BaseModel):
@@ -169,7 +157,8 @@ CRASHING_CONSUMER = textwrap.dedent("""
     from shared.db import make_engine, make_sessions
     from shared.producer import EventProducer
     from shared.unit_of_work import UnitOfWork
-    from tests.integration.test_event_library import Base, Outbox, Processed, Tick
+    from tests.integration.test_event_library import Tick
+    from tests.schema import Base, Outbox, Processed
 
     bootstrap, topic, group, url = sys.argv[1:5]
     engine = make_engine(url)

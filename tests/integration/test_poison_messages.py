@@ -18,10 +18,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.consumer import ConsumerWorker, EventRouter
-from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions
+from shared.db import make_engine, make_sessions
 from shared.deadletter import (
     DEAD_LETTERS,
     H_CONSUMER,
@@ -38,6 +38,7 @@ from shared.producer import EventProducer, producer_config
 from shared.topics import ensure_topics
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.helpers import eventually, read_topic, unique
+from tests.schema import Base, Outbox, Processed
 
 pytestmark = pytest.mark.integration
 
@@ -46,22 +47,10 @@ MAX_ATTEMPTS = 3
 BACKOFF = 0.1
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Outbox(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class Processed(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"
-
-
 class Applied(Base):
     """One row per application of a tick: a doubled event shows as two rows."""
 
-    __tablename__ = "applied"
+    __tablename__ = "poison_applied"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(64))

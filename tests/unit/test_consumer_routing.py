@@ -12,17 +12,18 @@ from confluent_kafka import KafkaException, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import Engine, Integer, String, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 import shared.consumer
 from shared import tracing
 from shared.consumer import ConsumerWorker, EventRouter, _Rewind, _rewind
-from shared.db import OutboxMixin, ProcessedEventMixin, make_sessions
+from shared.db import make_sessions
 from shared.deadletter import Reason
 from shared.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
 from shared.outbox import row_to_envelope
 from shared.producer import DeliveryError
 from shared.unit_of_work import Unit, UnitOfWork
+from tests.schema import Base, Outbox, Processed
 
 pytestmark = pytest.mark.unit
 
@@ -31,22 +32,10 @@ DLQ = "ticks-dlq"
 CONSUMER = "ticker"
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-class Outbox(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class Processed(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"
-
-
 class Applied(Base):
     """What the handler wrote: rolled back with its transaction."""
 
-    __tablename__ = "applied"
+    __tablename__ = "routing_applied"
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)

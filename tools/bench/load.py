@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from tools.bench.procs import Sampler
@@ -75,29 +74,15 @@ def setup_catalogue(
         shop.wait_for_status(probe["id"], timeout=timeout)
     ample, few = ids[:products], ids[products:]
     for product_id in ample:
-        _set_stock_when_known(shop, product_id, ample_stock, timeout)
+        shop.set_stock_eventually(product_id, ample_stock, timeout)
     for product_id in few:
-        _set_stock_when_known(shop, product_id, scarce_stock, timeout)
+        shop.set_stock_eventually(product_id, scarce_stock, timeout)
     return Catalogue(user, ample, few)
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _set_stock_when_known(
-    shop: ShopClient, product_id: str, available: int, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            shop.set_stock(product_id, available)
-            return
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 class OutcomeCollector:
