@@ -23,7 +23,7 @@ $(STAMP): requirements.lock
 jars: $(STAMP)
 	$(PY) -m tools.kafka_local fetch
 
-up: $(STAMP) jars
+up: $(STAMP)
 	$(PY) -m tools.stack up
 
 down:
@@ -42,16 +42,16 @@ bench: $(STAMP)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
-test: $(STAMP) jars
+test: $(STAMP)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m unit -q
 
-test-integration: $(STAMP) jars
+test-integration: $(STAMP)
 	$(PY) -m pytest -m integration
 
-test-e2e: $(STAMP) jars
+test-e2e: $(STAMP)
 	$(PY) -m pytest -m e2e
 
 lint: $(STAMP)

@@ -35,7 +35,27 @@ from shared.unit_of_work import Unit, UnitOfWork
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Unit, Envelope, Any], None]
-TRANSIENT = (OperationalError, DeliveryError, KafkaException)
+_SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open")
+_DEADLOCK = "40P01"
+
+
+def _transient(exc: Exception) -> bool:
+    """An outage to wait out (broker, connection, lock), not a bug to dead-letter. SQLite
+    reports bugs ("no such table") as OperationalError too, so only its lock and I/O
+    errors count."""
+    if isinstance(exc, DeliveryError | KafkaException):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        if "sqlite" in type(exc.orig).__module__:
+            return any(word in str(exc.orig).lower() for word in _SQLITE_TRANSIENT)
+        return True
+    return False
+
+
+def _deadlock(exc: Exception) -> bool:
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == _DEADLOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,14 +266,12 @@ class ConsumerWorker:
                             route.handler(unit, event, payload)
                     outcomes.append(outcome)
                 failed_at = None  # what fails now fails at commit
-        except TRANSIENT as exc:
-            raise _Rewind(run[0][0]) from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+        except Exception as exc:
+            if _deadlock(exc):  # events of a run lock rows in no common order: go one by one
+                failed_at = None
+            elif _transient(exc):
                 raise _Rewind(run[0][0]) from exc
             failure: Exception = exc
-        except Exception as exc:
-            failure = exc
         else:
             for (message, event, _, _), outcome in zip(run, outcomes, strict=True):
                 self._settle(message, event, outcome)
@@ -324,14 +342,10 @@ class ConsumerWorker:
                     outcome = claim(unit.session, self._processed, self.name, event)
                     if outcome is Claim.NEW:
                         route.handler(unit, event, payload)
-            except TRANSIENT as exc:
-                raise _Rewind(message) from exc
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
+            except Exception as exc:
+                if _transient(exc):
                     raise _Rewind(message) from exc
-                failure = exc
-            except Exception as exc:  # a bug or bad data in the handler
-                failure = exc
+                failure = exc  # a bug or bad data in the handler
             else:
                 self._settle(message, event, outcome)
                 return

@@ -86,6 +86,10 @@ class EventProducer:
                     break
                 except BufferError:  # local queue full: let it drain
                     self._producer.poll(0.05)
+                except KafkaException as exc:  # refused outright, e.g. too large
+                    delivery.error = exc.args[0]
+                    pending -= 1
+                    break
         self._producer.flush(timeout)
         if pending:
             raise DeliveryError(deliveries[-1].event.id, "no delivery report before timeout")

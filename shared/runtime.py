@@ -104,7 +104,8 @@ class ServiceRuntime:
                 router=spec.router,
                 uow=self.uow,
                 processed_model=spec.processed_model,
-                producer=self.producer,
+                # its own producer: dead letters never wait behind the relay's batch
+                producer=EventProducer(settings.kafka_bootstrap_servers),
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
                 after_commit=crash_on_call(settings.fault_crash_after_commits),
@@ -131,7 +132,7 @@ class ServiceRuntime:
             "kafka": bool(self.producer and self.producer.ping(timeout=1.5)),
             "consumer": self.consumer is None
             or (self.consumer.alive and time.monotonic() - self.consumer.last_poll < 20),
-            "outbox_relay": bool(self.relay and self.relay.alive),
+            "outbox_relay": bool(self.relay and self.relay.alive and self.relay.last_error is None),
         }
 
     def _database_ok(self) -> bool:
@@ -226,3 +227,10 @@ def create_service_app(
     http.install(app, max_body_bytes=settings.max_body_bytes)
     include(app)
     return app
+
+
+def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
+    """Run one service with uvicorn on the host and port its settings name."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False)

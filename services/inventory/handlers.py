@@ -1,10 +1,11 @@
 """Inventory's rules. Every handler takes a `Unit`, changes rows through its session and
 emits through its outbox; the caller commits.
 
-Locks are always taken in one order: the order's row first (by inserting it, or with
-SELECT ... FOR UPDATE), then stock rows in product id order. So two inventory processes on
-one PostgreSQL database never deadlock, and never both sell the last item (SQLite takes
-its write lock at BEGIN anyway)."""
+Within a handler, locks are taken in one order: the order's row first (by inserting it, or
+with SELECT ... FOR UPDATE), then stock rows in product id order, so two inventory
+processes on one PostgreSQL database never both sell the last item. (The consumer applies
+a run of events in one transaction; should two runs deadlock, PostgreSQL aborts one and
+the consumer re-applies it event by event. SQLite takes its write lock at BEGIN.)"""
 
 from __future__ import annotations
 

@@ -65,6 +65,6 @@ def cancel_order(order_id: str, runtime: Runtime) -> OrderOut:
     "/orders/{order_id}/events", response_model=list[OrderEventOut], responses=UNKNOWN_ORDER
 )
 def order_events(order_id: str, runtime: Runtime) -> list[OrderEventOut]:
-    """The order's event chain with each event's topic, partition and offset, each event after its cause."""
+    """The order's events, each after its cause, with their topic, partition and offset."""
     with runtime.uow.read() as unit:
         return [OrderEventOut.model_validate(e) for e in handlers.order_events(unit, order_id)]

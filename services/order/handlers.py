@@ -96,11 +96,9 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
                 unit.session.add(claim)
         except IntegrityError:
             first = unit.session.get(IdempotencyKey, idempotency_key, populate_existing=True)
-            if first is None or first.request_hash != request_hash:
+            if first is None or first.request_hash != request_hash or first.response is None:
                 raise IdempotencyKeyReused(idempotency_key) from None
-            if first.response is not None:
-                return first.response
-            return _response(get_order(unit, first.order_id))
+            return first.response
 
     _check_known(unit, command)
     order = Order(id=order_id, user_id=command.user_id, status=OrderStatus.PENDING)

@@ -97,7 +97,11 @@ def test_sigkill_of_inventory_order_and_broker_under_load_loses_and_doubles_noth
                 with watchdog.paused:  # our kill, not a crash: restart it ourselves
                     if target == "kafka":
                         own_broker.kill()
-                        time.sleep(1)  # let clients notice the outage
+                        eventually(
+                            lambda: not stack.services["order"].ready(),
+                            timeout=30,
+                            message="the order service notices the outage",
+                        )
                         own_broker.start()
                     else:
                         stack.services[target].kill()
