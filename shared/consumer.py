@@ -1,10 +1,5 @@
-"""The consumer loop: pub/sub handlers on a real broker, applied at least once, effectively once.
-
-    events = EventRouter()
-
-    @events.on("order-created", OrderCreated)
-    def on_order_created(unit, event, payload):
-        handlers.reserve_stock(unit, payload)
+"""The consumer loop: the handlers of an `EventRouter` (shared.router) on a real broker,
+applied at least once, effectively once.
 
 Each message is decoded, claimed in the processed-events table and handled in one DB
 transaction; only after that commits is its offset stored (auto-commit then commits it).
@@ -17,11 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared import tracing
@@ -30,11 +24,11 @@ from shared.deadletter import DeadLetter, Reason, dead_letter
 from shared.envelope import Envelope, InvalidEnvelope
 from shared.idempotency import Claim, claim
 from shared.producer import DeliveryError, EventProducer
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.router import EventRouter, Route, UnknownEventType
+from shared.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Unit, Envelope, Any], None]
 _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open")
 _DEADLOCK = "40P01"
 
@@ -56,38 +50,6 @@ def _transient(exc: Exception) -> bool:
 
 def _deadlock(exc: Exception) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == _DEADLOCK
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    event_type: str
-    model: type[BaseModel]
-    handler: Handler
-
-
-class EventRouter:
-    """Maps event types to handlers. Types on a subscribed topic that this service does
-    not handle must be declared with `ignore`; anything else is an unknown type."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.ignored: set[str] = set()
-
-    def on(self, event_type: str, model: type[BaseModel]) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
-            if event_type in self.routes:
-                raise ValueError(f"{event_type} already has a handler")
-            self.routes[event_type] = Route(event_type, model, handler)
-            return handler
-
-        return register
-
-    def ignore(self, *event_types: str) -> None:
-        self.ignored.update(event_types)
-
-
-class UnknownEventType(InvalidEnvelope):
-    pass
 
 
 class _Fatal(KafkaException):

@@ -24,13 +24,14 @@ from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from shared import http, tracing
-from shared.consumer import ConsumerWorker, EventRouter
+from shared.consumer import ConsumerWorker
 from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader, writing
 from shared.deadletter import DEAD_LETTERS
 from shared.envelope import utcnow
 from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
 from shared.producer import Delivery, EventProducer
+from shared.router import EventRouter
 from shared.settings import ServiceSettings
 from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork

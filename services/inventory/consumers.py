@@ -13,8 +13,8 @@ from services.inventory.events import (
     OrderCreated,
     ProductCreated,
 )
-from shared.consumer import EventRouter
 from shared.envelope import Envelope
+from shared.router import EventRouter
 from shared.unit_of_work import Unit
 
 events = EventRouter()

@@ -16,8 +16,8 @@ from services.order.events import (
     StockShortage,
     UserRegistered,
 )
-from shared.consumer import EventRouter
 from shared.envelope import Envelope
+from shared.router import EventRouter
 from shared.unit_of_work import Unit
 
 events = EventRouter()

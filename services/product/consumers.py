@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from services.product import handlers
 from services.product.events import STOCK_CHANGED, StockChanged
-from shared.consumer import EventRouter
 from shared.envelope import Envelope
+from shared.router import EventRouter
 from shared.unit_of_work import Unit
 
 events = EventRouter()

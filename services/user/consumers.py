@@ -12,8 +12,8 @@ from services.user.events import (
     OrderConfirmed,
     OrderRejected,
 )
-from shared.consumer import EventRouter
 from shared.envelope import Envelope
+from shared.router import EventRouter
 from shared.unit_of_work import Unit
 
 events = EventRouter()

@@ -17,10 +17,11 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from shared.consumer import ConsumerWorker, EventRouter
+from shared.consumer import ConsumerWorker
 from shared.db import make_engine, make_sessions
 from shared.envelope import Envelope, dump_json
 from shared.producer import DeliveryError, EventProducer
+from shared.router import EventRouter
 from shared.topics import ensure_topics
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.conftest import free_port
@@ -153,7 +154,8 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
 CRASHING_CONSUMER = textwrap.dedent("""
     import os, sys
     from pydantic import BaseModel
-    from shared.consumer import ConsumerWorker, EventRouter
+    from shared.consumer import ConsumerWorker
+    from shared.router import EventRouter
     from shared.db import make_engine, make_sessions
     from shared.producer import EventProducer
     from shared.unit_of_work import UnitOfWork

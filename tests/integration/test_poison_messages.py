@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.consumer import ConsumerWorker, EventRouter
+from shared.consumer import ConsumerWorker
 from shared.db import make_engine, make_sessions
 from shared.deadletter import (
     DEAD_LETTERS,
@@ -35,6 +35,7 @@ from shared.deadletter import (
 )
 from shared.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
 from shared.producer import EventProducer, producer_config
+from shared.router import EventRouter
 from shared.topics import ensure_topics
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.helpers import eventually, read_topic, unique

@@ -16,12 +16,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import shared.consumer
 from shared import tracing
-from shared.consumer import ConsumerWorker, EventRouter, _Rewind, _rewind
+from shared.consumer import ConsumerWorker, _Rewind, _rewind
 from shared.db import make_sessions
 from shared.deadletter import Reason
 from shared.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
 from shared.outbox import row_to_envelope
 from shared.producer import DeliveryError
+from shared.router import EventRouter
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.schema import Base, Outbox, Processed
 
