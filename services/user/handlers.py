@@ -21,6 +21,7 @@ from services.user.events import (
 )
 from services.user.models import Notification, User
 from services.user.schemas import UserIn
+from shared.db import insert
 from shared.http import Conflict, NotFound
 from shared.unit_of_work import Unit
 
@@ -99,11 +100,13 @@ def _notify(unit: Unit, user_id: str, order_id: str, type_: str, message: str) -
 
     The consumer already drops redelivered events; this catches the same outcome arriving
     under another event id."""
-    notification = Notification(user_id=user_id, order_id=order_id, type=type_, message=message)
-    try:
-        with unit.session.begin_nested():
-            unit.session.add(notification)
-    except IntegrityError:
+    inserted = unit.session.execute(
+        insert(unit.session, Notification.__table__)
+        .values(user_id=user_id, order_id=order_id, type=type_, message=message)
+        .on_conflict_do_nothing()
+        .returning(Notification.order_id)
+    ).first()
+    if inserted is None:
         log.info("order %s already has a %s notification; skipped", order_id, type_)
 
 
