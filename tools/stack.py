@@ -48,6 +48,8 @@ class ServiceProcess:
     run_dir: Path = RUN_DIR
     env: Mapping[str, str] = field(default_factory=dict)
     workers: int = 1
+    app: str = ""
+    """The uvicorn app factory; defaults to `services.<name>.main:create_app`."""
 
     @property
     def url(self) -> str:
@@ -87,7 +89,7 @@ class ServiceProcess:
             sys.executable,
             "-m",
             "uvicorn",
-            f"services.{self.name}.main:create_app",
+            self.app or f"services.{self.name}.main:create_app",
             "--factory",
             "--host",
             "127.0.0.1",

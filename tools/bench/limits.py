@@ -11,11 +11,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -40,6 +35,7 @@ from shared.topics import ensure_topics
 from tools.bench.procs import Sampler
 from tools.bench.report import cpu_summary
 from tools.bench.wrk import OrderMix, run_wrk
+from tools.stack import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,38 +49,16 @@ def free_port() -> int:
 @contextlib.contextmanager
 def bare_server(timeout: float = 30) -> Any:
     """Serve bare_app on a free port for the duration of the block; yield (url, pid)."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "uvicorn", "tools.bench.bare_app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--workers", "1",
-    ]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as run_dir:
+        server = ServiceProcess(
+            "bare", free_port(), Path(run_dir), app="tools.bench.bare_app:create_app"
+        )
+        server.start()
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError("bare uvicorn exited:\n" + log.read().decode()[-2000:])
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"bare uvicorn not ready after {timeout:.0f}s")
-                time.sleep(0.1)
-            yield url, process.pid
+            server.wait_ready(timeout)
+            yield server.url, server.pid()
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            server.stop()
 
 
 def http_ceiling(
