@@ -78,6 +78,8 @@ def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
+        # Notice a subscribed topic created after start within seconds, not minutes.
+        "topic.metadata.refresh.interval.ms": 5_000,
     }
     config.update(overrides)
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
@@ -38,3 +39,26 @@ def ensure_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _await_metadata(admin, wanted, timeout)
+
+
+def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Wait until the broker's metadata shows every topic with a leader for each partition.
+
+    A consumer that subscribes before then is told the topic does not exist and, by
+    default, looks again only at its next metadata refresh, minutes later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        ready = all(
+            name in topics
+            and topics[name].error is None
+            and topics[name].partitions
+            and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name in names
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible in metadata after {timeout}s: {names}")
+        time.sleep(0.1)
