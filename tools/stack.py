@@ -165,7 +165,9 @@ class Stack:
         env: Mapping[str, str] | None = None,
         broker: LocalBroker | None = None,
         bootstrap: str | None = None,
+        workers: Mapping[str, int] | None = None,
     ) -> None:
+        """`workers`: uvicorn worker processes per service name (1 when not named)."""
         self.run_dir = run_dir
         self.broker = broker if bootstrap is None else None
         if self.broker is None and bootstrap is None:
@@ -173,7 +175,8 @@ class Stack:
         self.bootstrap = bootstrap or self.broker.bootstrap  # type: ignore[union-attr]
         shared_env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, **(env or {})}
         self.services = {
-            name: ServiceProcess(name, port, run_dir, shared_env) for name, port in ports.items()
+            name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
+            for name, port in ports.items()
         }
 
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
