@@ -13,8 +13,9 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, event, func, select, text, update
+from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import OutboxMixin, is_postgres, make_sessions, reader, writing
@@ -26,25 +27,33 @@ log = logging.getLogger(__name__)
 _DIRTY = "outbox_dirty"
 
 
+def outbox_row(topic: str, envelope: Envelope) -> dict[str, Any]:
+    """The outbox row of one event, as `add_rows` inserts it."""
+    return {
+        "event_id": envelope.id,
+        "topic": topic,
+        "key": envelope.key,
+        "event_type": envelope.type,
+        "headers": [[name, value] for name, value in envelope.text_headers()],
+        "payload": envelope.data,
+        "created_at": envelope.time,
+    }
+
+
+def add_rows(session: Session, model: type[OutboxMixin], rows: list[dict[str, Any]]) -> None:
+    """Insert outbox rows in the session's open transaction, in one statement."""
+    session.execute(insert(model.__table__), rows)  # type: ignore[attr-defined]
+    session.info[_DIRTY] = True
+
+
 def add_events(
     session: Session, model: type[OutboxMixin], topic: str, events: Iterable[Envelope]
 ) -> None:
     """Append events to the outbox in the session's open transaction."""
-    for envelope in events:
-        session.add(
-            model(  # type: ignore[call-arg]
-                event_id=envelope.id,
-                topic=topic,
-                key=envelope.key,
-                event_type=envelope.type,
-                headers=[[name, value] for name, value in envelope.text_headers()],
-                payload=envelope.data,
-            )
-        )
-    session.info[_DIRTY] = True
+    add_rows(session, model, [outbox_row(topic, envelope) for envelope in events])
 
 
-def row_to_envelope(row: OutboxMixin) -> Envelope:
+def row_to_envelope(row: Any) -> Envelope:
     return Envelope.from_headers(
         [(name, value) for name, value in row.headers], row.key, row.payload
     )
@@ -57,7 +66,7 @@ class OutboxRelay:
         model: type[OutboxMixin],
         producer: EventProducer,
         *,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         poll_interval: float = 0.5,
         before_publish: Callable[[list[Envelope]], None] | None = None,
         on_published: Callable[[Session, list[Delivery]], None] | None = None,
@@ -78,6 +87,17 @@ class OutboxRelay:
         engine = sessions.kw["bind"]
         self._lock_key = zlib.crc32(model.__tablename__.encode()) if is_postgres(engine) else None  # type: ignore[attr-defined]
         self._engine = engine
+        self._engine_reads = reader(engine)
+        table = model.__table__  # type: ignore[attr-defined]
+        self._mark_sent = (
+            update(table)
+            .where(table.c.id == bindparam("row_id"))
+            .values(
+                sent_at=bindparam("b_sent_at"),
+                partition=bindparam("b_partition"),
+                offset=bindparam("b_offset"),
+            )
+        )
         self.published = 0
         self.last_error: str | None = None
         event.listen(sessions, "after_commit", self._after_commit)
@@ -131,42 +151,42 @@ class OutboxRelay:
                 _unlock(lock_conn, self._lock_key)
 
     def _relay_batch(self) -> int:
-        model = self._model
-        with self._reads() as session:
-            rows = session.scalars(
-                select(model)
-                .where(model.sent_at.is_(None))
-                .order_by(model.id)
+        table = self._model.__table__  # type: ignore[attr-defined]
+        c = table.c
+        with self._engine_reads.connect() as connection:
+            rows = connection.execute(
+                select(c.id, c.topic, c.key, c.headers, c.payload)
+                .where(c.sent_at.is_(None))
+                .order_by(c.id)
                 .limit(self._batch_size)
             ).all()
-            batch = [(row.id, row.topic, row_to_envelope(row)) for row in rows]
-        if not batch:
+        if not rows:
             return 0
         if self._before_publish:
-            self._before_publish([envelope for _, _, envelope in batch])
-        deliveries = self._producer.send([(topic, envelope) for _, topic, envelope in batch])
+            self._before_publish([row_to_envelope(row) for row in rows])
+        placed = self._producer.send_records(
+            [(row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows]
+        )
         now = utcnow()
         acked = [
-            {"row_id": row_id, "b_sent_at": now, "b_partition": d.partition, "b_offset": d.offset}
-            for (row_id, _, _), d in zip(batch, deliveries, strict=True)
-            if d.ok
+            {"row_id": row.id, "b_sent_at": now, "b_partition": p.partition, "b_offset": p.offset}
+            for row, p in zip(rows, placed, strict=True)
+            if p.error is None
         ]
         if acked:
             with writing(self._engine), self._sessions.begin() as session:
-                session.connection().execute(
-                    update(model.__table__)  # type: ignore[attr-defined]
-                    .where(model.__table__.c.id == bindparam("row_id"))  # type: ignore[attr-defined]
-                    .values(
-                        sent_at=bindparam("b_sent_at"),
-                        partition=bindparam("b_partition"),
-                        offset=bindparam("b_offset"),
-                    ),
-                    acked,
-                )
+                session.connection().execute(self._mark_sent, acked)
                 if self._on_published:
-                    self._on_published(session, [d for d in deliveries if d.ok])
+                    self._on_published(
+                        session,
+                        [
+                            Delivery(row_to_envelope(row), row.topic, p.partition, p.offset)
+                            for row, p in zip(rows, placed, strict=True)
+                            if p.error is None
+                        ],
+                    )
             self.published += len(acked)
-        failed = [d for d in deliveries if not d.ok]
+        failed = [p for p in placed if p.error is not None]
         if failed:
             raise RuntimeError(f"{len(failed)} event(s) not acknowledged: {failed[0].error}")
         return len(acked)

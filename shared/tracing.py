@@ -89,6 +89,19 @@ def consuming(event: Envelope) -> AbstractContextManager[None]:
     )
 
 
+def _child_of(event: Envelope) -> tuple[str | None, str | None]:
+    """The `traceparent` of a process span of `event`, a child of the span that sent it."""
+    carrier = {"traceparent": event.traceparent or "", "tracestate": event.tracestate or ""}
+    parent = _propagator.extract(carrier) if event.traceparent else None
+    span = trace.get_tracer("shared").start_span(
+        f"{event.type} process", context=parent, kind=SpanKind.CONSUMER
+    )
+    span.end()
+    out: dict[str, str] = {}
+    _propagator.inject(out, context=trace.set_span_in_context(span))
+    return out.get("traceparent"), out.get("tracestate")
+
+
 @contextmanager
 def join_trace(traceparent: str | None, name: str = "join") -> Iterator[None]:
     """Continue the trace in `traceparent` unless the current cause brought its own: e.g. a
@@ -110,12 +123,19 @@ def new_event(
     *,
     source: str,
     correlation_id: str | None = None,
+    caused_by: Envelope | None = None,
 ) -> Envelope:
-    """An event caused by whatever is being handled now, in the current trace.
+    """An event caused by whatever is being handled now, in the current trace; or, with
+    `caused_by`, by that consumed event, in its trace (a handler of a batch of events
+    names each one as it emits, since they do not share one context).
 
     The correlation id is the explicit one, else the cause's, else the event's own id."""
-    cause = _cause.get()
-    traceparent, tracestate = current_traceparent()
+    if caused_by is not None:
+        cause: Cause | None = Cause(caused_by.id, caused_by.correlation_id)
+        traceparent, tracestate = _child_of(caused_by)
+    else:
+        cause = _cause.get()
+        traceparent, tracestate = current_traceparent()
     event_id = new_id()
     return Envelope(
         type=type_,

@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import tracing
 from shared.db import OutboxMixin, writing
 from shared.envelope import Envelope
-from shared.outbox import add_events
+from shared.outbox import add_rows, outbox_row
 
 
 class Outbox:
-    """Where a handler emits events; they are published only if the transaction commits."""
+    """Where a handler emits events; they are published only if the transaction commits.
+
+    Emitted events are written in one bulk insert when the unit commits (`flush`)."""
 
     def __init__(
         self, session: Session, model: type[OutboxMixin], source: str, topic_prefix: str = ""
@@ -28,6 +30,7 @@ class Outbox:
         self._model = model
         self._source = source
         self._prefix = topic_prefix
+        self._rows: list[dict[str, object]] = []
 
     def emit(
         self,
@@ -37,12 +40,25 @@ class Outbox:
         payload: BaseModel,
         *,
         correlation_id: str | None = None,
+        caused_by: Envelope | None = None,
     ) -> Envelope:
+        """Emit an event caused by what is being handled now (or by `caused_by`)."""
         event = tracing.new_event(
-            event_type, key, payload, source=self._source, correlation_id=correlation_id
+            event_type,
+            key,
+            payload,
+            source=self._source,
+            correlation_id=correlation_id,
+            caused_by=caused_by,
         )
-        add_events(self._session, self._model, self._prefix + topic, [event])
+        self._rows.append(outbox_row(self._prefix + topic, event))
         return event
+
+    def flush(self) -> None:
+        """Write what was emitted so far into the transaction."""
+        if self._rows:
+            add_rows(self._session, self._model, self._rows)
+            self._rows = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +86,9 @@ class UnitOfWork:
     def __call__(self) -> Iterator[Unit]:
         """Begin a transaction; commit when the block ends, roll back if it raises."""
         with writing(self.sessions.kw["bind"]), self.sessions.begin() as session:
-            yield Unit(session, Outbox(session, self._model, self._source, self._prefix))
+            unit = Unit(session, Outbox(session, self._model, self._source, self._prefix))
+            yield unit
+            unit.outbox.flush()
 
     @contextmanager
     def read(self) -> Iterator[Unit]:

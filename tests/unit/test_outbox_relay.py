@@ -14,9 +14,9 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import DeclarativeBase
 
 from shared.db import OutboxMixin, make_sessions
-from shared.envelope import Envelope, utcnow
+from shared.envelope import Envelope, KafkaHeaders, utcnow
 from shared.outbox import OutboxRelay
-from shared.producer import Delivery, DeliveryError
+from shared.producer import DeliveryError, Placed
 from shared.unit_of_work import UnitOfWork
 from tests.helpers import eventually
 
@@ -44,21 +44,25 @@ class FakeProducer:
     calls: list[list[tuple[str, Envelope]]] = field(default_factory=list)
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def send(self, records: Sequence[tuple[str, Envelope]], timeout: float = 60) -> list[Delivery]:
+    def send_records(
+        self, records: Sequence[tuple[str, str, bytes, KafkaHeaders]], timeout: float = 60
+    ) -> list[Placed]:
+        events = [(t, Envelope.from_headers(h, k, v)) for t, k, v, h in records]
         if self.down:
-            raise DeliveryError(records[-1][1].id, "no delivery report before timeout")
-        self.calls.append(list(records))
-        deliveries = []
-        for topic, event in records:
+            raise DeliveryError(events[-1][1].id, "no delivery report before timeout")
+        self.calls.append(events)
+        placed = []
+        for topic, event in events:
+            slot = Placed()
+            slot.done = True
+            placed.append(slot)
             if event.id in self.failing:
-                error = KafkaError(KafkaError._MSG_TIMED_OUT)
-                deliveries.append(Delivery(event, topic, error=error))
+                slot.error = KafkaError(KafkaError._MSG_TIMED_OUT)
                 continue
             partition = zlib.crc32(event.key.encode()) % 3
-            offset = self.ends.get((topic, partition), 0)
-            self.ends[(topic, partition)] = offset + 1
-            deliveries.append(Delivery(event, topic, partition, offset))
-        return deliveries
+            slot.partition, slot.offset = partition, self.ends.get((topic, partition), 0)
+            self.ends[(topic, partition)] = slot.offset + 1
+        return placed
 
     @property
     def sent(self) -> list[tuple[str, Envelope]]:
