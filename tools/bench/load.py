@@ -1,6 +1,10 @@
 """The end-to-end run: a catalogue through the REST API, wrk on POST /orders, and every
 order's outcome read back from Kafka.
 
+Errors are wrk's non-202 answers and socket errors; an order is lost when it was accepted
+(202) and no outcome was seen by the end of the drain, and doubled when the `orders`
+topic holds more than one outcome record for it.
+
 Request->outcome latency, per order: from the `order-created` event's `ce_time`, which
 the order service stamps inside the POST /orders handler (after the body is parsed,
 before the transaction commits), to the Kafka timestamp of its `order-confirmed` or
@@ -15,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,10 +94,12 @@ class OutcomeCollector:
     """Reads `orders` and `stock` from their current ends in a thread: when each order was
     created, and when its order-created, inventory's answer and its outcome were
     produced. Assigns partitions itself (a unique group, no commits), so it reads from the
-    moment start() returns."""
+    moment start() returns. `prefix` is the stack's TOPIC_PREFIX."""
 
-    def __init__(self, bootstrap: str, topics: tuple[str, ...] = ("orders", "stock")) -> None:
-        self.topics = topics
+    def __init__(
+        self, bootstrap: str, topics: tuple[str, ...] = ("orders", "stock"), prefix: str = ""
+    ) -> None:
+        self.topics = tuple(prefix + topic for topic in topics)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -109,6 +116,8 @@ class OutcomeCollector:
         """order id -> record timestamp of stock-reserved / stock-shortage (inventory's)"""
         self.outcomes: dict[str, tuple[str, float, float]] = {}
         """order id -> (CONFIRMED|REJECTED, record timestamp, time this bench received it)"""
+        self.outcome_records: Counter[str] = Counter()
+        """order id -> outcome records seen for it"""
         self.records = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-outcomes", daemon=True)
@@ -150,6 +159,7 @@ class OutcomeCollector:
                     self.answered.setdefault(key, stamp)
                 elif kind in OUTCOMES:
                     self.outcomes.setdefault(key, (OUTCOMES[kind], stamp, received))
+                    self.outcome_records[key] += 1
 
     def stages(self, orders: Iterable[str]) -> dict[str, list[float]]:
         """Per stage, the milliseconds each of `orders` spent in it (when all seen)."""
@@ -169,6 +179,11 @@ class OutcomeCollector:
             third.append((outcome[1] - answered) * 1000)
         return stages
 
+    def doubled(self) -> list[str]:
+        """Orders created in this run with more than one outcome record."""
+        counts = self.outcome_records.copy()
+        return sorted(order for order in list(self.created) if counts[order] > 1)
+
     def finished(self) -> dict[str, tuple[float, str, float, float]]:
         """order id -> (created, outcome, outcome timestamp, received) for orders whose
         creation and outcome were both seen."""
@@ -185,13 +200,14 @@ def _text_headers(headers: Any) -> dict[str, str]:
     return {name: _text(value) for name, value in pairs if value is not None}
 
 
-def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS) -> int:
-    """Records ever written to `topics`: the sum of their partitions' high watermarks."""
+def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS, prefix: str = "") -> int:
+    """Records ever written to `topics` (each after `prefix`): the sum of their
+    partitions' high watermarks."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
     try:
         existing = consumer.list_topics(timeout=30).topics
         total = 0
-        for topic in topics:
+        for topic in (prefix + name for name in topics):
             if topic not in existing:
                 continue
             for partition in existing[topic].partitions:
@@ -218,10 +234,12 @@ def run_e2e(
     drain_timeout: float,
     say: Callable[[str], None] = print,
     on_load_tick: Callable[[float], None] | None = None,
+    topic_prefix: str = "",
+    services: Iterable[str] = ("order", "inventory", "product", "user"),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Drive the load, wait for the outcomes; return (summary, raw per-order series)."""
-    records_before = kafka_records(bootstrap)
-    collector = OutcomeCollector(bootstrap).start()
+    records_before = kafka_records(bootstrap, prefix=topic_prefix)
+    collector = OutcomeCollector(bootstrap, prefix=topic_prefix).start()
     mix = OrderMix(catalogue.user, catalogue.ample, catalogue.scarce, scarce_share)
     seen = {"created": 0, "outcomes": 0}
 
@@ -281,7 +299,8 @@ def run_e2e(
     finally:
         collector.stop()
     finished = collector.finished()
-    records = kafka_records(bootstrap) - records_before
+    doubled = collector.doubled()
+    records = kafka_records(bootstrap, prefix=topic_prefix) - records_before
     window = steady_window(load_start, load_end, warmup)
     in_window = {k: v for k, v in finished.items() if window[0] <= v[0] < window[1]}
     latency = [(stamp - made) * 1000 for made, _, stamp, _ in in_window.values()]
@@ -321,6 +340,11 @@ def run_e2e(
         "outcomes": outcomes,
         "accepted": expected,
         "unfinished": max(expected - len(finished), 0),
+        "errors": wrk["non_202"] + wrk["socket_errors"],
+        "lost": max(expected - len(finished), 0),
+        "doubled": len(doubled),
+        "doubled_orders": doubled[:20],
+        "services": list(services),
         "drain_s": drain_s,
         "kafka_records": records,
         "kafka_records_per_s": records / (load_end - load_start + drain_s),

@@ -1,9 +1,11 @@
 """The processes under test: find the stack's pids, sample their CPU and memory.
 
-CPU% is psutil's per-process figure (100 = one core busy) sampled every `interval`
-seconds; RSS is resident memory. `system` is the whole machine's busy CPU in the same
-unit (cores x 100), and `others` what neither the stack nor the bench itself used: other
-work on the box that competes for the same cores."""
+Each name stands for a process tree (a uvicorn --workers parent and its workers): CPU% is
+the tree's CPU time over each `interval` (100 = one core busy, summed over the tree, a
+process born in the interval counted from its start); RSS is the largest resident set
+of one process in the tree, as a per-process memory limit reads it. `system` is the whole
+machine's busy CPU in the same unit (cores x 100), and `others` what neither the stack nor
+the bench itself used: other work on the box that competes for the same cores."""
 
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ class StackNotUp(RuntimeError):
     pass
 
 
-def require_stack(run_dir: Path = RUN_DIR) -> dict[str, int]:
-    """Pids of the broker and the four services, each up and ready, by name; raise
-    StackNotUp naming what is missing."""
-    stack = Stack(run_dir=run_dir)
+def require_stack(run_dir: Path = RUN_DIR, stack: Stack | None = None) -> dict[str, int]:
+    """Root pids of the broker (when the stack runs one) and the services, each up and
+    ready, by name; raise StackNotUp naming what is missing."""
+    stack = stack or Stack(run_dir=run_dir)
     states = stack.status()
     bad = {name: state for name, state in states.items() if not state.startswith("pid ")}
     bad |= {name: state for name, state in states.items() if "NOT READY" in state}
@@ -58,8 +60,57 @@ def pid_files(run_dir: Path = RUN_DIR) -> dict[str, int]:
     return found
 
 
+class _Tree:
+    """A root process and its descendants, with the CPU time each had when last seen."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.seen: dict[int, tuple[psutil.Process, float]] = {}
+        self.last = time.time()
+        self.sample()
+
+    def sample(self) -> tuple[float, float, float]:
+        """(CPU seconds since the last call, wall seconds since then, largest RSS) over
+        the tree; raises psutil.NoSuchProcess once the root is gone."""
+        now = time.time()
+        members = [self.root, *self._children()]
+        spent, rss, alive = 0.0, 0.0, {}
+        for process in members:
+            try:
+                with process.oneshot():
+                    times = process.cpu_times()
+                    used = times.user + times.system
+                    resident = float(process.memory_info().rss)
+                    born = process.create_time()
+            except psutil.Error:
+                if process is self.root:
+                    raise
+                continue
+            before = self.seen.get(process.pid)
+            if before is not None and before[0] is process:
+                spent += used - before[1]
+            elif born > self.last:  # started since the last sample: all of it counts
+                spent += used
+            alive[process.pid] = (process, used)
+            rss = max(rss, resident)
+        elapsed = now - self.last
+        self.seen, self.last = alive, now
+        return max(spent, 0.0), elapsed, rss
+
+    def _children(self) -> list[psutil.Process]:
+        try:
+            found = self.root.children(recursive=True)
+        except psutil.Error:
+            return []
+        # keep the Process objects already seen: their identity guards against pid reuse
+        return [
+            self.seen[p.pid][0] if p.pid in self.seen and self.seen[p.pid][0] == p else p
+            for p in found
+        ]
+
+
 class Sampler:
-    """Samples named processes every `interval` s in a thread, until stopped.
+    """Samples named process trees every `interval` s in a thread, until stopped.
 
     `on_sample` is called after each round with that round's samples (for progress)."""
 
@@ -72,7 +123,7 @@ class Sampler:
         self.interval = interval
         self.samples: list[Sample] = []
         self.latest: dict[str, float] = {}
-        self._procs: dict[str, psutil.Process] = {}
+        self._trees: dict[str, _Tree] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._on_sample = on_sample
@@ -83,16 +134,15 @@ class Sampler:
 
     def add(self, name: str, pid: int) -> None:
         try:
-            process = psutil.Process(pid)
-            process.cpu_percent(None)  # the first call only sets the baseline
+            tree = _Tree(psutil.Process(pid))
         except psutil.Error:
             return
         with self._lock:
-            self._procs[name] = process
+            self._trees[name] = tree
 
     def remove(self, name: str) -> None:
         with self._lock:
-            self._procs.pop(name, None)
+            self._trees.pop(name, None)
 
     def start(self) -> Sampler:
         psutil.cpu_percent(None)
@@ -109,15 +159,14 @@ class Sampler:
             now = time.time()
             round_: list[Sample] = []
             with self._lock:
-                procs = list(self._procs.items())
-            for name, process in procs:
+                trees = list(self._trees.items())
+            for name, tree in trees:
                 try:
-                    with process.oneshot():
-                        round_.append(
-                            (now, name, process.cpu_percent(None), process.memory_info().rss)
-                        )
+                    spent, elapsed, rss = tree.sample()
                 except psutil.Error:
                     self.remove(name)
+                    continue
+                round_.append((now, name, spent / max(elapsed, 1e-3) * 100, rss))
             system = psutil.cpu_percent(None) * cores
             ours = sum(cpu for _, _, cpu, _ in round_)
             round_.append((now, "system", system, psutil.virtual_memory().used))
