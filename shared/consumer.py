@@ -14,17 +14,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from shared import tracing
 from shared.db import ProcessedEventMixin
 from shared.deadletter import DeadLetter, Reason, dead_letter
 from shared.envelope import Envelope, InvalidEnvelope
-from shared.idempotency import Claim, claim
+from shared.idempotency import Claim, claim_many
 from shared.producer import DeliveryError, EventProducer
-from shared.router import EventRouter, Route, UnknownEventType
+from shared.router import EventRouter, Received
 from shared.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class _Rewind(Exception):
         self.message = message
 
 
-_Decoded = tuple[Message, Envelope, Route, Any]
+_IGNORED = object()
+_CLIENT_ERROR = object()
+NEW = Claim.NEW
 
 
 def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
@@ -80,6 +82,10 @@ def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str
         "heartbeat.interval.ms": 1_000,
         # Notice a subscribed topic created after start within seconds, not minutes.
         "topic.metadata.refresh.interval.ms": 5_000,
+        # Let the broker gather a few ms of records per fetch instead of answering each
+        # new record with its own response: fewer, larger requests.
+        "fetch.wait.max.ms": 10,
+        "fetch.min.bytes": 65_536,
     }
     config.update(overrides)
     return config
@@ -100,7 +106,7 @@ class ConsumerWorker:
         producer: EventProducer,
         dead_letter_topic: str,
         group_id: str | None = None,
-        batch_size: int = 200,
+        batch_size: int = 1000,
         max_attempts: int = 3,
         backoff: float = 0.1,
         config: dict[str, Any] | None = None,
@@ -183,140 +189,128 @@ class ConsumerWorker:
         finally:
             consumer.close()  # commits stored offsets and leaves the group
 
+    def _process(self, consumer: Consumer, message: Message) -> None:
+        """Handle one record on its own (tests drive the loop through this)."""
+        self._process_batch(consumer, [message])
+
     def _process_batch(self, consumer: Consumer, batch: Sequence[Message]) -> None:
-        """Apply runs of well-formed events in one transaction each; anything else (dead
-        letters, ignored types, client errors) goes one by one, in its place."""
-        run: list[_Decoded] = []
+        """Decode every record once; apply each run of well-formed events in one
+        transaction; dead-letter, skip or pass over the others in their place."""
+        run: list[Received[Any]] = []
         for message in batch:
             decoded = self._decode(message)
-            if decoded is not None:
+            if isinstance(decoded, Received):
                 run.append(decoded)
                 continue
             self._apply_run(consumer, run)
             run = []
-            self._process(consumer, message)
+            if decoded is _CLIENT_ERROR:
+                continue
+            if isinstance(decoded, DeadLetter):
+                self._dead_letter(message, decoded)
+            _store(consumer, message)
         self._apply_run(consumer, run)
 
-    def _decode(self, message: Message) -> _Decoded | None:
-        """The event, route and payload of a record this service handles, else None."""
-        if message.error() is not None:
-            return None
-        try:
-            event = Envelope.from_message(message)
-            route = self._router.routes.get(event.type)
-            return None if route is None else (message, event, route, event.payload(route.model))
-        except Exception:
-            return None
-
-    def _apply_run(self, consumer: Consumer, run: list[_Decoded]) -> None:
-        """Claim and handle a run of events in one transaction, then store their offsets.
-        If a handler fails, the run is rolled back and applied one event at a time, so only
-        the bad event is retried and dead-lettered and the order is kept."""
-        if not run:
-            return
-        if len(run) == 1:
-            message, event, route, payload = run[0]
-            self._apply(message, event, route, payload)
-            _store(consumer, message)
-            return
-        failed_at: int | None = None
-        try:
-            outcomes = []
-            with self._uow() as unit:
-                for failed_at, (_, event, route, payload) in enumerate(run):  # noqa: B007
-                    with tracing.consuming(event):
-                        outcome = claim(unit.session, self._processed, self.name, event)
-                        if outcome is Claim.NEW:
-                            route.handler(unit, event, payload)
-                    outcomes.append(outcome)
-                failed_at = None  # what fails now fails at commit
-        except Exception as exc:
-            if _deadlock(exc):  # events of a run lock rows in no common order: go one by one
-                failed_at = None
-            elif _transient(exc):
-                raise _Rewind(run[0][0]) from exc
-            failure: Exception = exc
-        else:
-            for (message, event, _, _), outcome in zip(run, outcomes, strict=True):
-                self._settle(message, event, outcome)
-            for message, *_ in run:
-                _store(consumer, message)
-            return
-        if failed_at is None:  # cannot tell which one: one at a time
-            for message, event, route, payload in run:
-                self._apply(message, event, route, payload)
-                _store(consumer, message)
-            return
-        # Apply what came before the culprit, retry the culprit alone, go on after it.
-        self._apply_run(consumer, run[:failed_at])
-        message, event, route, payload = run[failed_at]
-        self._apply(message, event, route, payload, failed_once=failure)
-        _store(consumer, message)
-        self._apply_run(consumer, run[failed_at + 1 :])
-
-    def _process(self, consumer: Consumer, message: Message) -> None:
-        """Handle one record on its own: client errors, ignored types, dead letters, and
-        well-formed events (with retries)."""
+    def _decode(self, message: Message) -> Received[Any] | DeadLetter | object:
+        """The event and its validated payload; or the dead letter it makes; or
+        `_IGNORED` (a type this service leaves alone), `_CLIENT_ERROR` (not a record)."""
         error = message.error()
         if error is not None:
             if error.fatal():
                 raise _Fatal(error)
             log.info("%s: %s", self.name, error)
-            return
+            return _CLIENT_ERROR
         try:
-            event = Envelope.from_message(message)
-            route = self._router.routes.get(event.type)
-            if route is None:
-                if event.type not in self._router.ignored:
-                    raise UnknownEventType(f"unknown event type {event.type!r}")
-                _store(consumer, message)
-                return
-            payload: Any = event.payload(route.model)
+            event = Envelope.from_message(message, check_json=False)
         except InvalidEnvelope as exc:
-            unknown = isinstance(exc, UnknownEventType)
-            reason = Reason.UNKNOWN_TYPE if unknown else Reason.INVALID_ENVELOPE
-            self._dead_letter(message, DeadLetter(reason, str(exc)))
-        except ValidationError as exc:
-            self._dead_letter(message, DeadLetter(Reason.INVALID_PAYLOAD, str(exc)))
+            return DeadLetter(Reason.INVALID_ENVELOPE, str(exc))
         except Exception as exc:  # anything else about this record that cannot be read
-            self._dead_letter(message, DeadLetter(Reason.INVALID_ENVELOPE, repr(exc)))
-        else:
-            self._apply(message, event, route, payload)
-        _store(consumer, message)
+            return DeadLetter(Reason.INVALID_ENVELOPE, repr(exc))
+        route = self._router.routes.get(event.type)
+        if route is None:
+            if event.type in self._router.ignored:
+                return _IGNORED
+            return DeadLetter(Reason.UNKNOWN_TYPE, f"unknown event type {event.type!r}")
+        try:
+            payload = route.model.model_validate_json(event.data)
+        except ValidationError as exc:
+            try:
+                orjson.loads(event.data)
+            except orjson.JSONDecodeError as not_json:
+                return DeadLetter(Reason.INVALID_ENVELOPE, f"value is not JSON: {not_json}")
+            return DeadLetter(Reason.INVALID_PAYLOAD, str(exc))
+        return Received(event, payload, message)
 
-    def _apply(
-        self,
-        message: Message,
-        event: Envelope,
-        route: Route,
-        payload: Any,
-        failed_once: Exception | None = None,
-    ) -> None:
+    def _transaction(
+        self, run: Sequence[Received[Any]], underway: list[Any] | None = None
+    ) -> list[Claim]:
+        """Claim the run's events and hand the new ones to their handlers, in one
+        transaction; return each event's claim."""
+        with self._uow() as unit:
+            outcomes = claim_many(
+                unit.session, self._processed, self.name, [item.event for item in run]
+            )
+            fresh = [item for item, outcome in zip(run, outcomes, strict=True) if outcome is NEW]
+            self._router.dispatch(unit, fresh, underway)
+            if underway is not None:
+                underway.clear()  # what fails now fails at commit
+        return outcomes
+
+    def _apply_run(self, consumer: Consumer, run: list[Received[Any]]) -> None:
+        """Apply a run of events in one transaction, then store their offsets. If a
+        handler fails, apply what came before it as a run, retry it alone and go on after
+        it; if the culprit is unknown (a batch handler, the commit), go one at a time."""
+        if not run:
+            return
+        if len(run) == 1:
+            self._apply_alone(run[0])
+            _store(consumer, run[0].message)
+            return
+        underway: list[Any] = []
+        try:
+            outcomes = self._transaction(run, underway)
+        except Exception as exc:
+            if _transient(exc) and not _deadlock(exc):
+                raise _Rewind(run[0].message) from exc
+            if not underway or _deadlock(exc):
+                for item in run:
+                    self._apply_alone(item)
+                    _store(consumer, item.message)
+                return
+            at = next(i for i, item in enumerate(run) if item is underway[0])
+            self._apply_run(consumer, run[:at])
+            self._apply_alone(run[at], failed_once=exc)
+            _store(consumer, run[at].message)
+            self._apply_run(consumer, run[at + 1 :])
+            return
+        for item, outcome in zip(run, outcomes, strict=True):
+            self._settle(item, outcome)
+        for item in run:
+            _store(consumer, item.message)
+
+    def _apply_alone(self, item: Received[Any], failed_once: Exception | None = None) -> None:
         """Apply one event, retrying a failing handler with backoff, then dead-letter it.
-        `failed_once`: the first attempt already failed (inside a run)."""
+        `failed_once`: the first attempt already failed."""
         first = 1
         if failed_once is not None:
-            self._log_failure(event, 1, failed_once)
+            self._log_failure(item.event, 1, failed_once)
             self._stop.wait(self._backoff)
             first = 2
         failure: Exception | None = failed_once
         for attempt in range(first, self._max_attempts + 1):
             try:
-                with tracing.consuming(event), self._uow() as unit:
-                    outcome = claim(unit.session, self._processed, self.name, event)
-                    if outcome is Claim.NEW:
-                        route.handler(unit, event, payload)
+                (outcome,) = self._transaction([item])
             except Exception as exc:
-                if _transient(exc):
-                    raise _Rewind(message) from exc
+                if _transient(exc) and not _deadlock(exc):
+                    raise _Rewind(item.message) from exc
                 failure = exc  # a bug or bad data in the handler
             else:
-                self._settle(message, event, outcome)
+                self._settle(item, outcome)
                 return
-            self._log_failure(event, attempt, failure)
+            self._log_failure(item.event, attempt, failure)
             if attempt < self._max_attempts:
                 self._stop.wait(self._backoff * 2 ** (attempt - 1))
-        self._dead_letter(message, DeadLetter(Reason.HANDLER_FAILED, repr(failure)))
+        self._dead_letter(item.message, DeadLetter(Reason.HANDLER_FAILED, repr(failure)))
 
     def _log_failure(self, event: Envelope, attempt: int, failure: Exception) -> None:
         log.warning(
@@ -328,19 +322,19 @@ class ConsumerWorker:
             failure,
         )
 
-    def _settle(self, message: Message, event: Envelope, outcome: Claim) -> None:
+    def _settle(self, item: Received[Any], outcome: Claim) -> None:
         """After the commit: count it, dead-letter a conflicting duplicate, run the hook."""
         if outcome is Claim.CONFLICT:
             self._dead_letter(
-                message,
+                item.message,
                 DeadLetter(
-                    Reason.CONFLICT, f"event id {event.id} was applied with another payload"
+                    Reason.CONFLICT, f"event id {item.event.id} was applied with another payload"
                 ),
             )
-        elif outcome is Claim.NEW:
+        elif outcome is NEW:
             self.applied += 1
         if self._after_commit:
-            self._after_commit(event)
+            self._after_commit(item.event)
 
     def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
         try:

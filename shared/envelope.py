@@ -189,8 +189,10 @@ class Envelope:
         )
 
     @classmethod
-    def from_message(cls, message: KafkaRecord) -> Envelope:
-        """Decode a consumed record; raises InvalidEnvelope for anything malformed."""
+    def from_message(cls, message: KafkaRecord, *, check_json: bool = True) -> Envelope:
+        """Decode a consumed record; raises InvalidEnvelope for anything malformed.
+
+        `check_json=False` leaves the value to the caller, who parses it anyway."""
         raw_key = message.key()
         value = message.value()
         if value is None:
@@ -201,8 +203,9 @@ class Envelope:
         except UnicodeDecodeError as exc:
             raise InvalidEnvelope("record key is not UTF-8 text") from exc
         envelope = cls.from_headers(message.headers() or [], key, data)
-        try:
-            orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidEnvelope(f"value is not JSON: {exc}") from exc
+        if check_json:
+            try:
+                orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidEnvelope(f"value is not JSON: {exc}") from exc
         return envelope.at(message.topic() or "", message.partition() or 0, message.offset() or 0)
