@@ -1,4 +1,5 @@
-"""Command line: `python -m tools.bench [run|consumer|limits] [options]` (see __init__)."""
+"""Command line: `python -m tools.bench [run|consumer|relay|limits] [options]` (see
+__init__)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tools.bench import consumer_bench, limits, load, procs, profile
+from tools.bench import consumer_bench, limits, load, pg_stack, procs, profile, relay_bench
+from tools.bench.pg_stack import Target
 from tools.bench.plot import plot_run
-from tools.bench.report import ratio, render, write_json
+from tools.bench.report import cpu_headline, evaluate_targets, ratio, render, write_json
 from tools.bench.wrk import WrkMissing, require_wrk
-from tools.client import DEFAULT_URLS, ShopClient
+from tools.client import ShopClient
 from tools.kafka_local import LocalBroker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,16 +80,44 @@ def ratios(e2e: dict[str, Any] | None, ceilings: dict[str, Any] | None) -> dict[
     }
 
 
+def attempt(result: dict[str, Any], key: str, step: Callable[[], Any]) -> Any:
+    """Run one part of the bench into result[key]; a failure is reported in
+    result[key + "_error"] and the run goes on (its targets read as not measured)."""
+    try:
+        result[key] = step()
+    except Exception as exc:
+        say(f"bench: {key} failed: {exc!r}")
+        result[f"{key}_error"] = repr(exc)
+        return None
+    return result[key]
+
+
 def command_run(args: argparse.Namespace) -> int:
     try:
         require_wrk()
-        pids = procs.require_stack()
+        if args.backend == "sqlite":
+            target = Target("sqlite", pids=procs.require_stack())
     except (WrkMissing, procs.StackNotUp) as exc:
         say(f"bench: {exc}")
         return 2
+    if args.backend == "sqlite":
+        return run_suite(args, target)
+    with pg_stack.postgres_stack(
+        args.bootstrap,
+        workers=args.pg_workers,
+        server_url=args.database_url,
+        kafka_pid=procs.pid_files().get("kafka"),
+        say=say,
+    ) as target:
+        return run_suite(args, target)
+
+
+def run_suite(args: argparse.Namespace, target: Target) -> int:
+    """The default run: unpaced load, the paced run at half its completed rate, the consumer
+    and relay benchmarks, the ceilings; then the headline and the targets."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    result: dict[str, Any] = {"kind": "bench", "environment": environment(), "args": vars(args)}
-    shop = ShopClient()
+    result: dict[str, Any] = {}
+    shop = ShopClient(target.urls)
     try:
         say(
             f"catalogue: {args.products} products with stock {args.ample_stock}, "
@@ -102,56 +133,114 @@ def command_run(args: argparse.Namespace) -> int:
         )
     finally:
         shop.close()
-    sampler = procs.Sampler(pids).start()
+    sampler = procs.Sampler(target.pids).start()
     recordings: list[profile.Recording] = []
     profile_for = int(min(args.profile_duration, args.duration - args.warmup))
+    series: dict[str, Any] = {}
 
     def on_load_tick(elapsed: float) -> None:
         if args.profile and not recordings and elapsed >= args.warmup and profile_for > 0:
             say(f"  py-spy: recording order and inventory for {profile_for}s")
             recordings.extend(
-                profile.start(pids, ["order", "inventory"], profile_for, RESULTS, stamp)
+                profile.start(target.pids, ["order", "inventory"], profile_for, RESULTS, stamp)
             )
 
+    def e2e(key: str, duration: float, rate: float | None) -> Callable[[], dict[str, Any]]:
+        def step() -> dict[str, Any]:
+            say(
+                f"load: wrk -t{args.threads} -c{args.connections} -d{duration:.0f}s POST /orders"
+                + (f", paced to <= {rate:.0f}/s" if rate else ", unpaced")
+            )
+            summary, series[key] = load.run_e2e(
+                bootstrap=args.bootstrap,
+                order_url=target.urls["order"],
+                catalogue=catalogue,
+                sampler=sampler,
+                duration=duration,
+                connections=args.connections,
+                threads=args.threads,
+                rate_limit=rate,
+                scarce_share=args.scarce_share,
+                warmup=args.warmup,
+                drain_timeout=args.drain,
+                say=say,
+                on_load_tick=on_load_tick if key == "e2e" else None,
+                topic_prefix=target.topic_prefix,
+            )
+            return summary
+
+        return step
+
     try:
-        say(
-            f"load: wrk -t{args.threads} -c{args.connections} -d{args.duration:.0f}s POST /orders"
-            + (f", paced to <= {args.rate}/s" if args.rate else "")
-        )
-        e2e, series = load.run_e2e(
-            bootstrap=args.bootstrap,
-            order_url=DEFAULT_URLS["order"],
-            catalogue=catalogue,
-            sampler=sampler,
-            duration=args.duration,
-            connections=args.connections,
-            threads=args.threads,
-            rate_limit=args.rate,
-            scarce_share=args.scarce_share,
-            warmup=args.warmup,
-            drain_timeout=args.drain,
-            say=say,
-            on_load_tick=on_load_tick,
-        )
-        result["e2e"] = e2e
+        main_run = attempt(result, "e2e", e2e("e2e", args.duration, args.rate))
         if recordings:
             result["profiles"] = profile.finish(recordings, ROOT)
+        if not args.no_paced:
+            half = (main_run or {}).get("completed_per_s") or 0.0
+            rate = args.paced_rate or half / 2
+            if rate >= 1:
+                attempt(result, "paced", e2e("paced", args.paced_duration or args.duration, rate))
+            else:
+                result["paced_error"] = "the unpaced run completed no orders to pace against"
+        if not args.no_consumer:
+            say(f"consumer benchmark: {args.events} events per kind")
+            attempt(
+                result, "consumer", lambda: consumer_bench.run(args.bootstrap, args.events, say=say)
+            )
+        if not args.no_relay:
+            relay_url = args.database_url or (
+                pg_stack.local_server_url() if target.backend == "postgresql" else None
+            )
+            attempt(
+                result,
+                "relay",
+                lambda: relay_bench.run(
+                    args.bootstrap, args.rows, relay_url, args.batch_size, say=say
+                ),
+            )
         if not args.no_limits:
-            result["limits"] = run_limits(args, sampler)
-            result["ratios"] = ratios(e2e, result["limits"])
+            attempt(result, "limits", lambda: run_limits(args, sampler))
+            result["ratios"] = ratios(main_run, result.get("limits"))
     finally:
         sampler.stop()
+    return finish(args, result, target, series, stamp)
+
+
+def finish(
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    target: Target,
+    series: dict[str, Any],
+    stamp: str,
+) -> int:
+    report = {
+        "kind": "bench",
+        "backend": target.backend,
+        "workers": target.workers,
+        "cpu_ms_per_order": cpu_headline(result.get("e2e")),
+        "targets": evaluate_targets(result),
+        "environment": environment(),
+        "args": vars(args),
+        **result,
+        "series": {
+            key: {"orders": run["orders"], "load_start": run["load_start"]}
+            for key, run in series.items()
+        },
+    }
     json_path = RESULTS / f"bench-{stamp}.json"
-    png_path = RESULTS / f"bench-{stamp}.png"
-    result["series"] = {"orders": series["orders"], "load_start": series["load_start"]}
-    write_json(result, json_path)
-    plot_run(e2e, series, png_path)
+    write_json(report, json_path)
+    written = [json_path]
+    for key, suffix in (("e2e", ""), ("paced", "-paced")):
+        if result.get(key) and key in series:
+            png_path = RESULTS / f"bench-{stamp}{suffix}.png"
+            plot_run(result[key], series[key], png_path)
+            written.append(png_path)
     say("")
-    say(render(result))
-    say(f"\nwrote {json_path.relative_to(ROOT)} and {png_path.relative_to(ROOT)}")
-    if len(e2e["outcomes"]) < 2:
+    say(render(report))
+    say("\nwrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+    if result.get("e2e") and len(result["e2e"]["outcomes"]) < 2:
         say("note: only one kind of outcome occurred; raise --scarce-share or lower stock")
-    return 0
+    return 0 if result.get("e2e") else 1
 
 
 def command_limits(args: argparse.Namespace) -> int:
@@ -178,6 +267,19 @@ def command_limits(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_relay(args: argparse.Namespace) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    relay = relay_bench.run(args.bootstrap, args.rows, args.database_url, args.batch_size, say=say)
+    result = {"kind": "relay", "environment": environment(), "relay": relay}
+    result["targets"] = [t for t in evaluate_targets(result) if t["name"].startswith("outbox")]
+    path = RESULTS / f"relay-{stamp}.json"
+    write_json(result, path)
+    say("")
+    say(render(result))
+    say(f"\nwrote {path.relative_to(ROOT)}")
+    return 0 if relay["verified"] else 1
+
+
 def command_consumer(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = {
@@ -200,11 +302,26 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     main.add_argument(
-        "command", nargs="?", default="run", choices=["run", "consumer", "limits"],
-        help="run (default): end to end and the ceilings; consumer: the consumer "
-        "microbenchmark; limits: the ceilings alone",
+        "command", nargs="?", default="run", choices=["run", "consumer", "relay", "limits"],
+        help="run (default): end to end unpaced and at half rate, the consumer and relay "
+        "benchmarks, the ceilings, the targets; consumer: the consumer microbenchmark; "
+        "relay: the outbox relay benchmark; limits: the ceilings alone",
     )  # fmt: skip
     main.add_argument("--bootstrap", default=LocalBroker().bootstrap, help="Kafka (%(default)s)")
+    main.add_argument(
+        "--backend", choices=["sqlite", "postgres"], default="sqlite",
+        help="sqlite (default): the stack `make up` started; postgres: a stack of its own on "
+        "fresh PostgreSQL databases, ports 8101-8104, stopped afterwards",
+    )  # fmt: skip
+    main.add_argument(
+        "--database-url",
+        help="PostgreSQL server (a superuser URL; the bench creates and drops its databases) "
+        "for --backend postgres and the relay benchmark (default: tools/postgres_local.sh's; "
+        "the relay benchmark alone defaults to SQLite)",
+    )
+    main.add_argument(
+        "--pg-workers", type=int, default=2, help="uvicorn workers per service on postgres (2)"
+    )
     load_opts = main.add_argument_group("load")
     load_opts.add_argument("--duration", type=float, default=30, help="seconds of load (30)")
     load_opts.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
@@ -215,6 +332,13 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     load_opts.add_argument("--warmup", type=float, default=5, help="s left out of stats (5)")
     load_opts.add_argument("--drain", type=float, default=120, help="max s to await outcomes")
+    load_opts.add_argument("--no-paced", action="store_true", help="skip the half-rate run")
+    load_opts.add_argument(
+        "--paced-rate", type=float, help="rate of the paced run (half the completed rate)"
+    )
+    load_opts.add_argument(
+        "--paced-duration", type=float, help="seconds of the paced run (--duration)"
+    )
     catalogue = main.add_argument_group("catalogue")
     catalogue.add_argument("--products", type=int, default=50, help="ample products (50)")
     catalogue.add_argument("--ample-stock", type=int, default=10_000_000)
@@ -231,13 +355,23 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--profile", action="store_true", help="py-spy order and inventory")
     prof.add_argument("--profile-duration", type=float, default=20)
     cons = main.add_argument_group("consumer")
-    cons.add_argument("--events", type=int, default=20_000, help="events per phase (20000)")
+    cons.add_argument("--no-consumer", action="store_true", help="skip it in a run")
+    cons.add_argument("--events", type=int, default=5_000, help="events per kind (5000)")
+    relay = main.add_argument_group("relay")
+    relay.add_argument("--no-relay", action="store_true", help="skip it in a run")
+    relay.add_argument("--rows", type=int, default=100_000, help="outbox rows (100000)")
+    relay.add_argument("--batch-size", type=int, help="OutboxRelay batch_size (its default)")
     return main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    commands = {"run": command_run, "consumer": command_consumer, "limits": command_limits}
+    commands = {
+        "run": command_run,
+        "consumer": command_consumer,
+        "relay": command_relay,
+        "limits": command_limits,
+    }
     return commands[args.command](args)
 
 

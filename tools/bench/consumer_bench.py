@@ -1,6 +1,6 @@
 """How many events a second one service's consumer applies, against what Kafka hands it.
 
-    python -m tools.bench consumer [--events 20000]
+    python -m tools.bench consumer [--events 5000]
 
 On a unique topic prefix and a SQLite database in a temporary directory, the inventory
 service's real runtime (ServiceRuntime with services.inventory.main.SPEC, consumer group
@@ -15,7 +15,9 @@ Each phase is timed from the first event applied to the last. Then, over the sam
 records: a raw consume loop (consume and count), the same plus decoding (Envelope and
 the pydantic payload), and the handlers applied without Kafka on a fresh database in one
 transaction per event (what ConsumerWorker does) against one transaction per 200 events,
-with and without a savepoint per event: what batching the consumer's commits would buy."""
+with and without a savepoint per event: what batching the consumer's commits would buy.
+Those three apply as many order-created events as the worker applied in `direct_seconds`
+(at least 500, at most `events`), so a slow consumer does not make the run long."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from shared.producer import EventProducer
 from shared.runtime import ServiceRuntime
 from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork
+from tools.bench.report import PHASE_RAW_DECODE, PHASE_WORKER_ORDERS
 
 SOURCE = "/bench/consumer"
 
@@ -175,7 +178,11 @@ def _apply_batches(
 
 
 def run(
-    bootstrap: str, events: int = 20_000, timeout: float = 300, say: Callable[[str], None] = print
+    bootstrap: str,
+    events: int = 5_000,
+    timeout: float = 300,
+    say: Callable[[str], None] = print,
+    direct_seconds: float = 5.0,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}-"
@@ -214,10 +221,7 @@ def run(
                 producer.send([(prefix + "orders", order_created(p)) for p in product_ids])
                 say("ConsumerWorker: order-created (reserve stock, two outbox rows)")
                 phases.append(
-                    _phase(
-                        "worker: order-created",
-                        *_wait_applied(worker, 2 * events, timeout, say),
-                    )
+                    _phase(PHASE_WORKER_ORDERS, *_wait_applied(worker, 2 * events, timeout, say))
                 )
                 dead = worker.dead_lettered
             finally:
@@ -234,23 +238,18 @@ def run(
             orders_s, orders = _read_back(
                 bootstrap, prefix + "orders", events, _decode(model_orders)
             )
-            phases.append(
-                _phase(
-                    "raw consume + decode (envelope, pydantic)", 2 * events, products_s + orders_s
-                )
-            )
+            phases.append(_phase(PHASE_RAW_DECODE, 2 * events, products_s + orders_s))
+            worker_rate = phases[1]["events_per_s"] or 0.0
+            direct = max(min(500, events), min(events, round(worker_rate * direct_seconds)))
             for name, batch, savepoints in (
                 ("no kafka: order-created, 1 txn/event", 1, False),
                 ("no kafka: order-created, 1 txn/200, savepoints", 200, True),
                 ("no kafka: order-created, 1 txn/200", 200, False),
             ):
-                say(name)
+                say(f"{name} ({direct} events)")
                 database = Path(tmp) / f"direct-{batch}-{savepoints}.db"
-                phases.append(
-                    _phase(
-                        name, events, _apply_direct(database, products, orders, batch, savepoints)
-                    )
-                )
+                seconds = _apply_direct(database, products, orders[:direct], batch, savepoints)
+                phases.append(_phase(name, direct, seconds))
     finally:
         producer.close()
         admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -45,7 +45,7 @@ def start(
         svg = out_dir / f"{service}-{stamp}.svg"
         folded = out_dir / f"{service}-{stamp}.folded"
         common = [exe, "record", "--pid", str(pid), "--duration", str(duration)]
-        common += ["--rate", "100", "--nonblocking", "--threads"]
+        common += ["--rate", "100", "--nonblocking", "--threads", "--subprocesses"]
         processes = [
             subprocess.Popen(
                 [*common, *idle, "--format", fmt, "-o", str(path)],

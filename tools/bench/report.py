@@ -2,7 +2,10 @@
 
 Percentiles interpolate linearly between closest ranks (numpy's default), so p50 of
 [1, 2, 3, 4] is 2.5. Rates count events whose time falls in a half-open window
-[start, end). Ratios are None when the denominator is missing or zero."""
+[start, end). Ratios are None when the denominator is missing or zero.
+
+The headline is CPU per completed order (`cpu_headline`); `evaluate_targets` reads each
+target off a result as met, not met or not measured."""
 
 from __future__ import annotations
 
@@ -267,6 +270,177 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
             "ours": shares(ours), "leaf": shares(own)}  # fmt: skip
 
 
+SERVICES = ("order", "inventory", "product", "user")
+BROKER = "kafka"
+LOAD_GENERATORS = ("wrk", "bench")
+PHASE_WORKER_ORDERS = "worker: order-created"
+PHASE_RAW_DECODE = "raw consume + decode (envelope, pydantic)"
+
+MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
+
+
+def cpu_headline(e2e: Mapping[str, Any] | None) -> dict[str, Any]:
+    """CPU ms per completed order of a run: the services' sum, the broker's, and each
+    process's (None where not measured; the total is None unless every service was)."""
+    processes = (e2e or {}).get("processes", {})
+    per_process = {
+        name: proc["cpu_ms_per_order"]
+        for name, proc in processes.items()
+        if proc.get("cpu_ms_per_order") is not None
+    }
+    services = tuple((e2e or {}).get("services") or SERVICES)
+    measured = [per_process.get(name) for name in services]
+    return {
+        "services_total": None if None in measured else sum(m or 0.0 for m in measured),
+        "broker": per_process.get(BROKER),
+        "per_process": per_process,
+        "services": list(services),
+        "orders": sum((e2e or {}).get("outcomes", {}).values()) if e2e else None,
+    }
+
+
+def _get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, Mapping) or data.get(key) is None:
+            return None
+        data = data[key]
+    return data
+
+
+def _phase_rate(consumer: Mapping[str, Any] | None, name: str) -> float | None:
+    for phase in (consumer or {}).get("phases", []):
+        if phase["name"] == name:
+            return phase.get("events_per_s")
+    return None
+
+
+def _sum_runs(runs: Sequence[Mapping[str, Any] | None], key: str) -> tuple[int | None, str]:
+    labelled = zip(("unpaced", "paced"), runs, strict=True)
+    values = [(label, run.get(key)) for label, run in labelled if run]
+    measured = [(label, v) for label, v in values if v is not None]
+    if not measured:
+        return None, ""
+    return sum(v for _, v in measured), ", ".join(f"{label} {v}" for label, v in measured)
+
+
+def target(
+    name: str, op: str, limit: float, unit: str, value: float | None, detail: str = "",
+    valid: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """One target: met when `value op limit` holds (and the measurement was `valid`)."""
+    if value is None:
+        status = NOT_MEASURED
+    elif not valid:
+        status = NOT_MET
+    else:
+        status = MET if (value <= limit if op == "<=" else value >= limit) else NOT_MET
+    return {"name": name, "op": op, "limit": limit, "unit": unit, "value": value,
+            "status": status, "detail": detail}  # fmt: skip
+
+
+def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with its value from `result` and met / not met / not
+    measured. The CPU and throughput targets read the unpaced run; errors, lost and
+    doubled orders add up both runs; RSS is the largest of any service process in either."""
+    e2e, paced = result.get("e2e"), result.get("paced")
+    runs = [e2e, paced]
+    cpu = cpu_headline(e2e) if e2e else {}
+    errors, errors_detail = _sum_runs(runs, "errors")
+    lost, lost_detail = _sum_runs(runs, "lost")
+    doubled, doubled_detail = _sum_runs(runs, "doubled")
+    consumer = result.get("consumer")
+    applied = _phase_rate(consumer, PHASE_WORKER_ORDERS)
+    raw = _phase_rate(consumer, PHASE_RAW_DECODE)
+    relay = result.get("relay") or {}
+    relay_ok = bool(relay.get("verified"))
+    services = tuple((e2e or paced or {}).get("services") or SERVICES)
+    rss = {
+        name: max(_get(run, "processes", name, "rss_peak_mib") or 0.0 for run in runs if run)
+        for name in services
+        if any(_get(run, "processes", name, "rss_peak_mib") is not None for run in runs if run)
+    }
+    paced_rate = _get(paced, "load", "rate")
+    return [
+        target("services CPU per completed order", "<=", 2, "ms", cpu.get("services_total"),
+               "+".join(services)),
+        target("broker CPU per completed order", "<=", 1, "ms", cpu.get("broker"), BROKER),
+        target("completed orders/s, steady window", ">=", 1000, "/s",
+               _get(e2e, "completed_per_s"), "unpaced run"),
+        target("errors (non-202 + socket errors)", "<=", 0, "", errors, errors_detail),
+        target("lost orders (accepted, no outcome)", "<=", 0, "", lost, lost_detail),
+        target("doubled orders (2+ outcome records)", "<=", 0, "", doubled, doubled_detail),
+        target("p99 request->outcome at half rate", "<=", 100, "ms",
+               _get(paced, "latency_ms", "p99"),
+               f"paced to {paced_rate:.0f}/s" if paced_rate else ""),
+        target("inventory consumer, order-created/s", ">=", 5000, "/s", applied,
+               "consumer bench"),
+        target("inventory consumer / raw consume+decode", ">=", 0.2, "ratio",
+               ratio(applied, raw), f"raw {raw:.0f}/s" if raw else ""),
+        target("outbox relay drain, events/s", ">=", 20000, "/s", relay.get("relay_per_s"),
+               relay.get("problem") or (f"raw producer {relay['raw_per_s']:.0f}/s"
+                                        if relay.get("raw_per_s") else ""),
+               valid=relay_ok),
+        target("peak RSS per service process", "<=", 150, "MiB",
+               max(rss.values()) if rss else None,
+               ", ".join(f"{name} {mib:.0f}" for name, mib in rss.items())),
+    ]  # fmt: skip
+
+
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ratio":
+        return f"{value * 100:.1f}%"
+    if unit in ("ms",):
+        return f"{value:.2f} ms"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    return f"{value:g}"
+
+
+def _limit(entry: Mapping[str, Any]) -> str:
+    limit, unit = entry["limit"], entry["unit"]
+    shown = f"{limit * 100:g}%" if unit == "ratio" else f"{limit:,g}" + (f" {unit}" if unit else "")
+    return f"{entry['op']} {shown.replace(' /s', '/s')}"
+
+
+def render_headline(result: Mapping[str, Any]) -> list[str]:
+    """CPU per completed order (with its targets), then the table of every target."""
+    out: list[str] = []
+    cpu = result.get("cpu_ms_per_order")
+    targets = {t["name"]: t for t in result.get("targets", [])}
+    if cpu:
+        out.append(
+            f"CPU per completed order ({cpu.get('orders') or 0} orders, unpaced run, "
+            "load start to last outcome)"
+        )
+        for label, key, name in (
+            ("services total (" + "+".join(cpu["services"]) + ")", "services_total",
+             "services CPU per completed order"),
+            ("broker (kafka)", "broker", "broker CPU per completed order"),
+        ):  # fmt: skip
+            entry = targets.get(name)
+            beside = f"   target {_limit(entry)}: {entry['status']}" if entry else ""
+            out.append(f"  {label:<46} {_value(cpu.get(key), 'ms'):>10}{beside}")
+        per_process = cpu.get("per_process", {})
+        for name in [*cpu["services"], BROKER, *LOAD_GENERATORS, "others"]:
+            if name in per_process:
+                note = {"wrk": "  (load generator)", "bench": "  (this bench)",
+                        "others": "  (other work on the machine)"}.get(name, "")  # fmt: skip
+                out.append(f"    {name:<44} {_value(per_process[name], 'ms'):>10}{note}")
+    if targets:
+        out.append("targets")
+        for entry in targets.values():
+            detail = f"  ({entry['detail']})" if entry.get("detail") else ""
+            out.append(
+                f"  {entry['name']:<46} {_value(entry['value'], entry['unit']):>10}  "
+                f"{_limit(entry):<12} {entry['status']}{detail}"
+            )
+    return out
+
+
 def _ms(value: float | int | None) -> str:
     return "-" if value is None else f"{value:8.1f}"
 
@@ -280,15 +454,25 @@ def _pct(value: float | None) -> str:
 
 
 def render(result: Mapping[str, Any]) -> str:
-    """The human summary printed at the end of a run."""
+    """The human summary printed at the end of a run: the headline and targets first."""
+    out = render_headline(result)
+    for key, title in (("e2e", "end to end"), ("paced", "end to end at half the rate")):
+        if result.get(key):
+            out.extend(_render_e2e(title, result[key]))
+        elif result.get(f"{key}_error"):
+            out.append(f"{title}: failed: {result[f'{key}_error']}")
+    _render_rest(result, out)
+    return "\n".join(out)
+
+
+def _render_e2e(title: str, e2e: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
-    e2e = result.get("e2e")
     if e2e:
         load = e2e["load"]
         out.append(
-            f"end to end: {load['duration_s']:.0f}s, {load['connections']} connections, "
+            f"{title}: {load['duration_s']:.0f}s, {load['connections']} connections, "
             f"{load['threads']} wrk thread(s)"
-            + (f", paced to <= {load['rate']}/s" if load.get("rate") else ", unpaced")
+            + (f", paced to <= {load['rate']:.0f}/s" if load.get("rate") else ", unpaced")
             + f"; steady window {e2e['window_s']:.1f}s"
         )
         out.append(
@@ -324,7 +508,10 @@ def render(result: Mapping[str, Any]) -> str:
             "  HTTP (wrk)          "
             + " ".join(_ms(http[k] / 1000) for k in ("p50", "p95", "p99", "max"))
         )
-        out.append(f"  unfinished orders    {e2e['unfinished']}  (drain {e2e['drain_s']:.1f}s)")
+        out.append(
+            f"  errors {e2e.get('errors', '-')}, lost {e2e.get('lost', e2e['unfinished'])}, "
+            f"doubled {e2e.get('doubled', '-')}  (drain {e2e['drain_s']:.1f}s)"
+        )
         out.append(
             f"  kafka records/s      {_rate(e2e['kafka_records_per_s'])}  "
             f"({e2e['records_per_order']:.2f} per order)"
@@ -339,8 +526,15 @@ def render(result: Mapping[str, Any]) -> str:
             out.append(
                 f"  {name:<14}{proc['cpu_mean']:9.0f}  {proc['cpu_max']:9.0f}  "
                 f"{proc['rss_peak_mib']:12.0f}   "
-                + ("" if per_order is None else f"{per_order:10.1f}")
+                + ("" if per_order is None else f"{per_order:10.2f}")
             )
+    return out
+
+
+def _render_rest(result: Mapping[str, Any], out: list[str]) -> None:
+    for key in ("consumer", "relay", "limits"):
+        if result.get(f"{key}_error"):
+            out.append(f"{key}: failed: {result[f'{key}_error']}")
     limits = result.get("limits")
     if limits:
         out.append("ceilings")
@@ -363,12 +557,31 @@ def render(result: Mapping[str, Any]) -> str:
             out.append(f"  {name:<44} {_pct(value)}")
     consumer = result.get("consumer")
     if consumer:
-        out.append(f"consumer: inventory's ConsumerWorker, {consumer['events']} events per phase")
+        out.append(f"consumer: inventory's ConsumerWorker, {consumer['events']} events per kind")
         for phase in consumer["phases"]:
             out.append(
-                f"  {phase['name']:<34} {_rate(phase['events_per_s'])} events/s  "
-                f"({phase['us_per_event']:.0f} us/event)"
+                f"  {phase['name']:<46} {_rate(phase['events_per_s'])} events/s  "
+                f"({phase['us_per_event']:.0f} us/event, {phase['events']} events)"
             )
+    relay = result.get("relay")
+    if relay:
+        out.append(
+            f"outbox relay: {relay['rows']} rows on {relay['backend']}, "
+            f"OutboxRelay.relay_once() until none pending, against a raw producer loop"
+        )
+        out.append(
+            f"  OutboxRelay          {_rate(relay['relay_per_s'])} events/s  "
+            f"({relay['relay_s']:.2f}s, {relay['batches']} batches)"
+        )
+        out.append(
+            f"  raw producer         {_rate(relay['raw_per_s'])} events/s  "
+            f"({relay['raw_s']:.2f}s); relay/raw {_pct(relay['ratio'])}"
+        )
+        out.append(
+            f"  check: relay topic holds {relay['relay_topic_records']}, "
+            f"unsent rows {relay['unsent_after']}"
+            + (f"; {relay['problem']}" if relay.get("problem") else ": all there")
+        )
     profiles = result.get("profiles")
     if profiles:
         for service, prof in profiles.items():
@@ -383,7 +596,6 @@ def render(result: Mapping[str, Any]) -> str:
             out.append("  not idle, by deepest frame of ours:")
             for function, share in prof["ours"][:10]:
                 out.append(f"    {share * 100:5.1f}%  {function}")
-    return "\n".join(out)
 
 
 def write_json(result: Mapping[str, Any], path: Path) -> None:

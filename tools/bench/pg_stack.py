@@ -1,0 +1,126 @@
+"""A second stack of the four services on PostgreSQL, for `python -m tools.bench --backend
+postgres`: its own run directory (.run/bench-pg), ports 8101-8104, fresh databases on the
+local PostgreSQL server (tools/postgres_local.sh, started if need be), a fresh topic prefix
+and consumer groups on the given broker, and `workers` uvicorn workers per service (each a
+consumer-group member with its own outbox relay). Stopped, and its databases dropped, on
+the way out."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+from sqlalchemy import make_url, text
+
+from shared.db import make_engine
+from tools.client import DEFAULT_URLS
+from tools.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = {"order": 8101, "inventory": 8102, "product": 8103, "user": 8104}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The stack a run drives: service URLs, root pids to sample, its topic prefix."""
+
+    backend: str
+    urls: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_URLS))
+    pids: Mapping[str, int] = field(default_factory=dict)
+    topic_prefix: str = ""
+    workers: int = 1
+
+
+def local_server_url() -> str:
+    """The superuser URL of tools/postgres_local.sh's server, started if it is not running."""
+    script = ROOT / "tools" / "postgres_local.sh"
+    subprocess.run(["bash", str(script), "start"], check=True, capture_output=True, text=True)
+    return subprocess.run(
+        ["bash", str(script), "url"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@contextlib.contextmanager
+def databases(server_url: str, names: list[str]) -> Iterator[dict[str, str]]:
+    """Create each database on the server of `server_url`; yield name -> URL; drop them."""
+    server = make_url(server_url)
+    admin = make_engine(server.render_as_string(hide_password=False)).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    created: list[str] = []
+    try:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+                created.append(name)
+        yield {
+            name: server.set(database=name).render_as_string(hide_password=False) for name in names
+        }
+    finally:
+        with admin.connect() as connection:
+            for name in created:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def postgres_stack(
+    bootstrap: str,
+    *,
+    workers: int = 2,
+    server_url: str | None = None,
+    kafka_pid: int | None = None,
+    timeout: float = 180,
+    say: Callable[[str], None] = print,
+) -> Iterator[Target]:
+    run = uuid.uuid4().hex[:8]
+    prefix = f"bench-pg-{run}-"
+    server_url = server_url or local_server_url()
+    names = {service: f"bench_pg_{run}_{service}" for service in PORTS}
+    with databases(server_url, list(names.values())) as urls:
+        env = {"TOPIC_PREFIX": prefix}
+        for service, database in names.items():
+            env[f"{service.upper()}_DATABASE_URL"] = urls[database]
+            env[f"{service.upper()}_CONSUMER_GROUP"] = prefix + service
+        stack = Stack(
+            run_dir=ROOT / ".run" / "bench-pg",
+            ports=PORTS,
+            env=env,
+            bootstrap=bootstrap,
+            workers=dict.fromkeys(PORTS, workers),
+        )
+        stack.down()  # a stack a previous run left behind
+        say(
+            f"PostgreSQL stack: {workers} worker(s) per service on ports "
+            f"{min(PORTS.values())}-{max(PORTS.values())}, topic prefix {prefix}"
+        )
+        try:
+            stack.up(timeout=timeout)
+            pids = {name: pid for name, s in stack.services.items() if (pid := s.pid())}
+            if kafka_pid is not None:
+                pids["kafka"] = kafka_pid
+            yield Target(
+                backend="postgresql",
+                urls={name: s.url for name, s in stack.services.items()},
+                pids=pids,
+                topic_prefix=prefix,
+                workers=workers,
+            )
+        finally:
+            say("PostgreSQL stack: stopping, dropping its databases and topics")
+            stack.down()
+            delete_topics(bootstrap, prefix)
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    with contextlib.suppress(Exception):
+        topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+        if topics:
+            for future in admin.delete_topics(topics, operation_timeout=30).values():
+                future.result(30)
