@@ -1,4 +1,5 @@
-"""The bench's arithmetic: percentiles, windows, rates, wrk's summary, profile folding."""
+"""The bench's arithmetic: percentiles, windows, rates, wrk's summary, profile folding,
+the CPU headline and the targets."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ import pytest
 
 from tools.bench.report import (
     IDLE,
+    MET,
+    NOT_MEASURED,
+    NOT_MET,
+    PHASE_RAW_DECODE,
+    PHASE_WORKER_ORDERS,
     WRK_MARKER,
     category,
+    cpu_headline,
     cpu_seconds,
     cpu_summary,
+    evaluate_targets,
     parse_folded,
     parse_wrk,
     per_second,
@@ -21,9 +29,11 @@ from tools.bench.report import (
     rate,
     ratio,
     render,
+    render_headline,
     role_of,
     steady_window,
     summarize,
+    target,
 )
 from tools.bench.wrk import OrderMix, lua_data, lua_string, pacing_delay_ms
 
@@ -250,3 +260,139 @@ def test_cpu_seconds_adds_up_each_sample_over_its_interval() -> None:
     spent = cpu_seconds(samples, 0.0, 1.5, 0.5)
     assert spent["order"] == pytest.approx(0.5 + 0.25 + 1.0)
     assert spent["kafka"] == pytest.approx(0.1)
+
+
+def e2e_run(
+    *,
+    cpu: dict[str, float],
+    completed: float = 1200.0,
+    errors: int = 0,
+    lost: int = 0,
+    doubled: int = 0,
+    p99: float = 80.0,
+    rate: float | None = None,
+    rss: float = 120.0,
+) -> dict[str, object]:
+    processes = {
+        name: {"cpu_mean": 0.0, "cpu_max": 0.0, "rss_peak_mib": rss, "cpu_ms_per_order": ms}
+        for name, ms in cpu.items()
+    }
+    processes["system"] = {"cpu_mean": 0.0, "cpu_max": 0.0, "rss_peak_mib": 9999.0}
+    return {
+        "services": ["order", "inventory", "product", "user"],
+        "processes": processes,
+        "outcomes": {"CONFIRMED": 900, "REJECTED": 100},
+        "completed_per_s": completed,
+        "errors": errors,
+        "lost": lost,
+        "doubled": doubled,
+        "latency_ms": {"p99": p99},
+        "load": {"rate": rate},
+    }
+
+
+FAST = {"order": 0.8, "inventory": 0.5, "product": 0.2, "user": 0.1, "kafka": 0.9, "wrk": 3.0}
+
+
+def fast_result() -> dict[str, object]:
+    return {
+        "e2e": e2e_run(cpu=FAST),
+        "paced": e2e_run(cpu=FAST, completed=600.0, p99=60.0, rate=600.0),
+        "consumer": {
+            "phases": [
+                {"name": PHASE_WORKER_ORDERS, "events_per_s": 6000.0},
+                {"name": PHASE_RAW_DECODE, "events_per_s": 20000.0},
+            ]
+        },
+        "relay": {"relay_per_s": 25000.0, "raw_per_s": 90000.0, "verified": True},
+    }
+
+
+def by_name(targets: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {str(t["name"]): t for t in targets}
+
+
+def test_cpu_headline_sums_the_services_and_keeps_the_broker_apart() -> None:
+    headline = cpu_headline(e2e_run(cpu=FAST))
+    assert headline["services_total"] == pytest.approx(1.6)
+    assert headline["broker"] == 0.9
+    assert headline["per_process"]["wrk"] == 3.0
+    assert "system" not in headline["per_process"]
+    assert headline["orders"] == 1000
+
+
+def test_cpu_headline_has_no_total_when_a_service_was_not_measured() -> None:
+    headline = cpu_headline(e2e_run(cpu={"order": 1.0, "inventory": 1.0, "kafka": 0.5}))
+    assert headline["services_total"] is None
+    assert headline["broker"] == 0.5
+    assert cpu_headline(None)["services_total"] is None
+
+
+def test_target_is_met_not_met_or_not_measured() -> None:
+    assert target("x", "<=", 2, "ms", 2.0)["status"] == MET
+    assert target("x", "<=", 2, "ms", 2.01)["status"] == NOT_MET
+    assert target("x", ">=", 1000, "/s", 999.9)["status"] == NOT_MET
+    assert target("x", ">=", 1000, "/s", 1000)["status"] == MET
+    assert target("x", "<=", 0, "", 0)["status"] == MET
+    assert target("x", "<=", 2, "ms", None)["status"] == NOT_MEASURED
+    assert target("x", ">=", 1, "/s", 5, valid=False)["status"] == NOT_MET
+
+
+def test_every_target_is_met_by_a_fast_enough_result() -> None:
+    targets = evaluate_targets(fast_result())
+    assert len(targets) == 11
+    assert {t["status"] for t in targets} == {MET}, [t for t in targets if t["status"] != MET]
+
+
+def test_targets_read_each_figure_from_its_own_run() -> None:
+    result = fast_result()
+    slow = {**FAST, "order": 5.0, "kafka": 1.5}
+    result["e2e"] = e2e_run(cpu=slow, completed=128.0, lost=2, rss=151.0)
+    result["paced"] = e2e_run(cpu=FAST, p99=192.0, rate=64.0, doubled=1, errors=3)
+    result["consumer"]["phases"][0]["events_per_s"] = 3000.0  # type: ignore[index]
+    targets = by_name(evaluate_targets(result))
+    assert targets["services CPU per completed order"]["value"] == pytest.approx(5.8)
+    assert targets["services CPU per completed order"]["status"] == NOT_MET
+    assert targets["broker CPU per completed order"]["status"] == NOT_MET
+    assert targets["completed orders/s, steady window"]["value"] == 128.0
+    assert targets["lost orders (accepted, no outcome)"]["value"] == 2
+    assert targets["lost orders (accepted, no outcome)"]["detail"] == "unpaced 2, paced 0"
+    assert targets["doubled orders (2+ outcome records)"]["status"] == NOT_MET
+    assert targets["errors (non-202 + socket errors)"]["value"] == 3
+    assert targets["p99 request->outcome at half rate"]["value"] == 192.0
+    assert targets["p99 request->outcome at half rate"]["status"] == NOT_MET
+    assert targets["inventory consumer, order-created/s"]["status"] == NOT_MET
+    assert targets["inventory consumer / raw consume+decode"]["value"] == pytest.approx(0.15)
+    assert targets["peak RSS per service process"]["value"] == 151.0
+    assert targets["peak RSS per service process"]["status"] == NOT_MET
+
+
+def test_missing_parts_are_not_measured_and_a_failed_relay_check_is_not_met() -> None:
+    relay_result = {"relay_per_s": 50000.0, "verified": False, "problem": "relay topic holds 99999"}
+    targets = by_name(evaluate_targets({"relay": relay_result}))
+    relay = targets.pop("outbox relay drain, events/s")
+    assert relay["status"] == NOT_MET
+    assert relay["detail"] == "relay topic holds 99999"
+    assert {t["status"] for t in targets.values()} == {NOT_MEASURED}
+
+
+def test_render_opens_with_the_cpu_headline_then_the_targets() -> None:
+    result = fast_result()
+    result["cpu_ms_per_order"] = cpu_headline(result["e2e"])  # type: ignore[arg-type]
+    result["targets"] = evaluate_targets(result)
+    lines = render_headline(result)
+    assert lines[0].startswith("CPU per completed order (1000 orders")
+    assert "services total (order+inventory+product+user)" in lines[1]
+    assert "1.60 ms" in lines[1] and "target <= 2 ms: met" in lines[1]
+    assert "broker (kafka)" in lines[2] and "0.90 ms" in lines[2]
+    assert "targets" in lines
+    table = lines[lines.index("targets") + 1 :]
+    assert len(table) == 11
+    assert all(line.rstrip().split("  (")[0].endswith(MET) for line in table)
+    top = {key: result[key] for key in ("cpu_ms_per_order", "targets")}
+    assert render(top) == "\n".join(lines)
+
+
+def test_render_reports_a_part_that_failed() -> None:
+    text = render({"relay_error": "RuntimeError('broker away')", "targets": []})
+    assert "relay: failed: RuntimeError('broker away')" in text
