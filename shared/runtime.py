@@ -28,6 +28,7 @@ from shared.consumer import ConsumerWorker
 from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader, writing
 from shared.deadletter import DEAD_LETTERS
 from shared.envelope import utcnow
+from shared.groupcommit import GroupCommit
 from shared.migrations import upgrade
 from shared.outbox import OutboxRelay
 from shared.producer import Delivery, EventProducer
@@ -69,6 +70,8 @@ class ServiceRuntime:
             settings.topic_prefix,
             read_sessions=self.read_sessions,
         )
+        self.writes = GroupCommit(self.uow, name=spec.name)
+        """Where async routes send their writes: one transaction per group of requests."""
         self.producer: EventProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: ConsumerWorker | None = None
@@ -96,6 +99,7 @@ class ServiceRuntime:
             on_published=spec.on_published,
         )
         self.relay.start()
+        self.writes.start()
         if spec.subscribes:
             self.consumer = ConsumerWorker(
                 name=spec.name,
@@ -119,6 +123,7 @@ class ServiceRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self.writes.stop()
         if self.consumer:
             self.consumer.stop()
         if self.relay:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.inventory import handlers
 from services.inventory.events import (
     ORDER_CANCELLED,
@@ -14,7 +16,7 @@ from services.inventory.events import (
     ProductCreated,
 )
 from shared.envelope import Envelope
-from shared.router import EventRouter
+from shared.router import EventRouter, Received
 from shared.unit_of_work import Unit
 
 events = EventRouter()
@@ -26,9 +28,9 @@ def on_product_created(unit: Unit, _event: Envelope, payload: ProductCreated) ->
     handlers.register_product(unit, payload)
 
 
-@events.on(ORDER_CREATED, OrderCreated)
-def on_order_created(unit: Unit, _event: Envelope, payload: OrderCreated) -> None:
-    handlers.reserve_stock(unit, payload)
+@events.on(ORDER_CREATED, OrderCreated, batch=True)
+def on_order_created(unit: Unit, received: Sequence[Received[OrderCreated]]) -> None:
+    handlers.reserve_stock(unit, *(r.payload for r in received), causes=[r.event for r in received])
 
 
 @events.on(ORDER_CANCELLED, OrderCancelled)

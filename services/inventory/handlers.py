@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.events import (
@@ -37,6 +38,7 @@ from services.inventory.events import (
 from services.inventory.models import Order, OrderStatus, Reservation, Stock
 from services.inventory.schemas import StockIn
 from shared.db import insert
+from shared.envelope import Envelope, utcnow
 from shared.http import NotFound
 from shared.unit_of_work import Unit
 
@@ -59,45 +61,75 @@ def register_product(unit: Unit, product: ProductCreated) -> None:
     )
 
 
-def reserve_stock(unit: Unit, order: OrderCreated) -> None:
-    """Hold every line of a new order, or hold nothing and report what is short.
+def reserve_stock(
+    unit: Unit, *orders: OrderCreated, causes: Sequence[Envelope | None] = ()
+) -> None:
+    """Hold every line of each new order, or hold nothing of it and report what is short;
+    orders are served in the order given, each from what the ones before it left.
 
-    An order already seen (reserved, short, or cancelled first) reserves nothing more."""
+    An order already seen (reserved, short, or cancelled first) reserves nothing more.
+    Set-based, for a consumer's whole run of `order-created`: one insert claims every
+    order, one select locks the stock rows involved, one update per product writes the
+    result, and each product's new availability is emitted once. `causes` names the
+    event behind each order, for the events it emits."""
     session = unit.session
-    if not _claim_order(session, order.order_id, OrderStatus.RESERVED):
-        log.info("order %s was seen before: nothing to reserve", order.order_id)
+    cause = dict(zip((o.order_id for o in orders), causes, strict=False))
+    claimed = _claim_orders(session, [o.order_id for o in orders], OrderStatus.RESERVED)
+    fresh = []
+    for order in orders:
+        if order.order_id in claimed:
+            claimed.discard(order.order_id)
+            fresh.append(order)
+        else:
+            log.info("order %s was seen before: nothing to reserve", order.order_id)
+    if not fresh:
         return
-    wanted = _sum_lines(order.items)
-    stocks = _lock_stock(session, wanted)
-    available = {product_id: stock.available for product_id, stock in stocks.items()}
-    shortages = [
-        Shortage(product_id=product_id, requested=quantity, available=available.get(product_id, 0))
-        for product_id, quantity in wanted.items()
-        if available.get(product_id, 0) < quantity
-    ]
-    if shortages:
-        session.execute(
-            update(Order).where(Order.order_id == order.order_id).values(status=OrderStatus.SHORT)
-        )
+    wanted = {order.order_id: _sum_lines(order.items) for order in fresh}
+    stock = _lock_stock_rows(session, {p for lines in wanted.values() for p in lines})
+    short: list[str] = []
+    held: list[dict[str, object]] = []
+    last_change: dict[str, Envelope | None] = {}
+    for order in fresh:
+        lines = wanted[order.order_id]
+        by = cause.get(order.order_id)
+        shortages = [
+            Shortage(product_id=p, requested=q, available=stock[p].available if p in stock else 0)
+            for p, q in lines.items()
+            if p not in stock or stock[p].available < q
+        ]
+        if shortages:
+            short.append(order.order_id)
+            unit.outbox.emit(
+                STOCK,
+                STOCK_SHORTAGE,
+                order.order_id,
+                StockShortage(order_id=order.order_id, shortages=shortages),
+                caused_by=by,
+            )
+            continue
+        for product_id, quantity in lines.items():
+            row = stock[product_id]
+            row.available -= quantity
+            row.reserved += quantity
+            row.version += 1
+            last_change[product_id] = by
+            held.append(
+                {"order_id": order.order_id, "product_id": product_id, "quantity": quantity}
+            )
         unit.outbox.emit(
             STOCK,
-            STOCK_SHORTAGE,
+            STOCK_RESERVED,
             order.order_id,
-            StockShortage(order_id=order.order_id, shortages=shortages),
+            StockReserved(order_id=order.order_id, items=_lines(lines)),
+            caused_by=by,
         )
-        return
-    for product_id, quantity in wanted.items():
-        stock = stocks[product_id]
-        stock.available -= quantity
-        stock.reserved += quantity
-        session.add(Reservation(order_id=order.order_id, product_id=product_id, quantity=quantity))
-        _record_change(unit, stock)
-    unit.outbox.emit(
-        STOCK,
-        STOCK_RESERVED,
-        order.order_id,
-        StockReserved(order_id=order.order_id, items=_lines(wanted)),
-    )
+    if short:
+        session.execute(
+            update(Order).where(Order.order_id.in_(short)).values(status=OrderStatus.SHORT)
+        )
+    if held:
+        session.execute(insert(session, Reservation), held)
+        _write_stock(unit, [stock[p] for p in sorted(last_change)], last_change)
 
 
 def release_stock(unit: Unit, cancellation: OrderCancelled) -> None:
@@ -168,6 +200,72 @@ def _claim_order(session: Session, order_id: str, status: OrderStatus) -> bool:
         .returning(Order.order_id)
     )
     return inserted is not None
+
+
+def _claim_orders(session: Session, order_ids: list[str], status: OrderStatus) -> set[str]:
+    """`_claim_order` for many orders in one statement: the ids this call inserted."""
+    rows = [{"order_id": order_id, "status": status} for order_id in dict.fromkeys(order_ids)]
+    statement = insert(session, Order).on_conflict_do_nothing().returning(Order.order_id)
+    return set(session.execute(statement, rows).scalars())
+
+
+@dataclass(slots=True)
+class _StockRow:
+    product_id: str
+    available: int
+    reserved: int
+    version: int
+
+
+def _lock_stock_rows(session: Session, product_ids: Iterable[str]) -> dict[str, _StockRow]:
+    """The stock rows of `product_ids` that exist, as plain values, locked FOR UPDATE in
+    product id order."""
+    c = Stock.__table__.c
+    rows = session.execute(
+        select(c.product_id, c.available, c.reserved, c.version)
+        .where(c.product_id.in_(sorted(set(product_ids))))
+        .order_by(c.product_id)
+        .with_for_update()
+    )
+    return {row.product_id: _StockRow(*row) for row in rows}
+
+
+_SET_STOCK = (
+    update(Stock.__table__)
+    .where(Stock.__table__.c.product_id == bindparam("b_product_id"))
+    .values(
+        available=bindparam("b_available"),
+        reserved=bindparam("b_reserved"),
+        version=bindparam("b_version"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+def _write_stock(unit: Unit, rows: list[_StockRow], causes: dict[str, Envelope | None]) -> None:
+    """Write locked stock rows back in one statement, and emit each one's availability."""
+    now = utcnow()
+    unit.session.connection().execute(
+        _SET_STOCK,
+        [
+            {
+                "b_product_id": row.product_id,
+                "b_available": row.available,
+                "b_reserved": row.reserved,
+                "b_version": row.version,
+                "b_updated_at": now,
+            }
+            for row in rows
+        ],
+    )
+    for row in rows:
+        unit.outbox.emit(
+            STOCK_CHANGES,
+            STOCK_CHANGED,
+            row.product_id,
+            StockChanged(product_id=row.product_id, available=row.available, version=row.version),
+            caused_by=causes.get(row.product_id),
+        )
 
 
 def _lock_stock(session: Session, product_ids: Iterable[str]) -> dict[str, Stock]:

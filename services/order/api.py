@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import ORJSONResponse
 
 from services.order import handlers
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
@@ -24,15 +24,17 @@ PLACE_ORDER_ERRORS: Responses = {
 
 
 @router.post("/orders", status_code=202, response_model=OrderOut, responses=PLACE_ORDER_ERRORS)
-def place_order(
+async def place_order(
     body: OrderIn,
     runtime: Runtime,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> JSONResponse:
-    """Accept an order: it is PENDING until inventory answers."""
-    with runtime.uow() as unit:
-        response = handlers.place_order(unit, body, idempotency_key)
-    return JSONResponse(response, status_code=202)
+) -> ORJSONResponse:
+    """Accept an order: it is PENDING until inventory answers. Orders that arrive together
+    are committed together, and each is answered after that commit."""
+    response = await runtime.writes.submit(
+        lambda unit: handlers.place_order(unit, body, idempotency_key)
+    )
+    return ORJSONResponse(response, status_code=202)
 
 
 @router.get("/orders", response_model=list[OrderOut])

@@ -7,8 +7,7 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.order.events import (
@@ -39,7 +38,7 @@ from services.order.models import (
 from services.order.schemas import OrderIn, OrderOut
 from shared import tracing
 from shared.db import insert
-from shared.envelope import Envelope
+from shared.envelope import Envelope, utcnow
 from shared.http import Conflict, DomainError, NotFound
 from shared.producer import Delivery
 from shared.unit_of_work import Unit
@@ -82,61 +81,86 @@ class OrderNotCancellable(Conflict):
 def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None) -> dict[str, Any]:
     """Record a PENDING order and emit `order-created`; return the response body.
 
-    With an idempotency key, the key is claimed first: a replay of the same request gets
-    the first response and creates nothing; the same key with another request conflicts."""
+    With an idempotency key, the key is claimed first (insert-first): a replay of the
+    same request gets the first response and creates nothing; the same key with another
+    request conflicts. Core statements only: this runs once per order under load."""
+    session = unit.session
     order_id = str(uuid.uuid4())
-    claim: IdempotencyKey | None = None
+    request_hash = ""
     if idempotency_key is not None:
         request_hash = hashlib.sha256(
             orjson.dumps(command.model_dump(), option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
-        claim = IdempotencyKey(key=idempotency_key, request_hash=request_hash, order_id=order_id)
-        try:
-            with unit.session.begin_nested():
-                unit.session.add(claim)
-        except IntegrityError:
-            first = unit.session.get(IdempotencyKey, idempotency_key, populate_existing=True)
+        claimed = session.execute(
+            insert(session, _KEYS)
+            .values(key=idempotency_key, request_hash=request_hash, order_id=order_id)
+            .on_conflict_do_nothing()
+            .returning(_KEYS.c.key)
+        ).first()
+        if claimed is None:
+            first = session.execute(
+                select(_KEYS.c.request_hash, _KEYS.c.response).where(_KEYS.c.key == idempotency_key)
+            ).first()
             if first is None or first.request_hash != request_hash or first.response is None:
-                raise IdempotencyKeyReused(idempotency_key) from None
-            return first.response
+                raise IdempotencyKeyReused(idempotency_key)
+            return dict(first.response)
 
     _check_known(unit, command)
-    order = Order(id=order_id, user_id=command.user_id, status=OrderStatus.PENDING)
-    order.lines = [
-        OrderLine(line_no=n, product_id=line.product_id, quantity=line.quantity)
-        for n, line in enumerate(command.items)
-    ]
-    unit.session.add(order)
-    unit.session.flush()
+    now = utcnow()
     created = unit.outbox.emit(
         ORDERS,
         ORDER_CREATED,
-        order.id,
+        order_id,
         OrderCreated(
-            order_id=order.id,
-            user_id=order.user_id,
+            order_id=order_id,
+            user_id=command.user_id,
             items=[Line(product_id=i.product_id, quantity=i.quantity) for i in command.items],
         ),
-        correlation_id=order.id,
+        correlation_id=order_id,
     )
-    order.traceparent = created.traceparent
-    response = _response(order)
-    if claim is not None:
-        claim.response = response
+    session.execute(
+        insert(session, Order.__table__).values(
+            id=order_id,
+            user_id=command.user_id,
+            status=OrderStatus.PENDING,
+            traceparent=created.traceparent,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    lines = [
+        {"order_id": order_id, "line_no": n, "product_id": i.product_id, "quantity": i.quantity}
+        for n, i in enumerate(command.items)
+    ]
+    session.execute(insert(session, OrderLine.__table__), lines)
+    response = OrderOut.model_validate(
+        {
+            "id": order_id,
+            "user_id": command.user_id,
+            "lines": lines,
+            "status": OrderStatus.PENDING,
+            "reason": None,
+            "created_at": now,
+        }
+    ).model_dump(mode="json")
+    if idempotency_key is not None:
+        session.execute(
+            update(_KEYS).where(_KEYS.c.key == idempotency_key).values(response=response)
+        )
     return response
 
 
+_KEYS = IdempotencyKey.__table__
+
+
 def _check_known(unit: Unit, command: OrderIn) -> None:
-    if unit.session.get(KnownUser, command.user_id) is None:
+    session = unit.session
+    if session.scalar(select(KnownUser.id).where(KnownUser.id == command.user_id)) is None:
         raise UnknownUser(command.user_id)
     wanted = {line.product_id for line in command.items}
-    known = set(unit.session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
+    known = set(session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
     if missing := sorted(wanted - known):
         raise UnknownProducts(missing)
-
-
-def _response(order: Order) -> dict[str, Any]:
-    return OrderOut.model_validate(order).model_dump(mode="json")
 
 
 def get_order(unit: Unit, order_id: str, *, for_update: bool = False) -> Order:
@@ -177,35 +201,53 @@ def cancel_order(unit: Unit, order_id: str) -> Order:
 def confirm_order(unit: Unit, reserved: StockReserved) -> None:
     """Stock is held: a PENDING order is confirmed. A cancelled one stays cancelled (its
     `order-cancelled` follows `order-created` on one partition, so inventory releases)."""
-    order = get_order(unit, reserved.order_id, for_update=True)
-    if order.status is not OrderStatus.PENDING:
-        return
-    order.status = OrderStatus.CONFIRMED
-    unit.outbox.emit(
-        ORDERS, ORDER_CONFIRMED, order.id, OrderConfirmed(order_id=order.id, user_id=order.user_id)
-    )
+    user_id = _settle(unit, reserved.order_id, OrderStatus.CONFIRMED)
+    if user_id is not None:
+        unit.outbox.emit(
+            ORDERS,
+            ORDER_CONFIRMED,
+            reserved.order_id,
+            OrderConfirmed(order_id=reserved.order_id, user_id=user_id),
+        )
 
 
 def reject_order(unit: Unit, shortage: StockShortage) -> None:
-    order = get_order(unit, shortage.order_id, for_update=True)
-    if order.status is not OrderStatus.PENDING:
-        return
-    order.status = OrderStatus.REJECTED
-    order.reason = "insufficient stock: " + ", ".join(
+    reason = "insufficient stock: " + ", ".join(
         f"{s.product_id} (requested {s.requested}, available {s.available})"
         for s in shortage.shortages
     )
-    unit.outbox.emit(
-        ORDERS,
-        ORDER_REJECTED,
-        order.id,
-        OrderRejected(
-            order_id=order.id,
-            user_id=order.user_id,
-            reason=order.reason,
-            shortages=shortage.shortages,
-        ),
-    )
+    user_id = _settle(unit, shortage.order_id, OrderStatus.REJECTED, reason)
+    if user_id is not None:
+        unit.outbox.emit(
+            ORDERS,
+            ORDER_REJECTED,
+            shortage.order_id,
+            OrderRejected(
+                order_id=shortage.order_id,
+                user_id=user_id,
+                reason=reason,
+                shortages=shortage.shortages,
+            ),
+        )
+
+
+def _settle(
+    unit: Unit, order_id: str, status: OrderStatus, reason: str | None = None
+) -> str | None:
+    """Move a PENDING order to `status` in one conditional update; its user id if it
+    moved, None if it was not pending. An unknown order is an error."""
+    table = Order.__table__
+    moved = unit.session.execute(
+        update(table)
+        .where(table.c.id == order_id, table.c.status == OrderStatus.PENDING)
+        .values(status=status, reason=reason, updated_at=utcnow())
+        .returning(table.c.user_id)
+    ).first()
+    if moved is not None:
+        return str(moved.user_id)
+    if unit.session.scalar(select(table.c.id).where(table.c.id == order_id)) is None:
+        raise OrderNotFound(order_id)
+    return None
 
 
 def remember_user(unit: Unit, user: UserRegistered) -> None:
@@ -237,33 +279,40 @@ def _upsert_newer(
 
 def record_event(unit: Unit, event: Envelope, order_id: str) -> None:
     """File an event of the order's saga, with where it sits on Kafka."""
-    file_event(unit.session, event, order_id)
+    file_events(unit.session, [(event, order_id)])
 
 
 def file_published(session: Session, deliveries: list[Delivery]) -> None:
     """The outbox relay's hook: file this service's own events (all keyed by order id) with
     the place the broker acknowledged, without consuming them back."""
-    for d in deliveries:
-        file_event(session, d.event.at(d.topic, d.partition or 0, d.offset or 0), d.event.key)
+    file_events(
+        session,
+        [(d.event.at(d.topic, d.partition or 0, d.offset or 0), d.event.key) for d in deliveries],
+    )
 
 
-def file_event(session: Session, event: Envelope, order_id: str) -> None:
+def file_events(session: Session, events: list[tuple[Envelope, str]]) -> None:
+    """File events in one statement; one already filed is left as it is."""
+    if not events:
+        return
     session.execute(
-        insert(session, OrderEvent.__table__)
-        .values(
-            event_id=event.id,
-            order_id=order_id,
-            type=event.type,
-            source=event.source,
-            time=event.time,
-            correlation_id=event.correlation_id,
-            causation_id=event.causation_id,
-            traceparent=event.traceparent,
-            topic=event.topic,
-            partition=event.partition,
-            offset=event.offset,
-        )
-        .on_conflict_do_nothing()
+        insert(session, OrderEvent.__table__).on_conflict_do_nothing(),
+        [
+            {
+                "event_id": event.id,
+                "order_id": order_id,
+                "type": event.type,
+                "source": event.source,
+                "time": event.time,
+                "correlation_id": event.correlation_id,
+                "causation_id": event.causation_id,
+                "traceparent": event.traceparent,
+                "topic": event.topic,
+                "partition": event.partition,
+                "offset": event.offset,
+            }
+            for event, order_id in events
+        ],
     )
 
 
