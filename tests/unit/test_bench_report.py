@@ -396,3 +396,10 @@ def test_render_opens_with_the_cpu_headline_then_the_targets() -> None:
 def test_render_reports_a_part_that_failed() -> None:
     text = render({"relay_error": "RuntimeError('broker away')", "targets": []})
     assert "relay: failed: RuntimeError('broker away')" in text
+
+
+def test_cpu_headline_keeps_the_database_server_out_of_the_services_total() -> None:
+    headline = cpu_headline(e2e_run(cpu={**FAST, "postgres": 2.5}))
+    assert headline["database"] == 2.5
+    assert headline["services_total"] == pytest.approx(1.6)
+    assert cpu_headline(e2e_run(cpu=FAST))["database"] is None

@@ -65,23 +65,26 @@ def setup_catalogue(
     timeout: float = 60,
 ) -> Catalogue:
     """One user, `products` products with ample stock and `scarce` with little; returns
-    once the order service accepts an order for every one of them."""
+    once the order service has confirmed an order for every one of them (stocked first,
+    so the probes are confirmed; the scarce stock is set again after them)."""
     run = uuid.uuid4().hex[:8]
     user = shop.register_user(f"Bench {run}", f"bench-{run}@example.com")["id"]
     ids = [
         shop.create_product(f"bench {run} #{n}", 100 + n)["id"] for n in range(products + scarce)
     ]
-    say(f"  user {user}, {len(ids)} products; waiting until the order service knows them")
-    for chunk in _chunks(ids, 100):  # an order holds at most 100 lines
+    ample, few = ids[:products], ids[products:]
+    say(f"  user {user}, {len(ids)} products; waiting until inventory and order know them")
+    for product_id in ample:
+        shop.set_stock_eventually(product_id, ample_stock, timeout)
+    for product_id in few:
+        shop.set_stock_eventually(product_id, scarce_stock + 1, timeout)
+    for chunk in _chunks(ids, 20):
         probe = shop.place_order_eventually(
             user, [{"product_id": p, "quantity": 1} for p in chunk], timeout=timeout
         )
         shop.wait_for_status(probe["id"], timeout=timeout)
-    ample, few = ids[:products], ids[products:]
-    for product_id in ample:
-        shop.set_stock_eventually(product_id, ample_stock, timeout)
     for product_id in few:
-        shop.set_stock_eventually(product_id, scarce_stock, timeout)
+        shop.set_stock(product_id, scarce_stock)
     return Catalogue(user, ample, few)
 
 

@@ -3,7 +3,7 @@ postgres`: its own run directory (.run/bench-pg), ports 8101-8104, fresh databas
 local PostgreSQL server (tools/postgres_local.sh, started if need be), a fresh topic prefix
 and consumer groups on the given broker, and `workers` uvicorn workers per service (each a
 consumer-group member with its own outbox relay). Stopped, and its databases dropped, on
-the way out."""
+the way out. The local server's processes are sampled as `postgres`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ class Target:
     pids: Mapping[str, int] = field(default_factory=dict)
     topic_prefix: str = ""
     workers: int = 1
+
+
+def local_server_pid() -> int | None:
+    """The postmaster of tools/postgres_local.sh's server (its backends are its children)."""
+    try:
+        return int((ROOT / ".run" / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def local_server_url() -> str:
@@ -80,7 +88,9 @@ def postgres_stack(
 ) -> Iterator[Target]:
     run = uuid.uuid4().hex[:8]
     prefix = f"bench-pg-{run}-"
+    local = server_url is None
     server_url = server_url or local_server_url()
+    database_pid = local_server_pid() if local else None
     names = {service: f"bench_pg_{run}_{service}" for service in PORTS}
     with databases(server_url, list(names.values())) as urls:
         env = {"TOPIC_PREFIX": prefix}
@@ -104,6 +114,8 @@ def postgres_stack(
             pids = {name: pid for name, s in stack.services.items() if (pid := s.pid())}
             if kafka_pid is not None:
                 pids["kafka"] = kafka_pid
+            if database_pid is not None:
+                pids["postgres"] = database_pid
             yield Target(
                 backend="postgresql",
                 urls={name: s.url for name, s in stack.services.items()},

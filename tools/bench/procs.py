@@ -61,10 +61,12 @@ def pid_files(run_dir: Path = RUN_DIR) -> dict[str, int]:
 
 
 class _Tree:
-    """A root process and its descendants, with the CPU time each had when last seen."""
+    """A root process and its descendants (unless `tree` is false), with the CPU time
+    each had when last seen."""
 
-    def __init__(self, root: psutil.Process) -> None:
+    def __init__(self, root: psutil.Process, tree: bool = True) -> None:
         self.root = root
+        self.tree = tree
         self.seen: dict[int, tuple[psutil.Process, float]] = {}
         self.last = time.time()
         self.sample()
@@ -98,6 +100,8 @@ class _Tree:
         return max(spent, 0.0), elapsed, rss
 
     def _children(self) -> list[psutil.Process]:
+        if not self.tree:
+            return []
         try:
             found = self.root.children(recursive=True)
         except psutil.Error:
@@ -130,15 +134,15 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         for name, pid in pids.items():
             self.add(name, pid)
-        self.add("bench", os.getpid())
+        self.add("bench", os.getpid(), tree=False)  # its children are sampled by name
 
-    def add(self, name: str, pid: int) -> None:
+    def add(self, name: str, pid: int, tree: bool = True) -> None:
         try:
-            tree = _Tree(psutil.Process(pid))
+            sampled = _Tree(psutil.Process(pid), tree)
         except psutil.Error:
             return
         with self._lock:
-            self._trees[name] = tree
+            self._trees[name] = sampled
 
     def remove(self, name: str) -> None:
         with self._lock:

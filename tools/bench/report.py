@@ -272,6 +272,7 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
 
 SERVICES = ("order", "inventory", "product", "user")
 BROKER = "kafka"
+DATABASE = "postgres"
 LOAD_GENERATORS = ("wrk", "bench")
 PHASE_WORKER_ORDERS = "worker: order-created"
 PHASE_RAW_DECODE = "raw consume + decode (envelope, pydantic)"
@@ -280,8 +281,9 @@ MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 
 
 def cpu_headline(e2e: Mapping[str, Any] | None) -> dict[str, Any]:
-    """CPU ms per completed order of a run: the services' sum, the broker's, and each
-    process's (None where not measured; the total is None unless every service was)."""
+    """CPU ms per completed order of a run: the services' sum, the broker's, the database
+    server's (PostgreSQL runs), and each process's (None where not measured; the total is
+    None unless every service was)."""
     processes = (e2e or {}).get("processes", {})
     per_process = {
         name: proc["cpu_ms_per_order"]
@@ -293,6 +295,7 @@ def cpu_headline(e2e: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "services_total": None if None in measured else sum(m or 0.0 for m in measured),
         "broker": per_process.get(BROKER),
+        "database": per_process.get(DATABASE),
         "per_process": per_process,
         "services": list(services),
         "orders": sum((e2e or {}).get("outcomes", {}).values()) if e2e else None,
@@ -425,9 +428,10 @@ def render_headline(result: Mapping[str, Any]) -> list[str]:
             beside = f"   target {_limit(entry)}: {entry['status']}" if entry else ""
             out.append(f"  {label:<46} {_value(cpu.get(key), 'ms'):>10}{beside}")
         per_process = cpu.get("per_process", {})
-        for name in [*cpu["services"], BROKER, *LOAD_GENERATORS, "others"]:
+        for name in [*cpu["services"], BROKER, DATABASE, *LOAD_GENERATORS, "others"]:
             if name in per_process:
                 note = {"wrk": "  (load generator)", "bench": "  (this bench)",
+                        DATABASE: "  (database server, not in the services total)",
                         "others": "  (other work on the machine)"}.get(name, "")  # fmt: skip
                 out.append(f"    {name:<44} {_value(per_process[name], 'ms'):>10}{note}")
     if targets:
