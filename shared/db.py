@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -56,6 +57,7 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for SQLite (WAL, write transactions that lock up front) or PostgreSQL."""
     parsed = make_url(url)
+    kwargs = {"json_serializer": _json_text, "json_deserializer": orjson.loads, **kwargs}
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
     if parsed.database and parsed.database != ":memory:":
@@ -82,6 +84,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 _READ_ONLY = "shop_read_only"

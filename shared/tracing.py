@@ -7,6 +7,7 @@ The HTTP middleware and the consumer loop open a span and set the causation cont
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -47,6 +48,11 @@ def configure(service_name: str) -> None:
         )
 
 
+@functools.cache
+def _tracer() -> trace.Tracer:
+    return trace.get_tracer("shared")
+
+
 def current_traceparent() -> tuple[str | None, str | None]:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
@@ -69,7 +75,7 @@ def span(
     """Continue the trace in `traceparent` (or start one) and set the causation context."""
     carrier = {"traceparent": traceparent or "", "tracestate": tracestate or ""}
     parent = _propagator.extract(carrier) if traceparent else None
-    tracer = trace.get_tracer("shared")
+    tracer = _tracer()
     token = _cause.set(cause)
     try:
         with tracer.start_as_current_span(name, context=parent, kind=kind):
@@ -93,9 +99,7 @@ def _child_of(event: Envelope) -> tuple[str | None, str | None]:
     """The `traceparent` of a process span of `event`, a child of the span that sent it."""
     carrier = {"traceparent": event.traceparent or "", "tracestate": event.tracestate or ""}
     parent = _propagator.extract(carrier) if event.traceparent else None
-    span = trace.get_tracer("shared").start_span(
-        f"{event.type} process", context=parent, kind=SpanKind.CONSUMER
-    )
+    span = _tracer().start_span(f"{event.type} process", context=parent, kind=SpanKind.CONSUMER)
     span.end()
     out: dict[str, str] = {}
     _propagator.inject(out, context=trace.set_span_in_context(span))

@@ -3,6 +3,8 @@ in the order's chain (the service's own are filed as the outbox relay publishes 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.order import handlers
 from services.order.events import (
     PRODUCT_CREATED,
@@ -17,16 +19,16 @@ from services.order.events import (
     UserRegistered,
 )
 from shared.envelope import Envelope
-from shared.router import EventRouter
+from shared.router import EventRouter, Received
 from shared.unit_of_work import Unit
 
 events = EventRouter()
 
 
-@events.on(STOCK_RESERVED, StockReserved)
-def on_stock_reserved(unit: Unit, event: Envelope, payload: StockReserved) -> None:
-    handlers.record_event(unit, event, payload.order_id)
-    handlers.confirm_order(unit, payload)
+@events.on(STOCK_RESERVED, StockReserved, batch=True)
+def on_stock_reserved(unit: Unit, received: Sequence[Received[StockReserved]]) -> None:
+    handlers.file_events(unit.session, [(r.event, r.payload.order_id) for r in received])
+    handlers.confirm_order(unit, *(r.payload for r in received), causes=[r.event for r in received])
 
 
 @events.on(STOCK_SHORTAGE, StockShortage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -198,17 +199,38 @@ def cancel_order(unit: Unit, order_id: str) -> Order:
     return order
 
 
-def confirm_order(unit: Unit, reserved: StockReserved) -> None:
+def confirm_order(
+    unit: Unit, *answers: StockReserved, causes: Sequence[Envelope | None] = ()
+) -> None:
     """Stock is held: a PENDING order is confirmed. A cancelled one stays cancelled (its
-    `order-cancelled` follows `order-created` on one partition, so inventory releases)."""
-    user_id = _settle(unit, reserved.order_id, OrderStatus.CONFIRMED)
-    if user_id is not None:
-        unit.outbox.emit(
-            ORDERS,
-            ORDER_CONFIRMED,
-            reserved.order_id,
-            OrderConfirmed(order_id=reserved.order_id, user_id=user_id),
-        )
+    `order-cancelled` follows `order-created` on one partition, so inventory releases).
+
+    Set-based for a consumer's run of `stock-reserved`: one conditional update moves
+    every pending order; `causes` names the event behind each answer."""
+    table = Order.__table__
+    ids = [answer.order_id for answer in answers]
+    moved = dict(
+        unit.session.execute(
+            update(table)
+            .where(table.c.id.in_(ids), table.c.status == OrderStatus.PENDING)
+            .values(status=OrderStatus.CONFIRMED, updated_at=utcnow())
+            .returning(table.c.id, table.c.user_id)
+        ).all()
+    )
+    if unmoved := set(ids) - set(moved):
+        found = set(unit.session.scalars(select(table.c.id).where(table.c.id.in_(unmoved))))
+        if missing := sorted(unmoved - found):
+            raise OrderNotFound(missing[0])
+    cause = dict(zip(ids, causes, strict=False))
+    for order_id in ids:
+        if (user_id := moved.pop(order_id, None)) is not None:
+            unit.outbox.emit(
+                ORDERS,
+                ORDER_CONFIRMED,
+                order_id,
+                OrderConfirmed(order_id=order_id, user_id=user_id),
+                caused_by=cause.get(order_id),
+            )
 
 
 def reject_order(unit: Unit, shortage: StockShortage) -> None:

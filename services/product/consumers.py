@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.product import handlers
 from services.product.events import STOCK_CHANGED, StockChanged
-from shared.envelope import Envelope
-from shared.router import EventRouter
+from shared.router import EventRouter, Received
 from shared.unit_of_work import Unit
 
 events = EventRouter()
 
 
-@events.on(STOCK_CHANGED, StockChanged)
-def on_stock_changed(unit: Unit, _event: Envelope, payload: StockChanged) -> None:
-    handlers.apply_stock_changed(unit, payload)
+@events.on(STOCK_CHANGED, StockChanged, batch=True)
+def on_stock_changed(unit: Unit, received: Sequence[Received[StockChanged]]) -> None:
+    handlers.apply_stock_changed(unit, *(r.payload for r in received))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from services.product.events import PRODUCT_CREATED, PRODUCTS, ProductCreated, StockChanged
 from services.product.models import Product
@@ -46,10 +46,25 @@ def list_products(unit: Unit) -> list[Product]:
     return list(unit.session.scalars(select(Product).order_by(Product.created_at, Product.id)))
 
 
-def apply_stock_changed(unit: Unit, change: StockChanged) -> None:
-    """Keep `in_stock` from inventory's events, ignoring any older than what we hold."""
-    unit.session.execute(
-        update(Product)
-        .where(Product.id == change.product_id, Product.stock_version < change.version)
-        .values(in_stock=change.available > 0, stock_version=change.version)
+def apply_stock_changed(unit: Unit, *changes: StockChanged) -> None:
+    """Keep `in_stock` from inventory's events, ignoring any older than what we hold; a run
+    of changes is one statement, with the newest change of each product."""
+    newest: dict[str, StockChanged] = {}
+    for change in changes:
+        if change.product_id not in newest or newest[change.product_id].version < change.version:
+            newest[change.product_id] = change
+    unit.session.connection().execute(
+        _APPLY_STOCK,
+        [
+            {"b_id": c.product_id, "b_version": c.version, "b_in_stock": c.available > 0}
+            for c in newest.values()
+        ],
     )
+
+
+_table = Product.__table__
+_APPLY_STOCK = (
+    update(_table)
+    .where(_table.c.id == bindparam("b_id"), _table.c.stock_version < bindparam("b_version"))
+    .values(in_stock=bindparam("b_in_stock"), stock_version=bindparam("b_version"))
+)

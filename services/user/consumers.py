@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.user import handlers
 from services.user.events import (
     ORDER_CANCELLED,
@@ -13,16 +15,16 @@ from services.user.events import (
     OrderRejected,
 )
 from shared.envelope import Envelope
-from shared.router import EventRouter
+from shared.router import EventRouter, Received
 from shared.unit_of_work import Unit
 
 events = EventRouter()
 events.ignore(ORDER_CREATED)
 
 
-@events.on(ORDER_CONFIRMED, OrderConfirmed)
-def on_order_confirmed(unit: Unit, _event: Envelope, payload: OrderConfirmed) -> None:
-    handlers.notify_order_confirmed(unit, payload)
+@events.on(ORDER_CONFIRMED, OrderConfirmed, batch=True)
+def on_order_confirmed(unit: Unit, received: Sequence[Received[OrderConfirmed]]) -> None:
+    handlers.notify_order_confirmed(unit, *(r.payload for r in received))
 
 
 @events.on(ORDER_REJECTED, OrderRejected)

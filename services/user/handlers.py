@@ -76,9 +76,20 @@ def list_notifications(unit: Unit, user_id: str) -> list[Notification]:
     )
 
 
-def notify_order_confirmed(unit: Unit, event: OrderConfirmed) -> None:
-    message = f"Order {event.order_id} is confirmed."
-    _notify(unit, event.user_id, event.order_id, ORDER_CONFIRMED, message)
+def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
+    """One notification per confirmed order, for a whole run of events in one insert."""
+    _notify_all(
+        unit,
+        [
+            {
+                "user_id": event.user_id,
+                "order_id": event.order_id,
+                "type": ORDER_CONFIRMED,
+                "message": f"Order {event.order_id} is confirmed.",
+            }
+            for event in events
+        ],
+    )
 
 
 def notify_order_rejected(unit: Unit, event: OrderRejected) -> None:
@@ -108,6 +119,13 @@ def _notify(unit: Unit, user_id: str, order_id: str, type_: str, message: str) -
     ).first()
     if inserted is None:
         log.info("order %s already has a %s notification; skipped", order_id, type_)
+
+
+def _notify_all(unit: Unit, rows: list[dict[str, str]]) -> None:
+    """`_notify` for many notifications in one statement."""
+    if rows:
+        statement = insert(unit.session, Notification.__table__).on_conflict_do_nothing()
+        unit.session.execute(statement, rows)
 
 
 def _describe(shortage: Shortage) -> str:
