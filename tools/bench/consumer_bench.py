@@ -13,9 +13,9 @@ unique) consumes:
 
 Each phase is timed from the first event applied to the last. Then, over the same
 records: a raw consume loop (consume and count), the same plus decoding (Envelope and
-the pydantic payload), and the handlers applied without Kafka on a fresh database in one
-transaction per event (what ConsumerWorker does) against one transaction per 200 events,
-with and without a savepoint per event: what batching the consumer's commits would buy.
+the pydantic payload), and the handlers applied without Kafka on a fresh database,
+claimed and dispatched through the router as ConsumerWorker does with a fetched run: one
+transaction per event, one per 200 events with a savepoint per event, and one per 200.
 Those three apply as many order-created events as the worker applied in `direct_seconds`
 (at least 500, at most `events`), so a slow consumer does not make the run long."""
 
@@ -37,14 +37,14 @@ from sqlalchemy import update
 from services.inventory.config import InventorySettings
 from services.inventory.main import SPEC
 from services.inventory.models import Stock
-from shared import tracing
 from shared.consumer import ConsumerWorker
 from shared.db import make_engine, make_sessions
 from shared.deadletter import DEAD_LETTERS
 from shared.envelope import Envelope
-from shared.idempotency import Claim, claim
+from shared.idempotency import Claim, claim_many
 from shared.migrations import upgrade
 from shared.producer import EventProducer
+from shared.router import Received
 from shared.runtime import ServiceRuntime
 from shared.topics import ensure_topics
 from shared.unit_of_work import UnitOfWork
@@ -167,14 +167,19 @@ def _apply_direct(
 def _apply_batches(
     uow: UnitOfWork, events: Sequence[tuple[Envelope, Any]], batch: int, savepoints: bool
 ) -> None:
+    """Claim and dispatch `batch` events per transaction, as the consumer does; with
+    `savepoints`, each event alone in a savepoint."""
     for start in range(0, len(events), batch):
+        run = [Received(event, payload) for event, payload in events[start : start + batch]]
         with uow() as unit:
-            for event, payload in events[start : start + batch]:
-                route = SPEC.router.routes[event.type]
+            for part in [[item] for item in run] if savepoints else [run]:
                 nested = unit.session.begin_nested() if savepoints else contextlib.nullcontext()
-                with tracing.consuming(event), nested:
-                    if claim(unit.session, SPEC.processed_model, "inventory", event) is Claim.NEW:
-                        route.handler(unit, event, payload)
+                with nested:
+                    claims = claim_many(
+                        unit.session, SPEC.processed_model, "inventory", [i.event for i in part]
+                    )
+                    fresh = [i for i, c in zip(part, claims, strict=True) if c is Claim.NEW]
+                    SPEC.router.dispatch(unit, fresh)
 
 
 def run(
