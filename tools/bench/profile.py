@@ -1,6 +1,7 @@
-"""py-spy on the services while the load runs: per service a CPU flame graph (SVG: threads
-on CPU only) and the folded stacks of every thread, idle or not (--idle: wall-clock time,
-so waiting for a lock or for Kafka shows), summarised by report.profile_summary.
+"""py-spy on the services (with their worker processes) while the load runs: per service a
+CPU flame graph (SVG: threads on CPU only) and the folded stacks of every thread, idle or
+not (--idle: wall-clock time, so waiting for a lock or for Kafka shows), summarised by
+report.profile_summary.
 
 Both recordings run with --nonblocking (they read the process's memory without pausing
 it), so two of them can watch one process at once and the service is barely slowed."""
