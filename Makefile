@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench jars clean
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -65,3 +65,10 @@ format: $(STAMP)
 
 clean: down
 	rm -rf .run
+
+# The same on a PostgreSQL stack of its own (ports 8101-8104, 2 workers per service).
+bench-postgres: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	bash tools/postgres_local.sh install
+	$(PY) -m tools.bench --backend postgres $(BENCH_ARGS)

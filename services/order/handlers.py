@@ -234,9 +234,13 @@ def confirm_order(
 
 
 def reject_order(unit: Unit, shortage: StockShortage) -> None:
-    reason = "insufficient stock: " + ", ".join(
-        f"{s.product_id} (requested {s.requested}, available {s.available})"
-        for s in shortage.shortages
+    reason = _fit(
+        "insufficient stock: "
+        + ", ".join(
+            f"{s.product_id} (requested {s.requested}, available {s.available})"
+            for s in shortage.shortages
+        ),
+        Order.__table__.c.reason.type.length or 2000,
     )
     user_id = _settle(unit, shortage.order_id, OrderStatus.REJECTED, reason)
     if user_id is not None:
@@ -251,6 +255,12 @@ def reject_order(unit: Unit, shortage: StockShortage) -> None:
                 shortages=shortage.shortages,
             ),
         )
+
+
+def _fit(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis (the shortages stay whole in
+    the event)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _settle(
