@@ -22,7 +22,7 @@ from shared.deadletter import Reason
 from shared.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
 from shared.outbox import row_to_envelope
 from shared.producer import DeliveryError
-from shared.router import EventRouter
+from shared.router import EventRouter, Received
 from shared.unit_of_work import Unit, UnitOfWork
 from tests.schema import Base, Outbox, Processed
 
@@ -562,3 +562,49 @@ def test_an_outage_rolls_back_the_whole_run_and_seeks_back_to_its_start(
     assert sorted(loop_consumer.seeks) == [(TOPIC, 0, 10), (TOPIC, 1, 7)]
     assert loop_consumer.closed
     assert harness.worker.last_error is not None and "locked" in harness.worker.last_error
+
+
+def test_one_fetched_batch_applies_good_events_once_and_sends_the_rest_where_they_belong(
+    harness: Harness,
+) -> None:
+    first, second, third = tick(1), tick(2), tick(3)
+    reused = replace(second, data=dump_json(Tick(seq=99)))
+    batch = [
+        message(first, offset=0),
+        FakeMessage(b"{not json", tick(4).headers(), offset_=1),
+        message(second, offset=2),
+        message(first, offset=3),  # an exact redelivery
+        message(reused, offset=4),  # the same id with another payload
+        message(third, offset=5),
+    ]
+
+    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+
+    assert harness.applied() == [1, 2, 3]
+    assert harness.calls == [first.id, second.id, third.id]
+    assert harness.reasons() == [Reason.INVALID_ENVELOPE, Reason.CONFLICT]
+    assert harness.consumer.stored == batch
+    assert harness.processed() == 3
+    assert [e.json() for e in harness.emitted()] == [{"seq": 1}, {"seq": 2}, {"seq": 3}]
+    assert (harness.worker.applied, harness.worker.dead_lettered) == (3, 2)
+
+
+def test_a_batch_handler_gets_each_run_of_its_type_in_order(uow: UnitOfWork) -> None:
+    calls: list[tuple[str, list[int]]] = []
+    router = EventRouter()
+
+    @router.on("tick", Tick, batch=True)
+    def ticks(unit: Unit, received: Any) -> None:
+        calls.append(("tick", [r.payload.seq for r in received]))
+
+    @router.on("tock", Tock)
+    def tock(unit: Unit, event: Envelope, payload: Tock) -> None:
+        calls.append(("tock", [payload.seq]))
+
+    events = [tick(1), tick(2), tick(3, event_type="tock"), tick(4), tick(5)]
+    received = [Received(e, (Tock if e.type == "tock" else Tick).model_validate_json(e.data))
+                for e in events]  # fmt: skip
+    with uow() as unit:
+        router.dispatch(unit, received)
+
+    assert calls == [("tick", [1, 2]), ("tock", [3]), ("tick", [4, 5])]
