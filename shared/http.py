@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import tracing
@@ -187,11 +188,21 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
 
+async def _unstorable(_request: Request, exc: Exception) -> Response:
+    """A value the schema let through but the database cannot hold (PostgreSQL refuses a
+    NUL character in text, for one): the request's fault, so a 422 shaped like FastAPI's."""
+    assert isinstance(exc, DataError)
+    reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+    issue = {"loc": ["body"], "msg": f"value cannot be stored: {reason}", "type": "value_error"}
+    return JSONResponse({"detail": [issue]}, status_code=422)
+
+
 def install(app: FastAPI, *, max_body_bytes: int) -> None:
-    """Add the middleware, the error handler and the operational endpoints."""
+    """Add the middleware, the error handlers and the operational endpoints."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TracingMiddleware)
     app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(DataError, _unstorable)
 
     @app.get("/health", tags=["ops"])
     def health() -> dict[str, str]:

@@ -152,3 +152,26 @@ def test_join_trace_without_a_stored_trace_changes_nothing() -> None:
             emitted = event()
 
     assert parts(emitted.traceparent)[1] == own
+
+
+def test_an_event_caused_by_a_consumed_event_continues_its_trace_as_its_child() -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    consumed = Envelope(
+        type="order-created",
+        source="/services/order",
+        key="o-1",
+        data=b"{}",
+        correlation_id="o-1",
+        traceparent=parent,
+    )
+
+    event = tracing.new_event(
+        "stock-reserved", "o-1", Ping(), source="/services/inventory", caused_by=consumed
+    )
+
+    assert event.causation_id == consumed.id
+    assert event.correlation_id == "o-1"
+    assert event.traceparent is not None
+    _, trace_id, span_id, _ = event.traceparent.split("-")
+    assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert span_id != "00f067aa0ba902b7"
