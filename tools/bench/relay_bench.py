@@ -31,9 +31,10 @@ from sqlalchemy import Engine, func, insert, make_url, select, text
 from sqlalchemy.orm import DeclarativeBase
 
 from shared.db import OutboxMixin, make_engine, make_sessions
-from shared.envelope import Envelope, utcnow
-from shared.outbox import OutboxRelay
+from shared.envelope import Envelope
+from shared.outbox import OutboxRelay, outbox_row
 from shared.producer import EventProducer, producer_config
+from shared.runtime import quiet_garbage_collector
 from shared.topics import ensure_topics
 
 SOURCE = "/bench/relay"
@@ -63,18 +64,6 @@ def envelope(n: int) -> Envelope:
         correlation_id=order_id,
         traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
     )
-
-
-def outbox_row(topic: str, event: Envelope) -> dict[str, Any]:
-    return {
-        "event_id": event.id,
-        "topic": topic,
-        "key": event.key,
-        "event_type": event.type,
-        "headers": [[name, value] for name, value in event.text_headers()],
-        "payload": event.data,
-        "created_at": utcnow(),
-    }
 
 
 @contextlib.contextmanager
@@ -186,6 +175,7 @@ def run(
                 producer = EventProducer(bootstrap)
                 options = {} if batch_size is None else {"batch_size": batch_size}
                 relay = OutboxRelay(sessions, BenchOutbox, producer, **options)
+                quiet_garbage_collector()  # as a service does once it has started
                 try:
                     relay_s, calls = drain(relay, timeout)
                 finally:
