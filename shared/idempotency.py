@@ -24,36 +24,13 @@ class Claim(enum.Enum):
     """The id was applied before with another payload: never apply, dead-letter it."""
 
 
-def claim(
-    session: Session, model: type[ProcessedEventMixin], consumer: str, event: Envelope
-) -> Claim:
-    statement = (
-        insert(session, model.__table__)  # type: ignore[attr-defined]
-        .values(
-            consumer=consumer,
-            event_id=event.id,
-            fingerprint=event.fingerprint,
-            event_type=event.type,
-            processed_at=utcnow(),
-        )
-        .on_conflict_do_nothing()
-        .returning(model.event_id)
-    )
-    if session.execute(statement).first() is not None:
-        return Claim.NEW
-    first = session.scalar(
-        select(model.fingerprint).where(model.consumer == consumer, model.event_id == event.id)
-    )
-    return Claim.DUPLICATE if first == event.fingerprint else Claim.CONFLICT
-
-
 def claim_many(
     session: Session,
     model: type[ProcessedEventMixin],
     consumer: str,
     events: Sequence[Envelope],
 ) -> list[Claim]:
-    """`claim` for a run of events, in two statements at most: one insert for all, and one
+    """Claim a run of events, in two statements at most: one insert for all, and one
     look-up of the fingerprints of those already claimed. An id repeated within the run
     counts as claimed by its first occurrence."""
     if not events:

@@ -1,7 +1,7 @@
 """Transactional outbox: events are rows committed with the change; a relay publishes them.
 
-`add_events` is called inside the business transaction. `OutboxRelay` runs in a thread,
-is woken by every commit that added events (and polls as a fallback, for other
+The unit of work calls `add_rows` inside the business transaction. `OutboxRelay` runs in
+a thread, is woken by every commit that added events (and polls as a fallback, for other
 processes writing the same database), publishes unsent rows in id order with the
 idempotent producer, and marks them sent only after the broker acknowledged them. A crash
 between publish and mark republishes the same event ids, which consumers drop."""
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -44,13 +44,6 @@ def add_rows(session: Session, model: type[OutboxMixin], rows: list[dict[str, An
     """Insert outbox rows in the session's open transaction, in one statement."""
     session.execute(insert(model.__table__), rows)  # type: ignore[attr-defined]
     session.info[_DIRTY] = True
-
-
-def add_events(
-    session: Session, model: type[OutboxMixin], topic: str, events: Iterable[Envelope]
-) -> None:
-    """Append events to the outbox in the session's open transaction."""
-    add_rows(session, model, [outbox_row(topic, envelope) for envelope in events])
 
 
 def row_to_envelope(row: Any) -> Envelope:
