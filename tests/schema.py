@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import DeclarativeBase
 
-from shared.db import OutboxMixin, ProcessedEventMixin
+from shared.storage.db import OutboxMixin, ProcessedEventMixin
 
 
 class Base(DeclarativeBase):

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
-from shared.migrations import upgrade
+from shared.storage.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,9 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from shared.deadletter import DEAD_LETTERS, redrive
-from shared.producer import DeliveryError, EventProducer
-from shared.settings import ServiceSettings
+from shared.messaging.deadletter import DEAD_LETTERS, redrive
+from shared.messaging.producer import DeliveryError, EventProducer
+from shared.runtime.settings import ServiceSettings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 
 from services.inventory import handlers
 from services.inventory.schemas import StockIn, StockOut
-from shared.http import BODY_ERRORS, errors
-from shared.runtime import ServiceRuntime, get_runtime
+from shared.runtime.http import BODY_ERRORS, errors
+from shared.runtime.service import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["stock"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]

@@ -15,9 +15,9 @@ from services.inventory.events import (
     OrderCreated,
     ProductCreated,
 )
-from shared.envelope import Envelope
-from shared.router import EventRouter, Received
-from shared.unit_of_work import Unit
+from shared.messaging.envelope import Envelope
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import Unit
 
 events = EventRouter()
 events.ignore(ORDER_CONFIRMED, ORDER_REJECTED)

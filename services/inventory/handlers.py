@@ -37,10 +37,10 @@ from services.inventory.events import (
 )
 from services.inventory.models import Order, OrderStatus, Reservation, Stock
 from services.inventory.schemas import StockIn
-from shared.db import insert
-from shared.envelope import Envelope, utcnow
-from shared.http import NotFound
-from shared.unit_of_work import Unit
+from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.unit_of_work import Unit
+from shared.runtime.http import NotFound
+from shared.storage.db import insert
 
 log = logging.getLogger(__name__)
 

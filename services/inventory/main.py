@@ -13,7 +13,7 @@ from services.inventory.config import InventorySettings
 from services.inventory.consumers import events
 from services.inventory.events import ORDERS, PRODUCTS, STOCK, STOCK_CHANGES
 from services.inventory.models import OutboxMessage, ProcessedEvent
-from shared.runtime import ServiceSpec, create_service_app
+from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="inventory",

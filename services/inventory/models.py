@@ -6,8 +6,8 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Enum, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import OutboxMixin, ProcessedEventMixin
-from shared.envelope import utcnow
+from shared.messaging.envelope import utcnow
+from shared.storage.db import OutboxMixin, ProcessedEventMixin
 
 
 class Base(DeclarativeBase):

@@ -18,9 +18,9 @@ from services.order.events import (
     StockShortage,
     UserRegistered,
 )
-from shared.envelope import Envelope
-from shared.router import EventRouter, Received
-from shared.unit_of_work import Unit
+from shared.messaging.envelope import Envelope
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import Unit
 
 events = EventRouter()
 

@@ -37,12 +37,12 @@ from services.order.models import (
     OrderStatus,
 )
 from services.order.schemas import OrderIn, OrderOut
-from shared import tracing
-from shared.db import insert
-from shared.envelope import Envelope, utcnow
-from shared.http import Conflict, DomainError, NotFound
-from shared.producer import Delivery
-from shared.unit_of_work import Unit
+from shared.messaging import tracing
+from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.producer import Delivery
+from shared.messaging.unit_of_work import Unit
+from shared.runtime.http import Conflict, DomainError, NotFound
+from shared.storage.db import insert
 
 
 class OrderNotFound(NotFound):

@@ -13,7 +13,7 @@ from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import ORDERS, PRODUCTS, STOCK, USERS
 from services.order.models import OutboxMessage, ProcessedEvent
-from shared.runtime import ServiceSpec, create_service_app
+from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="order",

@@ -8,8 +8,8 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
-from shared.envelope import utcnow
+from shared.messaging.envelope import utcnow
+from shared.storage.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
 
 
 class Base(DeclarativeBase):

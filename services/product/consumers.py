@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from services.product import handlers
 from services.product.events import STOCK_CHANGED, StockChanged
-from shared.router import EventRouter, Received
-from shared.unit_of_work import Unit
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import Unit
 
 events = EventRouter()
 

@@ -7,8 +7,8 @@ from sqlalchemy import bindparam, select, update
 from services.product.events import PRODUCT_CREATED, PRODUCTS, ProductCreated, StockChanged
 from services.product.models import Product
 from services.product.schemas import ProductIn
-from shared.http import NotFound
-from shared.unit_of_work import Unit
+from shared.messaging.unit_of_work import Unit
+from shared.runtime.http import NotFound
 
 
 class ProductNotFound(NotFound):

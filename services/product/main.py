@@ -13,7 +13,7 @@ from services.product.config import ProductSettings
 from services.product.consumers import events
 from services.product.events import PRODUCTS, STOCK_CHANGES
 from services.product.models import OutboxMessage, ProcessedEvent
-from shared.runtime import ServiceSpec, create_service_app
+from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="product",

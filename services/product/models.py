@@ -5,8 +5,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
-from shared.envelope import utcnow
+from shared.messaging.envelope import utcnow
+from shared.storage.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
 
 
 class Base(DeclarativeBase):

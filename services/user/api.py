@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 
 from services.user import handlers
 from services.user.schemas import NotificationOut, UserIn, UserOut
-from shared.http import BODY_ERRORS, errors
-from shared.runtime import ServiceRuntime, get_runtime
+from shared.runtime.http import BODY_ERRORS, errors
+from shared.runtime.service import ServiceRuntime, get_runtime
 
 router = APIRouter(tags=["users"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]

@@ -21,9 +21,9 @@ from services.user.events import (
 )
 from services.user.models import Notification, User
 from services.user.schemas import UserIn
-from shared.db import insert
-from shared.http import Conflict, NotFound
-from shared.unit_of_work import Unit
+from shared.messaging.unit_of_work import Unit
+from shared.runtime.http import Conflict, NotFound
+from shared.storage.db import insert
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from services.user.config import UserSettings
 from services.user.consumers import events
 from services.user.events import ORDERS, USERS
 from services.user.models import OutboxMessage, ProcessedEvent
-from shared.runtime import ServiceSpec, create_service_app
+from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="user",

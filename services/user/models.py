@@ -5,8 +5,8 @@ from datetime import datetime
 from sqlalchemy import String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import BigId, OutboxMixin, ProcessedEventMixin, UtcDateTime
-from shared.envelope import utcnow
+from shared.messaging.envelope import utcnow
+from shared.storage.db import BigId, OutboxMixin, ProcessedEventMixin, UtcDateTime
 
 
 class Base(DeclarativeBase):

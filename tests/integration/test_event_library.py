@@ -17,13 +17,13 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from shared.consumer import ConsumerWorker
-from shared.db import make_engine, make_sessions
-from shared.envelope import Envelope, dump_json
-from shared.producer import DeliveryError, EventProducer
-from shared.router import EventRouter
-from shared.topics import ensure_topics
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.messaging.consumer import ConsumerWorker
+from shared.messaging.envelope import Envelope, dump_json
+from shared.messaging.producer import DeliveryError, EventProducer
+from shared.messaging.router import EventRouter
+from shared.messaging.topics import ensure_topics
+from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.storage.db import make_engine, make_sessions
 from tests.conftest import free_port
 from tests.helpers import eventually, read_topic, unique
 from tests.schema import Base, Outbox, Processed
@@ -154,11 +154,11 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
 CRASHING_CONSUMER = textwrap.dedent("""
     import os, sys
     from pydantic import BaseModel
-    from shared.consumer import ConsumerWorker
-    from shared.router import EventRouter
-    from shared.db import make_engine, make_sessions
-    from shared.producer import EventProducer
-    from shared.unit_of_work import UnitOfWork
+    from shared.messaging.consumer import ConsumerWorker
+    from shared.messaging.router import EventRouter
+    from shared.storage.db import make_engine, make_sessions
+    from shared.messaging.producer import EventProducer
+    from shared.messaging.unit_of_work import UnitOfWork
     from tests.integration.test_event_library import Tick
     from tests.schema import Base, Outbox, Processed
 

@@ -34,7 +34,7 @@ from services.inventory.events import (
 )
 from services.inventory.main import SPEC
 from services.inventory.models import ProcessedEvent, Stock
-from shared.deadletter import (
+from shared.messaging.deadletter import (
     DEAD_LETTERS,
     H_DROPPED,
     H_OFFSET,
@@ -43,7 +43,7 @@ from shared.deadletter import (
     H_TOPIC,
     Reason,
 )
-from shared.envelope import (
+from shared.messaging.envelope import (
     H_CONTENT_TYPE,
     H_ID,
     H_SOURCE,
@@ -54,8 +54,8 @@ from shared.envelope import (
     Envelope,
     KafkaHeaders,
 )
-from shared.producer import producer_config
-from shared.runtime import ServiceRuntime
+from shared.messaging.producer import producer_config
+from shared.runtime.service import ServiceRuntime
 from tests.helpers import eventually, read_topic, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]

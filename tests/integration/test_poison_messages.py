@@ -20,9 +20,8 @@ from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.consumer import ConsumerWorker
-from shared.db import make_engine, make_sessions
-from shared.deadletter import (
+from shared.messaging.consumer import ConsumerWorker
+from shared.messaging.deadletter import (
     DEAD_LETTERS,
     H_CONSUMER,
     H_DROPPED,
@@ -33,11 +32,12 @@ from shared.deadletter import (
     H_TOPIC,
     Reason,
 )
-from shared.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
-from shared.producer import EventProducer, producer_config
-from shared.router import EventRouter
-from shared.topics import ensure_topics
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.messaging.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
+from shared.messaging.producer import EventProducer, producer_config
+from shared.messaging.router import EventRouter
+from shared.messaging.topics import ensure_topics
+from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.storage.db import make_engine, make_sessions
 from tests.helpers import eventually, read_topic, unique
 from tests.schema import Base, Outbox, Processed
 

@@ -15,11 +15,11 @@ from services.inventory.config import InventorySettings
 from services.inventory.events import PRODUCT_CREATED, PRODUCTS, ProductCreated
 from services.inventory.main import SPEC
 from services.inventory.models import OutboxMessage, ProcessedEvent, Stock
-from shared.envelope import Envelope, dump_json, utcnow
-from shared.migrations import upgrade
-from shared.outbox import OutboxRelay
-from shared.producer import EventProducer, producer_config
-from shared.runtime import ServiceRuntime
+from shared.messaging.envelope import Envelope, dump_json, utcnow
+from shared.messaging.outbox import OutboxRelay
+from shared.messaging.producer import EventProducer, producer_config
+from shared.runtime.service import ServiceRuntime
+from shared.storage.migrations import upgrade
 from tests.helpers import eventually, unique
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from shared.db import make_engine, make_sessions
-from shared.migrations import upgrade
-from shared.runtime import ServiceSpec
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.service import ServiceSpec
+from shared.storage.db import make_engine, make_sessions
+from shared.storage.migrations import upgrade
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from packaging.specifiers import SpecifierSet
 from pydantic import AliasChoices, AliasPath
 from sqlalchemy import make_url
 
-from shared.settings import ServiceSettings
+from shared.runtime.settings import ServiceSettings
 from tools.kafka_local import LocalBroker
 from tools.stack import PORTS
 

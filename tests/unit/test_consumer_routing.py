@@ -14,16 +14,16 @@ from sqlalchemy import Engine, Integer, String, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
-import shared.consumer
-from shared import tracing
-from shared.consumer import ConsumerWorker, _Rewind, _rewind
-from shared.db import make_sessions
-from shared.deadletter import Reason
-from shared.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
-from shared.outbox import row_to_envelope
-from shared.producer import DeliveryError
-from shared.router import EventRouter, Received
-from shared.unit_of_work import Unit, UnitOfWork
+import shared.messaging.consumer
+from shared.messaging import tracing
+from shared.messaging.consumer import ConsumerWorker, _Rewind, _rewind
+from shared.messaging.deadletter import Reason
+from shared.messaging.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.producer import DeliveryError
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.storage.db import make_sessions
 from tests.schema import Base, Outbox, Processed
 
 pytestmark = pytest.mark.unit
@@ -531,7 +531,7 @@ class LoopConsumer(FakeConsumer):
 @pytest.fixture
 def loop_consumer(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopConsumer]:
     consumer = LoopConsumer()
-    monkeypatch.setattr(shared.consumer, "Consumer", lambda config: consumer)
+    monkeypatch.setattr(shared.messaging.consumer, "Consumer", lambda config: consumer)
     yield consumer
 
 

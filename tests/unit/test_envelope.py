@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from shared.envelope import (
+from shared.messaging.envelope import (
     H_CAUSATION,
     H_CONTENT_TYPE,
     H_CORRELATION,

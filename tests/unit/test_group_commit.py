@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from shared.db import make_sessions
-from shared.groupcommit import GroupCommit
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.runtime.groupcommit import GroupCommit
+from shared.storage.db import make_sessions
 from tests.schema import Base, Outbox
 
 pytestmark = pytest.mark.unit

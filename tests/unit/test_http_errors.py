@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DataError
 
-from shared import http
+from shared.runtime import http
 
 pytestmark = pytest.mark.unit
 

@@ -32,12 +32,12 @@ from services.inventory.events import (
 from services.inventory.main import SPEC
 from services.inventory.models import OutboxMessage, Reservation, Stock
 from services.inventory.schemas import StockIn
-from shared import http
-from shared.db import make_engine, make_sessions
-from shared.http import NotFound
-from shared.migrations import upgrade
-from shared.outbox import row_to_envelope
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.runtime import http
+from shared.runtime.http import NotFound
+from shared.storage.db import make_engine, make_sessions
+from shared.storage.migrations import upgrade
 
 pytestmark = pytest.mark.unit
 

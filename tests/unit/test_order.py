@@ -37,13 +37,13 @@ from services.order.models import (
     OutboxMessage,
 )
 from services.order.schemas import LineIn, OrderIn
-from shared import tracing
-from shared.envelope import Envelope, dump_json
-from shared.http import Conflict, NotFound
-from shared.outbox import row_to_envelope
-from shared.runtime import ServiceSpec
-from shared.tracing import Cause
-from shared.unit_of_work import UnitOfWork
+from shared.messaging import tracing
+from shared.messaging.envelope import Envelope, dump_json
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.tracing import Cause
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.http import Conflict, NotFound
+from shared.runtime.service import ServiceSpec
 
 pytestmark = pytest.mark.unit
 

@@ -13,11 +13,11 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import DeclarativeBase
 
-from shared.db import OutboxMixin, make_sessions
-from shared.envelope import Envelope, KafkaHeaders, utcnow
-from shared.outbox import OutboxRelay
-from shared.producer import DeliveryError, Placed
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.envelope import Envelope, KafkaHeaders, utcnow
+from shared.messaging.outbox import OutboxRelay
+from shared.messaging.producer import DeliveryError, Placed
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.storage.db import OutboxMixin, make_sessions
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.unit

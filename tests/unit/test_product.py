@@ -16,11 +16,11 @@ from services.product.events import PRODUCT_CREATED, STOCK_CHANGED, StockChanged
 from services.product.main import SPEC
 from services.product.models import OutboxMessage, Product
 from services.product.schemas import ProductIn, ProductOut
-from shared.envelope import Envelope
-from shared.http import NotFound
-from shared.outbox import row_to_envelope
-from shared.runtime import ServiceSpec
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.envelope import Envelope
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.http import NotFound
+from shared.runtime.service import ServiceSpec
 
 pytestmark = pytest.mark.unit
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from shared import tracing
-from shared.envelope import Envelope, dump_json
-from shared.tracing import Cause
+from shared.messaging import tracing
+from shared.messaging.envelope import Envelope, dump_json
+from shared.messaging.tracing import Cause
 
 pytestmark = pytest.mark.unit
 

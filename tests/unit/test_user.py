@@ -26,12 +26,12 @@ from services.user.events import (
 from services.user.main import SPEC
 from services.user.models import Notification, OutboxMessage
 from services.user.schemas import NotificationOut, UserIn
-from shared.db import make_engine, make_sessions
-from shared.envelope import Envelope
-from shared.http import Conflict, NotFound
-from shared.migrations import upgrade
-from shared.outbox import row_to_envelope
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.envelope import Envelope
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.http import Conflict, NotFound
+from shared.storage.db import make_engine, make_sessions
+from shared.storage.migrations import upgrade
 
 pytestmark = pytest.mark.unit
 

@@ -37,17 +37,17 @@ from sqlalchemy import update
 from services.inventory.config import InventorySettings
 from services.inventory.main import SPEC
 from services.inventory.models import Stock
-from shared.consumer import ConsumerWorker
-from shared.db import make_engine, make_sessions
-from shared.deadletter import DEAD_LETTERS
-from shared.envelope import Envelope
-from shared.idempotency import Claim, claim_many
-from shared.migrations import upgrade
-from shared.producer import EventProducer
-from shared.router import Received
-from shared.runtime import ServiceRuntime
-from shared.topics import ensure_topics
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.consumer import ConsumerWorker
+from shared.messaging.deadletter import DEAD_LETTERS
+from shared.messaging.envelope import Envelope
+from shared.messaging.idempotency import Claim, claim_many
+from shared.messaging.producer import EventProducer
+from shared.messaging.router import Received
+from shared.messaging.topics import ensure_topics
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.service import ServiceRuntime
+from shared.storage.db import make_engine, make_sessions
+from shared.storage.migrations import upgrade
 from tools.bench.report import PHASE_RAW_DECODE, PHASE_WORKER_ORDERS
 
 SOURCE = "/bench/consumer"

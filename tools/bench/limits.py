@@ -30,8 +30,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from shared.producer import producer_config
-from shared.topics import ensure_topics
+from shared.messaging.producer import producer_config
+from shared.messaging.topics import ensure_topics
 from tools.bench.procs import Sampler
 from tools.bench.report import cpu_summary
 from tools.bench.wrk import OrderMix, run_wrk

@@ -17,7 +17,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import make_url, text
 
-from shared.db import make_engine
+from shared.storage.db import make_engine
 from tools.client import DEFAULT_URLS
 from tools.stack import Stack
 

@@ -2,9 +2,9 @@
 
     python -m tools.bench relay [--rows 100000] [--database-url postgresql+psycopg://...]
 
-A service-shaped outbox table (shared.db.OutboxMixin) in a SQLite file under a temporary
+A service-shaped outbox table (shared.storage.db.OutboxMixin) in a SQLite file under a temporary
 directory, or in a fresh database on the PostgreSQL server of --database-url (dropped
-afterwards), gets `rows` unsent rows in one bulk insert, written as shared.outbox writes
+afterwards), gets `rows` unsent rows in one bulk insert, written as shared.messaging.outbox writes
 them (CloudEvents text headers, a JSON payload of about 150 bytes). Then, in one run, on
 topics of a unique prefix:
 
@@ -30,12 +30,12 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import Engine, func, insert, make_url, select, text
 from sqlalchemy.orm import DeclarativeBase
 
-from shared.db import OutboxMixin, make_engine, make_sessions
-from shared.envelope import Envelope
-from shared.outbox import OutboxRelay, outbox_row
-from shared.producer import EventProducer, producer_config
-from shared.runtime import quiet_garbage_collector
-from shared.topics import ensure_topics
+from shared.messaging.envelope import Envelope
+from shared.messaging.outbox import OutboxRelay, outbox_row
+from shared.messaging.producer import EventProducer, producer_config
+from shared.messaging.topics import ensure_topics
+from shared.runtime.service import quiet_garbage_collector
+from shared.storage.db import OutboxMixin, make_engine, make_sessions
 
 SOURCE = "/bench/relay"
 

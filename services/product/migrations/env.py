@@ -1,4 +1,4 @@
 from services.product.models import Base
-from shared.migrations import run_migrations
+from shared.storage.migrations import run_migrations
 
 run_migrations(Base.metadata)

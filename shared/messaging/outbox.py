@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import OutboxMixin, is_postgres, make_sessions, reader, writing
-from shared.envelope import Envelope, utcnow
-from shared.producer import Delivery, EventProducer
+from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.producer import Delivery, EventProducer
+from shared.storage.db import OutboxMixin, is_postgres, make_sessions, reader, writing
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The consumer loop: the handlers of an `EventRouter` (shared.router) on a real broker,
+"""The consumer loop: the handlers of an `EventRouter` (shared.messaging.router) on a real broker,
 applied at least once, effectively once.
 
 Each message is decoded, claimed in the processed-events table and handled in one DB
@@ -19,13 +19,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from shared.db import ProcessedEventMixin
-from shared.deadletter import DeadLetter, Reason, dead_letter
-from shared.envelope import Envelope, InvalidEnvelope
-from shared.idempotency import Claim, claim_many
-from shared.producer import DeliveryError, EventProducer
-from shared.router import EventRouter, Received
-from shared.unit_of_work import UnitOfWork
+from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
+from shared.messaging.envelope import Envelope, InvalidEnvelope
+from shared.messaging.idempotency import Claim, claim_many
+from shared.messaging.producer import DeliveryError, EventProducer
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.storage.db import ProcessedEventMixin
 
 log = logging.getLogger(__name__)
 

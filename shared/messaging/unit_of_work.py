@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import tracing
-from shared.db import OutboxMixin, writing
-from shared.envelope import Envelope
-from shared.outbox import add_rows, outbox_row
+from shared.messaging import tracing
+from shared.messaging.envelope import Envelope
+from shared.messaging.outbox import add_rows, outbox_row
+from shared.storage.db import OutboxMixin, writing
 
 
 class Outbox:

@@ -24,19 +24,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from shared import http, tracing
-from shared.consumer import ConsumerWorker
-from shared.db import OutboxMixin, ProcessedEventMixin, make_engine, make_sessions, reader, writing
-from shared.deadletter import DEAD_LETTERS
-from shared.envelope import utcnow
-from shared.groupcommit import GroupCommit
-from shared.migrations import upgrade
-from shared.outbox import OutboxRelay
-from shared.producer import Delivery, EventProducer
-from shared.router import EventRouter
-from shared.settings import ServiceSettings
-from shared.topics import ensure_topics
-from shared.unit_of_work import UnitOfWork
+from shared.messaging import tracing
+from shared.messaging.consumer import ConsumerWorker
+from shared.messaging.deadletter import DEAD_LETTERS
+from shared.messaging.envelope import utcnow
+from shared.messaging.outbox import OutboxRelay
+from shared.messaging.producer import Delivery, EventProducer
+from shared.messaging.router import EventRouter
+from shared.messaging.topics import ensure_topics
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime import http
+from shared.runtime.groupcommit import GroupCommit
+from shared.runtime.settings import ServiceSettings
+from shared.storage.db import (
+    OutboxMixin,
+    ProcessedEventMixin,
+    make_engine,
+    make_sessions,
+    reader,
+    writing,
+)
+from shared.storage.migrations import upgrade
 
 log = logging.getLogger(__name__)
 

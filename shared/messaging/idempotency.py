@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db import ProcessedEventMixin, insert
-from shared.envelope import Envelope, utcnow
+from shared.messaging.envelope import Envelope, utcnow
+from shared.storage.db import ProcessedEventMixin, insert
 
 
 class Claim(enum.Enum):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from shared.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
-from shared.producer import DeliveryError, EventProducer
+from shared.messaging.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
+from shared.messaging.producer import DeliveryError, EventProducer
 
 log = logging.getLogger(__name__)
 

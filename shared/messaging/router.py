@@ -10,7 +10,8 @@
     def on_stock_changed(unit, received):       # consecutive events of the type, in order
         handlers.apply_stock_changes(unit, [r.payload for r in received])
 
-The consumer loop (shared.consumer) decodes each record once, validates its payload against
+The consumer loop (shared.messaging.consumer) decodes each record once, validates its
+payload against
 the model, claims a fetched run of events in one statement and calls `dispatch` inside
 that transaction. Tests call `dispatch` directly to drive handlers without a broker."""
 
@@ -22,9 +23,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from shared import tracing
-from shared.envelope import Envelope, InvalidEnvelope
-from shared.unit_of_work import Unit
+from shared.messaging import tracing
+from shared.messaging.envelope import Envelope, InvalidEnvelope
+from shared.messaging.unit_of_work import Unit
 
 P = TypeVar("P")
 Handler = Callable[[Unit, Envelope, Any], None]

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from shared.envelope import Envelope, KafkaHeaders
+from shared.messaging.envelope import Envelope, KafkaHeaders
 
 
 class DeliveryError(RuntimeError):

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel
 
-from shared.envelope import Envelope, dump_json, new_id
+from shared.messaging.envelope import Envelope, dump_json, new_id
 
 _propagator = TraceContextTextMapPropagator()
 

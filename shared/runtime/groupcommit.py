@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.unit_of_work import Unit, UnitOfWork
+from shared.messaging.unit_of_work import Unit, UnitOfWork
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import tracing
-from shared.envelope import new_id
+from shared.messaging import tracing
+from shared.messaging.envelope import new_id
 
 
 class DomainError(Exception):

@@ -11,7 +11,7 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, MetaData, TypeDecorator, create_engine, text
 
-from shared.db import is_postgres
+from shared.storage.db import is_postgres
 
 _MIGRATION_LOCK = 727_375_001
 

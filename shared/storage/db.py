@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, sessionmaker
 
-from shared.envelope import utcnow
+from shared.messaging.envelope import utcnow
 
 
 class UtcDateTime(TypeDecorator[datetime]):
