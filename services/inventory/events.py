@@ -1,37 +1,21 @@
 """The inventory service's event contract: what it consumes and what it publishes.
 
-Consumed payloads ignore fields they do not know, so producers can add fields freely."""
+Consumed payloads declare only the fields the service reads and ignore the rest, so
+publishers can add fields freely; `contracts/` holds what each publisher promises."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-PRODUCTS = "products"
-ORDERS = "orders"
-STOCK = "stock"
-STOCK_CHANGES = "stock-changes"
-
-PRODUCT_CREATED = "product-created"
-ORDER_CREATED = "order-created"
-ORDER_CANCELLED = "order-cancelled"
-ORDER_CONFIRMED = "order-confirmed"
-ORDER_REJECTED = "order-rejected"
-
-STOCK_CHANGED = "stock-changed"
-STOCK_RESERVED = "stock-reserved"
-STOCK_SHORTAGE = "stock-shortage"
-STOCK_RELEASED = "stock-released"
-
+from shared.messaging.events import Event
 
 # Consumed
 
 
-class ProductCreated(BaseModel):
-    """Consumed from `products` (published by product), keyed by product id."""
+class ProductCreated(Event, type="product-created", topic="products", key="product_id"):
+    """Published by product, keyed by product id."""
 
     product_id: str = Field(min_length=1, max_length=64)
-    name: str
-    price_cents: int
     version: int = 1
 
 
@@ -40,27 +24,25 @@ class OrderLine(BaseModel):
     quantity: int = Field(gt=0)
 
 
-class OrderCreated(BaseModel):
-    """Consumed from `orders` (published by order), keyed by order id."""
+class OrderCreated(Event, type="order-created", topic="orders", key="order_id"):
+    """Published by order, keyed by order id."""
 
     order_id: str = Field(min_length=1, max_length=64)
-    user_id: str
     items: list[OrderLine]
 
 
-class OrderCancelled(BaseModel):
-    """Consumed from `orders` (published by order), keyed by order id."""
+class OrderCancelled(Event, type="order-cancelled", topic="orders", key="order_id"):
+    """Published by order, keyed by order id."""
 
     order_id: str = Field(min_length=1, max_length=64)
-    user_id: str
 
 
 # Published
 
 
-class StockChanged(BaseModel):
-    """Published on `stock-changes`, keyed by product id. `version` grows with every
-    change of one product, so a reader can drop changes older than what it holds."""
+class StockChanged(Event, type="stock-changed", topic="stock-changes", key="product_id"):
+    """A product's availability. `version` grows with every change of one product, so a
+    reader can drop changes older than what it holds."""
 
     product_id: str
     available: int
@@ -72,9 +54,9 @@ class StockLine(BaseModel):
     quantity: int
 
 
-class StockReserved(BaseModel):
-    """Published on `stock`, keyed by order id: every line of the order is held for it.
-    One line per product: duplicate order lines are summed."""
+class StockReserved(Event, type="stock-reserved", topic="stock", key="order_id"):
+    """Every line of the order is held for it. One line per product: duplicate order
+    lines are summed."""
 
     order_id: str
     items: list[StockLine]
@@ -86,17 +68,19 @@ class Shortage(BaseModel):
     available: int
 
 
-class StockShortage(BaseModel):
-    """Published on `stock`, keyed by order id: nothing was reserved, because these
-    products lack stock (a product inventory does not know has 0 available)."""
+class StockShortage(Event, type="stock-shortage", topic="stock", key="order_id"):
+    """Nothing was reserved, because these products lack stock (a product inventory
+    does not know has 0 available)."""
 
     order_id: str
     shortages: list[Shortage]
 
 
-class StockReleased(BaseModel):
-    """Published on `stock`, keyed by order id: what the cancelled order held is
-    available again."""
+class StockReleased(Event, type="stock-released", topic="stock", key="order_id"):
+    """What the cancelled order held is available again."""
 
     order_id: str
     items: list[StockLine]
+
+
+PUBLISHES = (StockReserved, StockShortage, StockReleased, StockChanged)

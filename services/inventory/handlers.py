@@ -18,12 +18,6 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.events import (
-    STOCK,
-    STOCK_CHANGED,
-    STOCK_CHANGES,
-    STOCK_RELEASED,
-    STOCK_RESERVED,
-    STOCK_SHORTAGE,
     OrderCancelled,
     OrderCreated,
     OrderLine,
@@ -100,9 +94,6 @@ def reserve_stock(
         if shortages:
             short.append(order.order_id)
             unit.outbox.emit(
-                STOCK,
-                STOCK_SHORTAGE,
-                order.order_id,
                 StockShortage(order_id=order.order_id, shortages=shortages),
                 caused_by=by,
             )
@@ -117,9 +108,6 @@ def reserve_stock(
                 {"order_id": order.order_id, "product_id": product_id, "quantity": quantity}
             )
         unit.outbox.emit(
-            STOCK,
-            STOCK_RESERVED,
-            order.order_id,
             StockReserved(order_id=order.order_id, items=_lines(lines)),
             caused_by=by,
         )
@@ -163,9 +151,6 @@ def release_stock(unit: Unit, cancellation: OrderCancelled) -> None:
         session.delete(reservation)
     order.status = OrderStatus.RELEASED
     unit.outbox.emit(
-        STOCK,
-        STOCK_RELEASED,
-        order_id,
         StockReleased(order_id=order_id, items=_lines(held)),
     )
 
@@ -260,9 +245,6 @@ def _write_stock(unit: Unit, rows: list[_StockRow], causes: dict[str, Envelope |
     )
     for row in rows:
         unit.outbox.emit(
-            STOCK_CHANGES,
-            STOCK_CHANGED,
-            row.product_id,
             StockChanged(product_id=row.product_id, available=row.available, version=row.version),
             caused_by=causes.get(row.product_id),
         )
@@ -284,9 +266,6 @@ def _record_change(unit: Unit, stock: Stock) -> None:
     """Bump the row's version and emit its new availability."""
     stock.version += 1
     unit.outbox.emit(
-        STOCK_CHANGES,
-        STOCK_CHANGED,
-        stock.product_id,
         StockChanged(product_id=stock.product_id, available=stock.available, version=stock.version),
     )
 

@@ -11,15 +11,14 @@ from fastapi import FastAPI
 from services.inventory import api
 from services.inventory.config import InventorySettings
 from services.inventory.consumers import events
-from services.inventory.events import ORDERS, PRODUCTS, STOCK, STOCK_CHANGES
+from services.inventory.events import PUBLISHES
 from services.inventory.models import OutboxMessage, ProcessedEvent
 from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="inventory",
     router=events,
-    subscribes=[PRODUCTS, ORDERS],
-    publishes=[STOCK, STOCK_CHANGES],
+    publishes=PUBLISHES,
     outbox_model=OutboxMessage,
     processed_model=ProcessedEvent,
     migrations=Path(__file__).parent / "migrations",

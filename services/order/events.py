@@ -1,27 +1,19 @@
-"""The order service's event contract: what it publishes and what it consumes."""
+"""The order service's event contract: what it publishes and what it consumes.
+
+Consumed payloads declare only the fields the service reads and ignore the rest, so
+publishers can add fields freely; `contracts/` holds what each publisher promises."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-ORDERS = "orders"
-STOCK = "stock"
-USERS = "users"
-PRODUCTS = "products"
+from shared.messaging.events import Event
 
-ORDER_CREATED = "order-created"
-ORDER_CANCELLED = "order-cancelled"
-ORDER_CONFIRMED = "order-confirmed"
-ORDER_REJECTED = "order-rejected"
-STOCK_RESERVED = "stock-reserved"
-STOCK_SHORTAGE = "stock-shortage"
-STOCK_RELEASED = "stock-released"
-USER_REGISTERED = "user-registered"
-PRODUCT_CREATED = "product-created"
+ORDER_ID = Field(min_length=1, max_length=64)
 
 
 class Line(BaseModel):
-    product_id: str
+    product_id: str = Field(min_length=1, max_length=64)
     quantity: int = Field(ge=1)
 
 
@@ -34,62 +26,66 @@ class Shortage(BaseModel):
 # Published on `orders`, keyed by order id.
 
 
-class OrderCreated(BaseModel):
-    order_id: str
-    user_id: str
-    items: list[Line]
+class OrderCreated(Event, type="order-created", topic="orders", key="order_id"):
+    """A PENDING order: inventory reserves its lines or reports a shortage."""
+
+    order_id: str = ORDER_ID
+    user_id: str = Field(min_length=1, max_length=64)
+    items: list[Line] = Field(min_length=1)
 
 
-class OrderCancelled(BaseModel):
-    order_id: str
-    user_id: str
+class OrderCancelled(Event, type="order-cancelled", topic="orders", key="order_id"):
+    """The customer cancelled; a CONFIRMED order's stock is released."""
+
+    order_id: str = ORDER_ID
+    user_id: str = Field(min_length=1, max_length=64)
 
 
-class OrderConfirmed(BaseModel):
-    order_id: str
-    user_id: str
+class OrderConfirmed(Event, type="order-confirmed", topic="orders", key="order_id"):
+    """Every line was reserved."""
+
+    order_id: str = ORDER_ID
+    user_id: str = Field(min_length=1, max_length=64)
 
 
-class OrderRejected(BaseModel):
-    order_id: str
-    user_id: str
+class OrderRejected(Event, type="order-rejected", topic="orders", key="order_id"):
+    """Nothing was reserved: `shortages` says which products lacked stock."""
+
+    order_id: str = ORDER_ID
+    user_id: str = Field(min_length=1, max_length=64)
     reason: str
     shortages: list[Shortage]
+
+
+PUBLISHES = (OrderCreated, OrderCancelled, OrderConfirmed, OrderRejected)
 
 
 # Consumed from `stock` (inventory), keyed by order id.
 
 
-class StockReserved(BaseModel):
+class StockReserved(Event, type="stock-reserved", topic="stock", key="order_id"):
     order_id: str
     items: list[Line]
 
 
-class StockShortage(BaseModel):
+class StockShortage(Event, type="stock-shortage", topic="stock", key="order_id"):
     order_id: str
     shortages: list[Shortage]
 
 
-class StockReleased(BaseModel):
+class StockReleased(Event, type="stock-released", topic="stock", key="order_id"):
     order_id: str
-    items: list[Line]
 
 
 # Consumed from `users` and `products`, keyed by user id and product id.
 
 
-class UserRegistered(BaseModel):
+class UserRegistered(Event, type="user-registered", topic="users", key="user_id"):
     user_id: str
     version: int = 1
 
 
-class ProductCreated(BaseModel):
+class ProductCreated(Event, type="product-created", topic="products", key="product_id"):
     product_id: str
     name: str
     version: int = 1
-
-
-class OrderRef(BaseModel):
-    """Any event on `orders` or `stock`: enough to file it in the order's chain."""
-
-    order_id: str

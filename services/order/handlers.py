@@ -12,11 +12,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.order.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_CREATED,
-    ORDER_REJECTED,
-    ORDERS,
     Line,
     OrderCancelled,
     OrderConfirmed,
@@ -109,9 +104,6 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
     _check_known(unit, command)
     now = utcnow()
     created = unit.outbox.emit(
-        ORDERS,
-        ORDER_CREATED,
-        order_id,
         OrderCreated(
             order_id=order_id,
             user_id=command.user_id,
@@ -190,9 +182,6 @@ def cancel_order(unit: Unit, order_id: str) -> Order:
     order.status = OrderStatus.CANCELLED
     with tracing.join_trace(order.traceparent):
         unit.outbox.emit(
-            ORDERS,
-            ORDER_CANCELLED,
-            order.id,
             OrderCancelled(order_id=order.id, user_id=order.user_id),
             correlation_id=order.id,
         )
@@ -225,9 +214,6 @@ def confirm_order(
     for order_id in ids:
         if (user_id := moved.pop(order_id, None)) is not None:
             unit.outbox.emit(
-                ORDERS,
-                ORDER_CONFIRMED,
-                order_id,
                 OrderConfirmed(order_id=order_id, user_id=user_id),
                 caused_by=cause.get(order_id),
             )
@@ -245,9 +231,6 @@ def reject_order(unit: Unit, shortage: StockShortage) -> None:
     user_id = _settle(unit, shortage.order_id, OrderStatus.REJECTED, reason)
     if user_id is not None:
         unit.outbox.emit(
-            ORDERS,
-            ORDER_REJECTED,
-            shortage.order_id,
             OrderRejected(
                 order_id=shortage.order_id,
                 user_id=user_id,

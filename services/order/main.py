@@ -11,15 +11,14 @@ from fastapi import FastAPI
 from services.order import api, handlers
 from services.order.config import OrderSettings
 from services.order.consumers import events
-from services.order.events import ORDERS, PRODUCTS, STOCK, USERS
+from services.order.events import PUBLISHES
 from services.order.models import OutboxMessage, ProcessedEvent
 from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="order",
     router=events,
-    subscribes=[STOCK, USERS, PRODUCTS],
-    publishes=[ORDERS],
+    publishes=PUBLISHES,
     outbox_model=OutboxMessage,
     processed_model=ProcessedEvent,
     migrations=Path(__file__).parent / "migrations",

@@ -1,17 +1,9 @@
-"""Kafka entrypoints: decode, call one handler."""
+"""Kafka entrypoints: the handlers of the events the product service consumes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from services.product import handlers
-from services.product.events import STOCK_CHANGED, StockChanged
-from shared.messaging.router import EventRouter, Received
-from shared.messaging.unit_of_work import Unit
+from shared.messaging.router import EventRouter
 
 events = EventRouter()
-
-
-@events.on(STOCK_CHANGED, StockChanged, batch=True)
-def on_stock_changed(unit: Unit, received: Sequence[Received[StockChanged]]) -> None:
-    handlers.apply_stock_changed(unit, *(r.payload for r in received))
+events.on(handlers.apply_stock_changed)  # a batch: one statement for a run of them

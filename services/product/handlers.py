@@ -4,7 +4,7 @@ import uuid
 
 from sqlalchemy import bindparam, select, update
 
-from services.product.events import PRODUCT_CREATED, PRODUCTS, ProductCreated, StockChanged
+from services.product.events import ProductCreated, StockChanged
 from services.product.models import Product
 from services.product.schemas import ProductIn
 from shared.messaging.unit_of_work import Unit
@@ -27,9 +27,6 @@ def create_product(unit: Unit, command: ProductIn) -> Product:
     )
     unit.session.add(product)
     unit.outbox.emit(
-        PRODUCTS,
-        PRODUCT_CREATED,
-        product.id,
         ProductCreated(product_id=product.id, name=product.name, price_cents=product.price_cents),
     )
     return product

@@ -11,15 +11,14 @@ from fastapi import FastAPI
 from services.product import api
 from services.product.config import ProductSettings
 from services.product.consumers import events
-from services.product.events import PRODUCTS, STOCK_CHANGES
+from services.product.events import PUBLISHES
 from services.product.models import OutboxMessage, ProcessedEvent
 from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="product",
     router=events,
-    subscribes=[STOCK_CHANGES],
-    publishes=[PRODUCTS],
+    publishes=PUBLISHES,
     outbox_model=OutboxMessage,
     processed_model=ProcessedEvent,
     migrations=Path(__file__).parent / "migrations",

@@ -1,21 +1,17 @@
-"""The user service's event contract: what it publishes and what it consumes."""
+"""The user service's event contract: what it publishes and what it consumes.
+
+Consumed payloads declare only the fields the service reads and ignore the rest, so
+publishers can add fields freely; `contracts/` holds what each publisher promises."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-USERS = "users"
-ORDERS = "orders"
-
-USER_REGISTERED = "user-registered"
-ORDER_CREATED = "order-created"
-ORDER_CONFIRMED = "order-confirmed"
-ORDER_REJECTED = "order-rejected"
-ORDER_CANCELLED = "order-cancelled"
+from shared.messaging.events import Event
 
 
-class UserRegistered(BaseModel):
-    """Published on `users`, keyed by user id."""
+class UserRegistered(Event, type="user-registered", topic="users", key="user_id"):
+    """A new account. `version` grows with every change of one user."""
 
     user_id: str
     name: str
@@ -23,9 +19,13 @@ class UserRegistered(BaseModel):
     version: int = 1
 
 
-class OrderConfirmed(BaseModel):
-    """Consumed from `orders` (published by order), keyed by order id."""
+PUBLISHES = (UserRegistered,)
 
+
+# Consumed from `orders` (published by order), keyed by order id.
+
+
+class OrderConfirmed(Event, type="order-confirmed", topic="orders", key="order_id"):
     order_id: str = Field(min_length=1, max_length=64)
     user_id: str = Field(min_length=1, max_length=64)
 
@@ -36,17 +36,13 @@ class Shortage(BaseModel):
     available: int
 
 
-class OrderRejected(BaseModel):
-    """Consumed from `orders` (published by order), keyed by order id."""
-
+class OrderRejected(Event, type="order-rejected", topic="orders", key="order_id"):
     order_id: str = Field(min_length=1, max_length=64)
     user_id: str = Field(min_length=1, max_length=64)
     reason: str
     shortages: list[Shortage] = Field(default_factory=list)
 
 
-class OrderCancelled(BaseModel):
-    """Consumed from `orders` (published by order), keyed by order id."""
-
+class OrderCancelled(Event, type="order-cancelled", topic="orders", key="order_id"):
     order_id: str = Field(min_length=1, max_length=64)
     user_id: str = Field(min_length=1, max_length=64)

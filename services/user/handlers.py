@@ -8,11 +8,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.user.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_REJECTED,
-    USER_REGISTERED,
-    USERS,
     OrderCancelled,
     OrderConfirmed,
     OrderRejected,
@@ -49,9 +44,6 @@ def register_user(unit: Unit, command: UserIn) -> User:
     except IntegrityError as exc:
         raise EmailAlreadyRegistered(command.email) from exc
     unit.outbox.emit(
-        USERS,
-        USER_REGISTERED,
-        user.id,
         UserRegistered(user_id=user.id, name=user.name, email=user.email),
     )
     return user
@@ -84,7 +76,7 @@ def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
             {
                 "user_id": event.user_id,
                 "order_id": event.order_id,
-                "type": ORDER_CONFIRMED,
+                "type": OrderConfirmed.event_type,
                 "message": f"Order {event.order_id} is confirmed.",
             }
             for event in events
@@ -98,12 +90,12 @@ def notify_order_rejected(unit: Unit, event: OrderRejected) -> None:
     else:
         why = event.reason.rstrip(".") or "no reason given"
     message = f"Order {event.order_id} was rejected: {why}."
-    _notify(unit, event.user_id, event.order_id, ORDER_REJECTED, message)
+    _notify(unit, event.user_id, event.order_id, OrderRejected.event_type, message)
 
 
 def notify_order_cancelled(unit: Unit, event: OrderCancelled) -> None:
     message = f"Order {event.order_id} was cancelled."
-    _notify(unit, event.user_id, event.order_id, ORDER_CANCELLED, message)
+    _notify(unit, event.user_id, event.order_id, OrderCancelled.event_type, message)
 
 
 def _notify(unit: Unit, user_id: str, order_id: str, type_: str, message: str) -> None:

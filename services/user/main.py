@@ -11,15 +11,14 @@ from fastapi import FastAPI
 from services.user import api
 from services.user.config import UserSettings
 from services.user.consumers import events
-from services.user.events import ORDERS, USERS
+from services.user.events import PUBLISHES
 from services.user.models import OutboxMessage, ProcessedEvent
 from shared.runtime.service import ServiceSpec, create_service_app
 
 SPEC = ServiceSpec(
     name="user",
     router=events,
-    subscribes=[ORDERS],
-    publishes=[USERS],
+    publishes=PUBLISHES,
     outbox_model=OutboxMessage,
     processed_model=ProcessedEvent,
     migrations=Path(__file__).parent / "migrations",

@@ -64,7 +64,7 @@ class _Rewind(Exception):
         self.message = message
 
 
-_IGNORED = object()
+_SKIPPED = object()
 _CLIENT_ERROR = object()
 NEW = Claim.NEW
 
@@ -100,6 +100,7 @@ class ConsumerWorker:
         name: str,
         bootstrap: str,
         topics: Sequence[str],
+        owned_topics: Sequence[str] = (),
         router: EventRouter,
         uow: UnitOfWork,
         processed_model: type[ProcessedEventMixin],
@@ -119,6 +120,7 @@ class ConsumerWorker:
         self.name = name
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)
+        self._owned = frozenset(owned_topics)
         self._router = router
         self._uow = uow
         self._processed = processed_model
@@ -135,6 +137,8 @@ class ConsumerWorker:
         """The partitions this member owns now."""
         self.applied = 0
         self.dead_lettered = 0
+        self.skipped = 0
+        """Events of a type no handler takes, on a topic another service owns."""
         self.last_error: str | None = None
 
     def start(self) -> None:
@@ -213,7 +217,8 @@ class ConsumerWorker:
 
     def _decode(self, message: Message) -> Received[Any] | DeadLetter | object:
         """The event and its validated payload; or the dead letter it makes; or
-        `_IGNORED` (a type this service leaves alone), `_CLIENT_ERROR` (not a record)."""
+        `_SKIPPED` (another service's event that this one does not handle), or
+        `_CLIENT_ERROR` (not a record)."""
         error = message.error()
         if error is not None:
             if error.fatal():
@@ -228,8 +233,9 @@ class ConsumerWorker:
             return DeadLetter(Reason.INVALID_ENVELOPE, repr(exc))
         route = self._router.routes.get(event.type)
         if route is None:
-            if event.type in self._router.ignored:
-                return _IGNORED
+            if message.topic() not in self._owned:
+                self.skipped += 1  # another service's event, for other readers
+                return _SKIPPED
             return DeadLetter(Reason.UNKNOWN_TYPE, f"unknown event type {event.type!r}")
         try:
             payload = route.model.model_validate_json(event.data)

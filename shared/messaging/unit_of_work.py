@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope
+from shared.messaging.events import Event
 from shared.messaging.outbox import add_rows, outbox_row
 from shared.storage.db import OutboxMixin, writing
 
@@ -34,24 +34,22 @@ class Outbox:
 
     def emit(
         self,
-        topic: str,
-        event_type: str,
-        key: str,
-        payload: BaseModel,
+        payload: Event,
         *,
         correlation_id: str | None = None,
         caused_by: Envelope | None = None,
     ) -> Envelope:
-        """Emit an event caused by what is being handled now (or by `caused_by`)."""
+        """Emit an event to its topic, keyed by its key, caused by what is being handled
+        now (or by `caused_by`)."""
         event = tracing.new_event(
-            event_type,
-            key,
+            payload.event_type,
+            payload.event_key,
             payload,
             source=self._source,
             correlation_id=correlation_id,
             caused_by=caused_by,
         )
-        self._rows.append(outbox_row(self._prefix + topic, event))
+        self._rows.append(outbox_row(self._prefix + payload.topic, event))
         return event
 
     def flush(self) -> None:

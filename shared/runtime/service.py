@@ -28,6 +28,7 @@ from shared.messaging import tracing
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import utcnow
+from shared.messaging.events import Event
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Delivery, EventProducer
 from shared.messaging.router import EventRouter
@@ -55,14 +56,24 @@ class ServiceSpec:
 
     name: str
     router: EventRouter
-    subscribes: Sequence[str]
-    publishes: Sequence[str]
+    """Its handlers; the topics they consume are what the service subscribes to."""
+    publishes: Sequence[type[Event]]
+    """The events it emits; their topics are the service's own."""
     outbox_model: type[OutboxMixin]
     processed_model: type[ProcessedEventMixin]
     migrations: Path
     consumer_config: dict[str, Any] = field(default_factory=dict)
     on_published: Callable[[Session, list[Delivery]], None] | None = None
     """Runs as the relay marks events sent, with their partitions and offsets."""
+
+    @property
+    def subscribes(self) -> list[str]:
+        return self.router.topics
+
+    @property
+    def owns(self) -> list[str]:
+        """The topics it publishes, which no other service writes."""
+        return sorted({event.topic for event in self.publishes})
 
 
 class ServiceRuntime:
@@ -93,7 +104,7 @@ class ServiceRuntime:
         spec, settings = self.spec, self.settings
         tracing.configure(spec.name)
         upgrade(self.engine, spec.migrations)
-        topics = {*spec.subscribes, *spec.publishes, DEAD_LETTERS}
+        topics = {*spec.subscribes, *spec.owns, DEAD_LETTERS}
         ensure_topics(
             settings.kafka_bootstrap_servers,
             [settings.topic(t) for t in topics],
@@ -115,6 +126,7 @@ class ServiceRuntime:
                 group_id=settings.consumer_group or spec.name,
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[settings.topic(t) for t in spec.subscribes],
+                owned_topics=[settings.topic(t) for t in spec.owns],
                 router=spec.router,
                 uow=self.uow,
                 processed_model=spec.processed_model,
@@ -196,7 +208,13 @@ class _RuntimeCollector:
             "outbox_pending", "Outbox rows not yet published", labels=["service"]
         )
         pending.add_metric([name], relay.pending() if relay else 0)
-        yield from (applied, dead, published, pending)
+        skipped = CounterMetricFamily(
+            "events_skipped",
+            "Events of types the service does not handle, on topics it does not own",
+            labels=["service"],
+        )
+        skipped.add_metric([name], consumer.skipped if consumer else 0)
+        yield from (applied, dead, skipped, published, pending)
 
 
 def quiet_garbage_collector() -> None:
