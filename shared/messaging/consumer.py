@@ -1,26 +1,27 @@
-"""The consumer loop: the handlers of an `EventRouter` (shared.messaging.router) on a real broker,
-applied at least once, effectively once.
+"""The consumer loop: the handlers of an `EventRouter` on a real broker, applied at least
+once, effectively once.
 
-Each message is decoded, claimed in the processed-events table and handled in one DB
-transaction; only after that commits is its offset stored (auto-commit then commits it).
-Malformed messages, unknown types and handlers that keep failing are dead-lettered and the
-loop moves on; a database or broker outage rewinds and waits instead."""
+Each record is decoded once (shared.messaging.decode); a fetched run of events is claimed
+in the processed-events table and handled in one DB transaction, and only after that
+commits are their offsets stored (auto-commit then commits them). Malformed records and
+handlers that keep failing are dead-lettered and the loop moves on; a database or broker
+outage rewinds and waits instead."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
-from shared.messaging.envelope import Envelope, InvalidEnvelope
+from shared.messaging.decode import decode
+from shared.messaging.envelope import Envelope
+from shared.messaging.failures import deadlock, transient
+from shared.messaging.fetch import consumer_config, index_of, next_batch, rewind, store
 from shared.messaging.idempotency import Claim, claim_many
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.router import EventRouter, Received
@@ -28,28 +29,6 @@ from shared.messaging.unit_of_work import UnitOfWork
 from shared.storage.db import ProcessedEventMixin
 
 log = logging.getLogger(__name__)
-
-_SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open")
-_DEADLOCK = "40P01"
-
-
-def _transient(exc: Exception) -> bool:
-    """An outage to wait out (broker, connection, lock), not a bug to dead-letter. SQLite
-    reports bugs ("no such table") as OperationalError too, so only its lock and I/O
-    errors count."""
-    if isinstance(exc, DeliveryError | KafkaException):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OperationalError):
-        if "sqlite" in type(exc.orig).__module__:
-            return any(word in str(exc.orig).lower() for word in _SQLITE_TRANSIENT)
-        return True
-    return False
-
-
-def _deadlock(exc: Exception) -> bool:
-    return getattr(getattr(exc, "orig", None), "sqlstate", None) == _DEADLOCK
 
 
 class _Fatal(KafkaException):
@@ -64,31 +43,7 @@ class _Rewind(Exception):
         self.message = message
 
 
-_SKIPPED = object()
-_CLIENT_ERROR = object()
 NEW = Claim.NEW
-
-
-def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "group.id": group_id,
-        "enable.auto.commit": True,
-        "enable.auto.offset.store": False,  # store only after the DB transaction commits
-        "auto.commit.interval.ms": 1000,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
-        # Notice a subscribed topic created after start within seconds, not minutes.
-        "topic.metadata.refresh.interval.ms": 5_000,
-        # Let the broker gather a few ms of records per fetch instead of answering each
-        # new record with its own response: fewer, larger requests.
-        "fetch.wait.max.ms": 10,
-        "fetch.min.bytes": 65_536,
-    }
-    config.update(overrides)
-    return config
 
 
 class ConsumerWorker:
@@ -111,10 +66,7 @@ class ConsumerWorker:
         max_attempts: int = 3,
         backoff: float = 0.1,
         config: dict[str, Any] | None = None,
-        after_commit: Callable[[Envelope], None] | None = None,
     ) -> None:
-        """`after_commit` runs between a handler's commit and its offset store (tests use
-        it to crash there)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.name = name
@@ -129,7 +81,6 @@ class ConsumerWorker:
         self._batch_size = batch_size
         self._max_attempts = max_attempts
         self._backoff = backoff
-        self._after_commit = after_commit
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_poll = 0.0
@@ -175,20 +126,20 @@ class ConsumerWorker:
         try:
             while not self._stop.is_set():
                 self.last_poll = time.monotonic()
-                batch = _next_batch(consumer, self._batch_size)
+                batch = next_batch(consumer, self._batch_size)
                 try:
                     self._process_batch(consumer, batch)
                 except _Rewind as exc:
                     self.last_error = str(exc.__cause__ or exc)
                     log.warning("%s: transient failure, rewinding: %s", self.name, self.last_error)
-                    _rewind(consumer, batch[_index_of(batch, exc.message) :])
+                    rewind(consumer, batch[index_of(batch, exc.message) :])
                     self._stop.wait(1.0)
                 except _Fatal:
                     raise
                 except Exception as exc:  # never let one surprise end the loop
                     self.last_error = repr(exc)
                     log.exception("%s: unexpected failure, rewinding", self.name)
-                    _rewind(consumer, batch)
+                    rewind(consumer, batch)
                     self._stop.wait(1.0)
         finally:
             consumer.close()  # commits stored offsets and leaves the group
@@ -202,50 +153,24 @@ class ConsumerWorker:
         transaction; dead-letter, skip or pass over the others in their place."""
         run: list[Received[Any]] = []
         for message in batch:
-            decoded = self._decode(message)
+            error = message.error()
+            if error is not None:  # a notice from the client, not a record
+                if error.fatal():
+                    raise _Fatal(error)
+                log.info("%s: %s", self.name, error)
+                continue
+            decoded = decode(message, self._router, self._owned)
             if isinstance(decoded, Received):
                 run.append(decoded)
                 continue
             self._apply_run(consumer, run)
             run = []
-            if decoded is _CLIENT_ERROR:
-                continue
             if isinstance(decoded, DeadLetter):
                 self._dead_letter(message, decoded)
-            _store(consumer, message)
+            else:
+                self.skipped += 1
+            store(consumer, message)
         self._apply_run(consumer, run)
-
-    def _decode(self, message: Message) -> Received[Any] | DeadLetter | object:
-        """The event and its validated payload; or the dead letter it makes; or
-        `_SKIPPED` (another service's event that this one does not handle), or
-        `_CLIENT_ERROR` (not a record)."""
-        error = message.error()
-        if error is not None:
-            if error.fatal():
-                raise _Fatal(error)
-            log.info("%s: %s", self.name, error)
-            return _CLIENT_ERROR
-        try:
-            event = Envelope.from_message(message, check_json=False)
-        except InvalidEnvelope as exc:
-            return DeadLetter(Reason.INVALID_ENVELOPE, str(exc))
-        except Exception as exc:  # anything else about this record that cannot be read
-            return DeadLetter(Reason.INVALID_ENVELOPE, repr(exc))
-        route = self._router.routes.get(event.type)
-        if route is None:
-            if message.topic() not in self._owned:
-                self.skipped += 1  # another service's event, for other readers
-                return _SKIPPED
-            return DeadLetter(Reason.UNKNOWN_TYPE, f"unknown event type {event.type!r}")
-        try:
-            payload = route.model.model_validate_json(event.data)
-        except ValidationError as exc:
-            try:
-                orjson.loads(event.data)
-            except orjson.JSONDecodeError as not_json:
-                return DeadLetter(Reason.INVALID_ENVELOPE, f"value is not JSON: {not_json}")
-            return DeadLetter(Reason.INVALID_PAYLOAD, str(exc))
-        return Received(event, payload, message)
 
     def _transaction(
         self, run: Sequence[Received[Any]], underway: list[Any] | None = None
@@ -270,29 +195,29 @@ class ConsumerWorker:
             return
         if len(run) == 1:
             self._apply_alone(run[0])
-            _store(consumer, run[0].message)
+            store(consumer, run[0].message)
             return
         underway: list[Any] = []
         try:
             outcomes = self._transaction(run, underway)
         except Exception as exc:
-            if _transient(exc) and not _deadlock(exc):
+            if transient(exc) and not deadlock(exc):
                 raise _Rewind(run[0].message) from exc
-            if not underway or _deadlock(exc):
+            if not underway or deadlock(exc):
                 for item in run:
                     self._apply_alone(item)
-                    _store(consumer, item.message)
+                    store(consumer, item.message)
                 return
             at = next(i for i, item in enumerate(run) if item is underway[0])
             self._apply_run(consumer, run[:at])
             self._apply_alone(run[at], failed_once=exc)
-            _store(consumer, run[at].message)
+            store(consumer, run[at].message)
             self._apply_run(consumer, run[at + 1 :])
             return
         for item, outcome in zip(run, outcomes, strict=True):
             self._settle(item, outcome)
         for item in run:
-            _store(consumer, item.message)
+            store(consumer, item.message)
 
     def _apply_alone(self, item: Received[Any], failed_once: Exception | None = None) -> None:
         """Apply one event, retrying a failing handler with backoff, then dead-letter it.
@@ -307,7 +232,7 @@ class ConsumerWorker:
             try:
                 (outcome,) = self._transaction([item])
             except Exception as exc:
-                if _transient(exc) and not _deadlock(exc):
+                if transient(exc) and not deadlock(exc):
                     raise _Rewind(item.message) from exc
                 failure = exc  # a bug or bad data in the handler
             else:
@@ -329,7 +254,8 @@ class ConsumerWorker:
         )
 
     def _settle(self, item: Received[Any], outcome: Claim) -> None:
-        """After the commit: count it, dead-letter a conflicting duplicate, run the hook."""
+        """After the commit, before the offset is stored: count it, dead-letter a
+        conflicting duplicate."""
         if outcome is Claim.CONFLICT:
             self._dead_letter(
                 item.message,
@@ -339,8 +265,6 @@ class ConsumerWorker:
             )
         elif outcome is NEW:
             self.applied += 1
-        if self._after_commit:
-            self._after_commit(item.event)
 
     def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
         try:
@@ -348,39 +272,3 @@ class ConsumerWorker:
         except DeliveryError as exc:
             raise _Rewind(message) from exc
         self.dead_lettered += 1
-
-
-def _index_of(batch: Sequence[Message], message: Message) -> int:
-    return next(i for i, candidate in enumerate(batch) if candidate is message)
-
-
-def _store(consumer: Consumer, message: Message) -> None:
-    try:
-        consumer.store_offsets(message=message)
-    except KafkaException as exc:  # the partition was revoked meanwhile: its new owner
-        log.info("offset not stored: %s", exc)  # re-reads; claims make that harmless
-
-
-def _next_batch(consumer: Consumer, size: int, wait: float = 0.5) -> list[Message]:
-    """Wait for one message, then take whatever else is already fetched, up to `size`.
-
-    (`consume(n, timeout)` would wait out the whole timeout whenever fewer than n are
-    there, adding its timeout to the latency of every quiet moment.)"""
-    first = consumer.poll(wait)
-    if first is None:
-        return []
-    return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
-
-
-def _rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:
-    """Seek every partition in `unprocessed` back to its first message not yet applied."""
-    first: dict[tuple[str, int], int] = {}
-    for message in unprocessed:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if message.error() is None and topic is not None and partition is not None:
-            first.setdefault((topic, partition), offset or 0)
-    for (topic, partition), offset in first.items():
-        try:
-            consumer.seek(TopicPartition(topic, partition, offset))
-        except KafkaException as exc:  # revoked meanwhile: the next owner starts there anyway
-            log.info("seek %s[%d] failed: %s", topic, partition, exc)

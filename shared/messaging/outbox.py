@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, delete, event, func, insert, selec
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.messaging.envelope import Envelope, utcnow
-from shared.messaging.producer import Delivery, EventProducer
+from shared.messaging.producer import Delivery, EventProducer, Placed
 from shared.storage.db import OutboxMixin, is_postgres, make_sessions, reader, writing
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ class OutboxRelay:
         *,
         batch_size: int = 2000,
         poll_interval: float = 0.5,
-        before_publish: Callable[[list[Envelope]], None] | None = None,
         on_published: Callable[[Session, list[Delivery]], None] | None = None,
     ) -> None:
         """`on_published` runs in the transaction that marks events sent, with where the
@@ -73,7 +72,6 @@ class OutboxRelay:
         self._producer = producer
         self._batch_size = batch_size
         self._poll_interval = poll_interval
-        self._before_publish = before_publish
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,6 +141,12 @@ class OutboxRelay:
             finally:
                 _unlock(lock_conn, self._lock_key)
 
+    def _publish(self, rows: Sequence[Any]) -> list[Placed]:
+        """Produce a batch of rows and wait for the broker's answer to each."""
+        return self._producer.send_records(
+            [(row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows]
+        )
+
     def _relay_batch(self) -> int:
         table = self._model.__table__  # type: ignore[attr-defined]
         c = table.c
@@ -155,11 +159,7 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        if self._before_publish:
-            self._before_publish([row_to_envelope(row) for row in rows])
-        placed = self._producer.send_records(
-            [(row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows]
-        )
+        placed = self._publish(rows)
         now = utcnow()
         acked = [
             {"row_id": row.id, "b_sent_at": now, "b_partition": p.partition, "b_offset": p.offset}

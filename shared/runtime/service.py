@@ -6,9 +6,7 @@ A service's main.py describes itself with a `ServiceSpec` and calls `create_serv
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -115,7 +113,6 @@ class ServiceRuntime:
             self.sessions,
             spec.outbox_model,
             self.producer,
-            before_publish=crash_on_call(settings.fault_crash_before_publish),
             on_published=spec.on_published,
         )
         self.relay.start()
@@ -134,7 +131,6 @@ class ServiceRuntime:
                 producer=EventProducer(settings.kafka_bootstrap_servers),
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
-                after_commit=crash_on_call(settings.fault_crash_after_commits),
             )
             self.consumer.start()
         self._housekeeper = threading.Thread(
@@ -228,20 +224,6 @@ def quiet_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-
-
-def crash_on_call(n: int) -> Callable[[Any], None] | None:
-    """A fault-injection hook that kills the process, like SIGKILL, on its n-th call."""
-    if n <= 0:
-        return None
-    calls = itertools.count(1)
-
-    def crash(_: Any) -> None:
-        if next(calls) == n:
-            log.error("fault injection: exiting abruptly")
-            os._exit(137)
-
-    return crash
 
 
 def get_runtime(request: Request) -> ServiceRuntime:

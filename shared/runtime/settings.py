@@ -28,12 +28,5 @@ class ServiceSettings(BaseSettings):
     segment's age) and longer than a group's offsets live, or a replay could re-apply."""
     outbox_retention_hours: float = 24
 
-    fault_crash_after_commits: int = 0
-    """Fault injection for crash tests (0 = off): the process exits abruptly after its
-    consumer's N-th handler commit, before that event's offset is stored."""
-    fault_crash_before_publish: int = 0
-    """Fault injection for crash tests (0 = off): the process exits abruptly when its outbox
-    relay is about to publish its N-th batch, after the events were committed."""
-
     def topic(self, name: str) -> str:
         return self.topic_prefix + name

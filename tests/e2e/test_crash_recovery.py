@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FAULTS = {
     # inventory dies between its DB commit and its offset store, on its 150th event
-    "INVENTORY_FAULT_CRASH_AFTER_COMMITS": "150",
+    "inventory": {"FAULT_CRASH_AFTER_COMMITS": "150"},
     # order dies after committing events, as its relay is about to publish batch 40
-    "ORDER_FAULT_CRASH_BEFORE_PUBLISH": "40",
+    "order": {"FAULT_CRASH_BEFORE_PUBLISH": "40"},
 }
 
 
@@ -38,14 +38,19 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     broker.stop()
 
 
-def stack_on(broker: LocalBroker, folder: Path, env: dict[str, str]) -> Stack:
+def stack_on(broker: LocalBroker, folder: Path, faults: dict[str, dict[str, str]]) -> Stack:
+    """The stack on `broker`, each service in `faults` served by tests.faults, armed."""
     prefix = unique("chaos") + "-"
     stack = Stack(
         run_dir=folder,
         ports={name: free_port() for name in PORTS},
-        env={"TOPIC_PREFIX": prefix, **env},
+        env={"TOPIC_PREFIX": prefix},
         broker=broker,
     )
+    for name, armed in faults.items():
+        service = stack.services[name]
+        service.env = {**service.env, **armed, "FAULT_SERVICE": name}
+        service.app = "tests.faults:create_app"
     stack.up(timeout=120)
     return stack
 
@@ -71,7 +76,8 @@ class Watchdog(threading.Thread):
 
 def restart(service: ServiceProcess) -> None:
     """Bring a service back with the project's own command, faults disarmed."""
-    service.env = {k: v for k, v in service.env.items() if "_FAULT_" not in k}
+    service.env = {k: v for k, v in service.env.items() if not k.startswith("FAULT_")}
+    service.app = ""
     service.start()
     service.wait_ready(120)
 

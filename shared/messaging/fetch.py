@@ -1,0 +1,70 @@
+"""The Kafka side of consuming: the client's settings, fetching a batch, storing an
+applied record's offset, and rewinding to what was not applied."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,  # store only after the DB transaction commits
+        "auto.commit.interval.ms": 1000,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        # Notice a subscribed topic created after start within seconds, not minutes.
+        "topic.metadata.refresh.interval.ms": 5_000,
+        # Let the broker gather a few ms of records per fetch instead of answering each
+        # new record with its own response: fewer, larger requests.
+        "fetch.wait.max.ms": 10,
+        "fetch.min.bytes": 65_536,
+    }
+    config.update(overrides)
+    return config
+
+
+def index_of(batch: Sequence[Message], message: Message) -> int:
+    return next(i for i, candidate in enumerate(batch) if candidate is message)
+
+
+def store(consumer: Consumer, message: Message) -> None:
+    try:
+        consumer.store_offsets(message=message)
+    except KafkaException as exc:  # the partition was revoked meanwhile: its new owner
+        log.info("offset not stored: %s", exc)  # re-reads; claims make that harmless
+
+
+def next_batch(consumer: Consumer, size: int, wait: float = 0.5) -> list[Message]:
+    """Wait for one message, then take whatever else is already fetched, up to `size`.
+
+    (`consume(n, timeout)` would wait out the whole timeout whenever fewer than n are
+    there, adding its timeout to the latency of every quiet moment.)"""
+    first = consumer.poll(wait)
+    if first is None:
+        return []
+    return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
+
+
+def rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:
+    """Seek every partition in `unprocessed` back to its first message not yet applied."""
+    first: dict[tuple[str, int], int] = {}
+    for message in unprocessed:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if message.error() is None and topic is not None and partition is not None:
+            first.setdefault((topic, partition), offset or 0)
+    for (topic, partition), offset in first.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:  # revoked meanwhile: the next owner starts there anyway
+            log.info("seek %s[%d] failed: %s", topic, partition, exc)
