@@ -1,14 +1,6 @@
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from services.registry import get
+from shared.runtime.settings import service_settings
 
-from shared.runtime.settings import ServiceSettings
-
-
-class InventorySettings(ServiceSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="INVENTORY_", extra="ignore", validate_by_name=True
-    )
-
-    database_url: str = "sqlite:///.run/data/inventory.db"
-    port: int = 8002
+InventorySettings = service_settings("inventory", port=get("inventory").port)

@@ -1,12 +1,6 @@
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from services.registry import get
+from shared.runtime.settings import service_settings
 
-from shared.runtime.settings import ServiceSettings
-
-
-class OrderSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDER_", extra="ignore", validate_by_name=True)
-
-    database_url: str = "sqlite:///.run/data/order.db"
-    port: int = 8001
+OrderSettings = service_settings("order", port=get("order").port)

@@ -1,12 +1,6 @@
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from services.registry import get
+from shared.runtime.settings import service_settings
 
-from shared.runtime.settings import ServiceSettings
-
-
-class ProductSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="PRODUCT_", extra="ignore", validate_by_name=True)
-
-    database_url: str = "sqlite:///.run/data/product.db"
-    port: int = 8003
+ProductSettings = service_settings("product", port=get("product").port)

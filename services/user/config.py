@@ -1,12 +1,6 @@
 from __future__ import annotations
 
-from pydantic_settings import SettingsConfigDict
+from services.registry import get
+from shared.runtime.settings import service_settings
 
-from shared.runtime.settings import ServiceSettings
-
-
-class UserSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="USER_", extra="ignore", validate_by_name=True)
-
-    database_url: str = "sqlite:///.run/data/user.db"
-    port: int = 8004
+UserSettings = service_settings("user", port=get("user").port)

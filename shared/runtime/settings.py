@@ -1,8 +1,11 @@
-"""The settings every service has. Each service subclasses with its own env prefix
-(`ORDER_DATABASE_URL`, `INVENTORY_PORT`, ...); the broker address and topic prefix are
-shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`). Nothing else reads os.environ."""
+"""The settings every service has. `service_settings` makes a service's class with its own
+env prefix (`ORDER_DATABASE_URL`, `INVENTORY_PORT`, ...); the broker address and topic
+prefix are shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`). Nothing else reads
+os.environ."""
 
 from __future__ import annotations
+
+import sys
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,3 +33,21 @@ class ServiceSettings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
+
+
+def service_settings(name: str, *, port: int) -> type[ServiceSettings]:
+    """`OrderSettings = service_settings("order", port=8001)`: env prefix `ORDER_`, SQLite
+    in `.run/data/order.db` unless `ORDER_DATABASE_URL` says otherwise, port 8001.
+    Subclass the result to add a service's own fields."""
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    namespace = {
+        "__module__": sys._getframe(1).f_globals.get("__name__", __name__),
+        "__qualname__": f"{camel}Settings",
+        "__annotations__": {"database_url": str, "port": int},
+        "model_config": SettingsConfigDict(
+            env_prefix=f"{name.upper()}_", extra="ignore", validate_by_name=True
+        ),
+        "database_url": f"sqlite:///.run/data/{name}.db",
+        "port": port,
+    }
+    return type(f"{camel}Settings", (ServiceSettings,), namespace)
