@@ -7,11 +7,14 @@ from sqlalchemy import CheckConstraint, DateTime, Enum, ForeignKey, Integer, Str
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.messaging.envelope import utcnow
-from shared.storage.db import OutboxMixin, ProcessedEventMixin
+from shared.storage.tables import shared_tables
 
 
 class Base(DeclarativeBase):
     pass
+
+
+OutboxMessage, ProcessedEvent = shared_tables(Base)
 
 
 class Stock(Base):
@@ -79,11 +82,3 @@ class Reservation(Base):
     )
     quantity: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class OutboxMessage(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class ProcessedEvent(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"

@@ -9,11 +9,15 @@ from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.messaging.envelope import utcnow
-from shared.storage.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
+from shared.storage.db import UtcDateTime
+from shared.storage.tables import shared_tables
 
 
 class Base(DeclarativeBase):
     pass
+
+
+OutboxMessage, ProcessedEvent = shared_tables(Base)
 
 
 class OrderStatus(enum.StrEnum):
@@ -96,11 +100,3 @@ class OrderEvent(Base):
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
-
-
-class OutboxMessage(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class ProcessedEvent(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"

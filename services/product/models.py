@@ -6,11 +6,15 @@ from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.messaging.envelope import utcnow
-from shared.storage.db import OutboxMixin, ProcessedEventMixin, UtcDateTime
+from shared.storage.db import UtcDateTime
+from shared.storage.tables import shared_tables
 
 
 class Base(DeclarativeBase):
     pass
+
+
+OutboxMessage, ProcessedEvent = shared_tables(Base)
 
 
 class Product(Base):
@@ -23,11 +27,3 @@ class Product(Base):
     stock_version: Mapped[int] = mapped_column(Integer, default=0)
     """Version of the last `stock-changed` applied; older ones are stale."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-
-
-class OutboxMessage(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class ProcessedEvent(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"

@@ -6,11 +6,15 @@ from sqlalchemy import String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.messaging.envelope import utcnow
-from shared.storage.db import BigId, OutboxMixin, ProcessedEventMixin, UtcDateTime
+from shared.storage.db import BigId, UtcDateTime
+from shared.storage.tables import shared_tables
 
 
 class Base(DeclarativeBase):
     pass
+
+
+OutboxMessage, ProcessedEvent = shared_tables(Base)
 
 
 class User(Base):
@@ -37,11 +41,3 @@ class Notification(Base):
     type: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-
-
-class OutboxMessage(OutboxMixin, Base):
-    __tablename__ = "outbox"
-
-
-class ProcessedEvent(ProcessedEventMixin, Base):
-    __tablename__ = "processed_events"
