@@ -1,6 +1,7 @@
 """Alembic, driven from code: every service upgrades its own schema at start-up.
 
-A service's `migrations/env.py` is one call: `run_migrations(Base.metadata)`."""
+The environment and the revision template live here (`shared/storage/alembic/`); a
+service's `migrations/` folder holds only its `versions/`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,23 @@ from sqlalchemy import Connection, Engine, MetaData, TypeDecorator, create_engin
 from shared.storage.db import is_postgres
 
 _MIGRATION_LOCK = 727_375_001
+ENVIRONMENT = Path(__file__).parent / "alembic"
 
 
-def upgrade(engine: Engine, script_location: Path) -> None:
-    """Upgrade to head. Processes sharing one PostgreSQL database take turns."""
+def alembic_config(migrations: Path, metadata: MetaData | None = None) -> Config:
+    """The library's environment with the versions in `migrations/versions`; `metadata`
+    (a service's `Base.metadata`) is needed to autogenerate, not to upgrade."""
     config = Config()
-    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("script_location", str(ENVIRONMENT))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", str(migrations / "versions"))
+    config.attributes["metadata"] = metadata
+    return config
+
+
+def upgrade(engine: Engine, migrations: Path) -> None:
+    """Upgrade to head. Processes sharing one PostgreSQL database take turns."""
+    config = alembic_config(migrations)
     with engine.begin() as connection:
         if is_postgres(engine):
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
@@ -27,8 +39,9 @@ def upgrade(engine: Engine, script_location: Path) -> None:
         command.upgrade(config, "head")
 
 
-def run_migrations(metadata: MetaData) -> None:
-    """The body of a service's env.py (online mode; a URL in sqlalchemy.url for the CLI)."""
+def run_migrations() -> None:
+    """The body of env.py (online mode; a URL in sqlalchemy.url when no connection is given)."""
+    metadata = context.config.attributes.get("metadata")
     connection = context.config.attributes.get("connection")
     if connection is None:
         url = context.config.get_main_option("sqlalchemy.url") or "sqlite://"
@@ -39,7 +52,7 @@ def run_migrations(metadata: MetaData) -> None:
     _configure_and_run(connection, metadata)
 
 
-def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
+def _configure_and_run(connection: Connection, metadata: MetaData | None) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,

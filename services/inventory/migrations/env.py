@@ -1,4 +1,0 @@
-from services.inventory.models import Base
-from shared.storage.migrations import run_migrations
-
-run_migrations(Base.metadata)
