@@ -1,4 +1,4 @@
-"""The whole stack on this machine: the Kafka broker and the four services.
+"""The whole stack on this machine: the Kafka broker and the services of services/registry.py.
 
     python -m tools.stack up        start what is not running, wait until every /ready is 200
     python -m tools.stack down      stop everything, free the ports
@@ -7,7 +7,7 @@
     python -m tools.stack start SERVICE|kafka
 
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead.
-Each service runs as `uvicorn services.<name>.main:create_app --factory`, with its pid file
+Each service runs as `uvicorn <package>.main:create_app --factory`, with its pid file
 in .run/pids and its log in .run/logs; its database defaults to SQLite under .run/data."""
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from pathlib import Path
 
 import httpx
 
+from services.registry import SERVICES
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
 
-PORTS = {"order": 8001, "inventory": 8002, "product": 8003, "user": 8004}
+PORTS = {service.name: service.port for service in SERVICES}
+APPS = {service.name: service.app for service in SERVICES}
 
 
 def docker_engine() -> bool:
@@ -49,7 +51,8 @@ class ServiceProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     workers: int = 1
     app: str = ""
-    """The uvicorn app factory; defaults to `services.<name>.main:create_app`."""
+    """The uvicorn app factory; defaults to the registered service's (else
+    `services.<name>.main:create_app`)."""
 
     @property
     def url(self) -> str:
@@ -89,7 +92,7 @@ class ServiceProcess:
             sys.executable,
             "-m",
             "uvicorn",
-            self.app or f"services.{self.name}.main:create_app",
+            self.app or APPS.get(self.name, f"services.{self.name}.main:create_app"),
             "--factory",
             "--host",
             "127.0.0.1",
@@ -156,7 +159,8 @@ class ServiceProcess:
 
 
 class Stack:
-    """The broker (unless an external one is given) and the four services."""
+    """The broker (unless an external one is given) and the services (all registered ones
+    unless `ports` names others)."""
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from services.registry import names
 from tools.bench.procs import Sampler
 from tools.bench.report import (
     cpu_seconds,
@@ -238,7 +239,7 @@ def run_e2e(
     say: Callable[[str], None] = print,
     on_load_tick: Callable[[float], None] | None = None,
     topic_prefix: str = "",
-    services: Iterable[str] = ("order", "inventory", "product", "user"),
+    services: Iterable[str] = tuple(names()),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Drive the load, wait for the outcomes; return (summary, raw per-order series)."""
     records_before = kafka_records(bootstrap, prefix=topic_prefix)

@@ -1,9 +1,10 @@
-"""A second stack of the four services on PostgreSQL, for `python -m tools.bench --backend
-postgres`: its own run directory (.run/bench-pg), ports 8101-8104, fresh databases on the
-local PostgreSQL server (tools/postgres_local.sh, started if need be), a fresh topic prefix
-and consumer groups on the given broker, and `workers` uvicorn workers per service (each a
-consumer-group member with its own outbox relay). Stopped, and its databases dropped, on
-the way out. The local server's processes are sampled as `postgres`."""
+"""A second stack of the registered services on PostgreSQL, for `python -m tools.bench
+--backend postgres`: its own run directory (.run/bench-pg), each service's port plus 100
+(8101-8104), fresh databases on the local PostgreSQL server (tools/postgres_local.sh,
+started if need be), a fresh topic prefix and consumer groups on the given broker, and
+`workers` uvicorn workers per service (each a consumer-group member with its own outbox
+relay). Stopped, and its databases dropped, on the way out. The local server's processes
+are sampled as `postgres`."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import make_url, text
 
+from services.registry import SERVICES
 from shared.storage.db import make_engine
 from tools.client import DEFAULT_URLS
 from tools.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = {"order": 8101, "inventory": 8102, "product": 8103, "user": 8104}
+PORTS = {service.name: service.port + 100 for service in SERVICES}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from services.registry import names
+
 WRK_MARKER = "BENCH_WRK_JSON "
 """The line prefix under which the wrk script's done() prints its JSON summary."""
 
@@ -270,7 +272,7 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
             "ours": shares(ours), "leaf": shares(own)}  # fmt: skip
 
 
-SERVICES = ("order", "inventory", "product", "user")
+SERVICES = tuple(names())
 BROKER = "kafka"
 DATABASE = "postgres"
 LOAD_GENERATORS = ("wrk", "bench")
