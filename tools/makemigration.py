@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("message", nargs="?", help="the revision's message")
     parser.add_argument("--migrations", type=Path, help="the folder holding versions/")
     parser.add_argument("--check", action="store_true", help="only check for a difference")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not args.check and not args.message:
         parser.error("a message is needed (or --check)")
     package = package_of(args.service)
