@@ -1,7 +1,7 @@
-# One image for the four services; compose.yaml picks the service with `command:`.
+# One image for every service of services/registry.py; compose.yaml picks one by name.
 #   docker build -t event-driven-shop .
 #   docker run --rm -p 127.0.0.1:8002:8002 event-driven-shop \
-#       uvicorn services.inventory.main:create_app --factory --host 0.0.0.0 --port 8002
+#       python -m services inventory --host 0.0.0.0
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -30,7 +30,8 @@ COPY tools/ tools/
 
 USER app
 
+# The registry's ports (tests/unit/test_compose.py keeps them equal).
 EXPOSE 8001 8002 8003 8004
 
-# exec form: uvicorn is PID 1 and gets SIGTERM for a graceful shutdown.
-CMD ["uvicorn", "services.order.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8001"]
+# exec form: python (uvicorn inside it) is PID 1 and gets SIGTERM for a graceful shutdown.
+CMD ["python", "-m", "services", "order", "--host", "0.0.0.0"]

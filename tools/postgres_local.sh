@@ -8,7 +8,8 @@
 #   tools/postgres_local.sh url       print the SQLAlchemy URL of the superuser role
 #
 # Listens on 127.0.0.1:${PG_PORT:-5433} only, trust auth on loopback, data in .run/postgres.
-# Role `shop` (password `shop`) is a superuser, so tests can CREATE DATABASE their own.
+# Role `shop` (password `shop`) is a superuser, so tests can CREATE DATABASE their own; it
+# owns one database per registered service (`python -m tools.pginit --psql`, stdlib only).
 # Tuned for tests, not for durability (fsync off): never keep data you care about here.
 # Root cannot run the server: as root it runs as the `postgres` OS user (created if missing).
 set -euo pipefail
@@ -98,6 +99,8 @@ DO \$\$ BEGIN
   END IF;
 END \$\$;
 SQL
+  (cd "$ROOT" && "${PYTHON:-python3}" -m tools.pginit --psql) |
+    "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ROLE" -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null
   echo "postgres_local: PostgreSQL running at $(url)"
 }
 

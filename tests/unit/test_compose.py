@@ -1,9 +1,11 @@
 """compose.yaml, Dockerfile and .dockerignore read as data: no Docker engine, no broker.
 
-What `docker compose up -d --wait` relies on is checked here: every container has a
-healthcheck, the services wait for healthy Kafka and PostgreSQL, each service gets the
-environment its settings class actually reads, and the host sees the same addresses as
-in the local process mode (tools/stack.py, tools/kafka_local.py)."""
+What `docker compose up -d --wait` relies on is checked here: every long-running container
+has a healthcheck, the services wait for healthy Kafka and PostgreSQL and for their
+databases (the one-shot `pginit`), compose runs exactly the services of
+services/registry.py on their ports, each gets the environment its settings class actually
+reads, and the host sees the same addresses as in the local process mode (tools/stack.py,
+tools/kafka_local.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ from packaging.specifiers import SpecifierSet
 from pydantic import AliasChoices, AliasPath
 from sqlalchemy import make_url
 
+from services.registry import SERVICES, get, load
 from shared.runtime.settings import ServiceSettings
+from tools import pginit
 from tools.kafka_local import LocalBroker
-from tools.stack import PORTS
 
 pytestmark = pytest.mark.unit
 
@@ -44,6 +47,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 POM = ROOT / "tools" / "kafka" / "pom.xml"
 INFRA = ("kafka", "postgres")
+INIT = "pginit"
+PORTS = {service.name: service.port for service in SERVICES}
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -118,16 +123,9 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
 
 
 def settings_class(name: str) -> type[ServiceSettings]:
-    module = importlib.import_module(f"services.{name}.config")
-    classes = [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type)
-        and issubclass(value, ServiceSettings)
-        and value.__module__ == module.__name__
-    ]
-    assert len(classes) == 1, f"services.{name}.config defines {classes}"
-    return classes[0]
+    settings = load(get(name).settings)
+    assert isinstance(settings, type) and issubclass(settings, ServiceSettings), settings
+    return settings
 
 
 def env_names(settings: type[ServiceSettings]) -> dict[str, str]:
@@ -169,18 +167,18 @@ def final_stage() -> list[tuple[str, str]]:
     return instructions[starts[-1] :]
 
 
-def assert_uvicorn_factory(command: list[str], name: str, port: int | None = None) -> None:
-    """`uvicorn services.<name>.main:create_app --factory ...` naming a real factory."""
-    assert command[0] == "uvicorn", command
-    app = f"services.{name}.main:create_app"
-    assert app in command, command
-    assert "--factory" in command, command
-    assert command[command.index("--host") + 1] == "0.0.0.0", command
-    if port is not None:
-        assert command[command.index("--port") + 1] == str(port), command
-    module_name, _, attribute = app.partition(":")
-    assert importlib.util.find_spec(module_name) is not None, f"no module {module_name}"
-    assert callable(getattr(importlib.import_module(module_name), attribute, None))
+def command_of(spec: dict[str, Any] | str) -> list[str]:
+    command = spec if isinstance(spec, str) else spec.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(arg) for arg in command]
+
+
+def assert_serves(command: list[str], name: str) -> None:
+    """`python -m services <name> --host 0.0.0.0`, naming a registered service whose app
+    factory and settings class exist."""
+    assert command == ["python", "-m", "services", name, "--host", "0.0.0.0"], command
+    assert importlib.util.find_spec("services.__main__") is not None, "no services/__main__.py"
+    assert callable(load(get(name).app))
+    settings_class(name)
 
 
 # --- the file as a whole ---------------------------------------------------------------
@@ -189,12 +187,13 @@ def assert_uvicorn_factory(command: list[str], name: str, port: int | None = Non
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    assert set(data["services"]) == {*INFRA, *PORTS}
+    assert set(data["services"]) == {*INFRA, INIT, *PORTS}, "compose runs the registry's services"
 
 
-def test_every_container_has_a_healthcheck_for_up_wait() -> None:
+def test_every_long_running_container_has_a_healthcheck_for_up_wait() -> None:
     for name in compose()["services"]:
-        healthcheck_text(name)
+        if name != INIT:
+            healthcheck_text(name)
 
 
 def test_everything_is_published_on_loopback_only() -> None:
@@ -290,42 +289,54 @@ def test_kafka_healthcheck_asks_the_broker() -> None:
 # --- postgres --------------------------------------------------------------------------
 
 
-def init_script() -> Path:
-    for volume in service("postgres").get("volumes") or []:
-        source, _, rest = str(volume).partition(":")
-        if rest.startswith("/docker-entrypoint-initdb.d/"):
-            return (ROOT / source).resolve()
-    raise AssertionError("postgres mounts no script into /docker-entrypoint-initdb.d")
-
-
 def test_postgres_has_a_healthcheck_and_loopback_port() -> None:
     assert service("postgres")["image"] == "postgres:16"
     assert "pg_isready" in healthcheck_text("postgres")
     assert published_ports("postgres") == [("127.0.0.1", "5432", "5432")]
 
 
-def test_postgres_creates_one_database_per_service() -> None:
-    script = init_script()
-    assert script.is_file() and script.is_relative_to(ROOT), script
-    created = set(re.findall(r'CREATE\s+DATABASE\s+"?(\w+)"?', script.read_text(), re.I))
+def assert_owner_url(value: str) -> Any:
+    """A URL of the compose PostgreSQL server as its owner, POSTGRES_USER."""
     env = environment("postgres")
+    url = make_url(value)
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port or 5432) == ("postgres", 5432)
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    return url
+
+
+def test_pginit_runs_once_the_server_is_healthy_and_creates_the_databases() -> None:
+    spec = service(INIT)
+    assert spec["build"] == service(SERVICES[0].name)["build"], "the services' image"
+    assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
+    assert spec["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    command = command_of(spec)
+    assert command[:3] == ["python", "-m", "tools.pginit"] and len(command) == 4, command
+    assert_owner_url(command[3])
+    assert importlib.util.find_spec("psycopg") is not None
+    assert not [
+        volume
+        for volume in service("postgres").get("volumes") or []
+        if "/docker-entrypoint-initdb.d" in str(volume)
+    ], "databases are pginit's to create, on every `up`, not only on an empty volume"
+
+
+def test_postgres_has_one_database_per_service_that_pginit_creates() -> None:
+    created = set(pginit.databases())
     databases = set()
     for name in PORTS:
-        url = make_url(environment(name)[f"{name.upper()}_DATABASE_URL"])
-        assert url.drivername == "postgresql+psycopg"
-        assert (url.host, url.port or 5432) == ("postgres", 5432)
-        assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
-        assert url.database in created, f"{url.database} is not created by {script.name}"
+        url = assert_owner_url(environment(name)[f"{name.upper()}_DATABASE_URL"])
+        assert url.database == get(name).database
+        assert url.database in created, f"{url.database} is not created by tools.pginit"
         databases.add(url.database)
     assert len(databases) == len(PORTS), "each service has its own database"
-    assert importlib.util.find_spec("psycopg") is not None
 
 
-# --- the four services -----------------------------------------------------------------
+# --- the registered services -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
-def test_service_is_built_from_the_repo_and_waits_for_healthy_infra(name: str) -> None:
+def test_service_is_built_from_the_repo_and_waits_for_infra_and_its_database(name: str) -> None:
     spec = service(name)
     build = spec["build"]
     context = build if isinstance(build, str) else build.get("context", ".")
@@ -335,14 +346,13 @@ def test_service_is_built_from_the_repo_and_waits_for_healthy_infra(name: str) -
     assert isinstance(depends_on, dict), "the list form of depends_on has no condition"
     for dependency in INFRA:
         assert depends_on[dependency]["condition"] == "service_healthy", dependency
+    assert depends_on[INIT]["condition"] == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
-def test_service_runs_its_factory_on_its_port(name: str) -> None:
-    command = service(name)["command"]
-    if isinstance(command, str):
-        command = shlex.split(command)
-    assert_uvicorn_factory(command, name, PORTS[name])
+def test_service_runs_by_its_registered_name_on_its_registered_port(name: str) -> None:
+    assert_serves(command_of(service(name)), name)
+    assert environment(name).get(f"{name.upper()}_PORT", str(PORTS[name])) == str(PORTS[name])
     assert published_ports(name) == [("127.0.0.1", str(PORTS[name]), str(PORTS[name]))]
 
 
@@ -417,16 +427,26 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert users[-1].split(":")[0] not in ("root", "0")
 
 
-def test_dockerfile_default_command_is_an_overridable_service_factory() -> None:
+def test_dockerfile_default_command_serves_a_registered_service_by_name() -> None:
     stage = final_stage()
     assert not [keyword for keyword, _ in stage if keyword == "ENTRYPOINT"], "CMD alone is simpler"
     commands = [arguments for keyword, arguments in stage if keyword == "CMD"]
     assert commands, "no CMD"
-    command = json.loads(commands[-1])  # exec form, so uvicorn is PID 1 and gets SIGTERM
-    name = command[command.index("--factory") - 1].split(".")[1]
-    assert_uvicorn_factory(command, name, PORTS[name])
+    command = json.loads(commands[-1])  # exec form, so python is PID 1 and gets SIGTERM
+    assert len(command) > 3 and command[3] in PORTS, command
+    assert_serves(command, command[3])
     for each in PORTS:
         assert service(each).get("command"), f"{each} relies on the image's default CMD"
+
+
+def test_dockerfile_exposes_the_registry_ports() -> None:
+    exposed = {
+        int(port.split("/")[0])
+        for keyword, arguments in final_stage()
+        if keyword == "EXPOSE"
+        for port in arguments.split()
+    }
+    assert exposed == set(PORTS.values())
 
 
 def test_dockerignore_keeps_local_state_out_but_not_the_code() -> None:
