@@ -1,0 +1,184 @@
+"""What a service gets from the registry and the library: settings, the shared tables, the
+migration environment, a database on PostgreSQL and `python -m services NAME`."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+import services.__main__ as serve_by_name
+from services.registry import SERVICES, get, load, names
+from shared.runtime.settings import ServiceSettings, service_settings
+from shared.storage.migrations import upgrade
+from tools import makemigration, pginit
+from tools.stack import Stack
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def migrations_of(package: str) -> Path:
+    return Path(importlib.import_module(package).__file__ or "").parent / "migrations"
+
+
+def shape(table: Any) -> list[tuple[str, str, bool]]:
+    return [(column.name, repr(column.type), column.nullable) for column in table.columns]
+
+
+def test_the_registry_names_each_service_and_port_once() -> None:
+    assert len(set(names())) == len(SERVICES)
+    assert len({service.port for service in SERVICES}) == len(SERVICES)
+    assert get("inventory").package == "services.inventory"
+    with pytest.raises(KeyError, match="registered: order"):
+        get("nowhere")
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=names())
+def test_a_registered_service_has_its_app_settings_and_versions(service: Any) -> None:
+    assert callable(load(service.app))
+    settings = load(service.settings)()
+    assert isinstance(settings, ServiceSettings)
+    assert settings.model_config.get("env_prefix") == f"{service.name.upper()}_"
+    assert settings.port == service.port
+    assert settings.database_url == f"sqlite:///.run/data/{service.name}.db"
+    assert sorted(path.name for path in migrations_of(service.package).iterdir()) == ["versions"]
+
+
+def test_service_settings_makes_a_class_for_a_name_not_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    GiftCardSettings = service_settings("gift_card", port=8099)
+    assert GiftCardSettings.__name__ == "GiftCardSettings"
+    assert GiftCardSettings.__module__ == __name__
+    defaults = GiftCardSettings()
+    assert (defaults.port, defaults.database_url) == (8099, "sqlite:///.run/data/gift_card.db")
+    monkeypatch.setenv("GIFT_CARD_PORT", "9001")
+    monkeypatch.setenv("GIFT_CARD_DATABASE_URL", "sqlite:///elsewhere.db")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:19092")
+    monkeypatch.setenv("ORDER_PORT", "1")
+    read = GiftCardSettings()
+    assert (read.port, read.database_url) == (9001, "sqlite:///elsewhere.db")
+    assert read.kafka_bootstrap_servers == "kafka:19092"
+
+    class WithExtra(GiftCardSettings):  # type: ignore[misc, valid-type]
+        card_limit: int = 5
+
+    monkeypatch.setenv("GIFT_CARD_CARD_LIMIT", "7")
+    assert (WithExtra().card_limit, WithExtra().port) == (7, 9001)
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=names())
+def test_models_match_their_migrations(service: Any) -> None:
+    """Autogenerate against a fresh database at head finds nothing to do."""
+    models = importlib.import_module(f"{service.package}.models")
+    assert models.OutboxMessage.__tablename__ == "outbox"
+    assert models.ProcessedEvent.__tablename__ == "processed_events"
+    makemigration.makemigration(
+        models.Base.metadata, migrations_of(service.package), None, check=True
+    )
+
+
+def test_a_new_package_gets_its_first_migration_from_the_library(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = f"throwaway_{uuid.uuid4().hex[:8]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "models.py").write_text(
+        textwrap.dedent(
+            """
+            from sqlalchemy import String
+            from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+            from shared.storage.tables import shared_tables
+
+
+            class Base(DeclarativeBase):
+                pass
+
+
+            OutboxMessage, ProcessedEvent = shared_tables(Base)
+
+
+            class Card(Base):
+                __tablename__ = "cards"
+
+                id: Mapped[str] = mapped_column(String(36), primary_key=True)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    migrations = tmp_path / "elsewhere" / "migrations"
+    arguments = [package, "--migrations", str(migrations)]
+    assert makemigration.main([*arguments, "--check"]) == 1
+    assert makemigration.main([*arguments, "initial schema"]) == 0
+    assert len(list((migrations / "versions").glob("*_initial_schema.py"))) == 1
+    assert makemigration.main([*arguments, "--check"]) == 0
+
+    engine = create_engine(f"sqlite:///{tmp_path}/fresh.db")
+    upgrade(engine, migrations)
+    assert set(inspect(engine).get_table_names()) >= {"outbox", "processed_events", "cards"}
+    engine.dispose()
+    ours = importlib.import_module(f"{package}.models").Base.metadata.tables
+    order = importlib.import_module("services.order.models").Base.metadata.tables
+    for table in ("outbox", "processed_events"):
+        assert shape(ours[table]) == shape(order[table])
+        assert {i.name for i in ours[table].indexes} == {i.name for i in order[table].indexes}
+
+
+def test_python_m_services_serves_the_named_service_on_its_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(
+        serve_by_name, "serve", lambda app, settings: served.append((app, settings))
+    )
+    monkeypatch.setenv("INVENTORY_HOST", "127.0.0.9")
+    serve_by_name.main(["inventory"])
+    serve_by_name.main(["inventory", "--host", "0.0.0.0"])
+    (app, settings), (_, opened) = served
+    assert app is load(get("inventory").app)
+    assert type(settings) is load(get("inventory").settings)
+    assert (settings.host, settings.port, opened.host) == ("127.0.0.9", 8002, "0.0.0.0")
+    with pytest.raises(SystemExit):
+        serve_by_name.main(["nowhere"])
+
+
+def test_the_stack_runs_the_registered_services() -> None:
+    stack = Stack(bootstrap="127.0.0.1:1")
+    assert {name: s.port for name, s in stack.services.items()} == {
+        s.name: s.port for s in SERVICES
+    }
+
+
+def test_pginit_script_creates_each_registered_database_only_if_missing() -> None:
+    assert pginit.databases() == [service.database for service in SERVICES]
+    lines = pginit.psql_script(pginit.databases()).splitlines()
+    assert len(lines) == len(SERVICES)
+    for line, service in zip(lines, SERVICES, strict=True):
+        assert f'CREATE DATABASE "{service.database}"' in line
+        assert f"NOT EXISTS (SELECT FROM pg_database WHERE datname = '{service.database}')" in line
+        assert line.endswith("\\gexec")
+
+
+def test_pginit_script_form_needs_only_the_standard_library() -> None:
+    """tools/postgres_local.sh runs it with the system's python3, before any virtualenv."""
+    probe = (
+        "import sys, tools.pginit as p; p.main(['--psql']); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'pydantic', "
+        "'shared', 'alembic'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert done.stdout.count("\\gexec") == len(SERVICES)
