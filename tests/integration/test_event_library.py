@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from cloudevents.v1.kafka import KafkaMessage, from_binary
 from confluent_kafka import Consumer, TopicPartition
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.envelope import Envelope, dump_json
+from shared.messaging.events import Event
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
@@ -32,7 +32,7 @@ from tools.kafka_local import LocalBroker
 pytestmark = pytest.mark.integration
 
 
-class Tick(BaseModel):
+class Tick(Event, type="tick", topic="ticks", key="seq"):
     seq: int
 
 
@@ -50,7 +50,8 @@ def uow(database_url: str) -> Iterator[UnitOfWork]:
 
 @pytest.fixture
 def topic(kafka_bootstrap: str) -> str:
-    name = unique("lib")
+    """Tick's topic under a prefix of its own, as a service's settings prefix topics."""
+    name = unique("lib") + "-" + Tick.topic
     ensure_topics(kafka_bootstrap, [name, name + "-dlq"], partitions=3)
     return name
 
@@ -102,7 +103,7 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
     by_worker: dict[str, set[str]] = defaultdict(set)
     router = EventRouter()
 
-    @router.on("tick", Tick)
+    @router.on
     def record(unit: Unit, event: Envelope, payload: Tick) -> None:
         with lock:
             seen[event.key].append(payload.seq)
@@ -153,7 +154,6 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
 
 CRASHING_CONSUMER = textwrap.dedent("""
     import os, sys
-    from pydantic import BaseModel
     from shared.messaging.consumer import ConsumerWorker
     from shared.messaging.router import EventRouter
     from shared.storage.db import make_engine, make_sessions
@@ -166,13 +166,23 @@ CRASHING_CONSUMER = textwrap.dedent("""
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     router = EventRouter()
-    router.on("tick", Tick)(lambda unit, event, payload: None)
+
+    def handle(tick: Tick) -> None:
+        pass
+
+    router.on(handle)
+    settle = ConsumerWorker._settle
+
+    def settle_or_die(worker, item, outcome):
+        settle(worker, item, outcome)
+        if item.payload.seq == 2:  # after the DB commit of event 2, before its offset is stored
+            os._exit(9)
+
+    ConsumerWorker._settle = settle_or_die
     worker = ConsumerWorker(
         name="crashy", group_id=group, bootstrap=bootstrap, topics=[topic], router=router,
         uow=UnitOfWork(make_sessions(engine), Outbox, "/tests"), processed_model=Processed,
         producer=EventProducer(bootstrap), dead_letter_topic=topic + "-dlq",
-        # die after the DB commit of event 2, before its offset is stored
-        after_commit=lambda event: os._exit(9) if event.payload(Tick).seq == 2 else None,
     )
     worker.start()
     worker._thread.join(60)

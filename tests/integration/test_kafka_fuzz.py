@@ -3,8 +3,10 @@ migrations and consumer) is fed over a thousand malformed records interleaved wi
 `product-created` events and redeliveries, over 3 partitions of its topics.
 
 The consumer must never die; every malformed record is dead-lettered exactly once, for
-the reason its kind predicts; every valid event is applied exactly once. The generator
-is seeded: the seed is printed, and `FUZZ_SEED=<seed>` replays a run."""
+the reason its kind predicts, except a well-formed event of a type inventory does not
+handle: both topics it reads belong to other services, so that one is skipped and
+counted instead; every valid event is applied exactly once. The generator is seeded: the
+seed is printed, and `FUZZ_SEED=<seed>` replays a run."""
 
 from __future__ import annotations
 
@@ -22,18 +24,10 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from sqlalchemy import func, select
 
 from services.inventory.config import InventorySettings
-from services.inventory.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_CREATED,
-    ORDER_REJECTED,
-    ORDERS,
-    PRODUCT_CREATED,
-    PRODUCTS,
-    ProductCreated,
-)
+from services.inventory.events import OrderCancelled, OrderCreated
 from services.inventory.main import SPEC
 from services.inventory.models import ProcessedEvent, Stock
+from services.product.events import ProductCreated
 from shared.messaging.deadletter import (
     DEAD_LETTERS,
     H_DROPPED,
@@ -81,6 +75,8 @@ class Record:
     """The dead-letter reason this record must get; None: it must not be dead-lettered."""
     event: Envelope | None = None
     """The valid event, for `valid` and `redelivered` records."""
+    skipped: bool = False
+    """Another service's event that inventory does not handle: passed over and counted."""
 
 
 class Fuzz:
@@ -88,8 +84,8 @@ class Fuzz:
 
     def __init__(self, rng: random.Random, prefix: str) -> None:
         self.rng = rng
-        self.products = prefix + PRODUCTS
-        self.orders = prefix + ORDERS
+        self.products = prefix + ProductCreated.topic
+        self.orders = prefix + OrderCreated.topic
         self.emitted: list[Envelope] = []  # the valid events so far
         # each `_m_<kind>` method makes one kind of malformed record
         self.kinds: dict[str, Callable[[], Record]] = {
@@ -111,6 +107,8 @@ class Fuzz:
         return b"\xff" + self.rng.randbytes(n)
 
     def product_event(self, product_id: str | None = None, **changes: object) -> Envelope:
+        """A `product-created` as the product service publishes it (inventory reads only
+        the product id and version of it)."""
         product_id = product_id or f"p-{self.text(12)}"
         payload = ProductCreated(
             product_id=product_id,
@@ -119,7 +117,7 @@ class Fuzz:
         ).model_dump(mode="json")
         payload.update(changes)
         return Envelope(
-            type=PRODUCT_CREATED,
+            type=ProductCreated.event_type,
             source="/services/product",
             key=product_id,
             data=orjson.dumps(payload),
@@ -128,7 +126,7 @@ class Fuzz:
         )
 
     def envelope_record(self, kind: str, event: Envelope, reason: str | None) -> Record:
-        topic = self.products if event.type == PRODUCT_CREATED else self.orders
+        topic = self.products if event.type == ProductCreated.event_type else self.orders
         return Record(kind, topic, event.key.encode(), event.data, event.headers(), reason)
 
     def mutated(self, kind: str, reason: str, **header_values: bytes | None) -> Record:
@@ -243,37 +241,53 @@ class Fuzz:
         return record
 
     def _m_unknown_type(self) -> Record:
+        """A well-formed event of a type inventory has no handler for, on one of the
+        topics it reads: both belong to another service, so it is skipped, not parked."""
         event_type = self.rng.choice(
-            [f"thing-{self.text(6)}", "Product-Created", "product_created", "product-created "]
+            [
+                f"thing-{self.text(6)}",
+                "Product-Created",
+                "product_created",
+                "product-created ",
+                "order-confirmed",  # order's own events that inventory does not read
+                "order-rejected",
+            ]
         )
-        assert event_type not in (ORDER_CONFIRMED, ORDER_REJECTED)  # those are ignored
-        return self.mutated("unknown-type", Reason.UNKNOWN_TYPE, ce_type=event_type.encode())
+        assert event_type not in SPEC.router.routes
+        record = self.mutated("unknown-type", Reason.UNKNOWN_TYPE, ce_type=event_type.encode())
+        record.topic = self.rng.choice([self.products, self.orders])
+        record.reason, record.skipped = None, True
+        return record
 
     def _m_wrong_json_types(self) -> Record:
+        """Payloads that break a field inventory reads (it ignores the fields it does not
+        read, such as a product's name and price or an order's user)."""
         product = {"product_id": f"p-{self.text()}", "name": "n", "price_cents": 1}
         order = {"order_id": f"o-{self.text()}", "user_id": "u"}
+        created, cancelled = OrderCreated.event_type, OrderCancelled.event_type
         event_type, payload = self.rng.choice(
             [
-                (PRODUCT_CREATED, []),
-                (PRODUCT_CREATED, "product"),
-                (PRODUCT_CREATED, 42),
-                (PRODUCT_CREATED, None),
-                (PRODUCT_CREATED, {}),
-                (PRODUCT_CREATED, {**product, "product_id": 5}),
-                (PRODUCT_CREATED, {**product, "product_id": ""}),
-                (PRODUCT_CREATED, {**product, "product_id": {"id": "p"}}),
-                (PRODUCT_CREATED, {**product, "name": None}),
-                (PRODUCT_CREATED, {**product, "name": ["n"]}),
-                (PRODUCT_CREATED, {**product, "price_cents": "cheap"}),
-                (PRODUCT_CREATED, {**product, "price_cents": 1.5}),
-                (PRODUCT_CREATED, {**product, "price_cents": [1]}),
-                (PRODUCT_CREATED, {**product, "version": "v2"}),
-                (ORDER_CREATED, {**order, "items": "all of them"}),
-                (ORDER_CREATED, {**order, "items": [{"product_id": "p", "quantity": 0}]}),
-                (ORDER_CREATED, {**order, "items": [{"product_id": "p"}]}),
-                (ORDER_CREATED, {"order_id": "o", "items": []}),
-                (ORDER_CANCELLED, {"order_id": ""}),
-                (ORDER_CANCELLED, [order]),
+                (ProductCreated.event_type, []),
+                (ProductCreated.event_type, "product"),
+                (ProductCreated.event_type, 42),
+                (ProductCreated.event_type, None),
+                (ProductCreated.event_type, {}),
+                (ProductCreated.event_type, {"name": "n", "price_cents": 1}),
+                (ProductCreated.event_type, {**product, "product_id": 5}),
+                (ProductCreated.event_type, {**product, "product_id": ""}),
+                (ProductCreated.event_type, {**product, "product_id": "p" * 65}),
+                (ProductCreated.event_type, {**product, "product_id": {"id": "p"}}),
+                (ProductCreated.event_type, {**product, "version": "v2"}),
+                (ProductCreated.event_type, {**product, "version": 1.5}),
+                (ProductCreated.event_type, {**product, "version": [1]}),
+                (ProductCreated.event_type, {**product, "version": None}),
+                (created, {**order, "items": "all of them"}),
+                (created, {**order, "items": [{"product_id": "p", "quantity": 0}]}),
+                (created, {**order, "items": [{"product_id": "p"}]}),
+                (created, {"order_id": "o", "user_id": "u"}),
+                (created, {"items": []}),
+                (cancelled, {"order_id": ""}),
+                (cancelled, [order]),
             ]
         )
         key = f"k-{self.text()}"
@@ -295,8 +309,8 @@ class Fuzz:
             record.reason = Reason.INVALID_ENVELOPE
         elif variant == 1:  # JSON cut short
             record.value, record.reason = b'{"name": "' + b"n" * size, Reason.INVALID_ENVELOPE
-        elif variant == 2:  # a huge name, but a price that is no number
-            payload = {"product_id": "p-big", "name": "n" * size, "price_cents": "many"}
+        elif variant == 2:  # a huge name, but a version that is no number
+            payload = {"product_id": "p-big", "name": "n" * size, "version": "many"}
             record.value = orjson.dumps(payload)
         else:  # a huge list where an object belongs
             record.value = orjson.dumps(list(range(size // 8)))
@@ -441,14 +455,23 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
     consumer = runtime.consumer
     assert consumer is not None
 
-    malformed = {p: r for p, r in zip(positions, records, strict=True) if r.reason}
+    tried = {
+        p: r
+        for p, r in zip(positions, records, strict=True)
+        if r.kind not in ("valid", "redelivered")
+    }
+    malformed = {p: r for p, r in tried.items() if r.reason}
+    """The records that must be dead-lettered."""
+    skipped = [r for r in tried.values() if r.skipped]
     valid = [r.event for r in records if r.kind == "valid" and r.event]
-    assert len(malformed) == MALFORMED and len(valid) == VALID
+    assert len(tried) == MALFORMED and len(valid) == VALID
+    assert skipped and len(malformed) + len(skipped) == MALFORMED
+    assert {r.topic for r in skipped} == {fuzz.products, fuzz.orders}
     for kind in ("valid", "malformed"):
         spread = {
             p[1]
             for p, r in zip(positions, records, strict=True)
-            if (r.reason is None) == (kind == "valid")
+            if (p not in tried) == (kind == "valid")
         }
         assert spread == set(range(PARTITIONS)), f"{kind} records on partitions {spread}"
 
@@ -459,7 +482,8 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
     def caught_up() -> bool:
         if not consumer.alive:
             raise RuntimeError(f"seed {seed}: the consumer died: {consumer.last_error}")
-        assert consumer.dead_lettered >= MALFORMED, f"{consumer.dead_lettered} dead-lettered"
+        assert consumer.dead_lettered >= len(malformed), f"{consumer.dead_lettered} parked"
+        assert consumer.skipped >= len(skipped), f"{consumer.skipped} skipped"
         assert processed() >= VALID, f"{processed()} applied"
         return True
 
@@ -478,14 +502,21 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
 
     eventually(all_committed, timeout=20, message="every offset committed")
     assert consumer.alive
-    assert consumer.dead_lettered == MALFORMED and consumer.applied == VALID
+    assert (consumer.dead_lettered, consumer.skipped, consumer.applied) == (
+        len(malformed),
+        len(skipped),
+        VALID,
+    )
+    service = {"service": SPEC.name}
+    assert runtime.metrics.get_sample_value("events_skipped_total", service) == len(skipped)
+    assert runtime.metrics.get_sample_value("events_dead_lettered_total", service) == len(malformed)
     dead_letters = settings.topic(DEAD_LETTERS)
-    assert sum(end_offsets(kafka_bootstrap, [dead_letters]).values()) == MALFORMED
+    assert sum(end_offsets(kafka_bootstrap, [dead_letters]).values()) == len(malformed)
 
     letters = read_topic(
         kafka_bootstrap,
         dead_letters,
-        until=lambda got: len(got) >= MALFORMED,
+        until=lambda got: len(got) >= len(malformed),
         timeout=30,
     )
     parked = Counter(
@@ -501,9 +532,9 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
         stock = set(session.scalars(select(Stock.product_id)))
     assert sorted(applied) == sorted(e.id for e in valid), "each valid event applied once"
     assert stock == {e.key for e in valid}, "one stock row per product, none from bad records"
-    kinds = Counter(r.kind for r in malformed.values())
+    kinds = Counter(r.kind for r in tried.values())
     print(
-        f"seed {seed}: {len(malformed)} malformed records tried, {sum(parked.values())} "
-        f"dead-lettered; {VALID} valid and {REDELIVERED} redelivered applied once: "
-        + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
+        f"seed {seed}: {len(tried)} malformed records tried, {sum(parked.values())} "
+        f"dead-lettered, {len(skipped)} skipped; {VALID} valid and {REDELIVERED} redelivered "
+        "applied once: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
     )

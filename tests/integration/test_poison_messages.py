@@ -1,6 +1,10 @@
 """Poison messages against a real broker: whatever arrives, the consumer parks what it
 cannot apply on the dead-letter topic, with why and where it came from, applies what is
-valid around it in order, and stays alive. Redrive puts parked events back once fixed."""
+valid around it in order, and stays alive. Redrive puts parked events back once fixed.
+
+The consumer reads two topics: `ticks`, which it owns, and `others`, which another
+service owns. A type it has no handler for is parked on the first and skipped (counted,
+its offset stored) on the second."""
 
 from __future__ import annotations
 
@@ -16,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
-from pydantic import BaseModel
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -33,6 +36,7 @@ from shared.messaging.deadletter import (
     Reason,
 )
 from shared.messaging.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
+from shared.messaging.events import Event
 from shared.messaging.producer import EventProducer, producer_config
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
@@ -59,8 +63,16 @@ class Applied(Base):
     event_id: Mapped[str] = mapped_column(String(64))
 
 
-class Tick(BaseModel):
+class Tick(Event, type="tick", topic="ticks", key="seq"):
     seq: int
+
+
+class Boom(Tick, type="boom"):
+    """A tick whose handler always raises."""
+
+
+class Flaky(Tick, type="flaky"):
+    """A tick whose handler fails its first attempts."""
 
 
 def tick(key: str, seq: int, event_type: str = "tick") -> Envelope:
@@ -87,20 +99,20 @@ def build_router(faults: Faults) -> EventRouter:
     def record(unit: Unit, event: Envelope, payload: Tick) -> None:
         unit.session.add(Applied(key=event.key, seq=payload.seq, event_id=event.id))
 
-    @router.on("tick", Tick)
+    @router.on
     def on_tick(unit: Unit, event: Envelope, payload: Tick) -> None:
         record(unit, event, payload)
         unit.session.flush()  # the row is written, then the failure rolls it back
         if faults.broken.is_set():
             raise RuntimeError("downstream is broken")
 
-    @router.on("boom", Tick)
-    def on_boom(unit: Unit, event: Envelope, payload: Tick) -> None:
+    @router.on
+    def on_boom(unit: Unit, event: Envelope, payload: Boom) -> None:
         faults.attempt(event)
         raise RuntimeError(f"boom {payload.seq}")
 
-    @router.on("flaky", Tick)
-    def on_flaky(unit: Unit, event: Envelope, payload: Tick) -> None:
+    @router.on
+    def on_flaky(unit: Unit, event: Envelope, payload: Flaky) -> None:
         record(unit, event, payload)
         unit.session.flush()
         if faults.attempt(event) <= faults.flaky_failures:
@@ -114,6 +126,9 @@ class Harness:
     bootstrap: str
     prefix: str
     topic: str
+    """The topic the consumer owns."""
+    foreign: str
+    """A topic it reads that another service owns."""
     dead_letters: str
     uow: UnitOfWork
     worker: ConsumerWorker
@@ -121,8 +136,8 @@ class Harness:
     producer: EventProducer
     raw: Producer
 
-    def publish(self, event: Envelope) -> tuple[int, int]:
-        delivery = self.producer.publish(self.topic, event)
+    def publish(self, event: Envelope, topic: str | None = None) -> tuple[int, int]:
+        delivery = self.producer.publish(topic or self.topic, event)
         assert delivery.partition is not None and delivery.offset is not None
         return delivery.partition, delivery.offset
 
@@ -183,8 +198,10 @@ def read_all(bootstrap: str, topic: str) -> list[Message]:
 @pytest.fixture
 def harness(kafka_bootstrap: str, database_url: str) -> Iterator[Harness]:
     prefix = unique("poison") + "-"
-    topic, dead_letters = prefix + "ticks", prefix + DEAD_LETTERS
-    ensure_topics(kafka_bootstrap, [topic, dead_letters, prefix + "elsewhere"], partitions=3)
+    topic, foreign, dead_letters = prefix + Tick.topic, prefix + "others", prefix + DEAD_LETTERS
+    ensure_topics(
+        kafka_bootstrap, [topic, foreign, dead_letters, prefix + "elsewhere"], partitions=3
+    )
     engine = make_engine(database_url)
     Base.metadata.create_all(engine)
     uow = UnitOfWork(make_sessions(engine), Outbox, "/tests")
@@ -193,7 +210,8 @@ def harness(kafka_bootstrap: str, database_url: str) -> Iterator[Harness]:
     worker = ConsumerWorker(
         name=unique("ticker"),
         bootstrap=kafka_bootstrap,
-        topics=[topic],
+        topics=[topic, foreign],
+        owned_topics=[topic],
         router=build_router(faults),
         uow=uow,
         processed_model=Processed,
@@ -206,7 +224,16 @@ def harness(kafka_bootstrap: str, database_url: str) -> Iterator[Harness]:
     raw = Producer(producer_config(kafka_bootstrap))
     try:
         yield Harness(
-            kafka_bootstrap, prefix, topic, dead_letters, uow, worker, faults, producer, raw
+            kafka_bootstrap,
+            prefix,
+            topic,
+            foreign,
+            dead_letters,
+            uow,
+            worker,
+            faults,
+            producer,
+            raw,
         )
     finally:
         worker.stop()
@@ -263,6 +290,7 @@ POISON: dict[str, tuple[Poison, str]] = {
         lambda first: (b"k", b'{"seq": 3}', replace_header(tick("k", 3).headers(), H_ID, b"\xff")),
         Reason.INVALID_ENVELOPE,
     ),
+    # on a topic the consumer owns: nobody else will read it
     "unknown-type": (lambda first: _valid(tick("k", 3, "tock")), Reason.UNKNOWN_TYPE),
     "invalid-payload": (
         lambda first: (b"k", b'{"seq": "three"}', tick("k", 3).headers()),
@@ -308,12 +336,68 @@ def test_a_poison_message_is_dead_lettered_and_its_partition_goes_on_in_order(
     assert letter.key() == key and letter.value() == value
     assert [(n, v) for n, v in letter.headers() or [] if not n.startswith("dlq_")] == headers
     assert harness.worker.alive and harness.worker.dead_lettered == 1
+    assert harness.worker.skipped == 0
     if kind == "handler-always-raises":
         (times,) = harness.faults.attempts.values()
         gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
         assert len(times) == MAX_ATTEMPTS, "bounded retries"
         assert "boom 3" in parked[H_ERROR]
         assert gaps[0] >= BACKOFF * 0.9 and gaps[1] >= 2 * BACKOFF * 0.9, f"backoff {gaps}"
+
+
+def committed(harness: Harness, topic: str, partition: int) -> int:
+    """The consumer group's committed offset of one partition."""
+    probe = Consumer({"bootstrap.servers": harness.bootstrap, "group.id": harness.worker.name})
+    try:
+        (position,) = probe.committed([TopicPartition(topic, partition)], timeout=10)
+        return int(position.offset)
+    finally:
+        probe.close()
+
+
+def test_an_unknown_type_on_a_topic_another_service_owns_is_skipped_and_counted(
+    harness: Harness,
+):
+    foreign = harness.foreign
+    partition, _ = harness.publish(tick("k", 1), foreign)
+    for event_type in ("tock", "tick-v2"):
+        harness.produce(*_valid(tick("k", 3, event_type)), partition, topic=foreign)
+    last = harness.publish(tick("k", 2), foreign)
+    assert last[0] == partition, "same key, same partition"
+
+    eventually(lambda: harness.applied("k") == [1, 2], message="the valid events applied")
+    eventually(
+        lambda: committed(harness, foreign, partition) == last[1] + 1,
+        message="every offset committed, the skipped ones' too",
+    )
+    assert harness.parked() == []
+    assert (harness.worker.skipped, harness.worker.dead_lettered) == (2, 0)
+    assert harness.worker.alive
+
+
+def test_an_unknown_type_is_skipped_or_parked_by_the_topic_it_arrives_on(harness: Harness):
+    # on each topic, the unknown type and then a valid tick behind it on its partition
+    parked = harness.produce(*_valid(tick("own", 3, "tock")), 0)
+    skipped = harness.produce(*_valid(tick("other", 4, "tock")), 0, topic=harness.foreign)
+    harness.produce(*_valid(tick("own", 1)), 0)
+    harness.produce(*_valid(tick("other", 2)), 0, topic=harness.foreign)
+
+    eventually(
+        lambda: (harness.applied("own"), harness.applied("other")) == ([1], [2]),
+        message="the valid events behind them applied",
+    )
+    (letter,) = harness.parked()
+    headers = header_map(letter)
+    assert headers[H_REASON] == Reason.UNKNOWN_TYPE
+    assert (headers[H_TOPIC], int(headers[H_PARTITION]), int(headers[H_OFFSET])) == (
+        harness.topic,
+        *parked,
+    )
+    assert (harness.worker.skipped, harness.worker.dead_lettered) == (1, 1)
+    eventually(
+        lambda: committed(harness, harness.foreign, 0) > skipped[1],
+        message="the skipped record's offset committed",
+    )
 
 
 def test_a_handler_failing_twice_then_succeeding_is_applied_once(harness: Harness):

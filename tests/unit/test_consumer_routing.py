@@ -3,32 +3,37 @@ the real SQLite-backed unit of work with a tiny schema."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
-from pydantic import BaseModel
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, Integer, String, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 import shared.messaging.consumer
 from shared.messaging import tracing
-from shared.messaging.consumer import ConsumerWorker, _Rewind, _rewind
+from shared.messaging.consumer import ConsumerWorker, _Rewind
 from shared.messaging.deadletter import Reason
 from shared.messaging.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
+from shared.messaging.events import Event
+from shared.messaging.fetch import rewind
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.producer import DeliveryError
 from shared.messaging.router import EventRouter, Received
 from shared.messaging.unit_of_work import Unit, UnitOfWork
+from shared.runtime.service import _RuntimeCollector
 from shared.storage.db import make_sessions
 from tests.schema import Base, Outbox, Processed
 
 pytestmark = pytest.mark.unit
 
 TOPIC = "ticks"
+TOCKS = "tocks"
 DLQ = "ticks-dlq"
 CONSUMER = "ticker"
 
@@ -42,11 +47,11 @@ class Applied(Base):
     seq: Mapped[int] = mapped_column(Integer)
 
 
-class Tick(BaseModel):
+class Tick(Event, type="tick", topic=TOPIC, key="seq"):
     seq: int
 
 
-class Tock(BaseModel):
+class Tock(Event, type="tock", topic=TOCKS, key="seq"):
     seq: int
 
 
@@ -103,9 +108,16 @@ class FakeMessage:
         return self.offset_
 
 
-def message(event: Envelope, offset: int = 0, partition: int = 0) -> FakeMessage:
+def message(
+    event: Envelope, offset: int = 0, partition: int = 0, topic: str = TOPIC
+) -> FakeMessage:
     return FakeMessage(
-        event.data, event.headers(), event.key.encode(), partition_=partition, offset_=offset
+        event.data,
+        event.headers(),
+        event.key.encode(),
+        topic_=topic,
+        partition_=partition,
+        offset_=offset,
     )
 
 
@@ -149,23 +161,28 @@ class FakeProducer:
 
 
 class Harness:
-    """A worker whose `tick` handler writes a row and then does what `behaviour` says."""
+    """A worker whose `tick` handler writes a row and then does what `behaviour` says.
 
-    def __init__(self, uow: UnitOfWork, **worker_options: Any) -> None:
+    It consumes `ticks`, which by default another service owns (as every service's
+    subscriptions are); `owned_topics` makes it the owner."""
+
+    def __init__(
+        self, uow: UnitOfWork, owned_topics: Sequence[str] = (), **worker_options: Any
+    ) -> None:
         self.uow = uow
         self.calls: list[str] = []
         self.seen: list[Envelope] = []
         self.behaviour: Callable[[int], None] = lambda attempt: None
-        router = EventRouter()
-        router.on("tick", Tick)(self._handle)
-        router.ignore("tock")
+        self.router = EventRouter()
+        self.router.on(self._handle)
         self.consumer = FakeConsumer()
         self.producer = FakeProducer()
         self.worker = ConsumerWorker(
             name=CONSUMER,
             bootstrap="never-dialled:9092",
             topics=[TOPIC],
-            router=router,
+            owned_topics=owned_topics,
+            router=self.router,
             uow=uow,
             processed_model=Processed,
             producer=self.producer,  # type: ignore[arg-type]
@@ -177,7 +194,7 @@ class Harness:
         self.calls.append(event.id)
         self.seen.append(event)
         unit.session.add(Applied(event_id=event.id, seq=payload.seq))
-        unit.outbox.emit("tocks", "tock", event.key, Tock(seq=payload.seq))
+        unit.outbox.emit(Tock(seq=payload.seq))
         unit.session.flush()
         self.behaviour(len(self.calls))
 
@@ -213,6 +230,13 @@ def uow(sqlite_engine: Engine) -> UnitOfWork:
 def harness(uow: UnitOfWork) -> Harness:
     tracing.configure("test")
     return Harness(uow)
+
+
+@pytest.fixture
+def owner(uow: UnitOfWork) -> Harness:
+    """A worker that owns the topic it consumes: an unknown type there is a bug."""
+    tracing.configure("test")
+    return Harness(uow, owned_topics=[TOPIC])
 
 
 def failing_with(error: Exception, times: int | None = None) -> Callable[[int], None]:
@@ -257,10 +281,12 @@ def test_a_handler_gets_the_event_at_its_kafka_position_as_the_cause_of_what_it_
     [tock] = harness.emitted()
     assert (tock.type, tock.key, tock.causation_id, tock.correlation_id) == (
         "tock",
-        "k",
+        "7",  # Tock's key field
         event.id,
         "saga-1",
     )
+    with harness.uow() as unit:
+        assert list(unit.session.scalars(select(Outbox.topic))) == [TOCKS]
     assert tracing.current_cause() is None
 
 
@@ -281,10 +307,15 @@ def test_a_redelivered_event_is_not_applied_again_but_its_offset_is_stored(
     assert len(harness.emitted()) == 1
 
 
-def test_an_ignored_type_is_skipped_with_its_offset_stored_and_no_dead_letter(
-    harness: Harness,
+def test_the_harness_subscribes_to_the_topic_of_its_handler(harness: Harness) -> None:
+    assert harness.router.topics == [TOPIC]
+
+
+@pytest.mark.parametrize("event_type", ["tock", "tack"])
+def test_an_unknown_type_on_a_topic_the_service_does_not_own_is_skipped_and_counted(
+    harness: Harness, event_type: str
 ) -> None:
-    record = message(tick(7, event_type="tock"))
+    record = message(tick(7, event_type=event_type), offset=5)
 
     harness.process(record)
 
@@ -292,6 +323,76 @@ def test_an_ignored_type_is_skipped_with_its_offset_stored_and_no_dead_letter(
     assert harness.consumer.stored == [record]
     assert harness.producer.parked == []
     assert harness.processed() == 0
+    assert (harness.worker.skipped, harness.worker.dead_lettered, harness.worker.applied) == (
+        1,
+        0,
+        0,
+    )
+
+
+def test_an_unknown_type_on_a_topic_the_service_owns_is_dead_lettered_not_skipped(
+    owner: Harness,
+) -> None:
+    record = message(tick(7, event_type="tack"), offset=5)
+
+    owner.process(record)
+
+    assert owner.calls == []
+    assert owner.reasons() == [Reason.UNKNOWN_TYPE]
+    assert owner.consumer.stored == [record]
+    assert (owner.worker.skipped, owner.worker.dead_lettered) == (0, 1)
+
+
+@pytest.mark.parametrize("owned", [[], [TOPIC]], ids=["foreign", "owned"])
+def test_a_known_type_is_applied_whoever_owns_its_topic(uow: UnitOfWork, owned: list[str]) -> None:
+    harness = Harness(uow, owned_topics=owned)
+
+    harness.process(message(tick(7)))
+
+    assert harness.applied() == [7]
+    assert (harness.worker.applied, harness.worker.skipped) == (1, 0)
+
+
+def test_skipping_is_decided_by_the_topic_of_each_record_in_a_batch(uow: UnitOfWork) -> None:
+    tracing.configure("test")
+    harness = Harness(uow, owned_topics=[TOCKS])  # consumes ticks, owns tocks
+    batch = [
+        message(tick(1), offset=0),
+        message(tick(2, event_type="tack"), offset=1),  # on ticks: skipped
+        message(tick(3, event_type="tack"), offset=0, topic=TOCKS),  # on tocks: parked
+        message(tick(4, event_type="tock"), offset=2),  # no handler here either: skipped
+        message(tick(5), offset=3),
+    ]
+
+    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+
+    assert harness.applied() == [1, 5]
+    assert harness.consumer.stored == batch
+    [parked] = harness.producer.parked
+    assert (parked.headers["dlq_reason"], parked.headers["dlq_topic"]) == (
+        Reason.UNKNOWN_TYPE,
+        TOCKS,
+    )
+    assert (harness.worker.applied, harness.worker.skipped, harness.worker.dead_lettered) == (
+        2,
+        2,
+        1,
+    )
+
+
+def test_skipped_events_are_exported_as_events_skipped_in_metrics(harness: Harness) -> None:
+    runtime = SimpleNamespace(spec=SimpleNamespace(name=CONSUMER), consumer=harness.worker)
+    runtime.relay = None
+    registry = CollectorRegistry()
+    registry.register(_RuntimeCollector(runtime))  # type: ignore[arg-type]
+    for seq in (1, 2, 3):
+        harness.process(message(tick(seq, event_type="tack"), offset=seq))
+    harness.process(message(tick(4), offset=4))
+
+    assert registry.get_sample_value("events_skipped_total", {"service": CONSUMER}) == 3
+    assert registry.get_sample_value("events_dead_lettered_total", {"service": CONSUMER}) == 0
+    assert registry.get_sample_value("events_applied_total", {"service": CONSUMER}) == 1
+    assert b"events_skipped_total" in generate_latest(registry)
 
 
 def test_a_kafka_error_that_is_not_fatal_is_skipped_without_storing_an_offset(
@@ -342,8 +443,9 @@ def bad_records() -> dict[str, tuple[FakeMessage, str]]:
 
 @pytest.mark.parametrize("case", list(bad_records()))
 def test_a_poison_message_is_dead_lettered_with_its_reason_and_its_offset_stored(
-    harness: Harness, case: str
+    owner: Harness, case: str
 ) -> None:
+    harness = owner
     record, reason = bad_records()[case]
     record = replace(record, partition_=2, offset_=41)
 
@@ -363,13 +465,28 @@ def test_a_poison_message_is_dead_lettered_with_its_reason_and_its_offset_stored
         n: v.decode() if isinstance(v, bytes) else v for n, v in original.items()
     }
     assert harness.worker.dead_lettered == 1
+    assert harness.worker.skipped == 0
     assert harness.processed() == 0
 
 
-def test_an_unknown_type_names_the_type_in_the_dead_letter(harness: Harness) -> None:
-    harness.process(message(tick(7, event_type="tack")))
+@pytest.mark.parametrize("case", [case for case in bad_records() if case != "unknown-type"])
+def test_a_poison_message_on_a_topic_the_service_does_not_own_is_dead_lettered_too(
+    harness: Harness, case: str
+) -> None:
+    record, reason = bad_records()[case]
 
-    [parked] = harness.producer.parked
+    harness.process(record)
+
+    assert harness.calls == []
+    assert harness.reasons() == [reason]
+    assert harness.consumer.stored == [record]
+    assert (harness.worker.dead_lettered, harness.worker.skipped) == (1, 0)
+
+
+def test_an_unknown_type_names_the_type_in_the_dead_letter(owner: Harness) -> None:
+    owner.process(message(tick(7, event_type="tack")))
+
+    [parked] = owner.producer.parked
     assert "tack" in parked.headers["dlq_error"]
 
 
@@ -501,7 +618,7 @@ def test_rewind_seeks_each_partition_to_its_first_unapplied_message() -> None:
         message(tick(4), offset=6, partition=1),
     ]
 
-    _rewind(consumer, batch)  # type: ignore[arg-type]
+    rewind(consumer, batch)  # type: ignore[arg-type]
 
     assert sorted(consumer.seeks) == [(TOPIC, 0, 11), (TOPIC, 1, 5)]
 
@@ -593,11 +710,11 @@ def test_a_batch_handler_gets_each_run_of_its_type_in_order(uow: UnitOfWork) -> 
     calls: list[tuple[str, list[int]]] = []
     router = EventRouter()
 
-    @router.on("tick", Tick, batch=True)
-    def ticks(unit: Unit, received: Any) -> None:
-        calls.append(("tick", [r.payload.seq for r in received]))
+    @router.on
+    def ticks(unit: Unit, received: Sequence[Tick]) -> None:
+        calls.append(("tick", [tick.seq for tick in received]))
 
-    @router.on("tock", Tock)
+    @router.on
     def tock(unit: Unit, event: Envelope, payload: Tock) -> None:
         calls.append(("tock", [payload.seq]))
 

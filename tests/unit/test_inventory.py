@@ -19,15 +19,15 @@ from sqlalchemy.exc import IntegrityError
 from services.inventory import api, handlers
 from services.inventory.consumers import events
 from services.inventory.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_CREATED,
-    ORDER_REJECTED,
-    PRODUCT_CREATED,
+    PUBLISHES,
     OrderCancelled,
     OrderCreated,
     OrderLine,
     ProductCreated,
+    StockChanged,
+    StockReleased,
+    StockReserved,
+    StockShortage,
 )
 from services.inventory.main import SPEC
 from services.inventory.models import OutboxMessage, Reservation, Stock
@@ -69,9 +69,7 @@ def emitted(uow: UnitOfWork, event_type: str | None = None) -> list[tuple[str, s
 def add_product(uow: UnitOfWork, available: int = 0) -> str:
     product_id = random_id()
     with uow() as unit:
-        handlers.register_product(
-            unit, ProductCreated(product_id=product_id, name="Lamp", price_cents=1999)
-        )
+        handlers.register_product(unit, ProductCreated(product_id=product_id))
     if available:
         with uow() as unit:
             handlers.set_stock(unit, product_id, StockIn(available=available))
@@ -81,7 +79,6 @@ def add_product(uow: UnitOfWork, available: int = 0) -> str:
 def order(*lines: tuple[str, int], order_id: str | None = None) -> OrderCreated:
     return OrderCreated(
         order_id=order_id or random_id(),
-        user_id=random_id(),
         items=[OrderLine(product_id=p, quantity=q) for p, q in lines],
     )
 
@@ -93,7 +90,7 @@ def place(uow: UnitOfWork, created: OrderCreated) -> None:
 
 def cancel(uow: UnitOfWork, order_id: str) -> None:
     with uow() as unit:
-        handlers.release_stock(unit, OrderCancelled(order_id=order_id, user_id=random_id()))
+        handlers.release_stock(unit, OrderCancelled(order_id=order_id))
 
 
 def stock(uow: UnitOfWork, product_id: str) -> tuple[int, int]:
@@ -132,9 +129,7 @@ def test_product_created_opens_an_empty_stock_row_once(uow: UnitOfWork) -> None:
     with uow() as unit:
         handlers.set_stock(unit, product_id, StockIn(available=4))
     with uow() as unit:
-        handlers.register_product(
-            unit, ProductCreated(product_id=product_id, name="Lamp", price_cents=1999)
-        )
+        handlers.register_product(unit, ProductCreated(product_id=product_id))
 
     assert stock(uow, product_id) == (4, 0)
     with uow() as unit:
@@ -425,8 +420,66 @@ def test_put_stock_rejects_bad_bodies(client: TestClient, uow: UnitOfWork, body:
     assert stock(uow, lamp) == (2, 0)
 
 
-def test_router_handles_inventory_events_and_ignores_the_other_order_events() -> None:
-    assert set(events.routes) == {PRODUCT_CREATED, ORDER_CREATED, ORDER_CANCELLED}
-    assert events.ignored == {ORDER_CONFIRMED, ORDER_REJECTED}
-    assert set(SPEC.subscribes) == {"products", "orders"}
-    assert set(SPEC.publishes) == {"stock", "stock-changes"}
+def test_router_handles_inventory_events_and_skips_the_other_order_events() -> None:
+    assert set(events.routes) == {"product-created", "order-created", "order-cancelled"}
+    assert {t: r.model for t, r in events.routes.items()} == {
+        "product-created": ProductCreated,
+        "order-created": OrderCreated,
+        "order-cancelled": OrderCancelled,
+    }
+    assert events.routes["order-created"].handler is handlers.reserve_stock
+    assert events.routes["order-created"].batch, "one reservation run per fetched batch"
+    assert not events.routes["product-created"].batch
+    assert not events.routes["order-cancelled"].batch
+    assert SPEC.subscribes == events.topics == ["orders", "products"]
+    assert SPEC.owns == ["stock", "stock-changes"]
+    # order-confirmed and order-rejected arrive on `orders`, which order owns: skipped
+    assert not set(SPEC.subscribes) & set(SPEC.owns)
+
+
+def test_inventory_publishes_its_events_on_its_own_topics_keyed_as_documented() -> None:
+    assert {(e.event_type, e.topic, e.key_field) for e in PUBLISHES} == {
+        ("stock-reserved", "stock", "order_id"),
+        ("stock-shortage", "stock", "order_id"),
+        ("stock-released", "stock", "order_id"),
+        ("stock-changed", "stock-changes", "product_id"),
+    }
+    assert set(PUBLISHES) == {StockReserved, StockShortage, StockReleased, StockChanged}
+
+
+def test_inventory_reads_only_the_fields_it_needs_of_what_others_publish() -> None:
+    product = ProductCreated.model_validate_json(
+        b'{"product_id": "p-1", "name": "Lamp", "price_cents": 1999, "version": 2}'
+    )
+    order = OrderCreated.model_validate_json(
+        b'{"order_id": "o-1", "user_id": "u-1", "items": [{"product_id": "p-1", "quantity": 2}]}'
+    )
+
+    assert product.model_dump() == {"product_id": "p-1", "version": 2}
+    assert order.model_dump() == {
+        "order_id": "o-1",
+        "items": [{"product_id": "p-1", "quantity": 2}],
+    }
+
+
+def test_a_run_of_orders_delivered_through_the_router_reserves_each_in_turn(
+    uow: UnitOfWork,
+) -> None:
+    lamp = add_product(uow, 3)
+    first, second, third = order((lamp, 2)), order((lamp, 2)), order((lamp, 1))
+
+    with uow() as unit:
+        delivered = events.deliver(unit, first, second, third)
+
+    assert stock(uow, lamp) == (0, 3)
+    assert [stock_events(uow, o.order_id)[0][0] for o in (first, second, third)] == [
+        "stock-reserved",
+        "stock-shortage",
+        "stock-reserved",
+    ]
+    with uow() as unit:
+        rows = unit.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.topic == "stock").order_by(OutboxMessage.id)
+        )
+        causes = [row_to_envelope(row).causation_id for row in rows]
+    assert causes == [event.id for event in delivered], "each answer caused by its order"

@@ -14,15 +14,16 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from services.order import handlers
+from services.order.consumers import events
 from services.order.events import (
-    ORDER_CANCELLED,
-    ORDER_CONFIRMED,
-    ORDER_CREATED,
-    ORDER_REJECTED,
-    STOCK_RELEASED,
-    STOCK_RESERVED,
+    PUBLISHES,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    OrderRejected,
     ProductCreated,
     Shortage,
+    StockReleased,
     StockReserved,
     StockShortage,
     UserRegistered,
@@ -39,7 +40,9 @@ from services.order.models import (
 from services.order.schemas import LineIn, OrderIn
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope, dump_json
+from shared.messaging.events import Event
 from shared.messaging.outbox import row_to_envelope
+from shared.messaging.router import Received
 from shared.messaging.tracing import Cause
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.http import Conflict, NotFound
@@ -163,7 +166,7 @@ def test_place_order_emits_order_created_keyed_and_correlated_by_the_order_id(
     order_id = place(uow, command(user_id, (lamp, 3), (desk, 1)))["id"]
 
     [(topic, event)] = emitted(uow)
-    assert (topic, event.type, event.source) == ("orders", ORDER_CREATED, "/services/order")
+    assert (topic, event.type, event.source) == ("orders", "order-created", "/services/order")
     assert event.key == event.correlation_id == order_id
     assert event.json() == {
         "order_id": order_id,
@@ -281,7 +284,7 @@ def test_distinct_keys_place_distinct_orders(uow: UnitOfWork) -> None:
     third = place(uow, command(user_id, (lamp, 2)))
 
     assert len({first["id"], second["id"], third["id"]}) == 3
-    assert len(emitted(uow, ORDER_CREATED)) == 3
+    assert len(emitted(uow, "order-created")) == 3
 
 
 def test_a_refused_request_leaves_its_key_free_for_a_retry(uow: UnitOfWork) -> None:
@@ -319,7 +322,7 @@ def test_concurrent_requests_with_one_key_place_one_order(uow: UnitOfWork) -> No
 
     assert errors == []
     assert len(responses) == 4 and all(r == responses[0] for r in responses)
-    assert len(emitted(uow, ORDER_CREATED)) == 1
+    assert len(emitted(uow, "order-created")) == 1
 
 
 # Inventory's answer
@@ -335,7 +338,7 @@ def test_stock_reserved_confirms_a_pending_order_and_emits_order_confirmed(
     reserve(uow, order_id)
 
     assert status(uow, order_id) is OrderStatus.CONFIRMED
-    [(topic, event)] = emitted(uow, ORDER_CONFIRMED)
+    [(topic, event)] = emitted(uow, "order-confirmed")
     assert (topic, event.key) == ("orders", order_id)
     assert event.json() == {"order_id": order_id, "user_id": user_id}
 
@@ -345,7 +348,7 @@ def test_the_answer_of_inventory_is_caused_by_and_correlated_with_its_event(
 ) -> None:
     order_id = pending_order(uow)
     reserved = Envelope(
-        type=STOCK_RESERVED,
+        type="stock-reserved",
         source="/services/inventory",
         key=order_id,
         data=dump_json(StockReserved(order_id=order_id, items=[])),
@@ -356,7 +359,7 @@ def test_the_answer_of_inventory_is_caused_by_and_correlated_with_its_event(
     with tracing.consuming(reserved), uow() as unit:
         handlers.confirm_order(unit, reserved.payload(StockReserved))
 
-    [(_, confirmed)] = emitted(uow, ORDER_CONFIRMED)
+    [(_, confirmed)] = emitted(uow, "order-confirmed")
     assert (confirmed.causation_id, confirmed.correlation_id) == (reserved.id, order_id)
     assert confirmed.traceparent is not None
     assert confirmed.traceparent.split("-")[1] == TRACEPARENT.split("-")[1]
@@ -378,7 +381,7 @@ def test_stock_shortage_rejects_a_pending_order_with_a_reason_naming_the_short_p
         order = handlers.get_order(unit, order_id)
         assert (order.status, order.reason) == (OrderStatus.REJECTED, reason)
         user_id = order.user_id
-    [(topic, event)] = emitted(uow, ORDER_REJECTED)
+    [(topic, event)] = emitted(uow, "order-rejected")
     assert (topic, event.key) == ("orders", order_id)
     assert event.json() == {
         "order_id": order_id,
@@ -414,7 +417,7 @@ def test_a_cancelled_order_stays_cancelled_when_stock_is_reserved(uow: UnitOfWor
     reserve(uow, order_id)
 
     assert status(uow, order_id) is OrderStatus.CANCELLED
-    assert [e.type for _, e in emitted(uow)] == [ORDER_CREATED, ORDER_CANCELLED]
+    assert [e.type for _, e in emitted(uow)] == ["order-created", "order-cancelled"]
 
 
 def test_an_answer_for_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
@@ -440,7 +443,7 @@ def test_cancel_of_a_pending_or_confirmed_order_emits_order_cancelled(
 
     assert cancelled.status is OrderStatus.CANCELLED
     assert status(uow, order_id) is OrderStatus.CANCELLED
-    [(topic, event)] = emitted(uow, ORDER_CANCELLED)
+    [(topic, event)] = emitted(uow, "order-cancelled")
     assert (topic, event.key) == ("orders", order_id)
     assert event.json() == {"order_id": order_id, "user_id": cancelled.user_id}
 
@@ -481,7 +484,7 @@ def test_a_cancel_request_without_a_trace_joins_the_trace_of_the_order(uow: Unit
     with tracing.span("POST /cancel", cause=Cause("request-2")):
         cancel(uow, order_id)
 
-    [(_, event)] = emitted(uow, ORDER_CANCELLED)
+    [(_, event)] = emitted(uow, "order-cancelled")
     assert event.causation_id == "request-2"
     assert event.traceparent is not None
     assert event.traceparent.split("-")[1] == TRACEPARENT.split("-")[1]
@@ -495,7 +498,7 @@ def test_order_cancelled_is_correlated_by_the_order_id_like_the_rest_of_the_saga
     with tracing.span("POST /cancel", cause=Cause("request-2")):
         cancel(uow, order_id)
 
-    [(_, event)] = emitted(uow, ORDER_CANCELLED)
+    [(_, event)] = emitted(uow, "order-cancelled")
     assert event.correlation_id == order_id
 
 
@@ -600,7 +603,7 @@ def chain(uow: UnitOfWork, order_id: str) -> list[str]:
 
 def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWork) -> None:
     order_id = pending_order(uow)
-    created = chain_event(order_id, ORDER_CREATED, 0, "request-1", offset=17)
+    created = chain_event(order_id, "order-created", 0, "request-1", offset=17)
 
     record(uow, order_id, created)
 
@@ -610,7 +613,7 @@ def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWor
         position = (row.topic, row.partition, row.offset, row.causation_id, row.correlation_id)
     assert filed == {
         "event_id": created.id,
-        "type": ORDER_CREATED,
+        "type": "order-created",
         "source": "/tests",
         "time": created.time,
     }
@@ -619,7 +622,7 @@ def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWor
 
 def test_record_event_is_idempotent(uow: UnitOfWork) -> None:
     order_id = pending_order(uow)
-    created = chain_event(order_id, ORDER_CREATED, 0)
+    created = chain_event(order_id, "order-created", 0)
 
     record(uow, order_id, created, created)
     with uow() as unit:
@@ -634,9 +637,9 @@ def test_order_events_lists_each_event_after_its_cause_even_against_the_clock(
     uow: UnitOfWork,
 ) -> None:
     order_id = pending_order(uow)
-    created = chain_event(order_id, ORDER_CREATED, 10, "request-1")
-    reserved = chain_event(order_id, STOCK_RESERVED, 5, created)  # inventory's clock is behind
-    confirmed = chain_event(order_id, ORDER_CONFIRMED, 11, reserved)
+    created = chain_event(order_id, "order-created", 10, "request-1")
+    reserved = chain_event(order_id, "stock-reserved", 5, created)  # inventory's clock is behind
+    confirmed = chain_event(order_id, "order-confirmed", 11, reserved)
 
     record(uow, order_id, confirmed, reserved, created)
 
@@ -647,12 +650,12 @@ def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
     uow: UnitOfWork,
 ) -> None:
     order_id = pending_order(uow)
-    created = chain_event(order_id, ORDER_CREATED, 0, "request-1")
-    reserved = chain_event(order_id, STOCK_RESERVED, 1, created)
-    confirmed = chain_event(order_id, ORDER_CONFIRMED, 2, reserved)
-    cancelled = chain_event(order_id, ORDER_CANCELLED, 30, "request-2")
-    released = chain_event(order_id, STOCK_RELEASED, 31, cancelled)
-    other_order = chain_event(random_id(), ORDER_CREATED, 15, "request-3")
+    created = chain_event(order_id, "order-created", 0, "request-1")
+    reserved = chain_event(order_id, "stock-reserved", 1, created)
+    confirmed = chain_event(order_id, "order-confirmed", 2, reserved)
+    cancelled = chain_event(order_id, "order-cancelled", 30, "request-2")
+    released = chain_event(order_id, "stock-released", 31, cancelled)
+    other_order = chain_event(random_id(), "order-created", 15, "request-3")
 
     record(uow, order_id, released, cancelled, confirmed, reserved, created)
     record(uow, other_order.key, other_order)
@@ -673,3 +676,98 @@ def test_order_events_of_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
 
 def test_an_order_without_events_read_back_has_an_empty_chain(uow: UnitOfWork) -> None:
     assert chain(uow, pending_order(uow)) == []
+
+
+# The consumer
+
+
+def test_the_consumer_handles_inventorys_answers_and_learns_users_and_products() -> None:
+    assert {t: r.model for t, r in events.routes.items()} == {
+        "stock-reserved": StockReserved,
+        "stock-shortage": StockShortage,
+        "stock-released": StockReleased,
+        "user-registered": UserRegistered,
+        "product-created": ProductCreated,
+    }
+    assert events.routes["stock-reserved"].batch, "one update confirms a run of answers"
+    assert not any(r.batch for t, r in events.routes.items() if t != "stock-reserved")
+    assert events.routes["user-registered"].handler is handlers.remember_user
+    assert events.routes["product-created"].handler is handlers.remember_product
+    assert SPEC.subscribes == events.topics == ["products", "stock", "users"]
+    assert SPEC.owns == ["orders"]
+
+
+def test_order_publishes_its_events_on_orders_keyed_by_the_order_id() -> None:
+    assert set(PUBLISHES) == {OrderCreated, OrderCancelled, OrderConfirmed, OrderRejected}
+    assert {(e.event_type, e.topic, e.key_field) for e in PUBLISHES} == {
+        ("order-created", "orders", "order_id"),
+        ("order-cancelled", "orders", "order_id"),
+        ("order-confirmed", "orders", "order_id"),
+        ("order-rejected", "orders", "order_id"),
+    }
+
+
+def consumed(payload: Event, offset: int) -> Received[Any]:
+    """`payload` as the consumer hands it over: in an envelope at its place on `stock`."""
+    event = Envelope(
+        type=payload.event_type,
+        source="/services/inventory",
+        key=payload.event_key,
+        data=dump_json(payload),
+        correlation_id=payload.event_key,
+    ).at(payload.topic, 0, offset)
+    return Received(event, payload)
+
+
+def test_inventorys_answers_move_their_orders_and_are_filed_in_their_chains(
+    uow: UnitOfWork,
+) -> None:
+    confirmed, also_confirmed, rejected = (pending_order(uow) for _ in range(3))
+    run = [
+        consumed(StockReserved(order_id=confirmed, items=[]), 0),
+        consumed(StockReserved(order_id=also_confirmed, items=[]), 1),
+        consumed(StockShortage(order_id=rejected, shortages=[]), 2),
+    ]
+
+    with uow() as unit:
+        events.dispatch(unit, run)
+
+    assert [status(uow, o) for o in (confirmed, also_confirmed, rejected)] == [
+        OrderStatus.CONFIRMED,
+        OrderStatus.CONFIRMED,
+        OrderStatus.REJECTED,
+    ]
+    for order_id, item in zip((confirmed, also_confirmed, rejected), run, strict=True):
+        assert chain(uow, order_id) == [item.event.id]
+    answers = {e.key: e for _, e in emitted(uow) if e.type != "order-created"}
+    assert {key: (e.type, e.causation_id) for key, e in answers.items()} == {
+        confirmed: ("order-confirmed", run[0].event.id),
+        also_confirmed: ("order-confirmed", run[1].event.id),
+        rejected: ("order-rejected", run[2].event.id),
+    }
+
+
+def test_stock_released_is_filed_in_the_chain_of_its_order(uow: UnitOfWork) -> None:
+    order_id = in_status(uow, OrderStatus.CANCELLED)
+    published = {"order_id": order_id, "items": [{"product_id": "p-1", "quantity": 2}]}
+    released = consumed(StockReleased.model_validate(published), 7)
+
+    with uow() as unit:
+        events.dispatch(unit, [released])
+
+    assert chain(uow, order_id) == [released.event.id]
+    assert status(uow, order_id) is OrderStatus.CANCELLED
+
+
+def test_users_and_products_delivered_through_the_router_are_remembered(uow: UnitOfWork) -> None:
+    user_id, product_id = random_id(), random_id()
+
+    with uow() as unit:
+        events.deliver(
+            unit,
+            UserRegistered(user_id=user_id, version=2),
+            ProductCreated(product_id=product_id, name="Lamp", version=3),
+        )
+
+    assert user_version(uow, user_id) == 2
+    assert product_view(uow, product_id) == ("Lamp", 3)

@@ -6,15 +6,16 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError
-from pydantic import BaseModel
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import DeclarativeBase
 
 from shared.messaging.envelope import Envelope, KafkaHeaders, utcnow
-from shared.messaging.outbox import OutboxRelay
+from shared.messaging.events import Event
+from shared.messaging.outbox import OutboxRelay, row_to_envelope
 from shared.messaging.producer import DeliveryError, Placed
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.storage.db import OutboxMixin, make_sessions
@@ -31,8 +32,25 @@ class Outbox(OutboxMixin, Base):
     __tablename__ = "outbox"
 
 
-class Tick(BaseModel):
+class Tick(Event, type="tick", topic="orders", key="key"):
+    key: str
     seq: int
+
+
+class StockTick(Tick, topic="stock"):
+    pass
+
+
+class UserTick(Tick, topic="users"):
+    pass
+
+
+TICKS: dict[str, type[Tick]] = {"orders": Tick, "stock": StockTick, "users": UserTick}
+"""A tick for each topic the tests emit to."""
+
+
+def tick(topic: str, seq: int) -> Tick:
+    return TICKS[topic](key=f"key-{seq}", seq=seq)
 
 
 @dataclass
@@ -90,10 +108,7 @@ def relay(uow: UnitOfWork, producer: FakeProducer) -> Iterator[OutboxRelay]:
 def emit(uow: UnitOfWork, *records: tuple[str, int]) -> list[tuple[str, Envelope]]:
     """Emit `(topic, seq)` events in one transaction, keyed `key-<seq>`."""
     with uow() as unit:
-        return [
-            (topic, unit.outbox.emit(topic, "tick", f"key-{seq}", Tick(seq=seq)))
-            for topic, seq in records
-        ]
+        return [(topic, unit.outbox.emit(tick(topic, seq))) for topic, seq in records]
 
 
 def rows(uow: UnitOfWork) -> list[Outbox]:
@@ -175,22 +190,32 @@ def test_topics_take_the_unit_of_works_prefix(
 ) -> None:
     prefixed = UnitOfWork(uow.sessions, Outbox, "/tests", topic_prefix="run-7.")
     with prefixed() as unit:
-        unit.outbox.emit("orders", "tick", "key-1", Tick(seq=1))
+        unit.outbox.emit(tick("orders", 1))
 
     relay.relay_once()
 
     assert [topic for topic, _ in producer.sent] == ["run-7.orders"]
 
 
-def test_the_hook_before_publishing_sees_the_batch(uow: UnitOfWork, producer: FakeProducer) -> None:
+def test_publish_gets_the_batch_before_the_broker_does(
+    uow: UnitOfWork, producer: FakeProducer, relay: OutboxRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_publish` is the seam where the crash tests' fault injection (tests/faults.py)
+    stops a relay after the commit and before the broker has the batch."""
     emitted = emit(uow, ("orders", 1), ("stock", 2))
-    seen: list[list[Envelope]] = []
-    relay = OutboxRelay(uow.sessions, Outbox, producer, before_publish=seen.append)  # type: ignore[arg-type]
+    seen: list[tuple[list[Envelope], int]] = []
+    publish = OutboxRelay._publish
+
+    def watched(self: OutboxRelay, rows: Any) -> Any:
+        seen.append(([row_to_envelope(row) for row in rows], len(producer.calls)))
+        return publish(self, rows)
+
+    monkeypatch.setattr(OutboxRelay, "_publish", watched)
 
     relay.relay_once()
 
-    assert seen == [[event for _, event in emitted]]
-    relay.stop()
+    assert seen == [([event for _, event in emitted], 0)], "the whole batch, before sending"
+    assert producer.sent == emitted
 
 
 # Failures
@@ -234,7 +259,7 @@ def test_a_rolled_back_transaction_adds_nothing_to_the_outbox(
     uow: UnitOfWork, producer: FakeProducer, relay: OutboxRelay
 ) -> None:
     with pytest.raises(RuntimeError, match="business rule"), uow() as unit:
-        unit.outbox.emit("orders", "tick", "key-1", Tick(seq=1))
+        unit.outbox.emit(tick("orders", 1))
         unit.session.flush()
         raise RuntimeError("business rule said no")
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from services.product import handlers
 from services.product.consumers import events
-from services.product.events import PRODUCT_CREATED, STOCK_CHANGED, StockChanged
+from services.product.events import PUBLISHES, ProductCreated, StockChanged
 from services.product.main import SPEC
 from services.product.models import OutboxMessage, Product
 from services.product.schemas import ProductIn, ProductOut
@@ -62,7 +62,7 @@ def test_create_emits_product_created_keyed_by_the_product_id(uow: UnitOfWork) -
     product_id = create(uow, "Lamp", 1999)
 
     [(topic, event)] = emitted(uow)
-    assert (topic, event.type, event.source) == ("products", PRODUCT_CREATED, "/services/product")
+    assert (topic, event.type, event.source) == ("products", "product-created", "/services/product")
     assert event.key == product_id
     assert event.json() == {
         "product_id": product_id,
@@ -165,8 +165,32 @@ def test_stock_changed_emits_nothing(uow: UnitOfWork) -> None:
 
 
 def test_the_consumer_handles_stock_changed_only() -> None:
-    assert set(events.routes) == {STOCK_CHANGED}
-    assert events.ignored == set()
-    assert list(SPEC.subscribes) == ["stock-changes"]
-    assert list(SPEC.publishes) == ["products"]
+    assert {t: r.model for t, r in events.routes.items()} == {"stock-changed": StockChanged}
+    assert events.routes["stock-changed"].handler is handlers.apply_stock_changed
+    assert events.routes["stock-changed"].batch, "one statement for a run of changes"
+    assert SPEC.subscribes == events.topics == ["stock-changes"]
+    assert SPEC.owns == ["products"]
+    assert PUBLISHES == (ProductCreated,)
+    assert (ProductCreated.event_type, ProductCreated.topic, ProductCreated.key_field) == (
+        "product-created",
+        "products",
+        "product_id",
+    )
     assert Product.__tablename__ == "products"
+
+
+def test_a_run_of_changes_delivered_through_the_router_keeps_the_newest_version(
+    uow: UnitOfWork,
+) -> None:
+    lamp, desk = create(uow), create(uow)
+
+    with uow() as unit:
+        events.deliver(
+            unit,
+            StockChanged(product_id=lamp, available=0, version=2),
+            StockChanged(product_id=desk, available=4, version=1),
+            StockChanged(product_id=lamp, available=6, version=1),  # older: dropped
+        )
+
+    assert read(uow, lamp) == (False, 2)
+    assert read(uow, desk) == (True, 1)
