@@ -5,7 +5,7 @@ publishers can add fields freely; `contracts/` holds what each publisher promise
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.messaging.events import Event
 
@@ -13,10 +13,23 @@ from shared.messaging.events import Event
 class UserRegistered(Event, type="user-registered", topic="users", key="user_id"):
     """A new account. `version` grows with every change of one user."""
 
-    user_id: str
-    name: str
-    email: str
-    version: int = 1
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "0b7e4d2a-3c5f-4e8a-b1d9-6f2a7c8e4b35",
+                    "name": "Ada Lovelace",
+                    "email": "ada@example.com",
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
+    user_id: str = Field(description="The user's id: the key.")
+    name: str = Field(description="The name the user registered with.")
+    email: str = Field(description="The user's email address, unique among users.")
+    version: int = Field(1, description="Grows with every change of the user.")
 
 
 PUBLISHES = (UserRegistered,)
