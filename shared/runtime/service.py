@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from shared.messaging import tracing
+from shared.messaging import asyncapi, tracing
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import utcnow
@@ -255,6 +256,21 @@ def create_service_app(
     app.state.settings = settings
     http.install(app, max_body_bytes=settings.max_body_bytes)
     include(app)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    def asyncapi_document() -> JSONResponse:
+        """The AsyncAPI 3.0 document of the events this service sends and receives."""
+        return JSONResponse(
+            asyncapi.service_document(
+                spec,
+                title=title,
+                version=app.version,
+                bootstrap=settings.kafka_bootstrap_servers,
+                topic_prefix=settings.topic_prefix,
+                partitions=settings.topic_partitions,
+            )
+        )
+
     return app
 
 
