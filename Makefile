@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -62,6 +62,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The event contracts, AsyncAPI document and docs/events.md, from the services' models.
+contracts: $(STAMP)
+	$(PY) -m tools.contracts
 
 clean: down
 	rm -rf .run
