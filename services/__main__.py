@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from services.registry import get, load, names
-from shared.runtime.service import serve
+from shared.runtime.app import serve
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,6 @@
 
 from services.inventory.config import InventorySettings
 from services.inventory.main import create_app
-from shared.runtime.service import serve
+from shared.runtime.app import serve
 
 serve(create_app, InventorySettings())

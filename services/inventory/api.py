@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends
 
 from services.inventory import handlers
 from services.inventory.schemas import StockIn, StockOut
+from shared.runtime.app import get_runtime
 from shared.runtime.http import BODY_ERRORS, errors
-from shared.runtime.service import ServiceRuntime, get_runtime
+from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["stock"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]

@@ -6,29 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from services.inventory import api
 from services.inventory.config import InventorySettings
 from services.inventory.consumers import events
 from services.inventory.events import PUBLISHES
-from services.inventory.models import OutboxMessage, ProcessedEvent
-from shared.runtime.service import ServiceSpec, create_service_app
+from services.inventory.models import Base
+from shared.runtime.app import app_factory
+from shared.runtime.service import ServiceSpec
+from shared.storage.tables import shared_tables
 
 SPEC = ServiceSpec(
     name="inventory",
     router=events,
     publishes=PUBLISHES,
-    outbox_model=OutboxMessage,
-    processed_model=ProcessedEvent,
+    tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
 )
 
 
-def create_app(settings: InventorySettings | None = None) -> FastAPI:
-    return create_service_app(
-        SPEC,
-        settings or InventorySettings(),
-        title="Inventory service",
-        include=lambda app: app.include_router(api.router),
-    )
+create_app = app_factory(SPEC, InventorySettings, title="Inventory service", routers=[api.router])

@@ -2,6 +2,6 @@
 
 from services.order.config import OrderSettings
 from services.order.main import create_app
-from shared.runtime.service import serve
+from shared.runtime.app import serve
 
 serve(create_app, OrderSettings())

@@ -7,8 +7,9 @@ from fastapi.responses import ORJSONResponse
 
 from services.order import handlers
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
+from shared.runtime.app import get_runtime
 from shared.runtime.http import BODY_ERRORS, Error, Responses, ValidationErrors, errors
-from shared.runtime.service import ServiceRuntime, get_runtime
+from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["orders"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]

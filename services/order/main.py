@@ -6,30 +6,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from services.order import api, handlers
 from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import PUBLISHES
-from services.order.models import OutboxMessage, ProcessedEvent
-from shared.runtime.service import ServiceSpec, create_service_app
+from services.order.models import Base
+from shared.runtime.app import app_factory
+from shared.runtime.service import ServiceSpec
+from shared.storage.tables import shared_tables
 
 SPEC = ServiceSpec(
     name="order",
     router=events,
     publishes=PUBLISHES,
-    outbox_model=OutboxMessage,
-    processed_model=ProcessedEvent,
+    tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
     on_published=handlers.file_published,
 )
 
 
-def create_app(settings: OrderSettings | None = None) -> FastAPI:
-    return create_service_app(
-        SPEC,
-        settings or OrderSettings(),
-        title="Order service",
-        include=lambda app: app.include_router(api.router),
-    )
+create_app = app_factory(SPEC, OrderSettings, title="Order service", routers=[api.router])

@@ -2,6 +2,6 @@
 
 from services.product.config import ProductSettings
 from services.product.main import create_app
-from shared.runtime.service import serve
+from shared.runtime.app import serve
 
 serve(create_app, ProductSettings())

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends
 
 from services.product import handlers
 from services.product.schemas import ProductIn, ProductOut
+from shared.runtime.app import get_runtime
 from shared.runtime.http import BODY_ERRORS, errors
-from shared.runtime.service import ServiceRuntime, get_runtime
+from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["products"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]

@@ -2,6 +2,6 @@
 
 from services.user.config import UserSettings
 from services.user.main import create_app
-from shared.runtime.service import serve
+from shared.runtime.app import serve
 
 serve(create_app, UserSettings())

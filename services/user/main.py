@@ -6,29 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from services.user import api
 from services.user.config import UserSettings
 from services.user.consumers import events
 from services.user.events import PUBLISHES
-from services.user.models import OutboxMessage, ProcessedEvent
-from shared.runtime.service import ServiceSpec, create_service_app
+from services.user.models import Base
+from shared.runtime.app import app_factory
+from shared.runtime.service import ServiceSpec
+from shared.storage.tables import shared_tables
 
 SPEC = ServiceSpec(
     name="user",
     router=events,
     publishes=PUBLISHES,
-    outbox_model=OutboxMessage,
-    processed_model=ProcessedEvent,
+    tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
 )
 
 
-def create_app(settings: UserSettings | None = None) -> FastAPI:
-    return create_service_app(
-        SPEC,
-        settings or UserSettings(),
-        title="User service",
-        include=lambda app: app.include_router(api.router),
-    )
+create_app = app_factory(SPEC, UserSettings, title="User service", routers=[api.router])

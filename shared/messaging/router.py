@@ -178,7 +178,11 @@ def _route_for(handler: Callable[..., None]) -> Route:
         star = param.kind is inspect.Parameter.VAR_POSITIONAL
         what, found, many = _what(hint, star)
         if what is None:
-            if param.default is inspect.Parameter.empty and not star:
+            if param.kind is inspect.Parameter.VAR_KEYWORD or star:
+                continue
+            if param.default is inspect.Parameter.empty or (
+                param.kind is not inspect.Parameter.KEYWORD_ONLY and _has_star(handler)
+            ):  # a default before *payloads would take the first payload
                 raise TypeError(f"{handler.__qualname__}: nothing to pass as {param.name!r}")
             continue
         if found is not None:

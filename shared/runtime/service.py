@@ -9,21 +9,18 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from shared.messaging import asyncapi, tracing
+from shared.messaging import tracing
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import utcnow
@@ -33,7 +30,6 @@ from shared.messaging.producer import Delivery, EventProducer
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
 from shared.messaging.unit_of_work import UnitOfWork
-from shared.runtime import http
 from shared.runtime.groupcommit import GroupCommit
 from shared.runtime.settings import ServiceSettings
 from shared.storage.db import (
@@ -45,6 +41,7 @@ from shared.storage.db import (
     writing,
 )
 from shared.storage.migrations import upgrade
+from shared.storage.tables import SharedTables
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +55,20 @@ class ServiceSpec:
     """Its handlers; the topics they consume are what the service subscribes to."""
     publishes: Sequence[type[Event]]
     """The events it emits; their topics are the service's own."""
-    outbox_model: type[OutboxMixin]
-    processed_model: type[ProcessedEventMixin]
+    tables: SharedTables
+    """Its outbox and processed-events tables: `shared_tables(Base)`."""
     migrations: Path
     consumer_config: dict[str, Any] = field(default_factory=dict)
     on_published: Callable[[Session, list[Delivery]], None] | None = None
     """Runs as the relay marks events sent, with their partitions and offsets."""
+
+    @property
+    def outbox_model(self) -> type[OutboxMixin]:
+        return self.tables.outbox
+
+    @property
+    def processed_model(self) -> type[ProcessedEventMixin]:
+        return self.tables.processed
 
     @property
     def subscribes(self) -> list[str]:
@@ -225,57 +230,3 @@ def quiet_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
-
-
-def get_runtime(request: Request) -> ServiceRuntime:
-    runtime: ServiceRuntime = request.app.state.runtime
-    return runtime
-
-
-def create_service_app(
-    spec: ServiceSpec,
-    settings: ServiceSettings,
-    *,
-    title: str,
-    include: Callable[[FastAPI], None],
-) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-        runtime = ServiceRuntime(spec, settings)
-        runtime.start()
-        app.state.runtime = runtime
-        try:
-            yield
-        finally:
-            runtime.stop()
-
-    app = FastAPI(title=title, lifespan=lifespan)
-    app.state.settings = settings
-    http.install(app, max_body_bytes=settings.max_body_bytes)
-    include(app)
-
-    @app.get("/asyncapi.json", include_in_schema=False)
-    def asyncapi_document() -> JSONResponse:
-        """The AsyncAPI 3.0 document of the events this service sends and receives."""
-        return JSONResponse(
-            asyncapi.service_document(
-                spec,
-                title=title,
-                version=app.version,
-                bootstrap=settings.kafka_bootstrap_servers,
-                topic_prefix=settings.topic_prefix,
-                partitions=settings.topic_partitions,
-            )
-        )
-
-    return app
-
-
-def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
-    """Run one service with uvicorn on the host and port its settings name."""
-    import uvicorn
-
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False)

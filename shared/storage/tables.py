@@ -24,7 +24,9 @@ class SharedTables(NamedTuple):
 
 def shared_tables(base: type[DeclarativeBase]) -> SharedTables:
     """Map `OutboxMessage` (table `outbox`) and `ProcessedEvent` (`processed_events`) on
-    `base`, in the module that defines `base`."""
+    `base`, in the module that defines `base`; a second call returns the same pair."""
+    if (mapped := base.__dict__.get("__shared_tables__")) is not None:
+        return cast(SharedTables, mapped)
     outbox = type(
         "OutboxMessage",
         (OutboxMixin, base),
@@ -35,4 +37,8 @@ def shared_tables(base: type[DeclarativeBase]) -> SharedTables:
         (ProcessedEventMixin, base),
         {"__tablename__": "processed_events", "__module__": base.__module__},
     )
-    return SharedTables(cast(type[OutboxMixin], outbox), cast(type[ProcessedEventMixin], processed))
+    tables = SharedTables(
+        cast(type[OutboxMixin], outbox), cast(type[ProcessedEventMixin], processed)
+    )
+    type.__setattr__(base, "__shared_tables__", tables)
+    return tables

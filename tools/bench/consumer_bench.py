@@ -191,7 +191,7 @@ def run(
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}-"
-    topics = [prefix + t for t in {*SPEC.subscribes, *SPEC.publishes, DEAD_LETTERS}]
+    topics = [prefix + t for t in {*SPEC.subscribes, *SPEC.owns, DEAD_LETTERS}]
     ensure_topics(bootstrap, topics, partitions=3)
     producer = EventProducer(bootstrap)
     phases = []

@@ -1,0 +1,92 @@
+"""A service's FastAPI app: its routes, the runtime started in its lifespan (never at
+import time), the shared HTTP plumbing and `/asyncapi.json`.
+
+    create_app = app_factory(SPEC, OrderSettings, title="Order service", routers=[api.router])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from shared.messaging import asyncapi
+from shared.runtime import http
+from shared.runtime.service import ServiceRuntime, ServiceSpec
+from shared.runtime.settings import ServiceSettings
+
+
+def get_runtime(request: Request) -> ServiceRuntime:
+    """The running service's runtime, as a route dependency."""
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def app_factory(
+    spec: ServiceSpec,
+    settings_class: type[ServiceSettings],
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+) -> Callable[[ServiceSettings | None], FastAPI]:
+    """`create_app(settings=None)` for uvicorn's `--factory`; settings default to the
+    environment's."""
+
+    def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+        return create_service_app(spec, settings or settings_class(), title=title, routers=routers)
+
+    return create_app
+
+
+def create_service_app(
+    spec: ServiceSpec,
+    settings: ServiceSettings,
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        runtime = ServiceRuntime(spec, settings)
+        runtime.start()
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.stop()
+
+    app = FastAPI(title=title, lifespan=lifespan)
+    app.state.settings = settings
+    http.install(app, max_body_bytes=settings.max_body_bytes)
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/asyncapi.json", include_in_schema=False)
+    def asyncapi_document() -> JSONResponse:
+        """The AsyncAPI 3.0 document of the events this service sends and receives."""
+        return JSONResponse(
+            asyncapi.service_document(
+                spec,
+                title=title,
+                version=app.version,
+                bootstrap=settings.kafka_bootstrap_servers,
+                topic_prefix=settings.topic_prefix,
+                partitions=settings.topic_partitions,
+            )
+        )
+
+    return app
+
+
+def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
+    """Run one service with uvicorn on the host and port its settings name."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False)
