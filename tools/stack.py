@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -177,13 +178,19 @@ class Stack:
         if self.broker is None and bootstrap is None:
             self.broker = LocalBroker()
         self.bootstrap = bootstrap or self.broker.bootstrap  # type: ignore[union-attr]
-        shared_env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, **(env or {})}
+        self.operator_password_file = run_dir / "operator-password"
+        shared_env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "USER_OPERATOR_PASSWORD_FILE": str(self.operator_password_file),
+            **(env or {}),
+        }
         self.services = {
             name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
             for name, port in ports.items()
         }
 
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
+        operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
         chosen = [self.services[n] for n in (names or self.services)]
@@ -212,6 +219,16 @@ class Stack:
         return states
 
 
+def operator_password(path: Path) -> str:
+    """The operator account's password: made on first use, readable by its owner only."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
 def _not_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
@@ -224,6 +241,12 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+OPERATOR_HINT = """\
+an operator token (for stock and products):
+  curl -s -X POST 127.0.0.1:8004/token -d username=operator@example.com \\
+       --data-urlencode password@.run/operator-password"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "-f",
         str(Path(__file__).resolve().parent.parent / "compose.yaml"),
     ]
+    if args.command == "up":
+        operator_password(RUN_DIR / "operator-password")
     if args.command in ("up", "down") and docker_engine():
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
         return subprocess.call(compose + extra)
@@ -252,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  kafka      {stack.bootstrap}")
         for name, service in stack.services.items():
             print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
+        print(OPERATOR_HINT)
     elif args.command == "down":
         stack.down()
         print("stack stopped")

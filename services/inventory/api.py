@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from services.inventory import handlers
 from services.inventory.schemas import StockIn, StockOut
 from shared.runtime.app import get_runtime
+from shared.runtime.auth import OPERATOR_ERRORS, OperatorCaller
 from shared.runtime.http import BODY_ERRORS, errors
 from shared.runtime.service import ServiceRuntime
 
@@ -16,9 +17,12 @@ UNKNOWN_PRODUCT = errors({404: "Inventory has not learned of this product yet"})
 
 
 @router.put(
-    "/stock/{product_id}", response_model=StockOut, responses={**UNKNOWN_PRODUCT, **BODY_ERRORS}
+    "/stock/{product_id}",
+    response_model=StockOut,
+    responses={**UNKNOWN_PRODUCT, **OPERATOR_ERRORS, **BODY_ERRORS},
 )
-def set_stock(product_id: str, body: StockIn, runtime: Runtime) -> StockOut:
+def set_stock(product_id: str, body: StockIn, _: OperatorCaller, runtime: Runtime) -> StockOut:
+    """Set how many are available (operators only)."""
     with runtime.uow() as unit:
         return StockOut.model_validate(handlers.set_stock(unit, product_id, body))
 

@@ -10,8 +10,10 @@ from services.order.events import StockReleased, StockReserved, StockShortage
 from shared.messaging.envelope import Envelope
 from shared.messaging.router import EventRouter
 from shared.messaging.unit_of_work import Unit
+from shared.runtime.keys import learn_keys
 
 events = EventRouter()
+events.on(learn_keys)
 events.on(handlers.remember_user)
 events.on(handlers.remember_product)
 

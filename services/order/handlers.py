@@ -47,7 +47,10 @@ class OrderNotFound(NotFound):
 
 
 class UnknownUser(DomainError):
-    status_code = 422
+    """The token's subject is no user this service has learnt of (yet)."""
+
+    status_code = 401
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="unknown user"'}
 
     def __init__(self, user_id: str) -> None:
         super().__init__(f"unknown user {user_id}")
@@ -74,18 +77,21 @@ class OrderNotCancellable(Conflict):
         self.order_id = order_id
 
 
-def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None) -> dict[str, Any]:
-    """Record a PENDING order and emit `order-created`; return the response body.
+def place_order(
+    unit: Unit, command: OrderIn, user_id: str, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Record a PENDING order of `user_id` and emit `order-created`; return the response.
 
     With an idempotency key, the key is claimed first (insert-first): a replay of the
-    same request gets the first response and creates nothing; the same key with another
-    request conflicts. Core statements only: this runs once per order under load."""
+    same request by the same user gets the first response and creates nothing; the same
+    key with another request (or another user's) conflicts. Core statements only: this
+    runs once per order under load."""
     session = unit.session
     order_id = str(uuid.uuid4())
     request_hash = ""
     if idempotency_key is not None:
         request_hash = hashlib.sha256(
-            orjson.dumps(command.model_dump(), option=orjson.OPT_SORT_KEYS)
+            orjson.dumps([user_id, command.model_dump()], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
         claimed = session.execute(
             insert(session, _KEYS)
@@ -101,12 +107,12 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
                 raise IdempotencyKeyReused(idempotency_key)
             return dict(first.response)
 
-    _check_known(unit, command)
+    _check_known(unit, command, user_id)
     now = utcnow()
     created = unit.outbox.emit(
         OrderCreated(
             order_id=order_id,
-            user_id=command.user_id,
+            user_id=user_id,
             items=[Line(product_id=i.product_id, quantity=i.quantity) for i in command.items],
         ),
         correlation_id=order_id,
@@ -114,7 +120,7 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
     session.execute(
         insert(session, Order.__table__).values(
             id=order_id,
-            user_id=command.user_id,
+            user_id=user_id,
             status=OrderStatus.PENDING,
             traceparent=created.traceparent,
             created_at=now,
@@ -129,7 +135,7 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
     response = OrderOut.model_validate(
         {
             "id": order_id,
-            "user_id": command.user_id,
+            "user_id": user_id,
             "lines": lines,
             "status": OrderStatus.PENDING,
             "reason": None,
@@ -146,20 +152,23 @@ def place_order(unit: Unit, command: OrderIn, idempotency_key: str | None = None
 _KEYS = IdempotencyKey.__table__
 
 
-def _check_known(unit: Unit, command: OrderIn) -> None:
+def _check_known(unit: Unit, command: OrderIn, user_id: str) -> None:
     session = unit.session
-    if session.scalar(select(KnownUser.id).where(KnownUser.id == command.user_id)) is None:
-        raise UnknownUser(command.user_id)
+    if session.scalar(select(KnownUser.id).where(KnownUser.id == user_id)) is None:
+        raise UnknownUser(user_id)
     wanted = {line.product_id for line in command.items}
     known = set(session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
     if missing := sorted(wanted - known):
         raise UnknownProducts(missing)
 
 
-def get_order(unit: Unit, order_id: str, *, for_update: bool = False) -> Order:
+def get_order(
+    unit: Unit, order_id: str, owner: str | None = None, *, for_update: bool = False
+) -> Order:
+    """The order; with `owner`, only if it is theirs (another user's is not found)."""
     query = select(Order).where(Order.id == order_id)
     order = unit.session.scalars(query.with_for_update() if for_update else query).one_or_none()
-    if order is None:
+    if order is None or (owner is not None and order.user_id != owner):
         raise OrderNotFound(order_id)
     return order
 
@@ -171,10 +180,10 @@ def list_orders(unit: Unit, user_id: str | None, limit: int) -> list[Order]:
     return list(unit.session.scalars(query))
 
 
-def cancel_order(unit: Unit, order_id: str) -> Order:
+def cancel_order(unit: Unit, order_id: str, owner: str | None = None) -> Order:
     """PENDING or CONFIRMED → CANCELLED, emitting `order-cancelled` (inventory releases
     whatever it holds for the order). Cancelling a cancelled order changes nothing."""
-    order = get_order(unit, order_id, for_update=True)
+    order = get_order(unit, order_id, owner, for_update=True)
     if order.status is OrderStatus.CANCELLED:
         return order
     if order.status is OrderStatus.REJECTED:
@@ -331,9 +340,9 @@ def file_events(session: Session, events: list[tuple[Envelope, str]]) -> None:
     )
 
 
-def order_events(unit: Unit, order_id: str) -> list[OrderEvent]:
+def order_events(unit: Unit, order_id: str, owner: str | None = None) -> list[OrderEvent]:
     """The order's events in causal order: each after the event that caused it."""
-    get_order(unit, order_id)
+    get_order(unit, order_id, owner)
     events = list(
         unit.session.scalars(
             select(OrderEvent)

@@ -17,9 +17,10 @@ class LineIn(BaseModel):
 
 
 class OrderIn(BaseModel):
+    """An order of the signed-in user (the token says who)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1, max_length=64)
     items: list[LineIn] = Field(min_length=1, max_length=MAX_ITEMS)
 
 

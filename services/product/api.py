@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from services.product import handlers
 from services.product.schemas import ProductIn, ProductOut
 from shared.runtime.app import get_runtime
+from shared.runtime.auth import OPERATOR_ERRORS, OperatorCaller
 from shared.runtime.http import BODY_ERRORS, errors
 from shared.runtime.service import ServiceRuntime
 
@@ -14,8 +15,14 @@ router = APIRouter(tags=["products"])
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-@router.post("/products", status_code=201, response_model=ProductOut, responses=BODY_ERRORS)
-def create_product(body: ProductIn, runtime: Runtime) -> ProductOut:
+@router.post(
+    "/products",
+    status_code=201,
+    response_model=ProductOut,
+    responses={**OPERATOR_ERRORS, **BODY_ERRORS},
+)
+def create_product(body: ProductIn, _: OperatorCaller, runtime: Runtime) -> ProductOut:
+    """Add a product to the catalogue (operators only)."""
     with runtime.uow() as unit:
         return ProductOut.model_validate(handlers.create_product(unit, body))
 

@@ -3,4 +3,18 @@ from __future__ import annotations
 from services.registry import get
 from shared.runtime.settings import service_settings
 
-UserSettings = service_settings("user", port=get("user").port)
+
+class UserSettings(service_settings("user", port=get("user").port)):  # type: ignore[misc]
+    token_ttl_minutes: float = 15
+    """How long an access token lives; a retired key is published that much longer."""
+    token_rate_per_account: float = 1.0
+    """Sign-in attempts per e-mail address and second, in bursts of ten."""
+    token_rate_per_address: float = 10.0
+    """Sign-in attempts per client address and second, in bursts of five times that."""
+    operator_email: str = "operator@example.com"
+    operator_password_file: str = ""
+    """If set and the file exists, the operator account signs in with its contents."""
+    cors_origins: list[str] = [
+        f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in range(8001, 8010)
+    ]
+    """Pages that may ask for a token from a browser: every service's Swagger UI."""

@@ -5,6 +5,8 @@ publishers can add fields freely; `contracts/` holds what each publisher promise
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.messaging.events import Event
@@ -32,7 +34,48 @@ class UserRegistered(Event, type="user-registered", topic="users", key="user_id"
     version: int = Field(1, description="Grows with every change of the user.")
 
 
-PUBLISHES = (UserRegistered,)
+class PublishedKey(BaseModel):
+    jwk: dict[str, str] = Field(
+        description="An Ed25519 public key as a JWK (RFC 8037), with its `kid`."
+    )
+    not_after: datetime | None = Field(
+        default=None,
+        description="Once the key is retired: when the last token it signed expires.",
+    )
+
+
+class SigningKeys(Event, type="signing-keys", topic="users", key="issuer"):
+    """The public keys access tokens are signed with: every service checks tokens against
+    the latest set it has consumed. Published at start-up and on every rotation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "issuer": "event-driven-shop",
+                    "keys": [
+                        {
+                            "jwk": {
+                                "kty": "OKP",
+                                "crv": "Ed25519",
+                                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+                                "kid": "k-20261130-1a2b3c",
+                                "alg": "EdDSA",
+                                "use": "sig",
+                            },
+                            "not_after": None,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    issuer: str = Field(description="The `iss` of the tokens these keys sign: the key.")
+    keys: list[PublishedKey] = Field(min_length=1, description="Every key a token may name.")
+
+
+PUBLISHES = (UserRegistered, SigningKeys)
 
 
 # Consumed from `orders` (published by order), keyed by order id.

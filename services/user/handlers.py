@@ -15,6 +15,7 @@ from services.user.events import (
     UserRegistered,
 )
 from services.user.models import Notification, User
+from services.user.passwords import hash_password
 from services.user.schemas import UserIn
 from shared.messaging.unit_of_work import Unit
 from shared.runtime.http import Conflict, NotFound
@@ -37,7 +38,12 @@ class EmailAlreadyRegistered(Conflict):
 
 def register_user(unit: Unit, command: UserIn) -> User:
     """Register a user; the unique key on email, not a prior lookup, rejects a second one."""
-    user = User(id=str(uuid.uuid4()), name=command.name, email=command.email)
+    user = User(
+        id=str(uuid.uuid4()),
+        name=command.name,
+        email=command.email,
+        password_hash=hash_password(command.password),
+    )
     try:
         with unit.session.begin_nested():
             unit.session.add(user)
@@ -47,6 +53,10 @@ def register_user(unit: Unit, command: UserIn) -> User:
         UserRegistered(user_id=user.id, name=user.name, email=user.email),
     )
     return user
+
+
+def user_exists(unit: Unit, user_id: str) -> bool:
+    return unit.session.get(User, user_id) is not None
 
 
 def get_user(unit: Unit, user_id: str) -> User:

@@ -14,7 +14,7 @@ class Base(DeclarativeBase):
     pass
 
 
-OutboxMessage, ProcessedEvent = shared_tables(Base)
+OutboxMessage, ProcessedEvent, TrustedKey = shared_tables(Base)
 
 
 class User(Base):
@@ -24,6 +24,10 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(254), unique=True)
     """Stored lower-cased; the unique key decides who registered an address first."""
+    password_hash: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    """Argon2id, in its own encoding; empty for an account that cannot sign in."""
+    scopes: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    """Space-separated, as tokens carry them (`operator`)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
@@ -41,3 +45,16 @@ class Notification(Base):
     type: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SigningKey(Base):
+    """A private key of the service's own, for signing access tokens. The newest one not
+    retired signs; a retired one is still published until its last token expires."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    private_key: Mapped[str] = mapped_column(Text)
+    """PKCS#8 PEM."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)

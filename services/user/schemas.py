@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 # `email-validator` is not installed, so no EmailStr: a dot-atom local part, then a domain
 # of one or more dot-separated labels (letters, digits, inner hyphens) under a TLD.
@@ -33,6 +33,9 @@ class UserIn(BaseModel):
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     email: Email
+    password: Annotated[str, StringConstraints(min_length=8, max_length=128)] = Field(
+        json_schema_extra={"writeOnly": True}
+    )
 
 
 class UserOut(BaseModel):
@@ -41,6 +44,15 @@ class UserOut(BaseModel):
     id: str
     name: str
     email: str
+
+
+class TokenOut(BaseModel):
+    """OAuth2's token response (RFC 6749, 5.1)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    """Seconds until it expires."""
 
 
 class NotificationOut(BaseModel):

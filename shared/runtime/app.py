@@ -67,6 +67,7 @@ def create_service_app(
     http.install(app, max_body_bytes=settings.max_body_bytes)
     for router in routers:
         app.include_router(router)
+    _point_token_url_at(app, settings.token_url)
 
     @app.get("/asyncapi.json", include_in_schema=False)
     def asyncapi_document() -> JSONResponse:
@@ -83,6 +84,20 @@ def create_service_app(
         )
 
     return app
+
+
+def _point_token_url_at(app: FastAPI, token_url: str) -> None:
+    """Swagger UI's Authorize button gets its token from the user service."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for scheme in schema.get("components", {}).get("securitySchemes", {}).values():
+            if password := scheme.get("flows", {}).get("password"):
+                password["tokenUrl"] = token_url
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:

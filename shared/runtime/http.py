@@ -24,6 +24,7 @@ class DomainError(Exception):
     """A rule of the domain said no. Subclasses set the HTTP status and carry the ids."""
 
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -185,7 +186,7 @@ async def _too_large(limit: int, send: Send) -> None:
 
 async def _domain_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _unstorable(_request: Request, exc: Exception) -> Response:

@@ -30,7 +30,10 @@ from shared.messaging.producer import Delivery, EventProducer
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
 from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.auth import KeyRing
 from shared.runtime.groupcommit import GroupCommit
+from shared.runtime.keys import trusted_keys
+from shared.runtime.limits import RateLimiter
 from shared.runtime.settings import ServiceSettings
 from shared.storage.db import (
     OutboxMixin,
@@ -61,6 +64,8 @@ class ServiceSpec:
     consumer_config: dict[str, Any] = field(default_factory=dict)
     on_published: Callable[[Session, list[Delivery]], None] | None = None
     """Runs as the relay marks events sent, with their partitions and offsets."""
+    on_start: Callable[[ServiceRuntime], None] | None = None
+    """Runs once the database is migrated and the relay runs, before the consumer."""
 
     @property
     def outbox_model(self) -> type[OutboxMixin]:
@@ -94,6 +99,10 @@ class ServiceRuntime:
             settings.topic_prefix,
             read_sessions=self.read_sessions,
         )
+        self.keys = KeyRing(lambda: trusted_keys(self.read_sessions))
+        """The public keys tokens are checked against (shared.runtime.keys)."""
+        self.per_subject = RateLimiter(settings.rate_per_subject, 2 * settings.rate_per_subject)
+        self.per_address = RateLimiter(settings.rate_per_address, 2 * settings.rate_per_address)
         self.writes = GroupCommit(self.uow, name=spec.name)
         """Where async routes send their writes: one transaction per group of requests."""
         self.producer: EventProducer | None = None
@@ -123,6 +132,8 @@ class ServiceRuntime:
         )
         self.relay.start()
         self.writes.start()
+        if spec.on_start:
+            spec.on_start(self)
         if spec.subscribes:
             self.consumer = ConsumerWorker(
                 name=spec.name,

@@ -31,6 +31,18 @@ class ServiceSettings(BaseSettings):
     segment's age) and longer than a group's offsets live, or a replay could re-apply."""
     outbox_retention_hours: float = 24
 
+    auth_issuer: str = Field("event-driven-shop", validation_alias=AliasChoices("AUTH_ISSUER"))
+    """The `iss` every token must carry."""
+    token_url: str = Field(
+        "http://127.0.0.1:8004/token", validation_alias=AliasChoices("AUTH_TOKEN_URL")
+    )
+    """Where clients get a token (the user service): Swagger UI's Authorize button."""
+    rate_per_subject: float = 50.0
+    """Limited writes (placing orders, getting tokens) a caller may make per second, in
+    bursts of twice that."""
+    rate_per_address: float = 500.0
+    """The same per client address."""
+
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
 

@@ -150,6 +150,15 @@ class ProcessedEventMixin:
     processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
 
 
+class TrustedKeyMixin:
+    """A public key the service accepts tokens from (shared.runtime.keys)."""
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    not_after: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    """None while the key signs; once retired, when its last token expires."""
+
+
 def insert(session: Session, table: Any) -> Any:
     """A dialect INSERT with `on_conflict_do_nothing` / `on_conflict_do_update`."""
     dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite

@@ -106,7 +106,7 @@ def test_a_new_package_gets_its_first_migration_from_the_library(
                 pass
 
 
-            OutboxMessage, ProcessedEvent = shared_tables(Base)
+            OutboxMessage, ProcessedEvent, TrustedKey = shared_tables(Base)
 
 
             class Card(Base):

@@ -1,0 +1,131 @@
+"""Signing keys and access tokens. Every function takes a Unit and never commits.
+
+Tokens are signed with the newest key not retired; every key change publishes the whole
+public set as `signing-keys`, and the service trusts that same set itself."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from services.user.events import PublishedKey, SigningKeys
+from services.user.handlers import register_user
+from services.user.models import SigningKey, User
+from services.user.passwords import hash_password, password_matches
+from services.user.schemas import UserIn
+from shared.messaging.unit_of_work import Unit
+from shared.runtime.auth import OPERATOR, mint, public_jwk
+from shared.runtime.http import DomainError
+from shared.runtime.keys import TRUSTED_KEYS, store_keys
+
+
+class BadCredentials(DomainError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self) -> None:
+        super().__init__("incorrect e-mail or password")
+
+
+def issue_token(unit: Unit, email: str, password: str, *, issuer: str, ttl: timedelta) -> str:
+    """An access token for the account with this e-mail and password, or BadCredentials."""
+    user = unit.session.scalar(select(User).where(User.email == email.strip().lower()))
+    if not password_matches(user.password_hash if user else None, password) or user is None:
+        raise BadCredentials
+    key = _signing_key(unit)
+    private = serialization.load_pem_private_key(key.private_key.encode(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    scopes = frozenset(user.scopes.split())
+    return mint(private, key.kid, user.id, issuer=issuer, ttl=ttl, scopes=scopes)
+
+
+def ensure_signing_key(unit: Unit, *, issuer: str, ttl: timedelta) -> None:
+    """Make a key if there is none that signs, and publish (and trust) the current set:
+    run at every start, so a service that joins later learns the keys even after older
+    `signing-keys` events have left the topic."""
+    if _current(unit) is None:
+        _new_key(unit)
+    publish_keys(unit, issuer=issuer, ttl=ttl)
+
+
+def rotate_keys(unit: Unit, *, issuer: str, ttl: timedelta) -> str:
+    """Retire the signing key for a new one; tokens it signed stay valid until they expire."""
+    now = datetime.now(UTC)
+    for key in unit.session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
+        key.retired_at = now
+    kid = _new_key(unit)
+    publish_keys(unit, issuer=issuer, ttl=ttl)
+    return kid
+
+
+def publish_keys(unit: Unit, *, issuer: str, ttl: timedelta) -> SigningKeys:
+    """Emit the public set: the signing key, and retired keys whose tokens may still be
+    alive (older ones are deleted). The service trusts the same set."""
+    now = datetime.now(UTC)
+    published = []
+    for key in unit.session.scalars(select(SigningKey).order_by(SigningKey.created_at)):
+        not_after = key.retired_at + ttl if key.retired_at else None
+        if not_after is not None and not_after <= now:
+            unit.session.delete(key)
+            continue
+        private = serialization.load_pem_private_key(key.private_key.encode(), password=None)
+        assert isinstance(private, Ed25519PrivateKey)
+        published.append(
+            PublishedKey(jwk=public_jwk(key.kid, private.public_key()), not_after=not_after)
+        )
+    keys = SigningKeys(issuer=issuer, keys=published)
+    unit.session.flush()
+    store_keys(
+        unit.session,
+        [{"kid": k.jwk["kid"], "jwk": k.jwk, "not_after": k.not_after} for k in published],
+    )
+    unit.outbox.emit(keys)
+    return keys
+
+
+def trusted_jwks(unit: Unit) -> list[dict[str, object]]:
+    """The public set as the service trusts it: a JWK Set's `keys`."""
+    return [dict(row.jwk) for row in unit.session.execute(select(TRUSTED_KEYS.c.jwk))]
+
+
+def ensure_operator(unit: Unit, email: str, password: str) -> None:
+    """The operator account signs in with `password` (created on the first start)."""
+    user = unit.session.scalar(select(User).where(User.email == email.lower()))
+    if user is None:
+        user = register_user(unit, UserIn(name="Operator", email=email, password=password))
+    elif not password_matches(user.password_hash, password):
+        user.password_hash = hash_password(password)
+    user.scopes = OPERATOR
+
+
+def _current(unit: Unit) -> SigningKey | None:
+    return unit.session.scalar(
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None))
+        .order_by(SigningKey.created_at.desc())
+        .limit(1)
+    )
+
+
+def _signing_key(unit: Unit) -> SigningKey:
+    key = _current(unit)
+    if key is None:
+        raise RuntimeError("no signing key: the service has not started")
+    return key
+
+
+def _new_key(unit: Unit) -> str:
+    private = Ed25519PrivateKey.generate()
+    kid = f"k-{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    unit.session.add(SigningKey(kid=kid, private_key=pem, created_at=datetime.now(UTC)))
+    unit.session.flush()
+    return kid
