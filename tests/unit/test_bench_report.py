@@ -226,9 +226,9 @@ def test_render_survives_a_profile_that_failed() -> None:
 
 
 def test_lua_data_quotes_strings_and_carries_the_mix() -> None:
-    mix = OrderMix(user='u"1', ample=["a", "b"], scarce=["c"], scarce_share=0.25)
+    mix = OrderMix(tokens=['t"1', "t2"], ample=["a", "b"], scarce=["c"], scarce_share=0.25)
     text = lua_data(mix, delay_ms=12.5)
-    assert 'user = "u\\"1"' in text
+    assert 'tokens = {"t\\"1", "t2"}' in text
     assert 'ample = {"a", "b"}' in text
     assert 'scarce = {"c"}' in text
     assert "scarce_share = 0.25" in text

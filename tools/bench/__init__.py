@@ -10,8 +10,10 @@
     python -m tools.bench relay                 # outbox relay drain against raw produce
 
 `run` (the default) needs the stack that `make up` started (or, with --backend postgres,
-starts one of its own: see pg_stack). It creates one user, ample products and a few scarce
-ones through the REST API, drives POST /orders with wrk for --duration seconds, and reads
+starts one of its own: see pg_stack). It registers --users customers (32) and, signed in
+as the operator, ample products and a few scarce ones through the REST API, drives POST
+/orders with wrk for --duration seconds (each request with the next customer's token, so
+no user's rate limit is the bottleneck), and reads
 every order's outcome (order-confirmed / order-rejected) back from the `orders` topic with
 a consumer of its own (with inventory's answer on `stock`, which splits the latency into
 three stages: order relay, inventory, order consumer; the definitions are in load.py);

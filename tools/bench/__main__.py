@@ -118,21 +118,20 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result: dict[str, Any] = {}
     shop = ShopClient(target.urls)
-    try:
-        say(
-            f"catalogue: {args.products} products with stock {args.ample_stock}, "
-            f"{args.scarce} scarce with stock {args.scarce_stock}"
-        )
-        catalogue = load.setup_catalogue(
-            shop,
-            products=args.products,
-            scarce=args.scarce,
-            ample_stock=args.ample_stock,
-            scarce_stock=args.scarce_stock,
-            say=say,
-        )
-    finally:
-        shop.close()
+    say(
+        f"catalogue: {args.users} users, {args.products} products with stock"
+        f" {args.ample_stock}, {args.scarce} scarce with stock {args.scarce_stock}"
+    )
+    catalogue = load.setup_catalogue(
+        shop,
+        shop.as_operator(password_file=target.operator_password_file),
+        users=args.users,
+        products=args.products,
+        scarce=args.scarce,
+        ample_stock=args.ample_stock,
+        scarce_stock=args.scarce_stock,
+        say=say,
+    )
     sampler = procs.Sampler(target.pids).start()
     recordings: list[profile.Recording] = []
     profile_for = int(min(args.profile_duration, args.duration - args.warmup))
@@ -153,7 +152,7 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
             )
             summary, series[key] = load.run_e2e(
                 bootstrap=args.bootstrap,
-                order_url=target.urls["order"],
+                shop=shop,
                 catalogue=catalogue,
                 sampler=sampler,
                 duration=duration,
@@ -203,6 +202,7 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
             result["ratios"] = ratios(main_run, result.get("limits"))
     finally:
         sampler.stop()
+        shop.close()
     return finish(args, result, target, series, stamp)
 
 
@@ -340,6 +340,11 @@ def parser() -> argparse.ArgumentParser:
         "--paced-duration", type=float, help="seconds of the paced run (--duration)"
     )
     catalogue = main.add_argument_group("catalogue")
+    catalogue.add_argument(
+        "--users", type=int, default=32,
+        help="customers the orders are spread over, each with its own token (32): the order "
+        "service limits each user to 50 orders/s, in bursts of 100",
+    )  # fmt: skip
     catalogue.add_argument("--products", type=int, default=50, help="ample products (50)")
     catalogue.add_argument("--ample-stock", type=int, default=10_000_000)
     catalogue.add_argument("--scarce", type=int, default=3, help="scarce products (3)")

@@ -77,7 +77,7 @@ def http_ceiling(
             ("bare async def", "/orders"),
             ("bare def (threadpool)", "/orders-sync"),
         ):
-            mix = OrderMix(user="u", ample=["p"], path=path)
+            mix = OrderMix(tokens=["t"], ample=["p"], path=path)
 
             def tick(elapsed: float, name: str = name) -> None:
                 cpu = sampler.latest

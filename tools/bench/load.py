@@ -16,6 +16,7 @@ bench's consumer received the outcome. All clocks are this one machine's."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import jwt
 from confluent_kafka import Consumer, TopicPartition
 
 from services.registry import names
@@ -50,14 +52,17 @@ SERVICE_TOPICS = ("orders", "stock", "stock-changes", "products", "users", "dead
 
 @dataclass(frozen=True)
 class Catalogue:
-    user: str
+    accounts: list[tuple[str, str]]
+    """The customers' e-mails and passwords: the load is spread over them."""
     ample: list[str]
     scarce: list[str]
 
 
 def setup_catalogue(
     shop: ShopClient,
+    operator: ShopClient,
     *,
+    users: int,
     products: int,
     scarce: int,
     ample_stock: int,
@@ -65,28 +70,55 @@ def setup_catalogue(
     say: Callable[[str], None] = print,
     timeout: float = 60,
 ) -> Catalogue:
-    """One user, `products` products with ample stock and `scarce` with little; returns
-    once the order service has confirmed an order for every one of them (stocked first,
-    so the probes are confirmed; the scarce stock is set again after them)."""
+    """`users` customers; `products` products with ample stock and `scarce` with little,
+    made by the operator. Returns once the order service has confirmed an order of every
+    customer and for every product (stocked first, so the probes are confirmed; the
+    scarce stock is set again after them)."""
     run = uuid.uuid4().hex[:8]
-    user = shop.register_user(f"Bench {run}", f"bench-{run}@example.com")["id"]
+    accounts = [(f"bench-{run}-{n}@example.com", secrets.token_urlsafe(12)) for n in range(users)]
+    customers = [shop.sign_up(f"Bench {run} #{n}", *account) for n, account in enumerate(accounts)]
     ids = [
-        shop.create_product(f"bench {run} #{n}", 100 + n)["id"] for n in range(products + scarce)
+        operator.create_product(f"bench {run} #{n}", 100 + n)["id"]
+        for n in range(products + scarce)
     ]
     ample, few = ids[:products], ids[products:]
-    say(f"  user {user}, {len(ids)} products; waiting until inventory and order know them")
+    say(f"  {users} users, {len(ids)} products; waiting until inventory and order know them")
     for product_id in ample:
-        shop.set_stock_eventually(product_id, ample_stock, timeout)
+        operator.set_stock_eventually(product_id, ample_stock, timeout)
     for product_id in few:
-        shop.set_stock_eventually(product_id, scarce_stock + 1, timeout)
-    for chunk in _chunks(ids, 20):
-        probe = shop.place_order_eventually(
-            user, [{"product_id": p, "quantity": 1} for p in chunk], timeout=timeout
-        )
-        shop.wait_for_status(probe["id"], timeout=timeout)
+        operator.set_stock_eventually(product_id, scarce_stock + 1, timeout)
+    chunks = list(_chunks(ids, 20))
+    probes = []
+    for n in range(max(users, len(chunks))):
+        customer = customers[n % users]
+        lines = _lines(chunks[n] if n < len(chunks) else ids[:1])
+        probes.append((customer, customer.place_order_eventually(lines, timeout=timeout)["id"]))
+    for customer, probe in probes:
+        customer.wait_for_status(probe, timeout=timeout)
     for product_id in few:
-        shop.set_stock(product_id, scarce_stock)
-    return Catalogue(user, ample, few)
+        operator.set_stock(product_id, scarce_stock)
+    return Catalogue(accounts, ample, few)
+
+
+def bearer_tokens(shop: ShopClient, accounts: list[tuple[str, str]], lasting: float) -> list[str]:
+    """A fresh token per account, each checked to stay valid `lasting` seconds: wrk cannot
+    sign in again, and an expired token would be answered 401."""
+    tokens = []
+    for email, password in accounts:
+        token = shop.sign_in(email, password).token
+        assert token is not None
+        claims = jwt.decode(token, options={"verify_signature": False})
+        if claims["exp"] - time.time() < lasting:
+            raise ValueError(
+                f"access tokens live {claims['exp'] - claims['iat']} s, less than a load"
+                f" of {lasting:.0f} s: shorten --duration"
+            )
+        tokens.append(token)
+    return tokens
+
+
+def _lines(products: list[str]) -> list[dict[str, Any]]:
+    return [{"product_id": p, "quantity": 1} for p in products]
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
@@ -226,7 +258,7 @@ def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS, prefix
 def run_e2e(
     *,
     bootstrap: str,
-    order_url: str,
+    shop: ShopClient,
     catalogue: Catalogue,
     sampler: Sampler,
     duration: float,
@@ -241,10 +273,12 @@ def run_e2e(
     topic_prefix: str = "",
     services: Iterable[str] = tuple(names()),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Drive the load, wait for the outcomes; return (summary, raw per-order series)."""
+    """Drive the load, wait for the outcomes; return (summary, raw per-order series).
+    The customers sign in first, so their tokens outlive the load."""
+    tokens = bearer_tokens(shop, catalogue.accounts, lasting=duration + 60)
     records_before = kafka_records(bootstrap, prefix=topic_prefix)
     collector = OutcomeCollector(bootstrap, prefix=topic_prefix).start()
-    mix = OrderMix(catalogue.user, catalogue.ample, catalogue.scarce, scarce_share)
+    mix = OrderMix(tokens, catalogue.ample, catalogue.scarce, scarce_share)
     seen = {"created": 0, "outcomes": 0}
 
     def progress(elapsed: float, label: str) -> None:
@@ -273,7 +307,7 @@ def run_e2e(
     load_start = time.time()
     try:
         wrk = run_wrk(
-            order_url,
+            shop.urls["order"],
             mix,
             duration=duration,
             connections=connections,
@@ -326,6 +360,7 @@ def run_e2e(
             "threads": wrk["threads"],
             "rate": rate_limit,
             "scarce_share": scarce_share,
+            "users": len(tokens),
             "products": len(catalogue.ample),
             "scarce_products": len(catalogue.scarce),
         },

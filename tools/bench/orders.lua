@@ -1,16 +1,22 @@
 -- wrk script: POST an order of one product, picked at random, per request.
 --
 -- The bench writes a Lua data file and names it in BENCH_ORDERS_DATA:
---   return {user = "<user id>", ample = {"<id>", ...}, scarce = {"<id>", ...},
+--   return {tokens = {"<bearer token>", ...}, ample = {"<id>", ...}, scarce = {"<id>", ...},
 --           scarce_share = 0.1, delay_ms = 0, path = "/orders"}
--- A share `scarce_share` of requests orders a scarce product (so some orders are rejected);
--- `delay_ms` > 0 paces each connection (wrk's delay(): that many ms between a response and
--- the connection's next request). done() prints one JSON line after BENCH_WRK_JSON.
+-- Each request carries the next token in turn (one per user: the order service limits
+-- each user's rate, so the load is spread over many). A share `scarce_share` of requests
+-- orders a scarce product (so some orders are rejected); `delay_ms` > 0 paces each
+-- connection (wrk's delay(): that many ms between a response and the connection's next
+-- request). done() prints one JSON line after BENCH_WRK_JSON.
 
 local data = dofile(os.getenv("BENCH_ORDERS_DATA"))
-local headers = { ["Content-Type"] = "application/json" }
+local signed = {}
+for i, token in ipairs(data.tokens) do
+  signed[i] = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token }
+end
 local threads = {}
 local next_id = 0
+local turn = 0
 
 statuses = {}
 
@@ -22,6 +28,7 @@ end
 
 function init(args)
   math.randomseed(os.time() * 1000 + (id or 0))
+  turn = (id or 0) % #signed -- threads start on different users
 end
 
 function request()
@@ -30,9 +37,9 @@ function request()
     pool = data.scarce
   end
   local product = pool[math.random(#pool)]
-  local body = '{"user_id":"' .. data.user .. '","items":[{"product_id":"' .. product
-    .. '","quantity":1}]}'
-  return wrk.format("POST", data.path, headers, body)
+  local body = '{"items":[{"product_id":"' .. product .. '","quantity":1}]}'
+  turn = turn % #signed + 1
+  return wrk.format("POST", data.path, signed[turn], body)
 end
 
 function response(status, headers, body)

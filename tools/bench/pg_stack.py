@@ -20,7 +20,7 @@ from sqlalchemy import make_url, text
 
 from services.registry import SERVICES
 from shared.storage.db import make_engine
-from tools.client import DEFAULT_URLS
+from tools.client import DEFAULT_URLS, OPERATOR_PASSWORD_FILE
 from tools.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +29,15 @@ PORTS = {service.name: service.port + 100 for service in SERVICES}
 
 @dataclass(frozen=True)
 class Target:
-    """The stack a run drives: service URLs, root pids to sample, its topic prefix."""
+    """The stack a run drives: service URLs, root pids to sample, its topic prefix, where
+    its operator's password is."""
 
     backend: str
     urls: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_URLS))
     pids: Mapping[str, int] = field(default_factory=dict)
     topic_prefix: str = ""
     workers: int = 1
+    operator_password_file: Path = OPERATOR_PASSWORD_FILE
 
 
 def local_server_pid() -> int | None:
@@ -124,6 +126,7 @@ def postgres_stack(
                 pids=pids,
                 topic_prefix=prefix,
                 workers=workers,
+                operator_password_file=stack.operator_password_file,
             )
         finally:
             say("PostgreSQL stack: stopping, dropping its databases and topics")

@@ -29,9 +29,11 @@ class WrkMissing(RuntimeError):
 
 @dataclass(frozen=True)
 class OrderMix:
-    """What orders.lua sends: one user, products picked at random, a share of them scarce."""
+    """What orders.lua sends: products picked at random, a share of them scarce, each
+    request signed with the next of `tokens` in turn (one bearer token per user, so the
+    per-user rate limit is shared out)."""
 
-    user: str
+    tokens: Sequence[str]
     ample: Sequence[str]
     scarce: Sequence[str] = field(default_factory=tuple)
     scarce_share: float = 0.0
@@ -51,7 +53,7 @@ def lua_data(mix: OrderMix, delay_ms: float = 0) -> str:
 
     return (
         "return {\n"
-        f"  user = {lua_string(mix.user)},\n"
+        f"  tokens = {array(mix.tokens)},\n"
         f"  ample = {array(mix.ample)},\n"
         f"  scarce = {array(mix.scarce)},\n"
         f"  scarce_share = {mix.scarce_share!r},\n"
