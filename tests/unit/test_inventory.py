@@ -35,9 +35,12 @@ from services.inventory.schemas import StockIn
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.runtime import http
+from shared.runtime.auth import OPERATOR
 from shared.runtime.http import NotFound
+from shared.runtime.keys import SigningKeys, learn_keys
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
+from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
 
@@ -379,13 +382,26 @@ def test_unknown_product_is_not_found_and_carries_its_id(uow: UnitOfWork) -> Non
 # Entrypoints
 
 
+SIGNER = Signer()
+
+
 @pytest.fixture
-def client(uow: UnitOfWork) -> TestClient:
+def app(uow: UnitOfWork) -> FastAPI:
     app = FastAPI()
     http.install(app, max_body_bytes=64 * 1024)
     app.include_router(api.router)
-    app.state.runtime = SimpleNamespace(uow=uow)
-    return TestClient(app)
+    keys, _ = ring(SIGNER.trusted())
+    app.state.runtime = SimpleNamespace(
+        uow=uow, keys=keys, settings=SimpleNamespace(auth_issuer=ISSUER)
+    )
+    return app
+
+
+@pytest.fixture
+def client(app: FastAPI) -> TestClient:
+    """A client signed in as an operator."""
+    token = SIGNER.token("staff-1", scopes=frozenset({OPERATOR}))
+    return TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
 
 def test_put_stock_sets_available_and_get_reads_it(client: TestClient, uow: UnitOfWork) -> None:
@@ -420,18 +436,44 @@ def test_put_stock_rejects_bad_bodies(client: TestClient, uow: UnitOfWork, body:
     assert stock(uow, lamp) == (2, 0)
 
 
+def test_setting_stock_needs_an_operator_but_reading_it_does_not(
+    app: FastAPI, uow: UnitOfWork
+) -> None:
+    lamp = add_product(uow, 2)
+    customer = {"Authorization": f"Bearer {SIGNER.token('user-1')}"}
+
+    anonymous = TestClient(app).put(f"/stock/{lamp}", json={"available": 9})
+    refused = TestClient(app, headers=customer).put(f"/stock/{lamp}", json={"available": 9})
+
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"] == "Bearer"
+    assert refused.status_code == 403
+    assert stock(uow, lamp) == (2, 0)
+    assert emitted(uow, "stock-changed")[1:] == [], "only the first set_stock emitted"
+    read = TestClient(app).get(f"/stock/{lamp}")
+    assert (read.status_code, read.json()["available"]) == (200, 2)
+
+
 def test_router_handles_inventory_events_and_skips_the_other_order_events() -> None:
-    assert set(events.routes) == {"product-created", "order-created", "order-cancelled"}
+    assert set(events.routes) == {
+        "product-created",
+        "order-created",
+        "order-cancelled",
+        "signing-keys",
+    }
     assert {t: r.model for t, r in events.routes.items()} == {
         "product-created": ProductCreated,
         "order-created": OrderCreated,
         "order-cancelled": OrderCancelled,
+        "signing-keys": SigningKeys,
     }
+    assert events.routes["signing-keys"].handler is learn_keys
     assert events.routes["order-created"].handler is handlers.reserve_stock
     assert events.routes["order-created"].batch, "one reservation run per fetched batch"
     assert not events.routes["product-created"].batch
     assert not events.routes["order-cancelled"].batch
-    assert SPEC.subscribes == events.topics == ["orders", "products"]
+    assert not events.routes["signing-keys"].batch
+    assert SPEC.subscribes == events.topics == ["orders", "products", "users"]
     assert SPEC.owns == ["stock", "stock-changes"]
     # order-confirmed and order-rejected arrive on `orders`, which order owns: skipped
     assert not set(SPEC.subscribes) & set(SPEC.owns)

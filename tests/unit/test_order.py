@@ -5,15 +5,19 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from services.order import handlers
+from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import (
     PUBLISHES,
@@ -28,7 +32,7 @@ from services.order.events import (
     StockShortage,
     UserRegistered,
 )
-from services.order.main import SPEC
+from services.order.main import SPEC, create_app
 from services.order.models import (
     KnownProduct,
     KnownUser,
@@ -45,8 +49,12 @@ from shared.messaging.outbox import row_to_envelope
 from shared.messaging.router import Received
 from shared.messaging.tracing import Cause
 from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.groupcommit import GroupCommit
 from shared.runtime.http import Conflict, NotFound
+from shared.runtime.keys import SigningKeys, learn_keys
+from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
+from tests.unit.signing import Signer, ring
 
 pytestmark = pytest.mark.unit
 
@@ -90,18 +98,18 @@ def known(uow: UnitOfWork, products: int = 2) -> tuple[str, list[str]]:
     return user_id, product_ids
 
 
-def command(user_id: str, *lines: tuple[str, int]) -> OrderIn:
-    return OrderIn(user_id=user_id, items=[LineIn(product_id=p, quantity=q) for p, q in lines])
+def command(*lines: tuple[str, int]) -> OrderIn:
+    return OrderIn(items=[LineIn(product_id=p, quantity=q) for p, q in lines])
 
 
-def place(uow: UnitOfWork, body: OrderIn, key: str | None = None) -> dict[str, Any]:
+def place(uow: UnitOfWork, user_id: str, body: OrderIn, key: str | None = None) -> dict[str, Any]:
     with uow() as unit:
-        return handlers.place_order(unit, body, key)
+        return handlers.place_order(unit, body, user_id, key)
 
 
 def pending_order(uow: UnitOfWork) -> str:
     user_id, (product_id, _) = known(uow)
-    return str(place(uow, command(user_id, (product_id, 1)))["id"])
+    return str(place(uow, user_id, command((product_id, 1)))["id"])
 
 
 def status(uow: UnitOfWork, order_id: str) -> OrderStatus:
@@ -145,7 +153,7 @@ def in_status(uow: UnitOfWork, wanted: OrderStatus) -> str:
 def test_place_order_records_a_pending_order_and_returns_it(uow: UnitOfWork) -> None:
     user_id, (lamp, desk) = known(uow)
 
-    response = place(uow, command(user_id, (lamp, 3), (desk, 1)))
+    response = place(uow, user_id, command((lamp, 3), (desk, 1)))
 
     assert response["status"] == "PENDING"
     assert response["user_id"] == user_id
@@ -163,7 +171,7 @@ def test_place_order_emits_order_created_keyed_and_correlated_by_the_order_id(
 ) -> None:
     user_id, (lamp, desk) = known(uow)
 
-    order_id = place(uow, command(user_id, (lamp, 3), (desk, 1)))["id"]
+    order_id = place(uow, user_id, command((lamp, 3), (desk, 1)))["id"]
 
     [(topic, event)] = emitted(uow)
     assert (topic, event.type, event.source) == ("orders", "order-created", "/services/order")
@@ -183,7 +191,7 @@ def test_order_created_is_caused_by_the_request_and_its_trace_is_kept_for_the_or
     with tracing.span(
         "POST /orders", cause=Cause("request-1", "client-saga"), traceparent=TRACEPARENT
     ):
-        order_id = place(uow, command(user_id, (lamp, 1)))["id"]
+        order_id = place(uow, user_id, command((lamp, 1)))["id"]
 
     [(_, event)] = emitted(uow)
     assert event.causation_id == "request-1"
@@ -199,10 +207,12 @@ def test_an_order_of_an_unknown_user_is_refused_and_emits_nothing(uow: UnitOfWor
     ghost = random_id()
 
     with pytest.raises(handlers.UnknownUser) as caught, uow() as unit:
-        handlers.place_order(unit, command(ghost, (lamp, 1)))
+        handlers.place_order(unit, command((lamp, 1)), ghost)
 
     assert caught.value.user_id == ghost
-    assert caught.value.status_code == 422
+    assert caught.value.status_code == 401, "the token names no user order knows"
+    assert caught.value.headers is not None
+    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer ")
     assert ghost in caught.value.message
     assert emitted(uow) == []
     assert count(uow, Order) == 0
@@ -215,7 +225,7 @@ def test_an_order_of_unknown_products_is_refused_naming_each_and_emits_nothing(
     ghosts = sorted([random_id(), random_id()])
 
     with pytest.raises(handlers.UnknownProducts) as caught, uow() as unit:
-        handlers.place_order(unit, command(user_id, (ghosts[1], 1), (lamp, 1), (ghosts[0], 2)))
+        handlers.place_order(unit, command((ghosts[1], 1), (lamp, 1), (ghosts[0], 2)), user_id)
 
     assert caught.value.product_ids == ghosts
     assert caught.value.status_code == 422
@@ -227,7 +237,7 @@ def test_an_order_of_unknown_products_is_refused_naming_each_and_emits_nothing(
 
 def test_an_order_must_have_items_of_positive_quantity() -> None:
     with pytest.raises(ValidationError):
-        OrderIn(user_id="u", items=[])
+        OrderIn(items=[])
     with pytest.raises(ValidationError):
         LineIn(product_id="p", quantity=0)
 
@@ -237,10 +247,10 @@ def test_an_order_must_have_items_of_positive_quantity() -> None:
 
 def test_the_same_request_with_the_same_key_replays_the_first_response(uow: UnitOfWork) -> None:
     user_id, (lamp, _) = known(uow)
-    body = command(user_id, (lamp, 2))
+    body = command((lamp, 2))
 
-    first = place(uow, body, "key-1")
-    again = place(uow, command(user_id, (lamp, 2)), "key-1")
+    first = place(uow, user_id, body, "key-1")
+    again = place(uow, user_id, command((lamp, 2)), "key-1")
 
     assert again == first
     assert [e.key for _, e in emitted(uow)] == [first["id"]]
@@ -251,10 +261,10 @@ def test_the_replay_answers_the_first_response_even_after_the_order_moved_on(
     uow: UnitOfWork,
 ) -> None:
     user_id, (lamp, _) = known(uow)
-    first = place(uow, command(user_id, (lamp, 2)), "key-1")
+    first = place(uow, user_id, command((lamp, 2)), "key-1")
     reserve(uow, first["id"])
 
-    again = place(uow, command(user_id, (lamp, 2)), "key-1")
+    again = place(uow, user_id, command((lamp, 2)), "key-1")
 
     assert again == first
     assert again["status"] == "PENDING"
@@ -262,26 +272,26 @@ def test_the_replay_answers_the_first_response_even_after_the_order_moved_on(
 
 def test_the_same_key_with_another_request_conflicts_and_adds_nothing(uow: UnitOfWork) -> None:
     user_id, (lamp, desk) = known(uow)
-    first = place(uow, command(user_id, (lamp, 2)), "key-1")
+    first = place(uow, user_id, command((lamp, 2)), "key-1")
     before = emitted(uow)
 
-    for other in (command(user_id, (lamp, 3)), command(user_id, (desk, 2))):
+    for other in (command((lamp, 3)), command((desk, 2))):
         with pytest.raises(handlers.IdempotencyKeyReused) as caught, uow() as unit:
-            handlers.place_order(unit, other, "key-1")
+            handlers.place_order(unit, other, user_id, "key-1")
         assert isinstance(caught.value, Conflict)
         assert caught.value.key == "key-1"
 
     assert emitted(uow) == before
     assert count(uow, Order) == 1
-    assert place(uow, command(user_id, (lamp, 2)), "key-1") == first
+    assert place(uow, user_id, command((lamp, 2)), "key-1") == first
 
 
 def test_distinct_keys_place_distinct_orders(uow: UnitOfWork) -> None:
     user_id, (lamp, _) = known(uow)
 
-    first = place(uow, command(user_id, (lamp, 2)), "key-1")
-    second = place(uow, command(user_id, (lamp, 2)), "key-2")
-    third = place(uow, command(user_id, (lamp, 2)))
+    first = place(uow, user_id, command((lamp, 2)), "key-1")
+    second = place(uow, user_id, command((lamp, 2)), "key-2")
+    third = place(uow, user_id, command((lamp, 2)))
 
     assert len({first["id"], second["id"], third["id"]}) == 3
     assert len(emitted(uow, "order-created")) == 3
@@ -292,10 +302,10 @@ def test_a_refused_request_leaves_its_key_free_for_a_retry(uow: UnitOfWork) -> N
     late_user = random_id()
 
     with pytest.raises(handlers.UnknownUser), uow() as unit:
-        handlers.place_order(unit, command(late_user, (lamp, 1)), "key-1")
+        handlers.place_order(unit, command((lamp, 1)), late_user, "key-1")
     with uow() as unit:
         handlers.remember_user(unit, UserRegistered(user_id=late_user))
-    placed = place(uow, command(late_user, (lamp, 1)), "key-1")
+    placed = place(uow, late_user, command((lamp, 1)), "key-1")
 
     assert placed["user_id"] == late_user
     assert [e.key for _, e in emitted(uow)] == [placed["id"]]
@@ -310,7 +320,7 @@ def test_concurrent_requests_with_one_key_place_one_order(uow: UnitOfWork) -> No
     def request() -> None:
         try:
             barrier.wait()
-            responses.append(place(uow, command(user_id, (lamp, 1)), "key-1"))
+            responses.append(place(uow, user_id, command((lamp, 1)), "key-1"))
         except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
@@ -479,7 +489,7 @@ def test_cancel_of_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
 def test_a_cancel_request_without_a_trace_joins_the_trace_of_the_order(uow: UnitOfWork) -> None:
     user_id, (lamp, _) = known(uow)
     with tracing.span("POST /orders", cause=Cause("request-1"), traceparent=TRACEPARENT):
-        order_id = place(uow, command(user_id, (lamp, 1)))["id"]
+        order_id = place(uow, user_id, command((lamp, 1)))["id"]
 
     with tracing.span("POST /cancel", cause=Cause("request-2")):
         cancel(uow, order_id)
@@ -500,6 +510,68 @@ def test_order_cancelled_is_correlated_by_the_order_id_like_the_rest_of_the_saga
 
     [(_, event)] = emitted(uow, "order-cancelled")
     assert event.correlation_id == order_id
+
+
+# Whose order it is
+
+
+def test_place_order_stores_the_caller_as_the_owner(uow: UnitOfWork) -> None:
+    user_id, (lamp, _) = known(uow)
+
+    order_id = place(uow, user_id, command((lamp, 1)))["id"]
+
+    with uow() as unit:
+        assert handlers.get_order(unit, order_id, user_id).user_id == user_id
+        assert [o.id for o in handlers.list_orders(unit, user_id, 10)] == [order_id]
+
+
+def test_the_body_of_an_order_cannot_name_its_user() -> None:
+    with pytest.raises(ValidationError):
+        OrderIn.model_validate(
+            {"user_id": "someone-else", "items": [{"product_id": "p", "quantity": 1}]}
+        )
+
+
+def test_another_users_order_is_not_found_to_read_cancel_or_trace(uow: UnitOfWork) -> None:
+    order_id = pending_order(uow)
+    other, _ = known(uow, products=0)
+    before = emitted(uow)
+
+    for attempt in (handlers.get_order, handlers.cancel_order, handlers.order_events):
+        with pytest.raises(handlers.OrderNotFound) as caught, uow() as unit:
+            attempt(unit, order_id, other)
+        assert caught.value.order_id == order_id
+        assert caught.value.message == f"order {order_id} not found", "as if it did not exist"
+
+    assert status(uow, order_id) is OrderStatus.PENDING
+    assert emitted(uow) == before
+    with uow() as unit:
+        assert handlers.list_orders(unit, other, 10) == []
+
+
+def test_the_owner_cancels_their_own_order(uow: UnitOfWork) -> None:
+    user_id, (lamp, _) = known(uow)
+    order_id = place(uow, user_id, command((lamp, 1)))["id"]
+
+    with uow() as unit:
+        assert handlers.cancel_order(unit, order_id, user_id).status is OrderStatus.CANCELLED
+    with uow() as unit:
+        assert handlers.order_events(unit, order_id, user_id) == []
+
+
+def test_the_same_key_from_another_user_conflicts_instead_of_replaying(uow: UnitOfWork) -> None:
+    ann, (lamp, _) = known(uow)
+    bob, _ = known(uow, products=0)
+    first = place(uow, ann, command((lamp, 2)), "key-1")
+
+    with pytest.raises(handlers.IdempotencyKeyReused) as caught, uow() as unit:
+        handlers.place_order(unit, command((lamp, 2)), bob, "key-1")
+
+    assert caught.value.status_code == 409
+    assert first["id"] not in caught.value.message, "nothing of ann's order leaks to bob"
+    assert count(uow, Order) == 1
+    assert [e.key for _, e in emitted(uow)] == [first["id"]]
+    assert place(uow, ann, command((lamp, 2)), "key-1") == first
 
 
 # The local views of users and products
@@ -688,7 +760,9 @@ def test_the_consumer_handles_inventorys_answers_and_learns_users_and_products()
         "stock-released": StockReleased,
         "user-registered": UserRegistered,
         "product-created": ProductCreated,
+        "signing-keys": SigningKeys,
     }
+    assert events.routes["signing-keys"].handler is learn_keys
     assert events.routes["stock-reserved"].batch, "one update confirms a run of answers"
     assert not any(r.batch for t, r in events.routes.items() if t != "stock-reserved")
     assert events.routes["user-registered"].handler is handlers.remember_user
@@ -771,3 +845,119 @@ def test_users_and_products_delivered_through_the_router_are_remembered(uow: Uni
 
     assert user_version(uow, user_id) == 2
     assert product_view(uow, product_id) == ("Lamp", 3)
+
+
+# Entrypoints: the routes with a real token check, group commit and limits, no broker
+
+SIGNER = Signer()
+
+
+@pytest.fixture
+def order_app(uow: UnitOfWork) -> Iterator[FastAPI]:
+    settings = OrderSettings()
+    app = create_app(settings)
+    keys, _ = ring(SIGNER.trusted())
+    writes = GroupCommit(uow, name="order")
+    writes.start()
+    app.state.runtime = SimpleNamespace(
+        uow=uow,
+        writes=writes,
+        keys=keys,
+        settings=settings,
+        per_subject=RateLimiter(50, 100),
+        per_address=RateLimiter(500, 1000),
+    )
+    yield app
+    writes.stop()
+
+
+def signed_in(app: FastAPI, user_id: str) -> TestClient:
+    token = SIGNER.token(user_id, issuer=app.state.settings.auth_issuer)
+    return TestClient(app, headers={"Authorization": f"Bearer {token}"})
+
+
+def items(*product_ids: str) -> dict[str, Any]:
+    return {"items": [{"product_id": p, "quantity": 1} for p in product_ids]}
+
+
+def test_post_orders_places_an_order_that_only_its_user_sees(
+    order_app: FastAPI, uow: UnitOfWork
+) -> None:
+    ann, (lamp, _) = known(uow)
+    bob, _ = known(uow, products=0)
+    as_ann, as_bob = signed_in(order_app, ann), signed_in(order_app, bob)
+
+    placed = as_ann.post("/orders", json=items(lamp))
+    order_id = placed.json()["id"]
+
+    assert (placed.status_code, placed.json()["user_id"]) == (202, ann)
+    assert as_ann.get(f"/orders/{order_id}").status_code == 200
+    assert [o["id"] for o in as_ann.get("/orders").json()] == [order_id]
+    for answer in (
+        as_bob.get(f"/orders/{order_id}"),
+        as_bob.post(f"/orders/{order_id}/cancel"),
+        as_bob.get(f"/orders/{order_id}/events"),
+    ):
+        assert answer.status_code == 404
+    assert as_bob.get("/orders").json() == []
+    assert status(uow, order_id) is OrderStatus.PENDING
+
+
+def test_orders_without_a_token_are_401_with_a_bearer_challenge(
+    order_app: FastAPI, uow: UnitOfWork
+) -> None:
+    _, (lamp, _) = known(uow)
+    anonymous = TestClient(order_app)
+
+    for answer in (anonymous.post("/orders", json=items(lamp)), anonymous.get("/orders")):
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    assert count(uow, Order) == 0
+
+
+def test_a_token_of_a_user_order_has_not_learnt_is_401_not_422(
+    order_app: FastAPI, uow: UnitOfWork
+) -> None:
+    _, (lamp, _) = known(uow)
+    ghost = random_id()
+
+    answer = signed_in(order_app, ghost).post("/orders", json=items(lamp))
+
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == (
+        'Bearer error="invalid_token", error_description="unknown user"'
+    )
+    assert answer.json() == {"detail": f"unknown user {ghost}"}
+    assert count(uow, Order) == 0
+
+
+def test_an_idempotency_key_used_by_another_user_is_409_over_http(
+    order_app: FastAPI, uow: UnitOfWork
+) -> None:
+    ann, (lamp, _) = known(uow)
+    bob, _ = known(uow, products=0)
+    key = {"Idempotency-Key": "shared-key"}
+
+    first = signed_in(order_app, ann).post("/orders", json=items(lamp), headers=key)
+    stolen = signed_in(order_app, bob).post("/orders", json=items(lamp), headers=key)
+    again = signed_in(order_app, ann).post("/orders", json=items(lamp), headers=key)
+
+    assert (first.status_code, stolen.status_code, again.status_code) == (202, 409, 202)
+    assert first.json()["id"] not in stolen.text
+    assert again.json() == first.json()
+
+
+def test_placing_orders_too_fast_is_429_with_retry_after_per_user(
+    order_app: FastAPI, uow: UnitOfWork
+) -> None:
+    ann, (lamp, _) = known(uow)
+    bob, _ = known(uow, products=0)
+    order_app.state.runtime.per_subject = RateLimiter(rate=0.01, burst=1)
+
+    first = signed_in(order_app, ann).post("/orders", json=items(lamp))
+    second = signed_in(order_app, ann).post("/orders", json=items(lamp))
+    other = signed_in(order_app, bob).post("/orders", json=items(lamp))
+
+    assert (first.status_code, second.status_code, other.status_code) == (202, 429, 202)
+    assert 1 <= int(second.headers["Retry-After"]) <= 100
+    assert count(uow, Order) == 2

@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from services.product import handlers
+from services.product import api, handlers
 from services.product.consumers import events
 from services.product.events import PUBLISHES, ProductCreated, StockChanged
 from services.product.main import SPEC
@@ -19,8 +22,12 @@ from services.product.schemas import ProductIn, ProductOut
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime import http
+from shared.runtime.auth import OPERATOR
 from shared.runtime.http import NotFound
+from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.service import ServiceSpec
+from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
 
@@ -164,11 +171,15 @@ def test_stock_changed_emits_nothing(uow: UnitOfWork) -> None:
     assert emitted(uow) == before
 
 
-def test_the_consumer_handles_stock_changed_only() -> None:
-    assert {t: r.model for t, r in events.routes.items()} == {"stock-changed": StockChanged}
+def test_the_consumer_handles_stock_changed_and_learns_signing_keys() -> None:
+    assert {t: r.model for t, r in events.routes.items()} == {
+        "stock-changed": StockChanged,
+        "signing-keys": SigningKeys,
+    }
     assert events.routes["stock-changed"].handler is handlers.apply_stock_changed
     assert events.routes["stock-changed"].batch, "one statement for a run of changes"
-    assert SPEC.subscribes == events.topics == ["stock-changes"]
+    assert events.routes["signing-keys"].handler is learn_keys
+    assert SPEC.subscribes == events.topics == ["stock-changes", "users"]
     assert SPEC.owns == ["products"]
     assert PUBLISHES == (ProductCreated,)
     assert (ProductCreated.event_type, ProductCreated.topic, ProductCreated.key_field) == (
@@ -194,3 +205,34 @@ def test_a_run_of_changes_delivered_through_the_router_keeps_the_newest_version(
 
     assert read(uow, lamp) == (False, 2)
     assert read(uow, desk) == (True, 1)
+
+
+# Entrypoints
+
+
+def test_only_an_operator_adds_products_and_anyone_reads_them(uow: UnitOfWork) -> None:
+    signer = Signer()
+    app = FastAPI()
+    http.install(app, max_body_bytes=64 * 1024)
+    app.include_router(api.router)
+    keys, _ = ring(signer.trusted())
+    app.state.runtime = SimpleNamespace(
+        uow=uow, keys=keys, settings=SimpleNamespace(auth_issuer=ISSUER)
+    )
+    body = {"name": "Lamp", "price_cents": 1999}
+
+    def as_(token: str | None) -> TestClient:
+        return TestClient(app, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    anonymous = as_(None).post("/products", json=body)
+    customer = as_(signer.token("user-1")).post("/products", json=body)
+    operator = as_(signer.token("staff-1", scopes=frozenset({OPERATOR}))).post(
+        "/products", json=body
+    )
+
+    assert (anonymous.status_code, anonymous.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert customer.status_code == 403
+    assert operator.status_code == 201
+    assert [event.key for _, event in emitted(uow)] == [operator.json()["id"]]
+    listed = as_(None).get("/products")
+    assert (listed.status_code, [p["id"] for p in listed.json()]) == (200, [operator.json()["id"]])

@@ -21,7 +21,7 @@ from services.user.events import (
 )
 from services.user.main import SPEC
 from services.user.models import Notification, OutboxMessage
-from services.user.schemas import NotificationOut, UserIn
+from services.user.schemas import NotificationOut, UserIn, UserOut
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import UnitOfWork
@@ -40,6 +40,9 @@ def random_email() -> str:
     return f"user-{uuid.uuid4().hex[:12]}@example.com"
 
 
+PASSWORD = "correct horse battery staple"
+
+
 @pytest.fixture
 def uow(tmp_path: Path) -> Iterator[UnitOfWork]:
     engine = make_engine(f"sqlite:///{tmp_path}/user.db")
@@ -56,7 +59,8 @@ def emitted(uow: UnitOfWork) -> list[tuple[str, Envelope]]:
 
 def register(uow: UnitOfWork, name: str = "Ann", email: str | None = None) -> str:
     with uow() as unit:
-        return handlers.register_user(unit, UserIn(name=name, email=email or random_email())).id
+        command = UserIn(name=name, email=email or random_email(), password=PASSWORD)
+        return handlers.register_user(unit, command).id
 
 
 def notifications(uow: UnitOfWork, user_id: str) -> list[NotificationOut]:
@@ -98,7 +102,7 @@ def test_registering_a_taken_email_is_a_conflict_and_emits_nothing(
     first = register(uow, "Ann", email)
 
     with pytest.raises(handlers.EmailAlreadyRegistered) as caught, uow() as unit:
-        handlers.register_user(unit, UserIn(name="Bob", email=transform(email)))
+        handlers.register_user(unit, UserIn(name="Bob", email=transform(email), password=PASSWORD))
 
     assert isinstance(caught.value, Conflict)
     assert caught.value.email == email
@@ -112,14 +116,35 @@ def test_registering_a_taken_email_is_a_conflict_and_emits_nothing(
 )
 def test_an_address_that_is_not_an_email_is_refused(email: str) -> None:
     with pytest.raises(ValidationError):
-        UserIn(name="Ann", email=email)
+        UserIn(name="Ann", email=email, password=PASSWORD)
 
 
 def test_registration_refuses_unknown_fields_and_empty_names() -> None:
+    UserIn(name="Ann", email=random_email(), password=PASSWORD)  # the valid baseline
     with pytest.raises(ValidationError):
-        UserIn.model_validate({"name": "Ann", "email": random_email(), "admin": True})
+        UserIn.model_validate(
+            {"name": "Ann", "email": random_email(), "password": PASSWORD, "admin": True}
+        )
     with pytest.raises(ValidationError):
-        UserIn(name="", email=random_email())
+        UserIn(name="", email=random_email(), password=PASSWORD)
+
+
+@pytest.mark.parametrize("password", [None, "", "seven77", "x" * 129])
+def test_registration_needs_a_password_of_8_to_128_characters(password: str | None) -> None:
+    body = {"name": "Ann", "email": random_email(), "password": password}
+    with pytest.raises(ValidationError):
+        UserIn.model_validate({k: v for k, v in body.items() if v is not None})
+
+
+@pytest.mark.parametrize("password", ["x" * 8, "x" * 128])
+def test_a_password_of_8_or_128_characters_is_taken_as_it_is(password: str) -> None:
+    assert UserIn(name="Ann", email=random_email(), password=password).password == password
+
+
+def test_the_password_is_write_only_in_the_api_schema() -> None:
+    schema = UserIn.model_json_schema()
+    assert schema["properties"]["password"].get("writeOnly") is True
+    assert "password" not in UserOut.model_fields
 
 
 def test_an_unknown_user_is_not_found(uow: UnitOfWork) -> None:
@@ -257,8 +282,10 @@ def test_the_consumer_handles_each_order_outcome_and_skips_order_created() -> No
     assert SPEC.subscribes == events.topics == ["orders"]
     assert SPEC.owns == ["users"]
     assert [(e.event_type, e.topic, e.key_field) for e in PUBLISHES] == [
-        ("user-registered", "users", "user_id")
+        ("user-registered", "users", "user_id"),
+        ("signing-keys", "users", "issuer"),
     ]
+    assert "signing-keys" not in events.routes, "user trusts the keys it publishes itself"
 
 
 def test_order_outcomes_delivered_through_the_router_notify_their_users(uow: UnitOfWork) -> None:

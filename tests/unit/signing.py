@@ -1,0 +1,84 @@
+"""Signing keys and bearer tokens for unit tests: what the user service would issue, made
+here so a test needs no user service (shared.runtime.auth does the signing)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shared.runtime.auth import KeyRing, TrustedKey, mint
+
+ISSUER = "test-shop"
+TTL = timedelta(minutes=15)
+
+
+def random_kid() -> str:
+    return f"k-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class Signer:
+    """One Ed25519 key pair and its kid."""
+
+    kid: str = field(default_factory=random_kid)
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    def trusted(self, not_after: datetime | None = None) -> TrustedKey:
+        return TrustedKey(self.kid, self.key.public_key(), not_after)
+
+    def token(
+        self,
+        subject: str = "user-1",
+        *,
+        scopes: frozenset[str] = frozenset(),
+        issuer: str = ISSUER,
+        ttl: timedelta = TTL,
+        now: datetime | None = None,
+    ) -> str:
+        return mint(self.key, self.kid, subject, issuer=issuer, ttl=ttl, scopes=scopes, now=now)
+
+
+def ring(*keys: TrustedKey) -> tuple[KeyRing, list[TrustedKey]]:
+    """A KeyRing over a list the test may change (as the `trusted_keys` table changes);
+    `refresh()` reads it again."""
+    held = list(keys)
+    return KeyRing(lambda: list(held)), held
+
+
+def b64url(data: bytes | dict[str, Any]) -> str:
+    """Base64url without padding, of bytes or of a JSON object (RFC 7515)."""
+    raw = json.dumps(data, separators=(",", ":")).encode() if isinstance(data, dict) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def segments(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The header and claims of a compact JWS, decoded without checking, and its signature."""
+    header, claims, signature = token.split(".")
+    return _json(header), _json(claims), signature
+
+
+def _json(segment: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    )
+    return decoded
+
+
+def claims_now(subject: str = "user-1", **overrides: Any) -> dict[str, Any]:
+    """Claims as `mint` writes them, issued now for TTL."""
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "scope": "",
+        "iss": ISSUER,
+        "iat": int(now.timestamp()),
+        "exp": int((now + TTL).timestamp()),
+    }
+    claims.update(overrides)
+    return {key: value for key, value in claims.items() if value is not None}
