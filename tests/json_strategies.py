@@ -1,7 +1,8 @@
 """Hypothesis strategies for the JSON values a JSON Schema allows, for the part of JSON
-Schema that pydantic models emit: `type`, `properties`/`required`, `items`, `anyOf`,
-`const`, `enum`, length, item-count and numeric bounds, `pattern`. Anything else raises,
-so a schema is never fuzzed as something looser than it says.
+Schema that pydantic models emit: `type`, `properties`/`required`, `additionalProperties`
+(a map's values), `items`, `anyOf`, `const`, `enum`, length, item-count and numeric
+bounds, `pattern`, `format: date-time`. Anything else raises, so a schema is never fuzzed
+as something looser than it says.
 
 (hypothesis-jsonschema would do this, but it is not installed here and its release 0.23.1
 fails against the pinned hypothesis: `'many' object has no attribute 'more'`.)"""
@@ -9,6 +10,7 @@ fails against the pinned hypothesis: `'many' object has no attribute 'more'`.)""
 from __future__ import annotations
 
 import math
+from datetime import timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -29,6 +31,7 @@ _KNOWN = {
     "minLength",
     "maxLength",
     "pattern",
+    "format",
     "minItems",
     "maxItems",
     "minimum",
@@ -57,6 +60,8 @@ def from_schema(schema: Schema) -> st.SearchStrategy[Any]:
         items = from_schema(schema.get("items", {}))
         return st.lists(items, min_size=schema.get("minItems", 0), max_size=schema.get("maxItems"))
     if kind == "string":
+        if "format" in schema:
+            return _formatted(schema)
         if "pattern" in schema:
             pattern: str = schema["pattern"]
             return st.from_regex(pattern).filter(lambda text: _fits_length(text, schema))
@@ -83,15 +88,35 @@ def from_schema(schema: Schema) -> st.SearchStrategy[Any]:
 
 
 def _object(schema: Schema) -> st.SearchStrategy[dict[str, Any]]:
-    if schema.get("additionalProperties") not in (None, False):
-        raise NotImplementedError("additionalProperties with a schema")
+    extra = schema.get("additionalProperties")
+    if extra not in (None, False) and not isinstance(extra, dict):
+        raise NotImplementedError(f"additionalProperties: {extra}")
     properties: dict[str, Schema] = schema.get("properties", {})
     required = set(schema.get("required", []))
-    return st.fixed_dictionaries(
+    named = st.fixed_dictionaries(
         {name: from_schema(properties[name]) for name in properties if name in required},
         optional={
             name: from_schema(properties[name]) for name in properties if name not in required
         },
+    )
+    if not isinstance(extra, dict):
+        return named
+    # A map (`dict[str, str]`): other names, each with a value of the given schema.
+    others = st.dictionaries(
+        st.text().filter(lambda name: name not in properties), from_schema(extra), max_size=6
+    )
+    return st.tuples(others, named).map(lambda both: {**both[0], **both[1]})
+
+
+def _formatted(schema: Schema) -> st.SearchStrategy[str]:
+    """Strings of a `format` pydantic emits and parses: only `date-time` (RFC 3339) so far."""
+    if schema["format"] != "date-time" or set(schema) & {"pattern", "minLength", "maxLength"}:
+        raise NotImplementedError(f"cannot generate for {schema}")
+    offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
+        lambda minutes: timezone(timedelta(minutes=minutes))
+    )
+    return st.datetimes(timezones=offsets).map(
+        lambda moment: moment.isoformat().replace("+00:00", "Z")
     )
 
 
