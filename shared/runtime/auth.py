@@ -142,6 +142,8 @@ class KeyRing:
             raise TokenRejected("wrong issuer") from exc
         except jwt.PyJWTError as exc:
             raise TokenRejected("invalid token") from exc
+        if claims["exp"] <= now.timestamp():  # PyJWT judges by the clock, not by `now`
+            raise TokenRejected("token expired")
         scope = claims.get("scope", "")
         if not isinstance(claims["sub"], str) or not isinstance(scope, str):
             raise TokenRejected("invalid claims")
