@@ -1,0 +1,118 @@
+"""Token buckets per caller (shared.runtime.limits), on simulated time: `now` is passed,
+nothing sleeps."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.testclient import TestClient
+
+from shared.runtime import http
+from shared.runtime.limits import RateLimiter, enforce
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_burst_is_allowed_and_the_next_request_is_told_how_long_to_wait() -> None:
+    limiter = RateLimiter(rate=2, burst=4)
+
+    assert [limiter.wait("ann", now=0) for _ in range(4)] == [0, 0, 0, 0]
+    assert limiter.wait("ann", now=0) == pytest.approx(0.5), "one token at 2 a second"
+    assert limiter.wait("ann", now=0.25) == pytest.approx(0.25), "half a token refilled"
+
+
+def test_a_refused_request_takes_no_token() -> None:
+    limiter = RateLimiter(rate=1, burst=1)
+    limiter.wait("ann", now=0)
+
+    for _ in range(5):
+        assert limiter.wait("ann", now=0.5) == pytest.approx(0.5)
+    assert limiter.wait("ann", now=1) == 0
+
+
+def test_the_bucket_refills_at_the_rate_over_time() -> None:
+    limiter = RateLimiter(rate=2, burst=4)
+    for _ in range(4):
+        limiter.wait("ann", now=10)
+
+    assert limiter.wait("ann", now=10.5) == 0, "one token after half a second"
+    assert limiter.wait("ann", now=10.5) > 0
+    assert [limiter.wait("ann", now=11.5) for _ in range(3)] == [0, 0, pytest.approx(0.5)]
+
+
+def test_a_long_pause_refills_no_more_than_the_burst() -> None:
+    limiter = RateLimiter(rate=2, burst=4)
+    limiter.wait("ann", now=0)
+
+    allowed = [limiter.wait("ann", now=3600) == 0 for _ in range(6)]
+
+    assert allowed == [True] * 4 + [False] * 2
+
+
+def test_each_key_has_its_own_bucket() -> None:
+    limiter = RateLimiter(rate=1, burst=2)
+    for _ in range(2):
+        limiter.wait("ann", now=0)
+
+    assert limiter.wait("ann", now=0) > 0
+    assert [limiter.wait("bob", now=0) for _ in range(2)] == [0, 0]
+    assert limiter.wait("bob", now=0) > 0
+
+
+def test_beyond_max_keys_the_least_recently_seen_key_is_forgotten() -> None:
+    limiter = RateLimiter(rate=1, burst=1, max_keys=2)
+    limiter.wait("ann", now=0)
+    limiter.wait("bob", now=0)
+    assert limiter.wait("ann", now=0) > 0, "ann is refused, and now seen after bob"
+
+    limiter.wait("cat", now=0)  # a third key: bob, seen least recently, is forgotten
+
+    assert limiter.wait("bob", now=0) == 0, "a forgotten key starts with a full bucket"
+    assert limiter.wait("cat", now=0) > 0, "cat is still remembered"
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (1, 0.5)])
+def test_a_limiter_needs_a_positive_rate_and_a_burst_of_at_least_one(
+    rate: float, burst: float
+) -> None:
+    with pytest.raises(ValueError, match="rate must be positive"):
+        RateLimiter(rate=rate, burst=burst)
+
+
+def test_enforce_passes_while_every_bucket_has_a_token() -> None:
+    per_user, per_address = RateLimiter(1, 2), RateLimiter(1, 2)
+
+    enforce((per_user, "ann"), (per_address, "10.0.0.1"))
+    enforce((per_user, "ann"), (per_address, "10.0.0.1"))
+    enforce()  # no checks, nothing to refuse
+
+
+def test_enforce_answers_429_with_the_longest_wait_rounded_up_as_retry_after() -> None:
+    slow, fast = RateLimiter(rate=0.01, burst=1), RateLimiter(rate=1, burst=1)
+    enforce((slow, "ann"), (fast, "10.0.0.1"))
+
+    with pytest.raises(HTTPException) as caught:
+        enforce((slow, "ann"), (fast, "10.0.0.1"))
+
+    assert caught.value.status_code == 429
+    assert caught.value.headers is not None
+    retry_after = caught.value.headers["Retry-After"]
+    assert retry_after.isdigit() and 99 <= int(retry_after) <= 100, "1/0.01 s, not 1/1 s"
+
+
+def test_a_limited_route_answers_429_with_retry_after() -> None:
+    app = FastAPI()
+    http.install(app, max_body_bytes=1024)
+    limiter = RateLimiter(rate=0.5, burst=2)
+
+    @app.post("/token")
+    def token() -> dict[str, str]:
+        enforce((limiter, "ann"))
+        return {"ok": "yes"}
+
+    client = TestClient(app)
+    answers = [client.post("/token") for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].headers["Retry-After"] == "2"
+    assert answers[2].json() == {"detail": "too many requests: slow down"}

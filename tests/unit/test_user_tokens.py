@@ -1,0 +1,497 @@
+"""The user service's passwords, signing keys and tokens (services/user/{passwords,tokens,
+api}.py) against a real SQLite database; no broker, no server, no wall-clock asserts."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher, Type, extract_parameters
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from services.user import handlers, passwords, tokens
+from services.user.config import UserSettings
+from services.user.main import SPEC, create_app
+from services.user.models import OutboxMessage, SigningKey, User
+from services.user.schemas import UserIn
+from shared.messaging.outbox import row_to_envelope
+from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.auth import OPERATOR, KeyRing, Principal, TokenRejected, mint
+from shared.runtime.keys import trusted_keys
+from shared.runtime.limits import RateLimiter
+from shared.runtime.service import ServiceSpec
+from tests.unit.signing import ISSUER, TTL, segments
+
+pytestmark = pytest.mark.unit
+
+PASSWORD = "correct horse battery staple"
+PRODUCTION_HASHER = passwords._hasher
+
+
+class CountingHasher(PasswordHasher):
+    """argon2id at a test's cost, noting each hash it verifies against."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.verified: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
+        self.verified.append(hash if isinstance(hash, str) else hash.decode())
+        return super().verify(hash, password)
+
+
+@pytest.fixture(autouse=True)
+def hasher(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountingHasher]:
+    """Cheap hashes for speed (the production parameters have a test of their own), and
+    a fresh dummy hash made by the same hasher."""
+    counting = CountingHasher()
+    monkeypatch.setattr(passwords, "_hasher", lambda: counting)
+    passwords._dummy_hash.cache_clear()
+    yield counting
+    passwords._dummy_hash.cache_clear()
+
+
+@pytest.fixture
+def uow(service_uow: Callable[[ServiceSpec], UnitOfWork]) -> UnitOfWork:
+    return service_uow(SPEC)
+
+
+def random_email() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def register(uow: UnitOfWork, email: str | None = None, password: str = PASSWORD) -> str:
+    with uow() as unit:
+        command = UserIn(name="Ann", email=email or random_email(), password=password)
+        return handlers.register_user(unit, command).id
+
+
+def email_of(uow: UnitOfWork, user_id: str) -> str:
+    with uow.read() as unit:
+        return handlers.get_user(unit, user_id).email
+
+
+def start(uow: UnitOfWork) -> None:
+    with uow() as unit:
+        tokens.ensure_signing_key(unit, issuer=ISSUER, ttl=TTL)
+
+
+def issue(uow: UnitOfWork, email: str, password: str = PASSWORD) -> str:
+    with uow.read() as unit:
+        return tokens.issue_token(unit, email, password, issuer=ISSUER, ttl=TTL)
+
+
+def keyring(uow: UnitOfWork) -> KeyRing:
+    """What another process of the service (or a consumer of its keys) would trust."""
+    return KeyRing(lambda: trusted_keys(uow.sessions), reload_every=0)
+
+
+def published_sets(uow: UnitOfWork) -> list[dict[str, Any]]:
+    """The payload of every `signing-keys` event in the outbox, oldest first."""
+    with uow.read() as unit:
+        rows = unit.session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+        events = [(row.topic, row_to_envelope(row)) for row in rows]
+    found = []
+    for topic, event in events:
+        if event.type == "signing-keys":
+            assert (topic, event.key) == ("users", ISSUER)
+            found.append(event.json())
+    return found
+
+
+def signing_keys(uow: UnitOfWork) -> dict[str, datetime | None]:
+    """kid -> retired_at of each private key the service holds."""
+    with uow.read() as unit:
+        return {k.kid: k.retired_at for k in unit.session.scalars(select(SigningKey))}
+
+
+# Passwords
+
+
+def test_register_stores_only_an_argon2id_hash_of_the_password(uow: UnitOfWork) -> None:
+    user_id = register(uow)
+
+    with uow.read() as unit:
+        user = unit.session.get(User, user_id)
+        assert user is not None
+        stored = {c.key: str(getattr(user, c.key)) for c in User.__table__.columns}
+        outbox = [row.payload for row in unit.session.scalars(select(OutboxMessage))]
+    assert stored["password_hash"].startswith("$argon2id$")
+    assert PasswordHasher().verify(stored["password_hash"], PASSWORD)
+    assert not [column for column, value in stored.items() if PASSWORD in value]
+    assert outbox and not [payload for payload in outbox if PASSWORD.encode() in payload]
+    assert stored["scopes"] == "", "a registered user is no operator"
+
+
+def test_the_same_password_is_hashed_with_its_own_salt_per_account(uow: UnitOfWork) -> None:
+    first, second = register(uow), register(uow)
+
+    with uow.read() as unit:
+        hashes = {unit.session.get(User, u).password_hash for u in (first, second)}  # type: ignore[union-attr]
+    assert len(hashes) == 2
+
+
+def test_production_hashes_are_argon2id_at_rfc_9106_low_memory_cost() -> None:
+    parameters = extract_parameters(PRODUCTION_HASHER().hash(PASSWORD))
+
+    assert parameters.type is Type.ID
+    assert (parameters.time_cost, parameters.memory_cost, parameters.parallelism) == (
+        3,
+        64 * 1024,
+        4,
+    )
+
+
+# Tokens for e-mail and password
+
+
+def test_the_right_password_gets_a_token_for_the_account(uow: UnitOfWork) -> None:
+    start(uow)
+    user_id = register(uow)
+    email = email_of(uow, user_id)
+
+    token = issue(uow, f"  {email.upper()} ")
+
+    assert keyring(uow).verify(token, ISSUER) == Principal(user_id, frozenset())
+    header, claims, _ = segments(token)
+    assert header["kid"] == next(iter(signing_keys(uow)))
+    assert claims["exp"] - claims["iat"] == TTL.total_seconds()
+    assert PASSWORD not in str(claims)
+
+
+def test_a_wrong_password_and_an_unknown_email_are_the_same_bad_credentials(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    email = email_of(uow, register(uow))
+    refusals = []
+
+    for who, password in ((email, "not the password"), (random_email(), PASSWORD)):
+        with pytest.raises(tokens.BadCredentials) as caught:
+            issue(uow, who, password)
+        refusals.append(caught.value)
+
+    wrong, unknown = refusals
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.headers == unknown.headers == {"WWW-Authenticate": "Bearer"}
+    assert wrong.message == unknown.message == "incorrect e-mail or password"
+
+
+def test_an_unknown_email_verifies_a_hash_as_a_known_one_does(
+    uow: UnitOfWork, hasher: CountingHasher
+) -> None:
+    """So the time a refusal takes does not tell whether the e-mail has an account."""
+    start(uow)
+    email = email_of(uow, register(uow))
+    attempts = {
+        "right password": (email, PASSWORD),
+        "wrong password": (email, "not the password"),
+        "unknown e-mail": (random_email(), PASSWORD),
+    }
+    verified: dict[str, list[str]] = {}
+
+    for name, (who, password) in attempts.items():
+        hasher.verified.clear()
+        try:
+            issue(uow, who, password)
+        except tokens.BadCredentials:
+            pass
+        verified[name] = list(hasher.verified)
+
+    assert {name: len(hashes) for name, hashes in verified.items()} == dict.fromkeys(attempts, 1)
+    costs = {name: extract_parameters(hashes[0]) for name, hashes in verified.items()}
+    assert costs["unknown e-mail"] == costs["right password"], "the dummy hash costs the same"
+
+
+def test_an_account_without_a_password_cannot_sign_in_and_costs_the_same(
+    uow: UnitOfWork, hasher: CountingHasher
+) -> None:
+    start(uow)
+    user_id = register(uow)
+    with uow() as unit:
+        unit.session.execute(update(User).where(User.id == user_id).values(password_hash=""))
+    hasher.verified.clear()
+
+    for password in (PASSWORD, ""):
+        with pytest.raises(tokens.BadCredentials):
+            issue(uow, email_of(uow, user_id), password)
+
+    assert len(hasher.verified) == 2
+
+
+# Signing keys
+
+
+def test_ensure_signing_key_publishes_the_set_through_the_outbox_and_trusts_it(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+
+    [kid] = signing_keys(uow)
+    [event] = published_sets(uow)
+    assert event["issuer"] == ISSUER
+    [key] = event["keys"]
+    assert key["not_after"] is None
+    assert key["jwk"]["kid"] == kid
+    assert set(key["jwk"]) == {"kty", "crv", "x", "kid", "alg", "use"}, "no private part"
+    with uow.read() as unit:
+        assert tokens.trusted_jwks(unit) == [key["jwk"]]
+    assert {k.kid for k in trusted_keys(uow.sessions)} == {kid}
+
+
+def test_a_restart_keeps_the_signing_key_and_publishes_the_set_again(uow: UnitOfWork) -> None:
+    start(uow)
+    start(uow)
+
+    assert len(signing_keys(uow)) == 1
+    first, second = published_sets(uow)
+    assert first == second
+
+
+def test_rotation_signs_with_a_new_key_and_keeps_the_old_until_its_tokens_expire(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    email = email_of(uow, register(uow))
+    [old] = signing_keys(uow)
+    old_token = issue(uow, email)
+
+    with uow() as unit:
+        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL)
+
+    new_token = issue(uow, email)
+    assert new != old
+    assert segments(new_token)[0]["kid"] == new
+    retired_at = signing_keys(uow)[old]
+    assert retired_at is not None and signing_keys(uow)[new] is None
+    not_after = retired_at + TTL
+    latest = published_sets(uow)[-1]
+    assert {k["jwk"]["kid"]: k["not_after"] for k in latest["keys"]} == {
+        old: not_after.isoformat().replace("+00:00", "Z"),
+        new: None,
+    }
+    assert {k.kid: k.not_after for k in trusted_keys(uow.sessions)} == {
+        old: not_after,
+        new: None,
+    }
+    keys = keyring(uow)
+    assert keys.verify(old_token, ISSUER).subject == keys.verify(new_token, ISSUER).subject
+    with pytest.raises(TokenRejected, match="retired key"):
+        keys.verify(old_token, ISSUER, now=not_after)
+
+
+def test_a_retired_key_is_dropped_by_a_publish_after_its_tokens_expired(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    [old] = signing_keys(uow)
+    with uow() as unit:
+        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL)
+    long_ago = datetime.now(UTC) - TTL - timedelta(seconds=1)
+    with uow() as unit:  # as if the rotation was longer ago than a token lives
+        unit.session.execute(
+            update(SigningKey).where(SigningKey.kid == old).values(retired_at=long_ago)
+        )
+
+    with uow() as unit:
+        tokens.publish_keys(unit, issuer=ISSUER, ttl=TTL)
+
+    assert [k["jwk"]["kid"] for k in published_sets(uow)[-1]["keys"]] == [new]
+    assert {k.kid for k in trusted_keys(uow.sessions)} == {new}
+    assert list(signing_keys(uow)) == [new], "its private key is deleted"
+
+
+def test_two_rotations_keep_both_retired_keys_while_their_tokens_live(uow: UnitOfWork) -> None:
+    start(uow)
+    kids = list(signing_keys(uow))
+    for _ in range(2):
+        with uow() as unit:
+            kids.append(tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL))
+
+    latest = published_sets(uow)[-1]["keys"]
+    assert [k["jwk"]["kid"] for k in latest] == kids
+    assert [k["not_after"] is None for k in latest] == [False, False, True]
+
+
+# The operator account
+
+
+def test_ensure_operator_makes_an_operator_who_signs_in_with_that_password(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    email = random_email()
+
+    with uow() as unit:
+        tokens.ensure_operator(unit, email, "first operator password")
+
+    principal = keyring(uow).verify(issue(uow, email, "first operator password"), ISSUER)
+    assert principal.scopes == frozenset({OPERATOR})
+
+
+def test_ensure_operator_again_updates_the_password_and_keeps_one_account(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    email = random_email()
+    with uow() as unit:
+        tokens.ensure_operator(unit, email, "first operator password")
+
+    with uow() as unit:
+        tokens.ensure_operator(unit, email, "second operator password")
+
+    with pytest.raises(tokens.BadCredentials):
+        issue(uow, email, "first operator password")
+    token = issue(uow, email, "second operator password")
+    assert keyring(uow).verify(token, ISSUER).scopes == frozenset({OPERATOR})
+    with uow.read() as unit:
+        assert len(unit.session.scalars(select(User).where(User.email == email)).all()) == 1
+
+
+# Over HTTP: the user service's app with its runtime replaced, no lifespan
+
+
+@pytest.fixture
+def app(uow: UnitOfWork) -> FastAPI:
+    start(uow)
+    settings = UserSettings()
+    app = create_app(settings)
+    app.state.runtime = SimpleNamespace(
+        uow=uow, settings=settings, keys=KeyRing(lambda: trusted_keys(uow.sessions))
+    )
+    return app
+
+
+def sign_in(client: TestClient, email: str, password: str = PASSWORD) -> Any:
+    return client.post("/token", data={"username": email, "password": password})
+
+
+def test_register_then_sign_in_then_read_me(app: FastAPI) -> None:
+    client = TestClient(app)
+    email = random_email()
+
+    registered = client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+    signed_in = sign_in(client, email)
+    token = signed_in.json()["access_token"]
+    me = client.get("/users/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert registered.status_code == 201
+    assert "password" not in registered.json()
+    assert signed_in.status_code == 200
+    assert signed_in.json()["token_type"] == "bearer"
+    assert signed_in.json()["expires_in"] == UserSettings().token_ttl_minutes * 60
+    assert me.status_code == 200
+    assert me.json() == registered.json()
+
+
+def test_a_failed_sign_in_is_401_with_a_bearer_challenge(app: FastAPI) -> None:
+    client = TestClient(app)
+    email = random_email()
+    client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+
+    for answer in (sign_in(client, email, "not the password"), sign_in(client, random_email())):
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert answer.json() == {"detail": "incorrect e-mail or password"}
+
+
+def test_sign_in_attempts_per_account_are_limited(app: FastAPI) -> None:
+    app.state.token_limits = (RateLimiter(rate=0.01, burst=2), RateLimiter(rate=100, burst=100))
+    client = TestClient(app)
+    email = random_email()
+
+    answers = [sign_in(client, email, "guess") for _ in range(3)]
+    other = sign_in(client, random_email(), "guess")
+
+    assert [a.status_code for a in answers] == [401, 401, 429]
+    assert int(answers[2].headers["Retry-After"]) >= 1
+    assert other.status_code == 401, "another account has its own bucket"
+    assert sign_in(client, email.upper(), "guess").status_code == 429, "the same account"
+
+
+def test_a_token_of_an_account_the_service_does_not_have_is_401(
+    app: FastAPI, uow: UnitOfWork
+) -> None:
+    with uow.read() as unit:
+        [key] = unit.session.scalars(select(SigningKey)).all()
+    private = serialization.load_pem_private_key(key.private_key.encode(), password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+
+    token = mint(private, key.kid, "no-such-user", issuer=app.state.settings.auth_issuer, ttl=TTL)
+
+    answer = TestClient(app).get("/users/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert answer.status_code == 401
+    assert 'error_description="unknown user"' in answer.headers["WWW-Authenticate"]
+
+
+def test_a_user_reads_only_their_own_account_and_notifications(app: FastAPI) -> None:
+    client = TestClient(app)
+    ids, headers = [], []
+    for _ in range(2):
+        email = random_email()
+        body = {"name": "Ann", "email": email, "password": PASSWORD}
+        ids.append(client.post("/users", json=body).json()["id"])
+        token = sign_in(client, email).json()["access_token"]
+        headers.append({"Authorization": f"Bearer {token}"})
+
+    assert client.get(f"/users/{ids[0]}", headers=headers[0]).status_code == 200
+    assert client.get(f"/users/{ids[1]}", headers=headers[0]).status_code == 404
+    assert client.get(f"/users/{ids[1]}/notifications", headers=headers[0]).status_code == 404
+    assert client.get(f"/users/{ids[1]}/notifications", headers=headers[1]).json() == []
+
+
+def test_only_an_operator_rotates_the_keys(app: FastAPI, uow: UnitOfWork) -> None:
+    client = TestClient(app)
+    email, operator_email = random_email(), random_email()
+    client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+    with uow() as unit:
+        tokens.ensure_operator(unit, operator_email, "operator password")
+    before = set(signing_keys(uow))
+
+    def rotate(token: str) -> int:
+        return client.post("/keys/rotate", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    customer = rotate(sign_in(client, email).json()["access_token"])
+    assert set(signing_keys(uow)) == before
+    operator = rotate(sign_in(client, operator_email, "operator password").json()["access_token"])
+
+    assert (customer, operator) == (403, 204)
+    assert len(set(signing_keys(uow)) - before) == 1
+    jwks = client.get("/.well-known/jwks.json").json()["keys"]
+    assert {k["kid"] for k in jwks} == set(signing_keys(uow))
+
+
+def test_logs_of_sign_in_and_of_bad_tokens_never_hold_a_token_or_a_password(
+    app: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = TestClient(app)
+    email = random_email()
+    caplog.set_level(logging.DEBUG)
+
+    client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+    token = sign_in(client, email).json()["access_token"]
+    sign_in(client, email, "a wrong password that must not be logged")
+    header, _, signature = token.split(".")
+    bad = [
+        f"{header}.e30.{signature}",
+        token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"),
+        "garbage." + signature,
+    ]
+    for bad_token in bad:
+        answer = client.get("/users/me", headers={"Authorization": f"Bearer {bad_token}"})
+        assert answer.status_code == 401
+
+    assert caplog.records, "something was logged, so the check below means something"
+    logged = caplog.text + "".join(repr(record.args) for record in caplog.records)
+    for secret in (PASSWORD, "a wrong password that must not be logged", token, signature, *bad):
+        assert secret not in logged
