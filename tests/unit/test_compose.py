@@ -4,7 +4,8 @@ What `docker compose up -d --wait` relies on is checked here: every long-running
 has a healthcheck, the services wait for healthy Kafka and PostgreSQL and for their
 databases (the one-shot `pginit`), compose runs exactly the services of
 services/registry.py on their ports, each gets the environment its settings class actually
-reads, and the host sees the same addresses as in the local process mode (tools/stack.py,
+reads, the user service gets the operator's password as a compose secret that `make up`
+writes, and the host sees the same addresses as in the local process mode (tools/stack.py,
 tools/kafka_local.py)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import subprocess
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from email.message import Message
@@ -401,6 +403,104 @@ def test_service_environment_is_read_by_its_settings(
     for key, value in env.items():
         assert str(getattr(loaded, known[key])) == value, key
     assert loaded.port == PORTS[name]
+
+
+# --- authentication: the token URL and the operator's password --------------------------
+
+SECRETS_DIR = "/run/secrets"
+
+
+def mounted_secrets(name: str) -> dict[str, str]:
+    """The compose secrets a service mounts: secret name -> path inside the container."""
+    mounted = {}
+    for entry in service(name).get("secrets") or []:
+        if isinstance(entry, str):
+            source = target = entry
+        else:
+            source = entry["source"]
+            target = entry.get("target") or source
+        mounted[source] = target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
+    return mounted
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_swagger_of_every_service_gets_its_token_from_the_user_service(name: str) -> None:
+    """The browser runs Swagger UI on the host, so the token URL is the user service's
+    published address, not a container name."""
+    env = environment(name)
+    assert env_names(settings_class(name))["AUTH_TOKEN_URL"] == "token_url"
+    url = urllib.parse.urlsplit(env["AUTH_TOKEN_URL"])
+    assert (url.scheme, url.hostname, url.port, url.path) == (
+        "http",
+        "127.0.0.1",
+        PORTS["user"],
+        "/token",
+    )
+    assert ("127.0.0.1", str(PORTS["user"]), str(PORTS["user"])) in published_ports("user")
+    user_api = importlib.import_module("services.user.api")
+    assert any(
+        getattr(route, "path", None) == url.path and "POST" in getattr(route, "methods", ())
+        for route in user_api.router.routes
+    ), "the user service answers POST /token"
+
+
+def test_the_user_service_reads_the_operator_password_from_a_compose_secret() -> None:
+    path = environment("user")["USER_OPERATOR_PASSWORD_FILE"]
+    assert env_names(settings_class("user"))["USER_OPERATOR_PASSWORD_FILE"] == (
+        "operator_password_file"
+    )
+    [secret] = [name for name, mounted in mounted_secrets("user").items() if mounted == path]
+    declared = compose()["secrets"][secret]
+    written_by_make_up = importlib.import_module("tools.stack").RUN_DIR / "operator-password"
+    assert (COMPOSE_FILE.parent / declared["file"]).resolve() == written_by_make_up.resolve()
+
+
+def test_no_other_service_mounts_the_operator_password() -> None:
+    for name in compose()["services"]:
+        if name != "user":
+            assert not mounted_secrets(name), f"{name} mounts {mounted_secrets(name)}"
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_no_service_gets_a_password_in_its_environment(name: str) -> None:
+    for key, value in environment(name).items():
+        if "PASSWORD" in key:
+            assert key.endswith("_FILE") and value.startswith(SECRETS_DIR + "/"), key
+
+
+def test_the_operator_password_stays_out_of_the_image() -> None:
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
+    for secret in compose()["secrets"].values():
+        assert Path(secret["file"]).parts[0] in patterns, f"{secret['file']} is not ignored"
+
+
+def test_make_up_writes_the_operator_password_before_docker_compose_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = importlib.import_module("tools.stack")
+    run_dir = tmp_path / ".run"
+    monkeypatch.setattr(stack, "RUN_DIR", run_dir)
+    monkeypatch.setattr(stack, "docker_engine", lambda: True)
+    seen: list[tuple[list[str], str]] = []
+
+    def call(command: list[str]) -> int:
+        password_file = run_dir / "operator-password"
+        seen.append((command, password_file.read_text() if password_file.exists() else ""))
+        return 0
+
+    monkeypatch.setattr(stack.subprocess, "call", call)
+
+    assert stack.main(["up"]) == 0
+    assert stack.main(["up"]) == 0
+
+    [(first_command, first), (_, second)] = seen
+    assert first_command[:2] == ["docker", "compose"] and first_command[-3:] == [
+        "up",
+        "-d",
+        "--wait",
+    ]
+    assert len(first.strip()) >= 24, "a password was written before compose started"
+    assert second == first, "a second `up` keeps the password the operator already has"
 
 
 # --- Dockerfile and .dockerignore ------------------------------------------------------
