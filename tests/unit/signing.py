@@ -70,11 +70,11 @@ def _json(segment: str) -> dict[str, Any]:
     return decoded
 
 
-def claims_now(subject: str = "user-1", **overrides: Any) -> dict[str, Any]:
-    """Claims as `mint` writes them, issued now for TTL."""
+def claims_now(**overrides: Any) -> dict[str, Any]:
+    """Claims as `mint` writes them, issued now for TTL; an override of None leaves it out."""
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
-        "sub": subject,
+        "sub": "user-1",
         "scope": "",
         "iss": ISSUER,
         "iat": int(now.timestamp()),

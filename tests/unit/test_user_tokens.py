@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
@@ -44,7 +44,7 @@ class CountingHasher(PasswordHasher):
         super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
         self.verified: list[str] = []
 
-    def verify(self, hash: str | bytes, password: str | bytes) -> bool:  # noqa: A002
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:  # noqa: A002
         self.verified.append(hash if isinstance(hash, str) else hash.decode())
         return super().verify(hash, password)
 
@@ -459,7 +459,9 @@ def test_only_an_operator_rotates_the_keys(app: FastAPI, uow: UnitOfWork) -> Non
     before = set(signing_keys(uow))
 
     def rotate(token: str) -> int:
-        return client.post("/keys/rotate", headers={"Authorization": f"Bearer {token}"}).status_code
+        answer = client.post("/keys/rotate", headers={"Authorization": f"Bearer {token}"})
+        status: int = answer.status_code
+        return status
 
     customer = rotate(sign_in(client, email).json()["access_token"])
     assert set(signing_keys(uow)) == before
