@@ -264,11 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         "-f",
         str(Path(__file__).resolve().parent.parent / "compose.yaml"),
     ]
-    if args.command == "up":
-        operator_password(RUN_DIR / "operator-password")
+    password = operator_password(RUN_DIR / "operator-password") if args.command == "up" else ""
     if args.command in ("up", "down") and docker_engine():
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
-        return subprocess.call(compose + extra)
+        env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
+        return subprocess.call(compose + extra, env=env)
     stack = Stack()
     began = time.monotonic()
     if args.command == "up":

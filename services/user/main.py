@@ -31,8 +31,12 @@ def start(runtime: ServiceRuntime) -> None:
         Path(settings.operator_password_file) if settings.operator_password_file else None
     )
     if password_file is not None and password_file.is_file():
+        try:
+            password = password_file.read_text().strip()
+        except OSError as exc:
+            raise RuntimeError(f"cannot read the operator's password file: {exc}") from exc
         with runtime.uow() as unit:
-            tokens.ensure_operator(unit, settings.operator_email, password_file.read_text().strip())
+            tokens.ensure_operator(unit, settings.operator_email, password)
     runtime.keys.refresh()
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from services.user.events import PublishedKey, SigningKeys
 from services.user.handlers import register_user
@@ -21,6 +21,7 @@ from shared.messaging.unit_of_work import Unit
 from shared.runtime.auth import OPERATOR, mint, public_jwk
 from shared.runtime.http import DomainError
 from shared.runtime.keys import TRUSTED_KEYS, store_keys
+from shared.storage.db import is_postgres
 
 
 class BadCredentials(DomainError):
@@ -47,6 +48,8 @@ def ensure_signing_key(unit: Unit, *, issuer: str, ttl: timedelta) -> None:
     """Make a key if there is none that signs, and publish (and trust) the current set:
     run at every start, so a service that joins later learns the keys even after older
     `signing-keys` events have left the topic."""
+    if is_postgres(unit.session.get_bind()):  # several processes may start at once
+        unit.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('signing_keys'))"))
     if _current(unit) is None:
         _new_key(unit)
     publish_keys(unit, issuer=issuer, ttl=ttl)

@@ -68,9 +68,17 @@ class KeyRing:
     a token naming a kid the ring does not hold reloads it (at most once a second),
     since another process of the service may be the one that consumed the key."""
 
-    def __init__(self, load: Callable[[], list[TrustedKey]], reload_every: float = 1.0) -> None:
+    def __init__(
+        self,
+        load: Callable[[], list[TrustedKey]],
+        reload_every: float = 1.0,
+        max_age: float = 30.0,
+    ) -> None:
+        """`max_age`: reload at least this often (seconds) anyway, so that a key dropped
+        from the set (a leaked one rotated out, say) stops being trusted."""
         self._load = load
         self._reload_every = reload_every
+        self._max_age = max_age
         self._keys: dict[str, TrustedKey] = {}
         self._verified: dict[str, tuple[Principal, str, float]] = {}
         self._loaded_at = -reload_every
@@ -100,6 +108,8 @@ class KeyRing:
         A token already verified is looked up, not verified again, until it expires or
         its key is no longer trusted."""
         now = now or datetime.now(UTC)
+        if time.monotonic() - self._loaded_at >= self._max_age:
+            self.refresh()
         if (seen := self._verified.get(token)) is not None:
             principal, kid, expires = seen
             trusted = self._keys.get(kid)
