@@ -72,7 +72,7 @@ class ShopClient:
                 self.token = self._get_token(*self._credentials)
                 signed_in_again = True
                 continue
-            wait = _retry_after(response)
+            wait = retry_after(response)
             if wait is None or time.monotonic() + wait > deadline:
                 return response
             time.sleep(wait)
@@ -173,7 +173,7 @@ class ShopClient:
         deadline = time.monotonic() + timeout
         while True:
             response = self.place_order(items, headers)
-            if not _not_learnt_yet(response) or time.monotonic() > deadline:
+            if not not_learnt_yet(response) or time.monotonic() > deadline:
                 return self._ok(response)
             time.sleep(0.1)
 
@@ -202,7 +202,7 @@ class ShopClient:
             time.sleep(0.05)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
     """Seconds to wait before asking again, if the answer says "later"."""
     if response.status_code not in (429, 503) or "retry-after" not in response.headers:
         return None
@@ -217,7 +217,7 @@ def _expired(response: httpx.Response) -> bool:
     return response.status_code == 401 and "token expired" in challenge
 
 
-def _not_learnt_yet(response: httpx.Response) -> bool:
+def not_learnt_yet(response: httpx.Response) -> bool:
     """The order service has not yet consumed the user's or a product's event."""
     challenge = response.headers.get("www-authenticate", "")
     if response.status_code == 401:

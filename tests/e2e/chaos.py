@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +16,15 @@ import orjson
 from confluent_kafka import Message
 
 from tests.helpers import eventually, read_topic
-from tools.client import ShopClient
+from tools.client import ShopClient, not_learnt_yet, retry_after
 
 RETRYABLE = (httpx.TransportError,)
 
 
 @dataclass
 class Catalogue:
-    user_id: str
+    customers: list[ShopClient]
+    """Signed in; the load takes turns among them (each user's rate is limited)."""
     stock: dict[str, int]
     """Product id → the stock that was set."""
 
@@ -38,33 +38,40 @@ class LoadResult:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def make_catalogue(shop: ShopClient, ample: int = 4, scarce: int = 3) -> Catalogue:
-    user_id = shop.register_user("Load", f"{uuid.uuid4().hex[:12]}@example.com")["id"]
+def make_catalogue(
+    shop: ShopClient, ample: int = 4, scarce: int = 3, customers: int = 8
+) -> Catalogue:
+    """Products made by `shop` (the operator), and `customers` users signed in."""
     stock: dict[str, int] = {}
     for n in range(ample + scarce):
         product_id = shop.create_product(f"p{n}", 100)["id"]
         amount = 100_000 if n < ample else 25
         shop.set_stock_eventually(product_id, amount, timeout=90)
         stock[product_id] = amount
-    return Catalogue(user_id, stock)
+    return Catalogue([shop.sign_up(f"Load {n}") for n in range(customers)], stock)
 
 
 def retrying(
     call: Callable[[], httpx.Response], result: LoadResult, deadline: float
 ) -> httpx.Response:
-    """Repeat `call` through connection errors and 5xx (a service restarting)."""
+    """Repeat `call` through connection errors and 5xx (a service restarting), 429 (as
+    long as `Retry-After` says) and a user or product the order service has not learnt
+    yet (a fresh order service, or one restarted on an empty consumer position)."""
     while True:
+        wait = 0.2
         try:
             response = call()
-            if response.status_code < 500:
+            later = retry_after(response)
+            if response.status_code < 500 and later is None and not not_learnt_yet(response):
                 return response
+            wait = later or wait
         except RETRYABLE:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError("service did not come back in time")
         with result.lock:
             result.retries += 1
-        time.sleep(0.2)
+        time.sleep(wait)
 
 
 def run_load(
@@ -78,8 +85,9 @@ def run_load(
     progress: Callable[[int], None] | None = None,
     timeout: float = 600,
 ) -> LoadResult:
-    """Place `count` orders; each POST retries with its Idempotency-Key until accepted.
-    Some confirmed orders are cancelled, also with retries."""
+    """Place `count` orders, taking turns among the customers; each POST retries with its
+    Idempotency-Key until accepted. Some confirmed orders are cancelled, also with
+    retries."""
     result = LoadResult()
     products = list(catalogue.stock)
     deadline = time.monotonic() + timeout
@@ -92,9 +100,11 @@ def run_load(
             {"product_id": p, "quantity": rng.randint(1, 3)}
             for p in rng.sample(products, rng.randint(1, 3))
         ]
-        body = {"user_id": catalogue.user_id, "items": lines}
+        body = {"items": lines}
+        customer = catalogue.customers[n % len(catalogue.customers)]
+        auth = {"Authorization": f"Bearer {customer.token}"}
         key = {"Idempotency-Key": f"load-{seed}-{n}"}
-        with httpx.Client(timeout=10) as http:
+        with httpx.Client(timeout=10, headers=auth) as http:
             response = retrying(
                 lambda: http.post(f"{urls['order']}/orders", json=body, headers=key),
                 result,

@@ -18,6 +18,9 @@ from tools.stack import PORTS, Stack
 class RunningStack:
     stack: Stack
     client: ShopClient
+    """Signed in as nobody: `client.sign_up()` makes a customer."""
+    operator: ShopClient
+    """Signed in as the operator: creates products, sets stock."""
     topic_prefix: str
     backend: str
 
@@ -41,7 +44,12 @@ def start_stack(
     stack = Stack(run_dir=folder, ports=ports, env=env, bootstrap=kafka_bootstrap)
     stack.up(timeout=120)
     client = ShopClient({name: service.url for name, service in stack.services.items()})
-    return RunningStack(stack, client, prefix, backend)
+    try:
+        operator = client.as_operator(password_file=stack.operator_password_file)
+    except BaseException:
+        stack.down()
+        raise
+    return RunningStack(stack, client, operator, prefix, backend)
 
 
 @pytest.fixture(
@@ -62,4 +70,5 @@ def running(
 
 @pytest.fixture
 def shop(running: RunningStack) -> ShopClient:
-    return running.client
+    """The shop's operator: makes the catalogue; `shop.sign_up()` makes a customer."""
+    return running.operator

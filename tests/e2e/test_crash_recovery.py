@@ -96,9 +96,10 @@ def test_sigkill_of_inventory_order_and_broker_under_load_loses_and_doubles_noth
     own_broker: LocalBroker, tmp_path: Path
 ):
     stack = stack_on(own_broker, tmp_path, FAULTS)
-    shop = ShopClient({name: s.url for name, s in stack.services.items()})
+    client = ShopClient({name: s.url for name, s in stack.services.items()})
     watchdog = Watchdog(stack)
     try:
+        shop = client.as_operator(password_file=stack.operator_password_file)
         catalogue = make_catalogue(shop)
         watchdog.start()
         total = 1000
@@ -139,7 +140,7 @@ def test_sigkill_of_inventory_order_and_broker_under_load_loses_and_doubles_noth
         )
     finally:
         watchdog.stop.set()
-        shop.close()
+        client.close()
         stack.down()
     assert watchdog.crashes["inventory"] == 1, "the after-commit fault fired once"
     assert watchdog.crashes["order"] == 1, "the before-publish fault fired once"
@@ -159,7 +160,7 @@ def test_a_rebalance_under_load_keeps_every_invariant(kafka_bootstrap: str, tmp_
         try:
             second.start()
             second.wait_ready()
-            catalogue = make_catalogue(running.client)
+            catalogue = make_catalogue(running.operator)
             stopped = threading.Event()
 
             def stop_second(done: int) -> None:
@@ -182,19 +183,13 @@ def test_ready_reports_a_broker_outage_and_the_outbox_catches_up(
     own_broker: LocalBroker, tmp_path: Path
 ):
     stack = stack_on(own_broker, tmp_path, {})
-    shop = ShopClient({name: s.url for name, s in stack.services.items()})
+    client = ShopClient({name: s.url for name, s in stack.services.items()})
     try:
-        user_id = shop.register_user("Outage", f"{unique('o')}@example.com")["id"]
+        shop = client.as_operator(password_file=stack.operator_password_file)
+        ada = shop.sign_up("Outage")
         product_id = shop.create_product("p", 1)["id"]
-        eventually(
-            lambda: (
-                shop.http.put(
-                    f"{shop.urls['inventory']}/stock/{product_id}", json={"available": 5}
-                ).status_code
-                == 200
-            )
-        )
-        shop.place_order_eventually(user_id, [{"product_id": product_id, "quantity": 1}])
+        shop.set_stock_eventually(product_id, 5)
+        ada.place_order_eventually([{"product_id": product_id, "quantity": 1}])
 
         own_broker.kill()
         for service in stack.services.values():
@@ -203,17 +198,17 @@ def test_ready_reports_a_broker_outage_and_the_outbox_catches_up(
                 timeout=30,
                 message=f"{service.name} /ready answers 503",
             )
-        accepted = shop.place_order(user_id, [{"product_id": product_id, "quantity": 2}])
+        accepted = ada.place_order([{"product_id": product_id, "quantity": 2}])
         assert accepted.status_code == 202, "orders are accepted while the broker is away"
 
         own_broker.start()
         for service in stack.services.values():
             eventually(service.ready, timeout=60, message=f"{service.name} ready again")
-        final = shop.wait_for_status(accepted.json()["id"], timeout=60)
+        final = ada.wait_for_status(accepted.json()["id"], timeout=60)
         assert final["status"] == "CONFIRMED"
         assert shop.stock(product_id) == {"product_id": product_id, "available": 2, "reserved": 3}
     finally:
-        shop.close()
+        client.close()
         stack.down()
 
 
@@ -237,4 +232,4 @@ def test_ready_reports_a_database_outage(running: RunningStack):
             connection.execute(text(f'ALTER DATABASE "{url.database}" ALLOW_CONNECTIONS true'))
     admin.dispose()
     eventually(service.ready, timeout=30, message="ready again")
-    assert running.client.create_product("after", 1)["id"]
+    assert running.operator.create_product("after", 1)["id"]
