@@ -13,32 +13,33 @@ from confluent_kafka.admin import AdminClient
 
 from tests.conftest import free_port
 from tests.e2e.conftest import RunningStack
-from tests.helpers import eventually, random_email, read_topic, unique
+from tests.helpers import eventually, read_topic, unique
 from tools.client import ShopClient
 from tools.stack import ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def customer(shop: ShopClient) -> str:
-    return shop.register_user("Ada", random_email())["id"]
+def customer(shop: ShopClient, name: str = "Ada") -> ShopClient:
+    """A new user, signed in."""
+    return shop.sign_up(name)
 
 
 def product_with_stock(shop: ShopClient, available: int, name: str = "widget") -> str:
+    """A product the operator (`shop`) made and stocked."""
     product_id = shop.create_product(name, 250)["id"]
     shop.set_stock_eventually(product_id, available)
     return product_id
 
 
 def order(
-    shop: ShopClient,
-    user_id: str,
+    customer: ShopClient,
     product_id: str,
     quantity: int = 1,
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return shop.place_order_eventually(
-        user_id, [{"product_id": product_id, "quantity": quantity}], headers
+    return customer.place_order_eventually(
+        [{"product_id": product_id, "quantity": quantity}], headers
     )
 
 
@@ -66,128 +67,126 @@ def header(message: Message, name: str) -> str:
 
 
 def test_an_order_within_stock_is_confirmed_and_the_user_notified(shop: ShopClient):
-    user_id = customer(shop)
+    ada = customer(shop)
     product_id = product_with_stock(shop, 5)
-    placed = order(shop, user_id, product_id, 2)
-    assert placed["status"] == "PENDING"
+    placed = order(ada, product_id, 2)
+    assert placed["status"] == "PENDING" and placed["user_id"] == ada.user_id
 
-    confirmed = shop.wait_for_status(placed["id"])
+    confirmed = ada.wait_for_status(placed["id"])
     assert confirmed["status"] == "CONFIRMED" and confirmed["reason"] is None
     assert shop.stock(product_id) == {"product_id": product_id, "available": 3, "reserved": 2}
     eventually(lambda: shop.product(product_id)["in_stock"], message="product view in stock")
-    notes = eventually(lambda: shop.notifications(user_id), message="notification")
+    notes = eventually(ada.notifications, message="notification")
     assert [(n["order_id"], n["type"]) for n in notes] == [(placed["id"], "order-confirmed")]
 
 
 def test_an_order_beyond_stock_is_rejected_naming_the_short_product(shop: ShopClient):
-    user_id = customer(shop)
+    ada = customer(shop)
     plenty, scarce = product_with_stock(shop, 10), product_with_stock(shop, 1)
-    placed = shop.place_order_eventually(
-        user_id, [{"product_id": plenty, "quantity": 2}, {"product_id": scarce, "quantity": 3}]
+    placed = ada.place_order_eventually(
+        [{"product_id": plenty, "quantity": 2}, {"product_id": scarce, "quantity": 3}]
     )
-    rejected = shop.wait_for_status(placed["id"])
+    rejected = ada.wait_for_status(placed["id"])
     assert rejected["status"] == "REJECTED"
     assert scarce in rejected["reason"] and plenty not in rejected["reason"]
     assert shop.stock(plenty) == {"product_id": plenty, "available": 10, "reserved": 0}
-    notes = eventually(lambda: shop.notifications(user_id), message="notification")
+    notes = eventually(ada.notifications, message="notification")
     assert notes[0]["type"] == "order-rejected" and scarce in notes[0]["message"]
 
 
 def test_fifty_concurrent_orders_for_ten_in_stock_confirm_exactly_ten(shop: ShopClient):
-    user_id = customer(shop)
+    ada = customer(shop)
     product_id = product_with_stock(shop, 10)
-    outcomes = place_concurrently(shop, user_id, product_id, 50)
+    outcomes = place_concurrently(ada, product_id, 50)
     assert outcomes.count("CONFIRMED") == 10 and outcomes.count("REJECTED") == 40
     assert shop.stock(product_id) == {"product_id": product_id, "available": 0, "reserved": 10}
 
 
-def place_concurrently(shop: ShopClient, user_id: str, product_id: str, count: int) -> list[str]:
+def place_concurrently(customer: ShopClient, product_id: str, count: int) -> list[str]:
     """Place `count` one-unit orders from 10 threads; return their final statuses."""
 
     def place(_: int) -> str:
-        return str(order(shop, user_id, product_id)["id"])
+        return str(order(customer, product_id)["id"])
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         order_ids = list(pool.map(place, range(count)))
-    return [shop.wait_for_status(order_id, timeout=60)["status"] for order_id in order_ids]
+    return [customer.wait_for_status(order_id, timeout=60)["status"] for order_id in order_ids]
 
 
 def test_an_idempotency_key_replays_the_first_response_and_conflicts_on_another_body(
     shop: ShopClient,
 ):
-    user_id = customer(shop)
+    ada = customer(shop)
     product_id = product_with_stock(shop, 5)
     key = {"Idempotency-Key": unique("key")}
-    first = order(shop, user_id, product_id, 1, key)
-    again = shop.place_order(user_id, [{"product_id": product_id, "quantity": 1}], key)
+    first = order(ada, product_id, 1, key)
+    again = ada.place_order([{"product_id": product_id, "quantity": 1}], key)
     assert again.status_code == 202 and again.json() == first
-    other = shop.place_order(user_id, [{"product_id": product_id, "quantity": 2}], key)
+    other = ada.place_order([{"product_id": product_id, "quantity": 2}], key)
     assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
-    shop.wait_for_status(first["id"])
-    orders = shop.http.get(f"{shop.urls['order']}/orders", params={"user_id": user_id}).json()
-    assert [o["id"] for o in orders] == [first["id"]]
-    assert shop.stock(product_id)["reserved"] == 1
+    bob = customer(shop, "Bob")
+    bobs = bob.place_order_eventually([{"product_id": product_id, "quantity": 1}])
+    ada.wait_for_status(first["id"])
+    assert [o["id"] for o in ada.orders()] == [first["id"]]
+    assert [o["id"] for o in bob.orders()] == [bobs["id"]]
+    bob.wait_for_status(bobs["id"])
+    assert shop.stock(product_id)["reserved"] == 2
 
 
 def test_cancelling_a_confirmed_order_releases_its_stock(shop: ShopClient):
-    user_id = customer(shop)
+    ada = customer(shop)
     product_id = product_with_stock(shop, 4)
-    placed = order(shop, user_id, product_id, 3)
-    assert shop.wait_for_status(placed["id"])["status"] == "CONFIRMED"
-    cancelled = shop.cancel(placed["id"])
+    placed = order(ada, product_id, 3)
+    assert ada.wait_for_status(placed["id"])["status"] == "CONFIRMED"
+    cancelled = ada.cancel(placed["id"])
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
     eventually(
         lambda: shop.stock(product_id) == {"product_id": product_id, "available": 4, "reserved": 0},
         message="stock released",
     )
     types = eventually(
-        lambda: [
-            n["type"] for n in shop.notifications(user_id) if len(shop.notifications(user_id)) == 2
-        ]
+        lambda: [n["type"] for n in notes] if len(notes := ada.notifications()) == 2 else None
     )
     assert types == ["order-confirmed", "order-cancelled"]
 
 
 def test_cancel_before_inventory_answers_holds_no_stock(running: RunningStack):
-    shop = running.client
-    user_id = customer(shop)
+    shop = running.operator
+    ada = customer(shop)
     product_id = product_with_stock(shop, 4)
-    order(shop, user_id, product_id, 1)  # the order service knows user and product
+    order(ada, product_id, 1)  # the order service knows user and product
     inventory = running.stack.services["inventory"]
     inventory.stop()
     try:
-        placed = shop.place_order(user_id, [{"product_id": product_id, "quantity": 2}]).json()
-        cancelled = shop.cancel(placed["id"]).json()
+        placed = ada.place_order([{"product_id": product_id, "quantity": 2}]).json()
+        cancelled = ada.cancel(placed["id"]).json()
         assert cancelled["status"] == "CANCELLED"
     finally:
         inventory.start()
         inventory.wait_ready()
     eventually(
-        lambda: "stock-released" in [e["type"] for e in shop.order_events(placed["id"])],
+        lambda: "stock-released" in [e["type"] for e in ada.order_events(placed["id"])],
         message="inventory reserved, then released on the cancel",
     )
-    assert shop.order(placed["id"])["status"] == "CANCELLED"
+    assert ada.order(placed["id"])["status"] == "CANCELLED"
     assert shop.stock(product_id) == {"product_id": product_id, "available": 3, "reserved": 1}
 
 
 def test_events_carry_cloudevents_headers_and_a_causation_chain(running: RunningStack):
-    shop = running.client
-    user_id = customer(shop)
+    shop = running.operator
+    ada = customer(shop)
     product_id = product_with_stock(shop, 5)
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
-    response = None
-    for _ in range(300):
-        response = shop.place_order(
-            user_id, [{"product_id": product_id, "quantity": 1}], {"traceparent": traceparent}
-        )
-        if response.status_code == 202:
-            break
-    assert response is not None and response.status_code == 202
+    order(ada, product_id)  # the order service knows user and product
+    response = ada.place_order(
+        [{"product_id": product_id, "quantity": 1}], {"traceparent": traceparent}
+    )
+    assert response.status_code == 202, response.text
     order_id = response.json()["id"]
     request_id = response.headers["x-request-id"]
     assert response.headers["x-trace-id"] == trace_id
-    shop.wait_for_status(order_id)
+    ada.wait_for_status(order_id)
 
     records = {
         header(m, "ce_type"): m for m in events_of(running, order_id, {"orders": 2, "stock": 1})
@@ -219,7 +218,7 @@ def test_events_carry_cloudevents_headers_and_a_causation_chain(running: Running
     assert header(reserved, "ce_source") == "/services/inventory"
 
     chain = eventually(
-        lambda: len(shop.order_events(order_id)) >= 3 and shop.order_events(order_id),
+        lambda: len(events := ada.order_events(order_id)) >= 3 and events,
         message="chain filed",
     )
     assert [e["type"] for e in chain] == ["order-created", "stock-reserved", "order-confirmed"]
@@ -232,54 +231,54 @@ def test_events_carry_cloudevents_headers_and_a_causation_chain(running: Running
 
 
 def test_bad_requests_answer_4xx_and_publish_nothing(running: RunningStack):
-    shop = running.client
-    user_id = customer(shop)
+    shop = running.operator
+    ada = customer(shop)
     product_id = product_with_stock(shop, 5)
-    order(shop, user_id, product_id)  # known to the order service from here on
-    ghost_user, ghost_product = unique("ghost-user"), unique("ghost-product")
+    first = order(ada, product_id)  # known to the order service from here on
+    ghost_product = unique("ghost-product")
+    ghost = [{"product_id": ghost_product, "quantity": 1}]
+    json_type = {"content-type": "application/json"}
     bad = [
-        shop.place_order(ghost_user, [{"product_id": product_id, "quantity": 1}]),
-        shop.place_order(user_id, [{"product_id": ghost_product, "quantity": 1}]),
-        shop.place_order(user_id, []),
-        shop.place_order(user_id, [{"product_id": product_id, "quantity": 0}]),
-        shop.http.post(
-            f"{shop.urls['order']}/orders",
-            content=b"{not json",
-            headers={"content-type": "application/json"},
+        running.client.place_order(ghost),  # no token
+        ada.place_order(ghost, {"Authorization": "Bearer not-a-token"}),
+        ada.place_order(ghost),
+        ada.place_order([]),
+        ada.place_order([{"product_id": product_id, "quantity": 0}]),
+        ada.request("POST", "order", "/orders", content=b"{not json", headers=json_type),
+        ada.request(  # the user comes from the token, never from the body
+            "POST",
+            "order",
+            "/orders",
+            json={"user_id": ada.user_id, "items": [{"product_id": product_id, "quantity": 1}]},
         ),
-        shop.http.post(f"{shop.urls['order']}/orders", json={"user_id": user_id}),
-        shop.http.post(
-            f"{shop.urls['order']}/orders",
-            content=b"x" * 100_000,
-            headers={"content-type": "application/json"},
-        ),
+        ada.request("POST", "order", "/orders", content=b"x" * 100_000, headers=json_type),
     ]
-    assert [r.status_code for r in bad] == [422, 422, 422, 422, 422, 422, 413]
-    assert "unknown user" in bad[0].json()["detail"]
-    assert ghost_product in bad[1].json()["detail"]
-    control = order(shop, user_id, product_id)
+    assert [r.status_code for r in bad] == [401, 401, 422, 422, 422, 422, 422, 413]
+    assert all(r.headers["www-authenticate"].startswith("Bearer") for r in bad[:2])
+    assert ghost_product in bad[2].json()["detail"]
+    control = order(ada, product_id)
     published = read_topic(
         running.stack.bootstrap,
         running.topic("orders"),
         until=lambda got: any(m.key() == control["id"].encode() for m in got),
     )
     text = b"".join(m.value() or b"" for m in published)
-    assert control["id"].encode() in text
-    assert ghost_user.encode() not in text and ghost_product.encode() not in text
+    assert control["id"].encode() in text and ghost_product.encode() not in text
+    assert {o["id"] for o in ada.orders()} == {first["id"], control["id"]}
 
 
 def test_replaying_every_topic_from_offset_zero_into_inventory_changes_no_stock(
     running: RunningStack,
 ):
-    shop = running.client
-    user_id = customer(shop)
+    shop = running.operator
+    ada = customer(shop)
     products = [product_with_stock(shop, 3) for _ in range(2)]
     for quantity in (1, 2, 5):
-        placed = order(shop, user_id, products[0], quantity)
-        shop.wait_for_status(placed["id"])
-    cancelled = order(shop, user_id, products[1], 2)
-    shop.wait_for_status(cancelled["id"])
-    shop.cancel(cancelled["id"])
+        placed = order(ada, products[0], quantity)
+        ada.wait_for_status(placed["id"])
+    cancelled = order(ada, products[1], 2)
+    ada.wait_for_status(cancelled["id"])
+    ada.cancel(cancelled["id"])
     eventually(lambda: shop.stock(products[1])["reserved"] == 0, message="released")
     before = [shop.stock(p) for p in products]
 
@@ -327,7 +326,7 @@ def test_two_inventory_processes_on_postgres_confirm_exactly_the_stock(
 ):
     if running.backend != "postgres":
         pytest.skip("two processes share one database only on PostgreSQL")
-    shop = running.client
+    shop = running.operator
     first = running.stack.services["inventory"]
     second = ServiceProcess("inventory", free_port(), tmp_path, first.env)
     second.start()
@@ -339,9 +338,9 @@ def test_two_inventory_processes_on_postgres_confirm_exactly_the_stock(
             timeout=60,
             message="both inventory processes own partitions",
         )
-        user_id = customer(shop)
+        ada = customer(shop)
         product_id = product_with_stock(shop, 10)
-        outcomes = place_concurrently(shop, user_id, product_id, 50)
+        outcomes = place_concurrently(ada, product_id, 50)
     finally:
         second.stop()
     assert outcomes.count("CONFIRMED") == 10 and outcomes.count("REJECTED") == 40
