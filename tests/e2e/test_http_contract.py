@@ -1,7 +1,9 @@
 """Bad input over HTTP. Schemathesis fuzzes every operation of the OpenAPI each running
-service serves, and every answer must be one the operation documents: no server error, a
-documented status code and content type, a body matching the documented schema. The size
-limits are asked for explicitly, and their answers checked against the same contract."""
+service serves, signed in (a customer's token for order and user, the operator's for
+inventory and product), and every answer must be one the operation documents: no server
+error, a documented status code and content type, a body matching the documented schema.
+The size limits are asked for explicitly, and their answers checked against the same
+contract."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.e2e.conftest import RunningStack
-from tests.helpers import eventually, random_email, unique
+from tests.helpers import random_email, unique
+from tools.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,44 +46,57 @@ MAX_ITEMS = 100
 
 
 @pytest.fixture(scope="session")
-def known(running: RunningStack) -> dict[str, str]:
+def customer(running: RunningStack) -> ShopClient:
+    """The user whose token the fuzzer sends to the order and user services."""
+    return running.client.sign_up("Fuzz")
+
+
+@pytest.fixture(scope="session")
+def known(running: RunningStack, customer: ShopClient) -> dict[str, str]:
     """A user, a product in stock and an order that every service has heard of, so the
     fuzzer reaches past "unknown id" (404, 422) into the routes' real work."""
-    shop = running.client
-    user_id = shop.register_user("Fuzz", random_email())["id"]
-    product_id = shop.create_product(unique("fuzzed"), 100)["id"]
-    eventually(
-        lambda: set_stock(running, product_id, 1_000_000) == 200,
-        message="inventory learns the product",
-    )
+    product_id = running.operator.create_product(unique("fuzzed"), 100)["id"]
+    running.operator.set_stock_eventually(product_id, 1_000_000)
     line = {"product_id": product_id, "quantity": 1}
-    order_id = shop.place_order_eventually(user_id, [line])["id"]
-    return {"user": user_id, "product": product_id, "order": order_id}
+    order_id = customer.place_order_eventually([line])["id"]
+    assert customer.user_id is not None
+    return {"user": customer.user_id, "product": product_id, "order": order_id}
 
 
-def set_stock(running: RunningStack, product_id: str, available: int) -> int:
-    url = f"{running.stack.services['inventory'].url}/stock/{product_id}"
-    return running.client.http.put(url, json={"available": available}).status_code
+@pytest.fixture(scope="session")
+def bearer(running: RunningStack, customer: ShopClient) -> dict[str, str]:
+    """Service → the token it is fuzzed with: the customer's where customers act (order,
+    user), the operator's where the operator does (inventory, product). Signed in here,
+    not at start-up: a token lives 15 minutes."""
+    operator = running.client.as_operator(password_file=running.stack.operator_password_file)
+    assert customer.token is not None and operator.token is not None
+    return {
+        "order": customer.token,
+        "user": customer.token,
+        "inventory": operator.token,
+        "product": operator.token,
+    }
 
 
-def served_schema(running: RunningStack, service: str, known: dict[str, str]) -> BaseSchema:
-    """The OpenAPI the running service serves, fuzzed with a fixed seed. Half of the ids
-    are the known ones, half of the e-mails well-formed (the schema says only "string").
-    The stateful phase (chains of calls) is left out."""
+def served_schema(
+    running: RunningStack, service: str, known: dict[str, str], token: str
+) -> BaseSchema:
+    """The OpenAPI the running service serves, fuzzed with a fixed seed and `token` on
+    every request. Half of the ids are the known ones, half of the e-mails well-formed
+    (the schema says only "string"). The stateful phase (chains of calls) is left out."""
     half = 0.5
     dictionaries = {name: {"values": [value]} for name, value in known.items()}
     dictionaries["email"] = {"values": [random_email() for _ in range(10)]}
     config = schemathesis.Config.from_dict(
         {
             "seed": SEED,
+            "headers": {"Authorization": f"Bearer {token}"},
             "phases": {"stateful": {"enabled": False}},
             "dictionaries": dictionaries,
             "parameters": {
                 "path.order_id": {"dictionary": "order", "probability": half},
                 "path.product_id": {"dictionary": "product", "probability": half},
                 "path.user_id": {"dictionary": "user", "probability": half},
-                "query.user_id": {"dictionary": "user", "probability": half},
-                "body.user_id": {"dictionary": "user", "probability": half},
                 "body.items[*].product_id": {"dictionary": "product", "probability": half},
                 "body.email": {"dictionary": "email", "probability": half},
             },
@@ -92,9 +108,12 @@ def served_schema(running: RunningStack, service: str, known: dict[str, str]) ->
 
 @pytest.fixture(params=SERVICES)
 def service_schema(
-    request: pytest.FixtureRequest, running: RunningStack, known: dict[str, str]
+    request: pytest.FixtureRequest,
+    running: RunningStack,
+    known: dict[str, str],
+    bearer: dict[str, str],
 ) -> BaseSchema:
-    return served_schema(running, request.param, known)
+    return served_schema(running, request.param, known, bearer[request.param])
 
 
 @pytest.fixture
@@ -121,8 +140,12 @@ def test_every_operation_answers_generated_input_as_documented(case: Case) -> No
 
 
 @pytest.fixture(scope="session")
-def schemas(running: RunningStack, known: dict[str, str]) -> dict[str, BaseSchema]:
-    return {service: served_schema(running, service, known) for service in SERVICES}
+def schemas(
+    running: RunningStack, known: dict[str, str], bearer: dict[str, str]
+) -> dict[str, BaseSchema]:
+    return {
+        service: served_schema(running, service, known, bearer[service]) for service in SERVICES
+    }
 
 
 def assert_documented(
@@ -158,10 +181,10 @@ def test_a_body_over_the_limit_is_answered_413_with_a_json_detail(
 
 
 def test_an_order_of_101_items_is_answered_422_naming_the_limit(
-    running: RunningStack, schemas: dict[str, BaseSchema], known: dict[str, str]
+    customer: ShopClient, schemas: dict[str, BaseSchema], known: dict[str, str]
 ) -> None:
     items = [{"product_id": known["product"], "quantity": 1}] * (MAX_ITEMS + 1)
-    response = running.client.place_order(known["user"], items)
+    response = customer.place_order(items)
     assert response.status_code == 422
     [error] = assert_documented(schemas["order"], "POST", "/orders", response)["detail"]
     assert error["loc"] == ["body", "items"]
@@ -170,11 +193,14 @@ def test_an_order_of_101_items_is_answered_422_naming_the_limit(
 
 
 def test_a_streamed_body_without_content_length_over_the_limit_is_answered_413(
-    running: RunningStack, schemas: dict[str, BaseSchema], known: dict[str, str]
+    running: RunningStack,
+    schemas: dict[str, BaseSchema],
+    known: dict[str, str],
+    customer: ShopClient,
 ) -> None:
     def chunks() -> Iterator[bytes]:
         line = {"product_id": known["product"], "quantity": 1}
-        yield orjson.dumps({"user_id": known["user"], "items": [line]})[:-1]
+        yield orjson.dumps({"items": [line]})[:-1]
         for _ in range(LIMIT // 4096 + 1):
             yield b" " * 4096  # whitespace between JSON tokens: only the size is wrong
         yield b"}"
@@ -183,7 +209,10 @@ def test_a_streamed_body_without_content_length_over_the_limit_is_answered_413(
         "POST",
         running.stack.services["order"].url + "/orders",
         content=chunks(),
-        headers={"content-type": "application/json"},
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {customer.token}",
+        },
     )
     assert "content-length" not in request.headers
     assert request.headers["transfer-encoding"] == "chunked"
