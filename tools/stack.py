@@ -243,10 +243,11 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-OPERATOR_HINT = """\
-an operator token (for stock and products):
-  curl -s -X POST 127.0.0.1:8004/token -d username=operator@example.com \\
-       --data-urlencode password@.run/operator-password"""
+OPERATOR_HINT = (
+    "an operator token (for stock and products):\n"
+    "  curl -s -X POST 127.0.0.1:8004/token -d username=operator@example.com \\\n"
+    '       --data-urlencode "password=$(cat .run/operator-password)"'
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,12 @@ UNKNOWN_USER = {**AUTH_ERRORS, **errors({404: "Unknown user"})}
     "/users",
     status_code=201,
     response_model=UserOut,
-    responses={**errors({409: "Email already registered"}), **BODY_ERRORS},
+    responses={**errors({409: "Email already registered"}), **LIMIT_ERRORS, **BODY_ERRORS},
 )
-def register_user(body: UserIn, runtime: Runtime) -> UserOut:
+def register_user(body: UserIn, request: Request, runtime: Runtime) -> UserOut:
     """Open an account; its password is stored only as an Argon2 hash."""
+    client = request.client.host if request.client else "unknown"
+    enforce((runtime.per_address, client))
     with runtime.uow() as unit:
         return UserOut.model_validate(handlers.register_user(unit, body))
 
@@ -48,7 +50,12 @@ def get_token(
     ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow.read() as unit:
         token = tokens.issue_token(
-            unit, form.username, form.password, issuer=settings.auth_issuer, ttl=ttl
+            unit,
+            form.username,
+            form.password,
+            issuer=settings.auth_issuer,
+            ttl=ttl,
+            propagation=timedelta(seconds=settings.key_propagation_seconds),
         )
     return TokenOut(access_token=token, expires_in=int(ttl.total_seconds()))
 
@@ -84,7 +91,12 @@ def rotate_keys(_: OperatorCaller, runtime: Runtime) -> None:
     settings = _settings(runtime)
     ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow() as unit:
-        tokens.rotate_keys(unit, issuer=settings.auth_issuer, ttl=ttl)
+        tokens.rotate_keys(
+            unit,
+            issuer=settings.auth_issuer,
+            ttl=ttl,
+            propagation=timedelta(seconds=settings.key_propagation_seconds),
+        )
     runtime.keys.refresh()
 
 

@@ -7,6 +7,9 @@ from shared.runtime.settings import service_settings
 class UserSettings(service_settings("user", port=get("user").port)):  # type: ignore[misc]
     token_ttl_minutes: float = 15
     """How long an access token lives; a retired key is published that much longer."""
+    key_propagation_seconds: float = 10
+    """How long a new signing key is published before it signs: the time every service
+    has to consume it."""
     token_rate_per_account: float = 1.0
     """Sign-in attempts per e-mail address and second, in bursts of ten."""
     token_rate_per_address: float = 10.0

@@ -26,7 +26,12 @@ def start(runtime: ServiceRuntime) -> None:
     assert isinstance(settings, UserSettings)
     ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow() as unit:
-        tokens.ensure_signing_key(unit, issuer=settings.auth_issuer, ttl=ttl)
+        tokens.ensure_signing_key(
+            unit,
+            issuer=settings.auth_issuer,
+            ttl=ttl,
+            propagation=timedelta(seconds=settings.key_propagation_seconds),
+        )
     password_file = (
         Path(settings.operator_password_file) if settings.operator_password_file else None
     )

@@ -1,7 +1,9 @@
 """Signing keys and access tokens. Every function takes a Unit and never commits.
 
-Tokens are signed with the newest key not retired; every key change publishes the whole
-public set as `signing-keys`, and the service trusts that same set itself."""
+Every key change publishes the whole public set as `signing-keys`, and the service trusts
+that same set itself. A new key signs only once the other services have had time to learn
+it (`propagation`); until then the key it replaces goes on signing, and stays trusted
+`propagation` + the token lifetime after it was retired."""
 
 from __future__ import annotations
 
@@ -32,19 +34,29 @@ class BadCredentials(DomainError):
         super().__init__("incorrect e-mail or password")
 
 
-def issue_token(unit: Unit, email: str, password: str, *, issuer: str, ttl: timedelta) -> str:
+def issue_token(
+    unit: Unit,
+    email: str,
+    password: str,
+    *,
+    issuer: str,
+    ttl: timedelta,
+    propagation: timedelta = timedelta(0),
+) -> str:
     """An access token for the account with this e-mail and password, or BadCredentials."""
     user = unit.session.scalar(select(User).where(User.email == email.strip().lower()))
     if not password_matches(user.password_hash if user else None, password) or user is None:
         raise BadCredentials
-    key = _signing_key(unit)
+    key = _signing_key(unit, propagation)
     private = serialization.load_pem_private_key(key.private_key.encode(), password=None)
     assert isinstance(private, Ed25519PrivateKey)
     scopes = frozenset(user.scopes.split())
     return mint(private, key.kid, user.id, issuer=issuer, ttl=ttl, scopes=scopes)
 
 
-def ensure_signing_key(unit: Unit, *, issuer: str, ttl: timedelta) -> None:
+def ensure_signing_key(
+    unit: Unit, *, issuer: str, ttl: timedelta, propagation: timedelta = timedelta(0)
+) -> None:
     """Make a key if there is none that signs, and publish (and trust) the current set:
     run at every start, so a service that joins later learns the keys even after older
     `signing-keys` events have left the topic."""
@@ -52,26 +64,30 @@ def ensure_signing_key(unit: Unit, *, issuer: str, ttl: timedelta) -> None:
         unit.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('signing_keys'))"))
     if _current(unit) is None:
         _new_key(unit)
-    publish_keys(unit, issuer=issuer, ttl=ttl)
+    publish_keys(unit, issuer=issuer, ttl=ttl, propagation=propagation)
 
 
-def rotate_keys(unit: Unit, *, issuer: str, ttl: timedelta) -> str:
+def rotate_keys(
+    unit: Unit, *, issuer: str, ttl: timedelta, propagation: timedelta = timedelta(0)
+) -> str:
     """Retire the signing key for a new one; tokens it signed stay valid until they expire."""
     now = datetime.now(UTC)
     for key in unit.session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
         key.retired_at = now
     kid = _new_key(unit)
-    publish_keys(unit, issuer=issuer, ttl=ttl)
+    publish_keys(unit, issuer=issuer, ttl=ttl, propagation=propagation)
     return kid
 
 
-def publish_keys(unit: Unit, *, issuer: str, ttl: timedelta) -> SigningKeys:
+def publish_keys(
+    unit: Unit, *, issuer: str, ttl: timedelta, propagation: timedelta = timedelta(0)
+) -> SigningKeys:
     """Emit the public set: the signing key, and retired keys whose tokens may still be
     alive (older ones are deleted). The service trusts the same set."""
     now = datetime.now(UTC)
     published = []
     for key in unit.session.scalars(select(SigningKey).order_by(SigningKey.created_at)):
-        not_after = key.retired_at + ttl if key.retired_at else None
+        not_after = key.retired_at + propagation + ttl if key.retired_at else None
         if not_after is not None and not_after <= now:
             unit.session.delete(key)
             continue
@@ -114,11 +130,14 @@ def _current(unit: Unit) -> SigningKey | None:
     )
 
 
-def _signing_key(unit: Unit) -> SigningKey:
-    key = _current(unit)
-    if key is None:
+def _signing_key(unit: Unit, propagation: timedelta) -> SigningKey:
+    """The newest key that every service has had `propagation` to learn; the newest of
+    all while none is that old (the very first start)."""
+    keys = list(unit.session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc())))
+    if not keys:
         raise RuntimeError("no signing key: the service has not started")
-    return key
+    seasoned = datetime.now(UTC) - propagation
+    return next((key for key in keys if key.created_at <= seasoned), keys[0])
 
 
 def _new_key(unit: Unit) -> str:

@@ -16,6 +16,7 @@ that has not learnt any key yet answers 503."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ from fastapi.security import OAuth2PasswordBearer
 from jwt.algorithms import OKPAlgorithm
 
 from shared.runtime.http import Responses, errors
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 OPERATOR = "operator"
@@ -85,10 +88,20 @@ class KeyRing:
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        keys = {key.kid: key for key in self._load()}
+        """Load the trusted keys; if the database cannot answer, keep the ones held."""
+        try:
+            keys = {key.kid: key for key in self._load()}
+        except Exception as exc:
+            log.warning("trusted keys not reloaded, keeping %d: %r", len(self._keys), exc)
+            keys = self._keys
         with self._lock:
             self._keys = keys
             self._loaded_at = time.monotonic()
+
+    def answers_from_memory(self, token: str) -> bool:
+        """Whether `verify(token)` would touch neither the database nor the signature:
+        a token verified before, and a ring loaded less than `max_age` ago."""
+        return token in self._verified and time.monotonic() - self._loaded_at < self._max_age
 
     def get(self, kid: str) -> TrustedKey | None:
         key = self._keys.get(kid)
@@ -213,8 +226,12 @@ async def authenticated(
     if not token:
         raise _unauthorized(None)
     runtime = request.app.state.runtime
+    keys, issuer = runtime.keys, runtime.settings.auth_issuer
     try:
-        principal: Principal = runtime.keys.verify(token, runtime.settings.auth_issuer)
+        if keys.answers_from_memory(token):  # the usual case: no I/O, so on the loop
+            principal: Principal = keys.verify(token, issuer)
+        else:  # may read the keys from the database
+            principal = await run_in_threadpool(keys.verify, token, issuer)
     except NoKeys:
         raise HTTPException(
             503, "no signing key learnt yet: try again shortly", headers={"Retry-After": "1"}

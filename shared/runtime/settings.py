@@ -40,7 +40,7 @@ class ServiceSettings(BaseSettings):
     rate_per_subject: float = 50.0
     """Limited writes (placing orders, getting tokens) a caller may make per second, in
     bursts of twice that."""
-    rate_per_address: float = 500.0
+    rate_per_address: float = 1000.0
     """The same per client address."""
 
     def topic(self, name: str) -> str:

@@ -269,9 +269,21 @@ def test_a_rotated_key_signs_new_tokens_and_the_old_ones_stay_valid(
     assert http["user"].post("/keys/rotate", headers=ada.auth).status_code == 403
     assert http["user"].post("/keys/rotate", headers=operator.auth).status_code == 204
 
-    fresh = token_for(http, ada.email, ada.password).json()["access_token"]
-    new_kid = json.loads(base64.urlsafe_b64decode(fresh.split(".")[0] + "=="))["kid"]
-    assert new_kid != old_kid
+    def kid_of(token: str) -> str:
+        return str(json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"])
+
+    assert kid_of(token_for(http, ada.email, ada.password).json()["access_token"]) == old_kid, (
+        "the new key does not sign before the other services could learn it"
+    )
+
+    def signed_by_a_new_key() -> str | None:
+        token = str(token_for(http, ada.email, ada.password).json()["access_token"])
+        return token if kid_of(token) != old_kid else None
+
+    fresh = eventually(
+        signed_by_a_new_key, timeout=60, interval=1, message="the new key signs once propagated"
+    )
+    new_kid = kid_of(fresh)
     kids = {key["kid"] for key in http["user"].get("/.well-known/jwks.json").json()["keys"]}
     assert {old_kid, new_kid} <= kids
     place(http, ada, product)  # the old token, still valid

@@ -140,14 +140,14 @@ def test_the_same_password_is_hashed_with_its_own_salt_per_account(uow: UnitOfWo
     assert len(hashes) == 2
 
 
-def test_production_hashes_are_argon2id_at_rfc_9106_low_memory_cost() -> None:
+def test_production_hashes_are_argon2id_at_owasps_recommended_cost() -> None:
     parameters = extract_parameters(PRODUCTION_HASHER().hash(PASSWORD))
 
     assert parameters.type is Type.ID
     assert (parameters.time_cost, parameters.memory_cost, parameters.parallelism) == (
-        3,
-        64 * 1024,
-        4,
+        2,
+        19 * 1024,
+        1,
     )
 
 
@@ -289,6 +289,41 @@ def test_rotation_signs_with_a_new_key_and_keeps_the_old_until_its_tokens_expire
         keys.verify(old_token, ISSUER, now=not_after)
 
 
+def test_a_new_key_signs_only_once_the_others_had_time_to_learn_it(uow: UnitOfWork) -> None:
+    propagation = timedelta(seconds=10)
+    start(uow)
+    email = email_of(uow, register(uow))
+    [old] = signing_keys(uow)
+    with uow() as unit:  # the key in use was made long ago
+        unit.session.execute(
+            update(SigningKey)
+            .where(SigningKey.kid == old)
+            .values(created_at=datetime.now(UTC) - timedelta(days=30))
+        )
+        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL, propagation=propagation)
+
+    def kid_now() -> str:
+        with uow.read() as unit:
+            token = tokens.issue_token(
+                unit, email, PASSWORD, issuer=ISSUER, ttl=TTL, propagation=propagation
+            )
+        return str(segments(token)[0]["kid"])
+
+    assert kid_now() == old, "the retired key signs while the new one propagates"
+    retired_at = signing_keys(uow)[old]
+    assert retired_at is not None
+    trusted = {k.kid: k.not_after for k in trusted_keys(uow.sessions)}
+    assert trusted == {old: retired_at + propagation + TTL, new: None}
+
+    with uow() as unit:  # as if the new key was made longer ago than the propagation time
+        unit.session.execute(
+            update(SigningKey)
+            .where(SigningKey.kid == new)
+            .values(created_at=datetime.now(UTC) - propagation)
+        )
+    assert kid_now() == new
+
+
 def test_a_retired_key_is_dropped_by_a_publish_after_its_tokens_expired(
     uow: UnitOfWork,
 ) -> None:
@@ -366,7 +401,10 @@ def app(uow: UnitOfWork) -> FastAPI:
     settings = UserSettings()
     app = create_app(settings)
     app.state.runtime = SimpleNamespace(
-        uow=uow, settings=settings, keys=KeyRing(lambda: trusted_keys(uow.sessions))
+        uow=uow,
+        settings=settings,
+        keys=KeyRing(lambda: trusted_keys(uow.sessions)),
+        per_address=RateLimiter(settings.rate_per_address, 2 * settings.rate_per_address),
     )
     return app
 
