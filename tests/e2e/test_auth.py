@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, text
 
+from services.user.config import UserSettings
 from shared.runtime.auth import mint
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, random_email, read_topic, unique
@@ -261,11 +262,28 @@ def test_guessing_passwords_is_rate_limited_per_account(http: dict[str, httpx.Cl
     assert {r.status_code for r in answers} <= {401, 429}
 
 
+def _key_age(running: RunningStack, kid: str) -> timedelta:
+    engine = create_engine(running.stack.services["user"].env["USER_DATABASE_URL"])
+    with engine.connect() as connection:
+        created = connection.execute(
+            text("SELECT created_at FROM signing_keys WHERE kid = :kid"), {"kid": kid}
+        ).scalar_one()
+    engine.dispose()
+    if isinstance(created, str):  # SQLite hands back its text
+        created = datetime.fromisoformat(created)
+    return datetime.now(UTC) - created.replace(tzinfo=created.tzinfo or UTC)
+
+
 def test_a_rotated_key_signs_new_tokens_and_the_old_ones_stay_valid(
-    http: dict[str, httpx.Client], operator: Person, product: str
+    running: RunningStack, http: dict[str, httpx.Client], operator: Person, product: str
 ) -> None:
     ada = sign_up(http, "Ada")
     old_kid = json.loads(base64.urlsafe_b64decode(ada.token.split(".")[0] + "=="))["kid"]
+    propagation = timedelta(seconds=UserSettings().key_propagation_seconds)
+    eventually(
+        lambda: _key_age(running, old_kid) >= propagation,
+        message="the signing key is older than the propagation time, as in any running shop",
+    )
     assert http["user"].post("/keys/rotate", headers=ada.auth).status_code == 403
     assert http["user"].post("/keys/rotate", headers=operator.auth).status_code == 204
 
