@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ class Cause:
 
 
 _cause: ContextVar[Cause | None] = ContextVar("cause", default=None)
+_handling: ContextVar[Envelope | None] = ContextVar("handling", default=None)
 
 
 def configure(service_name: str) -> None:
@@ -84,15 +85,26 @@ def span(
         _cause.reset(token)
 
 
-def consuming(event: Envelope) -> AbstractContextManager[None]:
+@contextmanager
+def consuming(event: Envelope) -> Iterator[None]:
     """The context in which a consumed event is handled: its children are caused by it."""
-    return span(
-        f"{event.type} process",
-        cause=Cause(event.id, event.correlation_id, continued=bool(event.traceparent)),
-        traceparent=event.traceparent,
-        tracestate=event.tracestate,
-        kind=SpanKind.CONSUMER,
-    )
+    handled = _handling.set(event)
+    try:
+        with span(
+            f"{event.type} process",
+            cause=Cause(event.id, event.correlation_id, continued=bool(event.traceparent)),
+            traceparent=event.traceparent,
+            tracestate=event.tracestate,
+            kind=SpanKind.CONSUMER,
+        ):
+            yield
+    finally:
+        _handling.reset(handled)
+
+
+def handling() -> Envelope | None:
+    """The consumed event being handled in this context, if any (for logs)."""
+    return _handling.get()
 
 
 def _child_of(event: Envelope) -> tuple[str | None, str | None]:

@@ -6,7 +6,6 @@ import time), the shared HTTP plumbing and `/asyncapi.json`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from shared.messaging import asyncapi
 from shared.runtime import http
+from shared.runtime.logs import configure_logging
 from shared.runtime.service import ServiceRuntime, ServiceSpec
 from shared.runtime.settings import ServiceSettings
 
@@ -51,9 +51,7 @@ def create_service_app(
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(spec.name, settings.log_format)
         runtime = ServiceRuntime(spec, settings)
         runtime.start()
         app.state.runtime = runtime

@@ -6,6 +6,7 @@ os.environ."""
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,9 @@ class ServiceSettings(BaseSettings):
     """Keep processed ids longer than a record can stay on a topic (retention plus a
     segment's age) and longer than a group's offsets live, or a replay could re-apply."""
     outbox_retention_hours: float = 24
+
+    log_format: Literal["json", "text"] = Field("json", validation_alias=AliasChoices("LOG_FORMAT"))
+    """JSON lines (service, level, trace, span, event) or a human format."""
 
     auth_issuer: str = Field("event-driven-shop", validation_alias=AliasChoices("AUTH_ISSUER"))
     """The `iss` every token must carry."""
