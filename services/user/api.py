@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -47,17 +46,16 @@ def get_token(
     per_account, per_address = request.app.state.token_limits
     client = request.client.host if request.client else "unknown"
     enforce((per_account, form.username.strip().lower()), (per_address, client))
-    ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow.read() as unit:
         token = tokens.issue_token(
             unit,
             form.username,
             form.password,
             issuer=settings.auth_issuer,
-            ttl=ttl,
-            propagation=timedelta(seconds=settings.key_propagation_seconds),
+            ttl=settings.token_ttl,
+            propagation=settings.key_propagation,
         )
-    return TokenOut(access_token=token, expires_in=int(ttl.total_seconds()))
+    return TokenOut(access_token=token, expires_in=int(settings.token_ttl.total_seconds()))
 
 
 @router.get("/users/me", response_model=UserOut, responses=UNKNOWN_USER)
@@ -89,13 +87,12 @@ def list_notifications(user_id: str, caller: Caller, runtime: Runtime) -> list[N
 def rotate_keys(_: OperatorCaller, runtime: Runtime) -> None:
     """Sign new tokens with a new key; the old one is trusted until its tokens expire."""
     settings = _settings(runtime)
-    ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow() as unit:
         tokens.rotate_keys(
             unit,
             issuer=settings.auth_issuer,
-            ttl=ttl,
-            propagation=timedelta(seconds=settings.key_propagation_seconds),
+            ttl=settings.token_ttl,
+            propagation=settings.key_propagation,
         )
     runtime.keys.refresh()
 

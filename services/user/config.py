@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from services.registry import get
 from shared.runtime.settings import service_settings
 
@@ -21,3 +23,11 @@ class UserSettings(service_settings("user", port=get("user").port)):  # type: ig
         f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in range(8001, 8010)
     ]
     """Pages that may ask for a token from a browser: every service's Swagger UI."""
+
+    @property
+    def token_ttl(self) -> timedelta:
+        return timedelta(minutes=self.token_ttl_minutes)
+
+    @property
+    def key_propagation(self) -> timedelta:
+        return timedelta(seconds=self.key_propagation_seconds)

@@ -4,7 +4,6 @@ Run: uvicorn services.user.main:create_app --factory"""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -24,13 +23,12 @@ def start(runtime: ServiceRuntime) -> None:
     """Publish the signing keys (making the first), and set the operator's password."""
     settings = runtime.settings
     assert isinstance(settings, UserSettings)
-    ttl = timedelta(minutes=settings.token_ttl_minutes)
     with runtime.uow() as unit:
         tokens.ensure_signing_key(
             unit,
             issuer=settings.auth_issuer,
-            ttl=ttl,
-            propagation=timedelta(seconds=settings.key_propagation_seconds),
+            ttl=settings.token_ttl,
+            propagation=settings.key_propagation,
         )
     password_file = (
         Path(settings.operator_password_file) if settings.operator_password_file else None
