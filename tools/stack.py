@@ -1,4 +1,5 @@
-"""The whole stack on this machine: the Kafka broker and the services of services/registry.py.
+"""The whole stack on this machine: the Kafka broker, the services of services/registry.py
+and, for `up`, a Zipkin server that receives their traces.
 
     python -m tools.stack up        start what is not running, wait until every /ready is 200
     python -m tools.stack down      stop everything, free the ports
@@ -29,6 +30,7 @@ import httpx
 
 from services.registry import SERVICES
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
+from tools.zipkin_local import LocalZipkin
 
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
@@ -171,8 +173,11 @@ class Stack:
         broker: LocalBroker | None = None,
         bootstrap: str | None = None,
         workers: Mapping[str, int] | None = None,
+        traces: bool = False,
     ) -> None:
-        """`workers`: uvicorn worker processes per service name (1 when not named)."""
+        """`workers`: uvicorn worker processes per service name (1 when not named).
+        `traces`: run a local Zipkin and send the services' spans to it, unless the
+        environment already chooses an exporter (`OTEL_TRACES_EXPORTER`)."""
         self.run_dir = run_dir
         self.broker = broker if bootstrap is None else None
         if self.broker is None and bootstrap is None:
@@ -184,6 +189,10 @@ class Stack:
             "USER_OPERATOR_PASSWORD_FILE": str(self.operator_password_file),
             **(env or {}),
         }
+        self.zipkin: LocalZipkin | None = None
+        if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared_env}:
+            self.zipkin = LocalZipkin(run_dir / "zipkin")
+            shared_env |= trace_defaults(self.zipkin)
         self.services = {
             name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
             for name, port in ports.items()
@@ -193,6 +202,8 @@ class Stack:
         operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
+        if self.zipkin is not None:
+            self.zipkin.start()
         chosen = [self.services[n] for n in (names or self.services)]
         for service in chosen:
             service.start()
@@ -201,7 +212,8 @@ class Stack:
 
     def down(self) -> None:
         for service in self.services.values():
-            service.stop()
+            service.stop()  # first: each sends its last spans as it stops
+        (self.zipkin or LocalZipkin(self.run_dir / "zipkin")).stop()
         if self.broker is not None:
             self.broker.stop()
 
@@ -209,6 +221,9 @@ class Stack:
         states = {}
         if self.broker is not None:
             states["kafka"] = f"pid {self.broker.pid()}" if self.broker.is_running() else "down"
+        if self.zipkin is not None:
+            pid = self.zipkin.pid()
+            states["zipkin"] = "down" if pid is None else f"pid {pid}, {self.zipkin.url}"
         for name, service in self.services.items():
             pid = service.pid()
             states[name] = (
@@ -217,6 +232,15 @@ class Stack:
                 else (f"pid {pid}, " + ("ready" if service.ready() else "NOT READY"))
             )
         return states
+
+
+def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
+    """The services' span export to the local Zipkin, sent within a second."""
+    return {
+        "OTEL_TRACES_EXPORTER": "zipkin",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT": zipkin.spans_endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "1000",
+    }
 
 
 def operator_password(path: Path) -> str:
@@ -270,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
         env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
         return subprocess.call(compose + extra, env=env)
-    stack = Stack()
+    stack = Stack(traces=True)
     began = time.monotonic()
     if args.command == "up":
         stack.up()
@@ -278,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  kafka      {stack.bootstrap}")
         for name, service in stack.services.items():
             print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
+        if stack.zipkin is not None:
+            print(f"  traces     {stack.zipkin.url}  (Zipkin)")
         print(OPERATOR_HINT)
     elif args.command == "down":
         stack.down()

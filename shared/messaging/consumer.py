@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from shared.messaging import tracing
 from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
 from shared.messaging.decode import decode
 from shared.messaging.envelope import Envelope
@@ -106,6 +107,7 @@ class ConsumerWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        tracing.set_consumer_group(str(self._config["group.id"]))
         consumer = Consumer(self._config)
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:

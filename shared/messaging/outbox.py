@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.messaging import tracing
 from shared.messaging.envelope import Envelope, utcnow
 from shared.messaging.producer import Delivery, EventProducer, Placed
 from shared.storage.db import OutboxMixin, is_postgres, make_sessions, reader, writing
@@ -143,9 +144,15 @@ class OutboxRelay:
 
     def _publish(self, rows: Sequence[Any]) -> list[Placed]:
         """Produce a batch of rows and wait for the broker's answer to each."""
-        return self._producer.send_records(
-            [(row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows]
-        )
+        records = [
+            (row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows
+        ]
+        if not tracing.exporting():
+            return self._producer.send_records(records)
+        publishing = tracing.Publishing(records)
+        placed = self._producer.send_records(publishing.records)
+        publishing.end(placed)
+        return placed
 
     def _relay_batch(self) -> int:
         table = self._model.__table__  # type: ignore[attr-defined]

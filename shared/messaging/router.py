@@ -119,7 +119,8 @@ class EventRouter:
                 j = i + 1
                 while j < n and received[j].event.type == route.event_type:
                     j += 1
-                route.call(unit, received[i:j])
+                with tracing.consuming_batch([item.event for item in received[i:j]]):
+                    route.call(unit, received[i:j])
                 i = j
                 continue
             with tracing.consuming(received[i].event):

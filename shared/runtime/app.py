@@ -60,7 +60,7 @@ def create_service_app(
         finally:
             runtime.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, lifespan=lifespan, telemetry=http.TELEMETRY)
     app.state.settings = settings
     http.install(app, max_body_bytes=settings.max_body_bytes)
     for router in routers:

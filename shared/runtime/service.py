@@ -165,6 +165,7 @@ class ServiceRuntime:
             self.relay.stop()
         if self.producer:
             self.producer.close()
+        tracing.shutdown()
         self.engine.dispose()
 
     def readiness(self) -> dict[str, bool]:
