@@ -32,11 +32,13 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from packaging.specifiers import SpecifierSet
 from pydantic import AliasChoices, AliasPath
 from sqlalchemy import make_url
 
 from services.registry import SERVICES, get, load
+from shared.messaging.tracing import span_exporters
 from shared.runtime.settings import ServiceSettings
 from tools import pginit
 from tools.kafka_local import LocalBroker
@@ -49,6 +51,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 POM = ROOT / "tools" / "kafka" / "pom.xml"
 INFRA = ("kafka", "postgres")
+OBSERVERS = ("jaeger",)
+"""What watches the services; nothing waits for it."""
 INIT = "pginit"
 PORTS = {service.name: service.port for service in SERVICES}
 
@@ -189,7 +193,8 @@ def assert_serves(command: list[str], name: str) -> None:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    assert set(data["services"]) == {*INFRA, INIT, *PORTS}, "compose runs the registry's services"
+    expected = {*INFRA, INIT, *OBSERVERS, *PORTS}
+    assert set(data["services"]) == expected, "compose runs the registry's services"
 
 
 def test_every_long_running_container_has_a_healthcheck_for_up_wait() -> None:
@@ -390,7 +395,7 @@ def test_service_environment_is_read_by_its_settings(
 ) -> None:
     settings = settings_class(name)
     known = env_names(settings)
-    env = environment(name)
+    env = {k: v for k, v in environment(name).items() if not k.startswith("OTEL_")}
     assert "KAFKA_BOOTSTRAP_SERVERS" in env
     assert f"{name.upper()}_DATABASE_URL" in env
     unknown = sorted(set(env) - set(known))
@@ -403,6 +408,22 @@ def test_service_environment_is_read_by_its_settings(
     for key, value in env.items():
         assert str(getattr(loaded, known[key])) == value, key
     assert loaded.port == PORTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_every_service_sends_its_spans_to_jaeger_over_otlp(name: str) -> None:
+    """The standard OpenTelemetry variables, read by the OpenTelemetry SDK (not the
+    service's settings): they build an OTLP/HTTP exporter aimed at the jaeger container."""
+    env = {k: v for k, v in environment(name).items() if k.startswith("OTEL_")}
+    (exporter,) = span_exporters(env)
+    assert isinstance(exporter, OTLPSpanExporter)
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+
+
+def test_jaeger_serves_its_ui_on_loopback_and_is_healthy_when_it_answers() -> None:
+    assert service("jaeger")["image"].startswith("jaegertracing/jaeger:2.")
+    assert published_ports("jaeger") == [("127.0.0.1", "16686", "16686")]
+    assert "16686" in " ".join(service("jaeger")["healthcheck"]["test"])
 
 
 # --- authentication: the token URL and the operator's password --------------------------
