@@ -4,12 +4,14 @@ The unit of work calls `add_rows` inside the business transaction. `OutboxRelay`
 a thread, is woken by every commit that added events (and polls as a fallback, for other
 processes writing the same database), publishes unsent rows in id order with the
 idempotent producer, and marks them sent only after the broker acknowledged them. A crash
-between publish and mark republishes the same event ids, which consumers drop."""
+between publish and mark republishes the same event ids, which consumers drop. A stop
+publishes what is left before it returns."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -127,6 +129,19 @@ class OutboxRelay:
                 self._stop.wait(1.0)
             if sent < self._batch_size:
                 self._wake.wait(self._poll_interval)
+        self._flush()
+
+    def _flush(self, within: float = 5.0) -> None:
+        """At stop, publish what is still unsent (the last requests' and events' rows), so
+        that a stopped instance leaves nothing for the next one to send late."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                if self.relay_once() < self._batch_size:
+                    return
+            except Exception as exc:  # the broker is away: the rows wait for the next start
+                log.warning("outbox relay: not flushed at stop: %s", exc)
+                return
 
     def relay_once(self) -> int:
         """Publish one batch of unsent events; return how many were acknowledged."""

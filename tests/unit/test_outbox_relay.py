@@ -13,9 +13,10 @@ from confluent_kafka import KafkaError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import DeclarativeBase
 
+from shared.messaging import tracing
 from shared.messaging.envelope import Envelope, KafkaHeaders, utcnow
 from shared.messaging.events import Event
-from shared.messaging.outbox import OutboxRelay, row_to_envelope
+from shared.messaging.outbox import OutboxRelay, add_rows, outbox_row, row_to_envelope
 from shared.messaging.producer import DeliveryError, Placed
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.storage.db import OutboxMixin, make_sessions
@@ -284,6 +285,26 @@ def test_a_commit_that_adds_events_wakes_the_running_relay(
     finally:
         relay.stop()
     assert not relay.alive
+    assert unsent(uow) == []
+
+
+def test_stopping_the_relay_publishes_what_is_left_first(
+    uow: UnitOfWork, producer: FakeProducer
+) -> None:
+    relay = OutboxRelay(uow.sessions, Outbox, producer, poll_interval=60)  # type: ignore[arg-type]
+    relay.start()
+    try:
+        first = emit(uow, ("orders", 1))
+        eventually(lambda: producer.sent == first, timeout=5, interval=0.005, message="woken")
+        # A row no commit of this process announces (another process's, say): without
+        # a wake, the relay would find it only at its next poll, a minute away.
+        late = tracing.new_event("tick", "key-2", tick("orders", 2), source="/tests")
+        with make_sessions(uow.sessions.kw["bind"]).begin() as session:
+            add_rows(session, Outbox, [outbox_row("orders", late)])
+    finally:
+        relay.stop()
+
+    assert [event.id for _, event in producer.sent] == [first[0][1].id, late.id]
     assert unsent(uow) == []
 
 
