@@ -1,0 +1,522 @@
+"""Show the stack's events, decoded: one line per record, like `kcat -C` but readable.
+
+    python -m tools.tail [--topic T ...] [--order ID] [--since 15m] [--follow]
+                         [--json] [--payload] [--color auto|always|never]
+                         [--topic-prefix P] [--bootstrap HOST:PORT]
+
+Reads every partition of the stack's topics (those the registered services publish, and
+dead-letters) or of each `--topic`, from the oldest retained record (or `--since`).
+Without `--follow` it prints what was there when it started, ordered by time, and exits;
+with `--follow` it then prints new records as they arrive, until Ctrl-C. It joins no
+consumer group and commits nothing. `--order ID` keeps one order's story (see `Story`);
+docs/tail.md shows the columns."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from pydantic import AliasChoices, Field
+
+from services import registry
+from shared.messaging.deadletter import DEAD_LETTERS
+from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
+from shared.runtime.settings import ServiceSettings
+
+UNDECODABLE = "UNDECODABLE"
+WIDEST = 48
+"""A key or type longer than this is cut (with `…`) in text lines; `--json` keeps it."""
+
+
+class TimedRecord(KafkaRecord, Protocol):
+    """A consumed record with its Kafka timestamp, as `confluent_kafka.Message` has it."""
+
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record, decoded as far as it goes: `event` is None when it could not be, and
+    `error` says why; `dead_letter` holds a parked record's `dlq_*` headers, unprefixed."""
+
+    topic: str
+    partition: int
+    offset: int
+    time: datetime | None
+    key: str
+    event: Envelope | None = None
+    error: str | None = None
+    dead_letter: dict[str, str] | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    @property
+    def trace_id(self) -> str | None:
+        parts = (self.event.traceparent or "").split("-") if self.event else []
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+    def sort_key(self) -> tuple[datetime, str, int, int]:
+        return (self.time or _EPOCH, self.topic, self.partition, self.offset)
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def decode(record: TimedRecord) -> Row:
+    """Whatever the record holds, a Row (this never raises). Its time is the event's
+    `ce_time`, a dead letter's `dlq_time`, or else the record's Kafka timestamp."""
+    headers = record.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    parked = {name[4:]: _text(value) for name, value in pairs if name.startswith("dlq_")}
+    raw_key = record.key()
+    key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else (raw_key or "")
+    event: Envelope | None = None
+    error: str | None = None
+    try:
+        event = Envelope.from_message(record)
+    except Exception as exc:  # InvalidEnvelope, or anything else odd about the record
+        error = str(exc) or repr(exc)
+    letter = parked if "reason" in parked else None
+    when = _parse_time(parked.get("time", "")) if letter else None
+    return Row(
+        topic=record.topic() or "",
+        partition=record.partition() or 0,
+        offset=record.offset() or 0,
+        time=when or (event.time if event else _timestamp(record)),
+        key=key,
+        event=event,
+        error=error,
+        dead_letter=letter,
+    )
+
+
+class Story:
+    """The records of one order's story, for `--order ID`. An event belongs when
+
+    1. its key is the order id (the order's events, inventory's answers, their dead
+       letters), or
+    2. its correlation id is the order id or that of an event of rule 1: what the saga
+       did elsewhere, e.g. `stock-changed`, keyed by product (every event caused while
+       handling an order's event inherits its correlation id), or
+    3. its causation id is the id of an event that belongs, directly or through a chain.
+
+    A record that cannot be decoded belongs when its key is the order id. `select` judges
+    a set of records as a whole; `admit` judges them one by one as they arrive (when
+    following), each against what was admitted before it."""
+
+    def __init__(self, order_id: str) -> None:
+        self.order_id = order_id
+        self.correlations = {order_id}
+        self.ids: set[str] = set()
+
+    def admit(self, row: Row) -> bool:
+        event = row.event
+        if event is None:
+            return row.key == self.order_id
+        if row.key == self.order_id:
+            if event.correlation_id:
+                self.correlations.add(event.correlation_id)
+        elif event.correlation_id not in self.correlations and event.causation_id not in self.ids:
+            return False
+        self.ids.add(event.id)
+        return True
+
+    def select(self, rows: list[Row]) -> list[Row]:
+        """The rows that belong, in the order given."""
+        for row in rows:  # rule 1 before rule 2, whatever the order of the rows
+            if row.event and row.key == self.order_id and row.event.correlation_id:
+                self.correlations.add(row.event.correlation_id)
+        chosen = [self.admit(row) for row in rows]
+        effects: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            if row.event and row.event.causation_id and not chosen[index]:
+                effects.setdefault(row.event.causation_id, []).append(index)
+        causes = list(self.ids)  # what was admitted, now or before
+        while causes:  # rule 3: an effect may come before its cause in time
+            for index in effects.pop(causes.pop(), []):
+                chosen[index] = True
+                effect = rows[index].event
+                assert effect is not None
+                self.ids.add(effect.id)
+                causes.append(effect.id)
+        return [row for row, kept in zip(rows, chosen, strict=True) if kept]
+
+
+@dataclass
+class View:
+    """Records into lines: the `--order` filter, the order and the format; no I/O."""
+
+    order: str | None = None
+    json: bool = False
+    payload: bool = False
+    colour: bool = False
+    widths: dict[str, int] = field(default_factory=lambda: {"where": 0, "type": 0, "key": 0})
+    story: Story | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.story = Story(self.order) if self.order is not None else None
+
+    def batch(self, records: Iterable[TimedRecord]) -> list[str]:
+        """Lines for a set of records, by time (then topic, partition and offset)."""
+        rows = sorted((decode(record) for record in records), key=Row.sort_key)
+        if self.story is not None:
+            rows = self.story.select(rows)
+        for row in rows:
+            self._fit(row)
+        return [self.line(row) for row in rows]
+
+    def live(self, record: TimedRecord) -> str | None:
+        """The line for one record as it arrives, or None when `--order` leaves it out."""
+        row = decode(record)
+        if self.story is not None and not self.story.admit(row):
+            return None
+        return self.line(row)
+
+    def line(self, row: Row) -> str:
+        return self.as_json(row) if self.json else self.as_text(row)
+
+    def as_text(self, row: Row) -> str:
+        """Time, topic[partition]@offset, type, key, id ← causation id, trace id, then a
+        dead letter's reason or why the record is undecodable, then the payload if asked.
+
+        Columns are as wide as the widest value so far; a missing value prints as `-`."""
+        cells = self._fit(row)
+        event = row.event
+        cause = event.causation_id if event else None
+        colour = _RED if event is None else _YELLOW if row.dead_letter is not None else _BOLD
+        parts = [
+            self._paint(f"{_format_time(row.time) if row.time else '-':<24}", _DIM),
+            self._paint(cells["where"].ljust(self.widths["where"]), _CYAN),
+            self._paint(cells["type"].ljust(self.widths["type"]), colour),
+            cells["key"].ljust(self.widths["key"]),
+            f"{_short(event.id if event else None)} ← {_short(cause)}",
+            self._paint(f"{row.trace_id or '-':<32}", _DIM),
+        ]
+        if row.dead_letter is not None:
+            parts.append(self._paint(_clean(_parked(row.dead_letter)), _YELLOW))
+        elif row.error is not None:
+            parts.append(self._paint(_clean(f"undecodable: {row.error}"), _RED))
+        if self.payload and event is not None:
+            parts.append(_clean(event.data.decode()))
+        return "  ".join(parts).rstrip()
+
+    @staticmethod
+    def as_json(row: Row) -> str:
+        """One JSON object with every field, null where the record has none."""
+        event = row.event
+        line: dict[str, Any] = {
+            "time": _format_time(row.time) if row.time else None,
+            "topic": row.topic,
+            "partition": row.partition,
+            "offset": row.offset,
+            "type": event.type if event else None,
+            "key": row.key,
+            "id": event.id if event else None,
+            "source": event.source if event else None,
+            "correlation_id": event.correlation_id if event else None,
+            "causation_id": event.causation_id if event else None,
+            "trace_id": row.trace_id,
+            "traceparent": event.traceparent if event else None,
+            "data": event.json() if event else None,
+            "undecodable": row.error,
+            "dead_letter": row.dead_letter,
+        }
+        return orjson.dumps(line).decode()
+
+    def _fit(self, row: Row) -> dict[str, str]:
+        cells = {
+            "where": _clean(row.where),
+            "type": _cut(_clean(row.event.type if row.event else UNDECODABLE)),
+            "key": _cut(_clean(row.key)) or "-",
+        }
+        for name, text in cells.items():
+            self.widths[name] = max(self.widths[name], len(text))
+        return cells
+
+    def _paint(self, text: str, colour: str) -> str:
+        return f"{colour}{text}{_RESET}" if self.colour else text
+
+
+_RESET, _DIM, _BOLD, _RED, _YELLOW, _CYAN = (f"\x1b[{code}m" for code in (0, 2, 1, 31, 33, 36))
+
+
+def _format_time(value: datetime) -> str:
+    """UTC to the millisecond: `2026-11-30T16:58:36.123Z`."""
+    utc = value.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def _timestamp(record: TimedRecord) -> datetime | None:
+    kind, millis = record.timestamp()
+    return datetime.fromtimestamp(millis / 1000, UTC) if kind else None
+
+
+def _short(value: str | None) -> str:
+    return f"{_clean(value)[:8] if value else '-':<8}"
+
+
+def _clean(text: str) -> str:
+    """Printable on one line: control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= WIDEST else text[: WIDEST - 1] + "…"
+
+
+def _parked(letter: dict[str, str]) -> str:
+    get = letter.get
+    where = f"{get('topic', '?')}[{get('partition', '?')}]@{get('offset', '?')}"
+    text = f"dead letter: {letter['reason']} by {get('consumer', '?')} from {where}"
+    if letter.get("error"):
+        text += f": {letter['error']}"
+    if "dropped" in letter:
+        text += f" (parked without its {letter['dropped']})"
+    return text
+
+
+def _text(value: HeaderValue) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
+
+
+# Reading Kafka.
+
+
+class TailSettings(ServiceSettings):
+    no_color: str = Field("", validation_alias=AliasChoices("NO_COLOR"))
+    """Set (to anything) to print without colours, as https://no-color.org asks."""
+
+
+def stack_topics(prefix: str) -> list[str]:
+    """The stack's topics: those the registered services publish, and dead-letters."""
+    names = {DEAD_LETTERS}
+    for service in registry.SERVICES:
+        names.update(event.topic for event in registry.load(f"{service.package}.events:PUBLISHES"))
+    return sorted(prefix + name for name in names)
+
+
+def reader(bootstrap: str) -> Consumer:
+    """A consumer for `assign()` only: its group id is its own and it never commits."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"tail-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+Place = tuple[str, int]
+
+
+def plan(
+    consumer: Consumer, topics: list[str], *, every: bool, since: datetime | None, timeout: float
+) -> tuple[list[TopicPartition], dict[Place, int]]:
+    """Where to start in each partition of `topics` (its oldest record, or the first from
+    `since` on), and the end offsets of the partitions with records to read from there.
+
+    A missing topic is an error when `every`, else left out (a stack not fully started)."""
+    metadata = consumer.list_topics(timeout=timeout).topics
+    present = [t for t in topics if t in metadata and metadata[t].error is None]
+    missing = [t for t in topics if t not in present]
+    if not present or (every and missing):
+        raise LookupError(f"no topic {', '.join(map(repr, missing))} on the broker")
+    starts = [
+        TopicPartition(t, p, OFFSET_BEGINNING) for t in present for p in metadata[t].partitions
+    ]
+    if since is not None:
+        millis = int(since.timestamp() * 1000)
+        wanted = [TopicPartition(start.topic, start.partition, millis) for start in starts]
+        starts = consumer.offsets_for_times(wanted, timeout=timeout)  # -1 (the end) if none
+    ends = {}
+    for start in starts:
+        if start.error is not None:
+            raise KafkaException(start.error)
+        low, high = consumer.get_watermark_offsets(start, timeout=timeout, cached=False)
+        first = low if start.offset == OFFSET_BEGINNING else max(low, start.offset)
+        if start.offset != OFFSET_END and high > first:
+            ends[start.topic, start.partition] = high
+    return starts, ends
+
+
+def retained(
+    consumer: Consumer, ends: dict[Place, int], timeout: float, later: list[Message] | None
+) -> Iterator[Message]:
+    """The records before each partition's end offset. Records past it (produced since
+    the start) go to `later` when given, else are dropped. Raises TimeoutError when
+    nothing arrives for `timeout` seconds while records remain to be read."""
+    left = set(ends)
+    deadline = time.monotonic() + timeout
+    while left:
+        batch = consumer.consume(1000, 0.2)
+        if batch:
+            deadline = time.monotonic() + timeout
+        elif time.monotonic() > deadline:
+            unfinished = ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(left))
+            raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
+        for message in batch:
+            if _failed(message):
+                continue
+            place = (message.topic() or "", message.partition() or 0)
+            offset, end = message.offset() or 0, ends.get(place, 0)
+            if message.error() is not None:  # the end of a partition, at `offset`
+                if offset >= end:
+                    left.discard(place)
+                continue
+            if offset < end:
+                yield message
+            elif later is not None:
+                later.append(message)
+            if offset + 1 >= end:
+                left.discard(place)
+
+
+def arrivals(consumer: Consumer) -> Iterator[list[Message]]:
+    """The records as they arrive, batch by batch, forever."""
+    while True:
+        yield [m for m in consumer.consume(1000, 0.5) if not _failed(m) and m.error() is None]
+
+
+def since(text: str) -> datetime:
+    """`--since`: a duration back from now (`90s`, `15m`, `2h`, `1d`) or an RFC 3339 time."""
+    if match := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * unit)
+    when = _parse_time(text.strip())
+    if when is None:
+        raise argparse.ArgumentTypeError(f"not a duration (15m) or an RFC 3339 time: {text!r}")
+    return when
+
+
+def _failed(message: Message) -> bool:
+    """Whether the message is an error rather than a record; raises when it is fatal. (The
+    end of a partition is reported too, and counts as no error.)"""
+    error = message.error()
+    if error is None or error.code() == KafkaError._PARTITION_EOF:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    return True
+
+
+def _write(lines: Iterable[str | None]) -> None:
+    text = "".join(f"{line}\n" for line in lines if line is not None)
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = TailSettings()
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.tail", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        help="a topic to read, with or without the prefix; repeat for more (default: the "
+        "stack's topics)",
+    )
+    parser.add_argument("--order", metavar="ID", help="only that order's story")
+    parser.add_argument(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help="start at the records of the last 90s, 15m, 2h, 1d, or from an RFC 3339 time "
+        "(default: the oldest retained)",
+    )
+    parser.add_argument(
+        "--follow", "-f", action="store_true", help="then print new events until Ctrl-C"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--payload", action="store_true", help="end each line with the payload")
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colours: auto means on a terminal, unless NO_COLOR is set (default: auto)",
+    )
+    parser.add_argument(
+        "--topic-prefix",
+        default=settings.topic_prefix,
+        help="the stack's topic prefix (default: %(default)r, from TOPIC_PREFIX)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        default=settings.kafka_bootstrap_servers,
+        help="Kafka bootstrap servers (default: %(default)s, from KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the broker before giving up (default: 30)",
+    )
+    args = parser.parse_args(argv)
+    prefix = args.topic_prefix
+    if args.topic:
+        topics = [t if prefix and t.startswith(prefix) else prefix + t for t in args.topic]
+    else:
+        topics = stack_topics(prefix)
+    colour = args.color == "always" or (
+        args.color == "auto" and not settings.no_color and sys.stdout.isatty()
+    )
+    view = View(order=args.order, json=args.json, payload=args.payload, colour=colour)
+    consumer = reader(args.bootstrap)
+    try:
+        starts, ends = plan(
+            consumer, topics, every=bool(args.topic), since=args.since, timeout=args.timeout
+        )
+        consumer.assign(starts)
+        later: list[Message] = []
+        _write(view.batch(retained(consumer, ends, args.timeout, later if args.follow else None)))
+        if args.follow:
+            _write(view.live(message) for message in later)
+            for batch in arrivals(consumer):
+                _write(view.live(message) for message in batch)
+    except KeyboardInterrupt:
+        return 0 if args.follow else 130
+    except BrokenPipeError:  # e.g. `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (LookupError, TimeoutError, KafkaException) as exc:
+        print(f"tail: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
