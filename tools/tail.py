@@ -333,6 +333,7 @@ def reader(bootstrap: str) -> Consumer:
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            "log_level": 0,  # a broker that does not answer is said once, by main
         }
     )
 
@@ -510,8 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `| head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (LookupError, TimeoutError, KafkaException) as exc:
+    except (LookupError, TimeoutError) as exc:
         print(f"tail: {exc}", file=sys.stderr)
+        return 1
+    except KafkaException as exc:
+        error = exc.args[0]
+        reason = error.str() if isinstance(error, KafkaError) else str(exc)
+        print(f"tail: cannot read from {args.bootstrap}: {reason}", file=sys.stderr)
         return 1
     finally:
         consumer.close()
