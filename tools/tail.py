@@ -351,8 +351,10 @@ def plan(
     metadata = consumer.list_topics(timeout=timeout).topics
     present = [t for t in topics if t in metadata and metadata[t].error is None]
     missing = [t for t in topics if t not in present]
-    if not present or (every and missing):
+    if every and missing:
         raise LookupError(f"no topic {', '.join(map(repr, missing))} on the broker")
+    if not present:
+        raise LookupError(f"none of the stack's topics is on the broker: {', '.join(topics)}")
     starts = [
         TopicPartition(t, p, OFFSET_BEGINNING) for t in present for p in metadata[t].partitions
     ]
@@ -438,53 +440,22 @@ def _write(lines: Iterable[str | None]) -> None:
         sys.stdout.flush()
 
 
+def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Namespace) -> None:
+    """Print what `topics` retain (from `--since`), then, with `--follow`, what arrives."""
+    every = bool(args.topic)
+    starts, ends = plan(consumer, topics, every=every, since=args.since, timeout=args.timeout)
+    consumer.assign(starts)
+    later: list[Message] = []
+    _write(view.batch(retained(consumer, ends, args.timeout, later if args.follow else None)))
+    if args.follow:
+        _write(view.live(message) for message in later)
+        for batch in arrivals(consumer):
+            _write(view.live(message) for message in batch)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = TailSettings()
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.tail", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument(
-        "--topic",
-        action="append",
-        help="a topic to read, with or without the prefix; repeat for more (default: the "
-        "stack's topics)",
-    )
-    parser.add_argument("--order", metavar="ID", help="only that order's story")
-    parser.add_argument(
-        "--since",
-        type=since,
-        metavar="WHEN",
-        help="start at the records of the last 90s, 15m, 2h, 1d, or from an RFC 3339 time "
-        "(default: the oldest retained)",
-    )
-    parser.add_argument(
-        "--follow", "-f", action="store_true", help="then print new events until Ctrl-C"
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--payload", action="store_true", help="end each line with the payload")
-    parser.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colours: auto means on a terminal, unless NO_COLOR is set (default: auto)",
-    )
-    parser.add_argument(
-        "--topic-prefix",
-        default=settings.topic_prefix,
-        help="the stack's topic prefix (default: %(default)r, from TOPIC_PREFIX)",
-    )
-    parser.add_argument(
-        "--bootstrap",
-        default=settings.kafka_bootstrap_servers,
-        help="Kafka bootstrap servers (default: %(default)s, from KAFKA_BOOTSTRAP_SERVERS)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the broker before giving up (default: 30)",
-    )
-    args = parser.parse_args(argv)
+    args = parser(settings).parse_args(argv)
     prefix = args.topic_prefix
     if args.topic:
         topics = [t if prefix and t.startswith(prefix) else prefix + t for t in args.topic]
@@ -496,16 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     view = View(order=args.order, json=args.json, payload=args.payload, colour=colour)
     consumer = reader(args.bootstrap)
     try:
-        starts, ends = plan(
-            consumer, topics, every=bool(args.topic), since=args.since, timeout=args.timeout
-        )
-        consumer.assign(starts)
-        later: list[Message] = []
-        _write(view.batch(retained(consumer, ends, args.timeout, later if args.follow else None)))
-        if args.follow:
-            _write(view.live(message) for message in later)
-            for batch in arrivals(consumer):
-                _write(view.live(message) for message in batch)
+        tail(consumer, view, topics, args)
     except KeyboardInterrupt:
         return 0 if args.follow else 130
     except BrokenPipeError:  # e.g. `| head`: the reader has seen enough
@@ -522,6 +484,54 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         consumer.close()
     return 0
+
+
+def parser(settings: ServiceSettings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.tail", description=__doc__.splitlines()[0]
+    )
+    add = parser.add_argument
+    add(
+        "--topic",
+        action="append",
+        help="a topic to read, with or without the prefix; repeat for more (default: the "
+        "stack's topics)",
+    )
+    add("--order", metavar="ID", help="only that order's story")
+    add(
+        "--since",
+        type=since,
+        metavar="WHEN",
+        help="start at the records of the last 90s, 15m, 2h, 1d, or from an RFC 3339 time "
+        "(default: the oldest retained)",
+    )
+    add("--follow", "-f", action="store_true", help="then print new events until Ctrl-C")
+    add("--json", action="store_true", help="one JSON object per line")
+    add("--payload", action="store_true", help="end each line with the payload")
+    add(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colours: auto means on a terminal, unless NO_COLOR is set (default: auto)",
+    )
+    add(
+        "--topic-prefix",
+        default=settings.topic_prefix,
+        help="the stack's topic prefix (default: %(default)r, from TOPIC_PREFIX)",
+    )
+    add(
+        "--bootstrap",
+        default=settings.kafka_bootstrap_servers,
+        help="Kafka bootstrap servers (default: %(default)s, from KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    add(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="give up when the broker does not answer, or sends nothing while records "
+        "remain to be read, for this many seconds (default: 30)",
+    )
+    return parser
 
 
 if __name__ == "__main__":
