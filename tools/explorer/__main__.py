@@ -1,0 +1,38 @@
+"""Serve the event explorer on 127.0.0.1 (`make up` starts it too)."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from tools.explorer.app import create_app
+from tools.explorer.config import ExplorerSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = ExplorerSettings()
+    parser = argparse.ArgumentParser(prog="python -m tools.explorer", description=__doc__)
+    parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument("--bootstrap", default=defaults.kafka_bootstrap_servers)
+    parser.add_argument("--topic-prefix", default=defaults.topic_prefix)
+    args = parser.parse_args(argv)
+    settings = defaults.model_copy(
+        update={
+            "port": args.port,
+            "kafka_bootstrap_servers": args.bootstrap,
+            "topic_prefix": args.topic_prefix,
+        }
+    )
+    print(f"event explorer on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The explorer's web app: one static page, JSON snapshots and a Server-Sent Events stream.
+
+    GET  /                     the page (static/index.html)
+    GET  /api/snapshot         counters, recent orders, topics, groups, dead letters
+    GET  /api/orders/{id}      one order's causal chain
+    GET  /api/stream           `snapshot` events whenever something changed (at most 4/s)
+    POST /api/redrive          {"consumer": NAME}: the one write, the existing redrive
+    GET  /health, /ready
+
+It reads only Kafka and serves on 127.0.0.1; it needs no token and holds no secret."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from shared.messaging.deadletter import DEAD_LETTERS, redrive
+from shared.messaging.producer import DeliveryError, EventProducer
+from tools.explorer.config import ExplorerSettings
+from tools.explorer.kafka import Observer
+from tools.explorer.model import ShopView
+
+STATIC = Path(__file__).resolve().parent / "static"
+PUSH_INTERVAL = 0.25
+HEARTBEAT = 15.0
+
+
+class RedriveRequest(BaseModel):
+    consumer: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -> FastAPI:
+    """The app; `observe=False` leaves Kafka alone (tests feed `app.state.view`)."""
+    settings = settings or ExplorerSettings()
+    view = ShopView(settings.topic_prefix, max_orders=settings.max_orders)
+    observer = Observer(
+        view, settings.kafka_bootstrap_servers, settings.topic_prefix, tail=settings.tail
+    )
+    redrives = asyncio.Lock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if observe:
+            observer.start()
+        try:
+            yield
+        finally:
+            app.state.stopping.set()
+            if observe:
+                await run_in_threadpool(observer.stop)
+
+    app = FastAPI(title="Shop event explorer", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.view = view
+    app.state.stopping = asyncio.Event()
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        ok = not observe or observer.connected.is_set()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/api/snapshot")
+    def snapshot() -> Response:
+        return _json(view.snapshot())
+
+    @app.get("/api/orders/{order_id}")
+    def order(order_id: str) -> Response:
+        found = view.order(order_id)
+        if found is None:
+            raise HTTPException(404, f"no events of order {order_id} seen")
+        return _json(found)
+
+    @app.get("/api/stream")
+    async def stream(request: Request) -> StreamingResponse:
+        return StreamingResponse(
+            _snapshots(request, view, app.state.stopping),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    @app.post("/api/redrive")
+    async def redrive_consumer(body: RedriveRequest) -> dict[str, Any]:
+        topic = settings.topic_prefix + DEAD_LETTERS
+        async with redrives:
+            try:
+                count = await run_in_threadpool(_redrive, settings, topic, body.consumer)
+            except (LookupError, TimeoutError, DeliveryError, KafkaException) as exc:
+                raise HTTPException(502, f"redrive failed: {exc}") from exc
+        return {"consumer": body.consumer, "topic": view.short(topic), "republished": count}
+
+    return app
+
+
+def _redrive(settings: ExplorerSettings, topic: str, consumer: str) -> int:
+    producer = EventProducer(settings.kafka_bootstrap_servers)
+    try:
+        bootstrap = settings.kafka_bootstrap_servers
+        return redrive(bootstrap, topic, producer, consumer=consumer, timeout=30)
+    finally:
+        producer.close()
+
+
+async def _snapshots(
+    request: Request, view: ShopView, stopping: asyncio.Event
+) -> AsyncIterator[bytes]:
+    """A snapshot now, then one whenever the view changed, at most every PUSH_INTERVAL;
+    a comment line now and then keeps proxies and the browser from giving up."""
+    yield b"retry: 1000\n\n"
+    sent, quiet = -1, 0.0
+    while not stopping.is_set() and not await request.is_disconnected():
+        if view.version != sent:
+            sent = view.version
+            data = await run_in_threadpool(view.snapshot)
+            yield b"event: snapshot\ndata: " + orjson.dumps(data) + b"\n\n"
+            quiet = 0.0
+        elif quiet >= HEARTBEAT:
+            yield b": keep-alive\n\n"
+            quiet = 0.0
+        await asyncio.sleep(PUSH_INTERVAL)
+        quiet += PUSH_INTERVAL
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")

@@ -1,0 +1,369 @@
+"""What the explorer knows: a bounded picture of the shop built only from Kafka records.
+
+`ShopView` takes every record the observer reads and every offset it learns, and answers
+with plain JSON-ready dicts. It holds the last `max_orders` orders (each with at most
+`max_hops` events), the last `max_letters` dead letters and `max_undecodable` malformed
+records, so memory stays flat however long it runs. Thread-safe: the observer writes,
+the web app reads."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared.messaging import deadletter as dlq
+from shared.messaging.envelope import (
+    Envelope,
+    HeaderValue,
+    InvalidEnvelope,
+    KafkaHeaders,
+    KafkaRecord,
+    format_time,
+)
+
+ORDER_TOPICS = frozenset({"orders", "stock"})
+"""Topics keyed by order id: every record on them belongs to the order its key names."""
+
+STATES = {
+    "order-cancelled": "CANCELLED",
+    "order-rejected": "REJECTED",
+    "order-confirmed": "CONFIRMED",
+    "order-created": "PENDING",
+}
+"""The order's state after each of its own events, strongest first: a state follows from
+which of them were seen, never from the order they were read in."""
+
+COUNTED = {
+    "order-created": "orders",
+    "order-confirmed": "confirmed",
+    "order-rejected": "rejected",
+    "order-cancelled": "cancelled",
+}
+"""Counters over every event read, by type."""
+REDRIVE_GROUP = "redrive-"
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One event where it sits on Kafka."""
+
+    id: str
+    type: str
+    source: str
+    key: str
+    topic: str
+    partition: int
+    offset: int
+    time: datetime
+    causation_id: str | None
+    correlation_id: str | None
+
+    @property
+    def service(self) -> str:
+        """`/services/order` → `order`."""
+        return self.source.rstrip("/").rsplit("/", 1)[-1] or self.source
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "service": self.service,
+            "source": self.source,
+            "key": self.key,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "where": self.where,
+            "time": format_time(self.time),
+            "causation_id": self.causation_id,
+            "correlation_id": self.correlation_id,
+        }
+
+
+@dataclass(slots=True)
+class Order:
+    id: str
+    hops: list[Hop] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+    dropped: int = 0
+    """Events left out once the order held `max_hops`."""
+
+    @property
+    def state(self) -> str:
+        types = {hop.type for hop in self.hops}
+        return next((state for kind, state in STATES.items() if kind in types), "UNKNOWN")
+
+    @property
+    def first(self) -> Hop:
+        return min(self.hops, key=lambda hop: hop.time)
+
+    def summary(self) -> dict[str, Any]:
+        created = next((h for h in self.hops if h.type == "order-created"), self.first)
+        last = max(self.hops, key=lambda hop: hop.time)
+        return {
+            "id": self.id,
+            "state": self.state,
+            "created": format_time(created.time),
+            "updated": format_time(last.time),
+            "events": len(self.hops) + self.dropped,
+            "services": sorted({hop.service for hop in self.hops}),
+        }
+
+
+def chain(order: Order) -> dict[str, Any]:
+    """The order's events in time order, each with the index of its cause in the list
+    (None when the cause is not an event of this order: an HTTP request, say)."""
+    hops = sorted(order.hops, key=lambda hop: (hop.time, hop.topic, hop.offset))
+    index = {hop.id: position for position, hop in enumerate(hops)}
+    events = []
+    for hop in hops:
+        cause = index.get(hop.causation_id or "")
+        events.append({**hop.as_dict(), "cause": cause})
+    lanes = sorted({hop.service for hop in hops})
+    return {**order.summary(), "chain": events, "lanes": lanes, "dropped": order.dropped}
+
+
+def _pairs(headers: KafkaHeaders | dict[str, HeaderValue] | None) -> KafkaHeaders:
+    return list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+
+
+def _text(value: HeaderValue) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
+
+
+def _preview(value: bytes | str | None, limit: int = 120) -> str:
+    if value is None:
+        return "(none)"
+    data = value.encode() if isinstance(value, str) else value
+    text = data[:limit].decode("utf-8", errors="replace")
+    return text + ("…" if len(data) > limit else "")
+
+
+class ShopView:
+    """The explorer's state. `version` grows with every change the page should see."""
+
+    def __init__(
+        self,
+        prefix: str = "",
+        *,
+        max_orders: int = 200,
+        max_hops: int = 64,
+        max_letters: int = 200,
+        max_undecodable: int = 200,
+    ) -> None:
+        self.prefix = prefix
+        self.max_orders = max_orders
+        self.max_hops = max_hops
+        self.dead_letter_topic = prefix + dlq.DEAD_LETTERS
+        self.orders: OrderedDict[str, Order] = OrderedDict()
+        self.letters: deque[dict[str, Any]] = deque(maxlen=max_letters)
+        self.undecodable: deque[dict[str, Any]] = deque(maxlen=max_undecodable)
+        self.counts: Counter[str] = Counter()
+        self.topics: dict[str, dict[int, tuple[int, int]]] = {}
+        """Topic → partition → (low, high) watermarks."""
+        self.groups: dict[str, dict[str, Any]] = {}
+        """Group → {"state", "offsets": {(topic, partition): committed}}."""
+        self.records = 0
+        self.version = 0
+        self._lock = threading.Lock()
+
+    def short(self, topic: str) -> str:
+        """The topic's name without the stack's prefix."""
+        return topic.removeprefix(self.prefix) if self.prefix else topic
+
+    def _where(self, record: KafkaRecord) -> str:
+        return f"{self.short(record.topic() or '?')}[{record.partition()}]@{record.offset()}"
+
+    # -- writing (the observer) ---------------------------------------------------------
+
+    def add(self, record: KafkaRecord) -> None:
+        """Take one consumed record: an event, a dead letter or something undecodable."""
+        with self._lock:
+            self.records += 1
+            self.version += 1
+            try:
+                if record.topic() == self.dead_letter_topic:
+                    self._add_letter(record)
+                else:
+                    self._add_event(Envelope.from_message(record))
+            except (InvalidEnvelope, ValueError, TypeError, AttributeError) as exc:
+                self._add_undecodable(record, str(exc) or type(exc).__name__)
+
+    def _add_event(self, envelope: Envelope) -> None:
+        topic = self.short(envelope.topic or "")
+        hop = Hop(
+            id=envelope.id,
+            type=envelope.type,
+            source=envelope.source,
+            key=envelope.key,
+            topic=topic,
+            partition=envelope.partition or 0,
+            offset=envelope.offset or 0,
+            time=envelope.time,
+            causation_id=envelope.causation_id,
+            correlation_id=envelope.correlation_id,
+        )
+        if topic in ORDER_TOPICS and hop.key:
+            order_id = hop.key
+        elif hop.correlation_id in self.orders:
+            order_id = hop.correlation_id
+        else:
+            return
+        order = self.orders.get(order_id)
+        if order is None:
+            order = self.orders[order_id] = Order(order_id)
+            while len(self.orders) > self.max_orders:
+                self.orders.popitem(last=False)
+        if hop.id in order.ids:
+            return  # a redelivery or a redrive: the event is shown once
+        order.ids.add(hop.id)
+        if hop.type in COUNTED:
+            self.counts[COUNTED[hop.type]] += 1
+        if len(order.hops) >= self.max_hops:
+            order.dropped += 1
+            return
+        order.hops.append(hop)
+
+    def _add_letter(self, record: KafkaRecord) -> None:
+        headers = {name: _text(value) for name, value in _pairs(record.headers())}
+        if dlq.H_REASON not in headers:
+            raise InvalidEnvelope("dead letter without a dlq_reason header")
+        self.counts["dead_letters"] += 1
+        self.letters.append(
+            {
+                "where": self._where(record),
+                "partition": record.partition(),
+                "offset": record.offset(),
+                "reason": headers[dlq.H_REASON],
+                "error": headers.get(dlq.H_ERROR, ""),
+                "consumer": headers.get(dlq.H_CONSUMER, ""),
+                "origin": "{}[{}]@{}".format(
+                    self.short(headers.get(dlq.H_TOPIC, "?")),
+                    headers.get(dlq.H_PARTITION, "?"),
+                    headers.get(dlq.H_OFFSET, "?"),
+                ),
+                "time": headers.get(dlq.H_TIME, ""),
+                "type": headers.get("ce_type", ""),
+                "key": _preview(record.key(), 64),
+                "dropped": headers.get(dlq.H_DROPPED, ""),
+            }
+        )
+
+    def _add_undecodable(self, record: KafkaRecord, reason: str) -> None:
+        self.counts["undecodable"] += 1
+        self.undecodable.append(
+            {
+                "where": self._where(record),
+                "reason": reason,
+                "key": _preview(record.key(), 64),
+                "value": _preview(record.value()),
+                "headers": sorted({name for name, _ in _pairs(record.headers())}),
+            }
+        )
+
+    def set_offsets(
+        self,
+        topics: dict[str, dict[int, tuple[int, int]]],
+        groups: dict[str, dict[str, Any]],
+    ) -> None:
+        """The latest watermarks per partition and committed offsets per group."""
+        with self._lock:
+            if topics != self.topics or groups != self.groups:
+                self.version += 1
+            self.topics, self.groups = topics, groups
+
+    # -- reading (the web app) ----------------------------------------------------------
+
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            order = self.orders.get(order_id)
+            return chain(order) if order and order.hops else None
+
+    def snapshot(self, orders: int = 100, letters: int = 50) -> dict[str, Any]:
+        with self._lock:
+            recent = [o.summary() for o in reversed(self.orders.values()) if o.hops]
+            recent.sort(key=lambda summary: summary["created"], reverse=True)
+            topics = self._topic_rows()
+            groups = self._group_rows()
+            return {
+                "version": self.version,
+                "prefix": self.prefix,
+                "records": self.records,
+                "counters": {
+                    "orders": self.counts["orders"],
+                    "confirmed": self.counts["confirmed"],
+                    "rejected": self.counts["rejected"],
+                    "cancelled": self.counts["cancelled"],
+                    "in_flight": sum(1 for o in self.orders.values() if o.state == "PENDING"),
+                    "dead_letters": self.counts["dead_letters"],
+                    "undecodable": self.counts["undecodable"],
+                    "lag": sum(g["lag"] for g in groups if not g["redrive"]),
+                },
+                "orders": recent[:orders],
+                "topics": topics,
+                "groups": groups,
+                "dead_letters": [self._letter_row(row) for row in reversed(self.letters)][:letters],
+                "undecodable": list(reversed(self.undecodable))[:letters],
+            }
+
+    def _topic_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for topic, partitions in sorted(self.topics.items()):
+            rows.append(
+                {
+                    "topic": self.short(topic),
+                    "partitions": [
+                        {"partition": p, "low": low, "end": high}
+                        for p, (low, high) in sorted(partitions.items())
+                    ],
+                    "records": sum(high - low for low, high in partitions.values()),
+                    "end": sum(high for _, high in partitions.values()),
+                }
+            )
+        return rows
+
+    def _group_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for group, info in sorted(self.groups.items()):
+            partitions, lag = [], 0
+            for (topic, partition), committed in sorted(info["offsets"].items()):
+                end = self.topics.get(topic, {}).get(partition, (0, committed))[1]
+                behind = max(0, end - committed)
+                lag += behind
+                partitions.append(
+                    {
+                        "topic": self.short(topic),
+                        "partition": partition,
+                        "committed": committed,
+                        "end": end,
+                        "lag": behind,
+                    }
+                )
+            rows.append(
+                {
+                    "group": group,
+                    "state": info.get("state", ""),
+                    "lag": lag,
+                    "topics": sorted({p["topic"] for p in partitions}),
+                    "partitions": partitions,
+                    "redrive": group.startswith(REDRIVE_GROUP),
+                }
+            )
+        return rows
+
+    def _letter_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A dead letter, with whether a redrive of its consumer has passed it."""
+        position = (self.dead_letter_topic, row["partition"])
+        redriven = any(
+            self.groups.get(REDRIVE_GROUP + name, {}).get("offsets", {}).get(position, -1)
+            > row["offset"]
+            for name in (row["consumer"], "all")
+        )
+        return {**row, "redriven": redriven}

@@ -1,0 +1,257 @@
+// The event explorer's page: renders snapshots pushed over Server-Sent Events.
+// No framework, no build step. The selected order lives in the URL hash (#order=<id>).
+"use strict";
+
+const LANES = ["order", "inventory", "product", "user"];
+const COLORS = { order: "#7aa2f7", inventory: "#9ece6a", product: "#e0af68", user: "#bb9af7" };
+const color = (service) => COLORS[service] || "#8a94a8";
+const $ = (id) => document.getElementById(id);
+const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+const clock = (iso) => (iso ? iso.slice(11, 23) : "");
+const short = (id) => (id ? id.slice(0, 8) : "");
+
+let last = null;          // the latest snapshot
+let chainKey = "";        // what the drawn chain was built from
+let fetching = false;
+
+function selected() {
+  const match = location.hash.match(/order=([^&]+)/);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function current() {
+  return selected() || (last && last.orders.length ? last.orders[0].id : null);
+}
+
+// -- live stream ------------------------------------------------------------------------
+
+function connect() {
+  const source = new EventSource("/api/stream");
+  source.addEventListener("snapshot", (event) => render(JSON.parse(event.data)));
+  source.onopen = () => setLive(true);
+  source.onerror = () => setLive(false); // EventSource reconnects by itself
+}
+
+function setLive(on) {
+  $("live").className = on ? "live" : "live off";
+  $("live").lastElementChild.textContent = on ? "live" : "reconnecting…";
+}
+
+function render(snapshot) {
+  last = snapshot;
+  $("prefix").textContent = snapshot.prefix || "(none)";
+  $("records").textContent = snapshot.records.toLocaleString();
+  for (const [name, value] of Object.entries(snapshot.counters)) {
+    const cell = $("count-" + name);
+    if (cell) {
+      cell.textContent = value.toLocaleString();
+      cell.classList.toggle("zero", value === 0);
+    }
+  }
+  renderOrders(snapshot.orders);
+  renderTopics(snapshot.topics);
+  renderGroups(snapshot.groups);
+  renderLetters(snapshot.dead_letters);
+  renderUndecodable(snapshot.undecodable);
+  refreshChain();
+}
+
+// -- orders -----------------------------------------------------------------------------
+
+function renderOrders(orders) {
+  const list = $("orders");
+  if (!orders.length) return;
+  const chosen = current();
+  list.innerHTML = orders.map((o) => `
+    <li class="order${o.id === chosen ? " selected" : ""}" data-order="${esc(o.id)}" data-state="${esc(o.state)}" title="${esc(o.id)}">
+      <span class="state ${esc(o.state)}">${esc(o.state)}</span>
+      <span><span class="id">${esc(short(o.id))}</span><br><span class="when">${esc(clock(o.created))}</span></span>
+      <span class="dots">${o.services.map((s) => `<i class="dot" style="background:${color(s)}" title="${esc(s)}"></i>`).join("")}<span class="count" title="events">${o.events}</span></span>
+    </li>`).join("");
+}
+
+$("orders").addEventListener("click", (event) => {
+  const item = event.target.closest("li.order");
+  if (item) location.hash = "order=" + encodeURIComponent(item.dataset.order);
+});
+
+window.addEventListener("hashchange", () => {
+  chainKey = "";
+  if (last) render(last);
+});
+
+// -- the causal chain -------------------------------------------------------------------
+
+async function refreshChain() {
+  const id = current();
+  if (!id || fetching) return;
+  const summary = last.orders.find((o) => o.id === id);
+  const key = id + "/" + (summary ? summary.events + summary.updated + summary.state : "?");
+  if (key === chainKey) return;
+  fetching = true;
+  try {
+    const response = await fetch("/api/orders/" + encodeURIComponent(id));
+    if (response.ok) {
+      drawChain(await response.json());
+      chainKey = key;
+    } else if (response.status === 404) {
+      $("chain-title").textContent = short(id);
+      $("chain").innerHTML = `<p class="empty">No events of order ${esc(id)} in view (yet).</p>`;
+    }
+  } finally {
+    fetching = false;
+  }
+}
+
+function drawChain(order) {
+  const events = order.chain;
+  $("chain-title").innerHTML = `<code>${esc(order.id)}</code> <span class="state ${esc(order.state)}">${esc(order.state)}</span>`;
+  const lanes = [...LANES, ...order.lanes.filter((s) => !LANES.includes(s))];
+  const roots = events.filter((e) => e.cause === null);
+  const box = $("chain");
+  const width = Math.max(box.clientWidth - 4, 760);
+  const requestWidth = 112, top = 44, rowHeight = 78, nodeHeight = 58;
+  // lanes with events are twice as wide as those without: the chain gets the room
+  const busy = new Set(events.map((e) => e.service));
+  const weights = lanes.map((s) => (busy.has(s) ? 2 : 1));
+  const unit = (width - requestWidth) / weights.reduce((a, b) => a + b, 0);
+  const lefts = weights.map((_, i) => requestWidth + unit * weights.slice(0, i).reduce((a, b) => a + b, 0));
+  const laneWidth = (service) => unit * weights[lanes.indexOf(service)];
+  const nodeWidth = Math.min(2 * unit - 48, 232);
+  const height = top + events.length * rowHeight + 12;
+  const x = (service) => lefts[lanes.indexOf(service)] + laneWidth(service) / 2;
+  const y = (index) => top + index * rowHeight + 8;
+  const started = events.length ? Date.parse(events[0].time) : 0;
+
+  const parts = [`<svg width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="causal chain">`,
+    `<defs>${lanes.map((s) => `<marker id="arrow-${esc(s)}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="${color(s)}"/></marker>`).join("")}</defs>`];
+  parts.push(`<g class="lane" data-service="request"><text class="lane-name" x="${requestWidth / 2}" y="20" text-anchor="middle" style="fill:#7d889e">request</text></g>`);
+  lanes.forEach((service, i) => {
+    const left = lefts[i], w = laneWidth(service);
+    parts.push(`<g class="lane" data-service="${esc(service)}">`,
+      `<rect class="lane-bg" x="${left + 4}" y="30" width="${w - 8}" height="${height - 34}" rx="8"/>`,
+      `<text class="lane-name" x="${left + w / 2}" y="20" text-anchor="middle" style="fill:${color(service)}"><tspan font-size="9">●</tspan> ${esc(service)}</text></g>`);
+  });
+  // edges first, so nodes sit on top of them
+  events.forEach((event, index) => {
+    const ex = x(event.service), ey = y(index);
+    if (event.cause === null) {
+      const sx = requestWidth / 2 + 46, sy = ey + nodeHeight / 2;
+      parts.push(`<path class="edge" d="M${sx},${sy} L${ex - nodeWidth / 2 - 2},${sy}" stroke="#4a5468" stroke-dasharray="4 4" marker-end="url(#arrow-${esc(event.service)})"/>`);
+      return;
+    }
+    const cause = events[event.cause];
+    const cx = x(cause.service), cy = y(event.cause);
+    const stroke = color(cause.service);
+    const sy = cy + nodeHeight / 2, my = ey + nodeHeight / 2;
+    let d;
+    if (cx === ex) { // same lane: a loop along the node's right side
+      const side = ex + nodeWidth / 2, bend = 26 + Math.min(30, (my - sy) / 8);
+      d = `M${side},${sy} C${side + bend},${sy} ${side + bend},${my} ${side + 2},${my}`;
+    } else { // across lanes: from the cause's side to the effect's facing side
+      const dir = ex > cx ? 1 : -1;
+      const sx = cx + dir * nodeWidth / 2, tx = ex - dir * (nodeWidth / 2 + 2);
+      const k = Math.max(16, Math.abs(tx - sx) / 2) * dir;
+      d = `M${sx},${sy} C${sx + k},${sy} ${tx - k},${my} ${tx},${my}`;
+    }
+    parts.push(`<path class="edge" d="${d}" stroke="${stroke}" marker-end="url(#arrow-${esc(cause.service)})"/>`);
+  });
+  roots.forEach((event) => {
+    const index = events.indexOf(event), cy = y(index) + nodeHeight / 2;
+    parts.push(`<g class="root"><rect class="request" x="${requestWidth / 2 - 52}" y="${cy - 14}" width="98" height="28" rx="14"/>`,
+      `<text class="request-text" x="${requestWidth / 2 - 3}" y="${cy + 4}" text-anchor="middle">${esc(event.causation_id ? "req " + short(event.causation_id) : "no cause")}</text>`,
+      `<title>caused by ${esc(event.causation_id || "nothing recorded")} (not an event of this order: an HTTP request)</title></g>`);
+  });
+  events.forEach((event, index) => {
+    const left = x(event.service) - nodeWidth / 2, top_ = y(index);
+    const delta = Date.parse(event.time) - started;
+    parts.push(`<g class="hop" data-type="${esc(event.type)}" data-service="${esc(event.service)}" data-where="${esc(event.where)}">`,
+      `<rect class="node" x="${left}" y="${top_}" width="${nodeWidth}" height="${nodeHeight}" rx="9" stroke="${color(event.service)}"/>`,
+      `<text class="type" x="${left + 12}" y="${top_ + 19}" style="fill:${color(event.service)}">${esc(event.type)}</text>`,
+      `<text class="where" x="${left + 12}" y="${top_ + 36}">${esc(event.where)}</text>`,
+      `<text class="time" x="${left + 12}" y="${top_ + 51}">${esc(clock(event.time))}${index ? "  +" + delta + " ms" : ""}</text>`,
+      `<title>${esc(event.type)} from ${esc(event.source)}\nid ${esc(event.id)}\ncaused by ${esc(event.causation_id || "-")}\ncorrelation ${esc(event.correlation_id || "-")}\nkey ${esc(event.key)}\n${esc(event.time)}</title></g>`);
+  });
+  parts.push("</svg>");
+  box.innerHTML = parts.join("") + (order.dropped ? `<p class="small">${order.dropped} more events not kept.</p>` : "");
+}
+
+// -- topics and groups ------------------------------------------------------------------
+
+function renderTopics(topics) {
+  $("topics").innerHTML = topics.map((t) => `
+    <tr data-topic="${esc(t.topic)}">
+      <td class="name">${esc(t.topic)}</td>
+      <td><div class="parts">${t.partitions.map((p) => `<span class="part" title="partition ${p.partition}: offsets ${p.low}..${p.end}">${p.partition}: <b>${p.end}</b></span>`).join("")}</div></td>
+      <td class="num">${t.records.toLocaleString()}</td>
+    </tr>`).join("") || `<tr><td colspan="3" class="empty">No topics yet.</td></tr>`;
+}
+
+function renderGroups(groups) {
+  const worst = Math.max(1, ...groups.map((g) => g.lag));
+  $("groups").innerHTML = groups.map((g) => `
+    <tr data-group="${esc(g.group)}" title="${esc(g.partitions.map((p) => `${p.topic}[${p.partition}] ${p.committed}/${p.end}`).join("\n"))}">
+      <td><span class="name">${esc(g.group)}</span><br><span class="small">${esc(g.state)}${g.redrive ? " · redrive progress" : ""}</span></td>
+      <td class="small">${esc(g.topics.join(", "))}</td>
+      <td class="num"><span class="${g.lag ? "lagN" : "lag0"}">${g.lag ? g.lag.toLocaleString() : "0"}</span>
+        <div class="bar"><i style="width:${(100 * g.lag) / worst}%"></i></div></td>
+    </tr>`).join("") || `<tr><td colspan="3" class="empty">No group has committed on these topics yet.</td></tr>`;
+}
+
+// -- dead letters and undecodable records -----------------------------------------------
+
+function renderLetters(letters) {
+  const waiting = {};
+  for (const letter of letters) {
+    if (!letter.redriven && letter.consumer) waiting[letter.consumer] = (waiting[letter.consumer] || 0) + 1;
+  }
+  const bar = $("redrive-bar");
+  const busy = bar.querySelector("button:disabled");
+  if (!busy) {
+    bar.innerHTML = Object.entries(waiting).map(([consumer, count]) =>
+      `<button class="redrive" data-consumer="${esc(consumer)}" title="re-publish ${esc(consumer)}'s dead letters to their original topics">Redrive ${esc(consumer)} (${count})</button>`).join("");
+  }
+  $("letters").innerHTML = letters.map((l) => `
+    <li class="letter${l.redriven ? " redriven" : ""}" data-consumer="${esc(l.consumer)}" data-where="${esc(l.where)}">
+      <div class="head"><span class="reason">${esc(l.reason)}</span>
+        <code>${esc(l.origin)}</code><span class="small">→</span><code>${esc(l.where)}</code>
+        <span class="small">${esc(l.consumer)}${l.type ? " · " + esc(l.type) : ""} · ${esc(clock(l.time))}${l.redriven ? " · redriven" : ""}</span></div>
+      <div class="error">${esc(l.error)}</div>
+    </li>`).join("") || `<li class="empty">None. Every record was applied.</li>`;
+}
+
+$("redrive-bar").addEventListener("click", async (event) => {
+  const button = event.target.closest("button.redrive");
+  if (!button) return;
+  const consumer = button.dataset.consumer;
+  const result = $("redrive-result");
+  button.disabled = true;
+  result.className = "redrive-result";
+  result.textContent = `redriving ${consumer}…`;
+  try {
+    const response = await fetch("/api/redrive", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ consumer }),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.detail || response.statusText);
+    result.textContent = `re-published ${body.republished} dead-lettered event(s) of ${body.consumer} from ${body.topic}`;
+  } catch (error) {
+    result.className = "redrive-result failed";
+    result.textContent = String(error.message || error);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+function renderUndecodable(records) {
+  $("undecodable").innerHTML = records.map((r) => `
+    <li class="bad-record" data-where="${esc(r.where)}">
+      <code>${esc(r.where)}</code><span class="reason">${esc(r.reason)}</span>
+      <span class="small">key ${esc(r.key)} · headers ${esc(r.headers.join(", ") || "none")}</span><code class="error">${esc(r.value)}</code>
+    </li>`).join("") || `<li class="empty">None: every record in view decoded.</li>`;
+}
+
+window.addEventListener("resize", () => { chainKey = ""; if (last) refreshChain(); });
+connect();
