@@ -7,6 +7,9 @@ and, for `up`, a Zipkin server that receives their traces.
     python -m tools.stack kill SERVICE|kafka    SIGKILL, as a crash would
     python -m tools.stack start SERVICE|kafka
 
+`up` also starts the event explorer (tools/explorer, http://127.0.0.1:8090), a read-only
+page over the stack's topics; `down` stops it.
+
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead.
 Each service runs as `uvicorn <package>.main:create_app --factory`, with its pid file
 in .run/pids and its log in .run/logs; its database defaults to SQLite under .run/data."""
@@ -29,11 +32,13 @@ from pathlib import Path
 import httpx
 
 from services.registry import SERVICES
+from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
 from tools.zipkin_local import LocalZipkin
 
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
+EXPLORER_APP = "tools.explorer.app:create_app"
 
 
 def docker_engine() -> bool:
@@ -174,10 +179,12 @@ class Stack:
         bootstrap: str | None = None,
         workers: Mapping[str, int] | None = None,
         traces: bool = False,
+        explorer_port: int | None = None,
     ) -> None:
         """`workers`: uvicorn worker processes per service name (1 when not named).
         `traces`: run a local Zipkin and send the services' spans to it, unless the
-        environment already chooses an exporter (`OTEL_TRACES_EXPORTER`)."""
+        environment already chooses an exporter (`OTEL_TRACES_EXPORTER`).
+        `explorer_port`: also run the event explorer there."""
         self.run_dir = run_dir
         self.broker = broker if bootstrap is None else None
         if self.broker is None and bootstrap is None:
@@ -197,6 +204,11 @@ class Stack:
             name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
             for name, port in ports.items()
         }
+        self.explorer = (
+            ServiceProcess("explorer", explorer_port, run_dir, shared_env, app=EXPLORER_APP)
+            if explorer_port
+            else None
+        )
 
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
         operator_password(self.operator_password_file)
@@ -209,13 +221,22 @@ class Stack:
             service.start()
         for service in chosen:
             service.wait_ready(timeout)
+        if self.explorer is not None and names is None:
+            self.explorer.start()
+            self.explorer.wait_ready(timeout)
 
     def down(self) -> None:
+        if self.explorer is not None:
+            self.explorer.stop()
         for service in self.services.values():
             service.stop()  # first: each sends its last spans as it stops
         (self.zipkin or LocalZipkin(self.run_dir / "zipkin")).stop()
         if self.broker is not None:
             self.broker.stop()
+
+    def processes(self) -> dict[str, ServiceProcess]:
+        """The services and, when it runs with them, the explorer."""
+        return {**self.services, **({"explorer": self.explorer} if self.explorer else {})}
 
     def status(self) -> dict[str, str]:
         states = {}
@@ -224,7 +245,7 @@ class Stack:
         if self.zipkin is not None:
             pid = self.zipkin.pid()
             states["zipkin"] = "down" if pid is None else f"pid {pid}, {self.zipkin.url}"
-        for name, service in self.services.items():
+        for name, service in self.processes().items():
             pid = service.pid()
             states[name] = (
                 "down"
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=["up", "down", "status", "kill", "start"])
-    parser.add_argument("names", nargs="*", help="services (or kafka) for kill/start")
+    parser.add_argument("names", nargs="*", help="services (or kafka, explorer) for kill/start")
     args = parser.parse_args(argv)
     compose = [
         "docker",
@@ -294,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
         env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
         return subprocess.call(compose + extra, env=env)
-    stack = Stack(traces=True)
+    stack = Stack(traces=True, explorer_port=EXPLORER_PORT)
     began = time.monotonic()
     if args.command == "up":
         stack.up()
@@ -302,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  kafka      {stack.bootstrap}")
         for name, service in stack.services.items():
             print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
+        if stack.explorer is not None:
+            print(f"  {'explorer':<10} {stack.explorer.url}")
         if stack.zipkin is not None:
-            print(f"  traces     {stack.zipkin.url}  (Zipkin)")
+            print(f"  {'traces':<10} {stack.zipkin.url}  (Zipkin)")
         print(OPERATOR_HINT)
     elif args.command == "down":
         stack.down()
@@ -317,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "kafka" and stack.broker is not None:
                 stack.broker.kill() if args.command == "kill" else stack.broker.start()
             elif args.command == "kill":
-                stack.services[name].kill()
+                stack.processes()[name].kill()
             else:
-                stack.services[name].start()
-                stack.services[name].wait_ready()
+                stack.processes()[name].start()
+                stack.processes()[name].wait_ready()
     return 0
 
 
