@@ -1,0 +1,319 @@
+"""The event explorer's model and app without a broker: chains, states, malformed records,
+dead letters, lag, and memory that stays bounded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from shared.messaging.envelope import Envelope, KafkaHeaders
+from tools.explorer.app import create_app
+from tools.explorer.config import ExplorerSettings
+from tools.explorer.kafka import topic_pattern
+from tools.explorer.model import ShopView
+from tools.stack import Stack
+
+pytestmark = pytest.mark.unit
+
+PREFIX = "t-1-"
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Record:
+    """A consumed Kafka record."""
+
+    topic_: str
+    value_: bytes | None
+    key_: bytes | None = None
+    headers_: KafkaHeaders = field(default_factory=list)
+    partition_: int = 0
+    offset_: int = 0
+
+    def headers(self) -> KafkaHeaders:
+        return self.headers_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def offset(self) -> int:
+        return self.offset_
+
+
+def event(
+    type: str,
+    topic: str,
+    key: str,
+    *,
+    id: str,
+    cause: str | None = None,
+    ms: int = 0,
+    service: str = "order",
+    correlation: str | None = None,
+    partition: int = 1,
+    offset: int = 0,
+) -> Record:
+    envelope = Envelope(
+        type=type,
+        source=f"/services/{service}",
+        key=key,
+        data=orjson.dumps({"order_id": key}),
+        id=id,
+        time=T0 + timedelta(milliseconds=ms),
+        correlation_id=correlation or key,
+        causation_id=cause,
+    )
+    return Record(
+        PREFIX + topic, envelope.data, key.encode(), envelope.headers(), partition, offset
+    )
+
+
+def saga(order: str, outcome: str = "confirmed") -> list[Record]:
+    """An order's events: created (by a request), reserved or short, confirmed or rejected."""
+    reply = "stock-reserved" if outcome == "confirmed" else "stock-shortage"
+    return [
+        event("order-created", "orders", order, id=f"{order}-1", cause="request-1", offset=5),
+        event(
+            reply, "stock", order, id=f"{order}-2", cause=f"{order}-1", ms=9, service="inventory"
+        ),
+        event(f"order-{outcome}", "orders", order, id=f"{order}-3", cause=f"{order}-2", ms=16),
+    ]
+
+
+def view_of(records: list[Record], **limits: int) -> ShopView:
+    view = ShopView(PREFIX, **limits)
+    for record in records:
+        view.add(record)
+    return view
+
+
+def test_chain_links_each_event_to_its_cause_across_services_in_time_order() -> None:
+    created, reserved, confirmed = saga("o1")
+    view = view_of([confirmed, reserved, created])  # read from three partitions, any order
+
+    chain = view.order("o1")
+
+    assert chain is not None
+    assert [e["type"] for e in chain["chain"]] == [
+        "order-created",
+        "stock-reserved",
+        "order-confirmed",
+    ]
+    assert [e["cause"] for e in chain["chain"]] == [None, 0, 1]
+    assert [e["service"] for e in chain["chain"]] == ["order", "inventory", "order"]
+    assert chain["chain"][0]["where"] == "orders[1]@5"
+    assert chain["chain"][0]["causation_id"] == "request-1"
+    assert chain["lanes"] == ["inventory", "order"]
+
+
+@pytest.mark.parametrize(
+    ("types", "state"),
+    [
+        (["order-created"], "PENDING"),
+        (["order-created", "stock-reserved", "order-confirmed"], "CONFIRMED"),
+        (["order-rejected", "stock-shortage", "order-created"], "REJECTED"),
+        (["order-created", "order-confirmed", "order-cancelled", "stock-released"], "CANCELLED"),
+        (["order-cancelled", "order-confirmed"], "CANCELLED"),
+        (["stock-reserved"], "UNKNOWN"),
+    ],
+)
+def test_state_follows_from_which_events_were_seen_not_their_order(
+    types: list[str], state: str
+) -> None:
+    records = [
+        event(t, "stock" if t.startswith("stock") else "orders", "o1", id=f"e{i}", offset=i)
+        for i, t in enumerate(types)
+    ]
+    assert view_of(records).snapshot()["orders"][0]["state"] == state
+
+
+def test_events_correlated_with_an_order_join_its_chain() -> None:
+    created = saga("o1")[0]
+    changed = event(
+        "stock-changed",
+        "stock-changes",
+        "product-1",
+        id="c1",
+        cause="o1-1",
+        correlation="o1",
+        service="inventory",
+    )
+    unrelated = event("user-registered", "users", "user-1", id="u1", service="user")
+    chain = view_of([created, changed, unrelated]).order("o1")
+    assert chain is not None
+    assert [e["type"] for e in chain["chain"]] == ["order-created", "stock-changed"]
+    assert chain["chain"][1]["where"] == "stock-changes[1]@0"
+
+
+def test_a_redelivered_or_redriven_event_shows_once() -> None:
+    created = saga("o1")[0]
+    again = event("order-created", "orders", "o1", id="o1-1", cause="request-1", offset=9)
+    view = view_of([created, again])
+    assert view.snapshot()["counters"]["orders"] == 1
+    assert len(view.order("o1")["chain"]) == 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (Record(PREFIX + "orders", b"\x00\xffgarbage", b"k"), "missing CloudEvents header"),
+        (Record(PREFIX + "orders", None, b"k"), "no value"),
+        (Record(PREFIX + "stock", b"{not json", b"o1", saga("o1")[1].headers_), "not JSON"),
+        (Record(PREFIX + "orders", b"{}", b"\xff\xfe", saga("o1")[0].headers_), "UTF-8"),
+        (Record(PREFIX + "dead-letters", b"{}", b"k"), "dlq_reason"),
+    ],
+)
+def test_malformed_records_are_listed_as_undecodable_and_reading_goes_on(
+    record: Record, reason: str
+) -> None:
+    record.partition_, record.offset_ = 2, 7
+    view = view_of([record, *saga("o1")])
+
+    snapshot = view.snapshot()
+    [bad] = snapshot["undecodable"]
+    assert reason in bad["reason"]
+    assert bad["where"] == f"{record.topic_.removeprefix(PREFIX)}[2]@7"
+    assert snapshot["counters"]["undecodable"] == 1
+    assert snapshot["orders"][0]["state"] == "CONFIRMED"
+
+
+def test_memory_stays_bounded_while_counters_keep_counting() -> None:
+    view = ShopView(PREFIX, max_orders=5, max_hops=2, max_letters=3, max_undecodable=3)
+    for n in range(50):
+        for record in saga(f"o{n}"):
+            view.add(record)
+        view.add(Record(PREFIX + "orders", b"junk", offset_=n))
+    snapshot = view.snapshot()
+    assert len(view.orders) == 5
+    assert [o["id"] for o in snapshot["orders"]][0] == "o49"
+    assert snapshot["counters"]["orders"] == 50
+    assert snapshot["counters"]["confirmed"] == 50
+    assert snapshot["counters"]["undecodable"] == 50
+    assert len(snapshot["undecodable"]) == 3
+    chain = view.order("o49")
+    assert chain is not None
+    assert len(chain["chain"]) == 2
+    assert chain["dropped"] == 1
+    assert chain["events"] == 3
+
+
+def dead_letter(partition: int, offset: int, consumer: str = "inventory") -> Record:
+    headers: KafkaHeaders = [
+        ("dlq_reason", b"invalid-envelope"),
+        ("dlq_error", b"missing CloudEvents header(s): ce_specversion"),
+        ("dlq_topic", (PREFIX + "orders").encode()),
+        ("dlq_partition", b"1"),
+        ("dlq_offset", b"12"),
+        ("dlq_consumer", consumer.encode()),
+        ("dlq_time", b"2026-11-30T12:00:01.000000Z"),
+    ]
+    return Record(PREFIX + "dead-letters", b"garbage", b"k", headers, partition, offset)
+
+
+def test_dead_letters_show_reason_origin_and_whether_a_redrive_passed_them() -> None:
+    view = view_of([dead_letter(0, 0), dead_letter(0, 1), dead_letter(2, 0, consumer="user")])
+    view.set_offsets(
+        {PREFIX + "dead-letters": {0: (0, 2), 1: (0, 0), 2: (0, 1)}},
+        {"redrive-inventory": {"state": "empty", "offsets": {(PREFIX + "dead-letters", 0): 1}}},
+    )
+    letters = view.snapshot()["dead_letters"]
+    assert [(d["where"], d["redriven"]) for d in letters] == [
+        ("dead-letters[2]@0", False),
+        ("dead-letters[0]@1", False),
+        ("dead-letters[0]@0", True),
+    ]
+    assert letters[0]["reason"] == "invalid-envelope"
+    assert letters[0]["origin"] == "orders[1]@12"
+    assert letters[0]["consumer"] == "user"
+    assert view.snapshot()["counters"]["dead_letters"] == 3
+
+
+def test_lag_is_each_groups_distance_to_the_end_and_the_total_leaves_out_redrives() -> None:
+    view = ShopView(PREFIX)
+    orders, letters = PREFIX + "orders", PREFIX + "dead-letters"
+    view.set_offsets(
+        {orders: {0: (0, 10), 1: (2, 7)}, letters: {0: (0, 4)}},
+        {
+            "t-1-inventory": {"state": "stable", "offsets": {(orders, 0): 8, (orders, 1): 7}},
+            "t-1-user": {"state": "stable", "offsets": {(orders, 0): 10, (orders, 1): 3}},
+            "redrive-user": {"state": "empty", "offsets": {(letters, 0): 1}},
+        },
+    )
+    snapshot = view.snapshot()
+    lag = {g["group"]: g["lag"] for g in snapshot["groups"]}
+    assert lag == {"redrive-user": 3, "t-1-inventory": 2, "t-1-user": 4}
+    assert snapshot["counters"]["lag"] == 6
+    topics = {t["topic"]: t for t in snapshot["topics"]}
+    assert topics["orders"]["end"] == 17
+    assert topics["orders"]["records"] == 15
+    assert [p["end"] for p in topics["orders"]["partitions"]] == [10, 7]
+
+
+def test_version_grows_only_when_something_changed() -> None:
+    view = ShopView(PREFIX)
+    before = view.version
+    view.set_offsets({}, {})
+    assert view.version == before
+    view.add(saga("o1")[0])
+    view.set_offsets({PREFIX + "orders": {0: (0, 1)}}, {})
+    assert view.version == before + 2
+
+
+def test_the_subscription_covers_the_prefix_and_nothing_internal() -> None:
+    assert topic_pattern("e2e-ab.c-") == "^e2e-ab\\.c-.*"
+    assert topic_pattern("") == "^[^_].*"
+
+
+@pytest.fixture
+def app_client() -> Any:
+    app = create_app(ExplorerSettings(topic_prefix=PREFIX), observe=False)
+    with TestClient(app) as client:
+        yield app, client
+
+
+def test_the_app_serves_the_page_snapshots_and_chains(app_client: Any) -> None:
+    app, client = app_client
+    for record in saga("o1", "rejected"):
+        app.state.view.add(record)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assert "/static/explorer.js" in page.text
+    assert client.get("/static/explorer.js").status_code == 200
+    snapshot = client.get("/api/snapshot").json()
+    assert snapshot["orders"][0]["state"] == "REJECTED"
+    assert snapshot["counters"]["rejected"] == 1
+    assert client.get("/api/orders/o1").json()["chain"][1]["type"] == "stock-shortage"
+    assert client.get("/api/orders/nobody").status_code == 404
+    assert client.get("/ready").status_code == 200
+
+
+def test_redrive_takes_only_a_consumer_name(app_client: Any) -> None:
+    _, client = app_client
+    assert client.post("/api/redrive", json={"consumer": "../etc"}).status_code == 422
+    assert client.post("/api/redrive", json={}).status_code == 422
+
+
+def test_the_stack_runs_the_explorer_only_when_given_its_port(tmp_path: Path) -> None:
+    assert Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1").explorer is None
+    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1", explorer_port=18090)
+    assert stack.explorer is not None
+    assert stack.explorer.url == "http://127.0.0.1:18090"
+    assert stack.explorer.pid_file == tmp_path / "pids" / "explorer.pid"
+    assert stack.status()["explorer"] == "down"
+    assert "explorer" not in stack.services
