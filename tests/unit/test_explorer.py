@@ -142,6 +142,19 @@ def test_state_follows_from_which_events_were_seen_not_their_order(
     assert view_of(records).snapshot()["orders"][0]["state"] == state
 
 
+def test_counters_count_each_order_once_in_its_latest_state() -> None:
+    records = [*saga("o1"), *saga("o2", "rejected"), *saga("o3"), *saga("o4")[:1]]
+    records.append(event("order-cancelled", "orders", "o3", id="o3-4", ms=40))
+    counters = view_of(records, max_orders=2).snapshot()["counters"]
+    assert {k: counters[k] for k in ("orders", "confirmed", "rejected", "cancelled")} == {
+        "orders": 4,
+        "confirmed": 1,
+        "rejected": 1,
+        "cancelled": 1,
+    }
+    assert counters["in_flight"] == 1
+
+
 def test_events_correlated_with_an_order_join_its_chain() -> None:
     created = saga("o1")[0]
     changed = event(
@@ -317,3 +330,8 @@ def test_the_stack_runs_the_explorer_only_when_given_its_port(tmp_path: Path) ->
     assert stack.explorer.pid_file == tmp_path / "pids" / "explorer.pid"
     assert stack.status()["explorer"] == "down"
     assert "explorer" not in stack.services
+
+
+def test_an_undecodable_value_is_shown_with_its_unprintable_bytes_escaped() -> None:
+    view = view_of([Record(PREFIX + "orders", b"\x00\x01 not an event\xff")])
+    assert view.snapshot()["undecodable"][0]["value"] == "\\x00\\x01 not an event\\xff"

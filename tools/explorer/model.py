@@ -36,13 +36,6 @@ STATES = {
 """The order's state after each of its own events, strongest first: a state follows from
 which of them were seen, never from the order they were read in."""
 
-COUNTED = {
-    "order-created": "orders",
-    "order-confirmed": "confirmed",
-    "order-rejected": "rejected",
-    "order-cancelled": "cancelled",
-}
-"""Counters over every event read, by type."""
 REDRIVE_GROUP = "redrive-"
 
 
@@ -92,13 +85,13 @@ class Order:
     id: str
     hops: list[Hop] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
+    types: set[str] = field(default_factory=set)
     dropped: int = 0
     """Events left out once the order held `max_hops`."""
 
     @property
     def state(self) -> str:
-        types = {hop.type for hop in self.hops}
-        return next((state for kind, state in STATES.items() if kind in types), "UNKNOWN")
+        return next((state for kind, state in STATES.items() if kind in self.types), "UNKNOWN")
 
     @property
     def first(self) -> Hop:
@@ -142,8 +135,9 @@ def _preview(value: bytes | str | None, limit: int = 120) -> str:
     if value is None:
         return "(none)"
     data = value.encode() if isinstance(value, str) else value
-    text = data[:limit].decode("utf-8", errors="replace")
-    return text + ("…" if len(data) > limit else "")
+    text = data[:limit].decode("utf-8", errors="backslashreplace")
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown + ("…" if len(data) > limit else "")
 
 
 class ShopView:
@@ -166,6 +160,8 @@ class ShopView:
         self.letters: deque[dict[str, Any]] = deque(maxlen=max_letters)
         self.undecodable: deque[dict[str, Any]] = deque(maxlen=max_undecodable)
         self.counts: Counter[str] = Counter()
+        """Orders by state (each order counted once, in its latest state, also after it
+        is forgotten), dead letters and undecodable records."""
         self.topics: dict[str, dict[int, tuple[int, int]]] = {}
         """Topic → partition → (low, high) watermarks."""
         self.groups: dict[str, dict[str, Any]] = {}
@@ -219,13 +215,17 @@ class ShopView:
         order = self.orders.get(order_id)
         if order is None:
             order = self.orders[order_id] = Order(order_id)
+            self.counts["orders"] += 1
+            self.counts[order.state] += 1
             while len(self.orders) > self.max_orders:
                 self.orders.popitem(last=False)
         if hop.id in order.ids:
             return  # a redelivery or a redrive: the event is shown once
         order.ids.add(hop.id)
-        if hop.type in COUNTED:
-            self.counts[COUNTED[hop.type]] += 1
+        before = order.state
+        order.types.add(hop.type)
+        self.counts[before] -= 1
+        self.counts[order.state] += 1
         if len(order.hops) >= self.max_hops:
             order.dropped += 1
             return
@@ -298,10 +298,10 @@ class ShopView:
                 "records": self.records,
                 "counters": {
                     "orders": self.counts["orders"],
-                    "confirmed": self.counts["confirmed"],
-                    "rejected": self.counts["rejected"],
-                    "cancelled": self.counts["cancelled"],
-                    "in_flight": sum(1 for o in self.orders.values() if o.state == "PENDING"),
+                    "confirmed": self.counts["CONFIRMED"],
+                    "rejected": self.counts["REJECTED"],
+                    "cancelled": self.counts["CANCELLED"],
+                    "in_flight": self.counts["PENDING"],
                     "dead_letters": self.counts["dead_letters"],
                     "undecodable": self.counts["undecodable"],
                     "lag": sum(g["lag"] for g in groups if not g["redrive"]),
