@@ -34,14 +34,23 @@ def start_stack(
     backend: str,
     databases: dict[str, str],
     extra_env: dict[str, str] | None = None,
+    explorer: bool = False,
 ) -> RunningStack:
+    """The services on free ports and a unique topic prefix (and, with `explorer`, the
+    event explorer on a free port too)."""
     prefix = unique("e2e") + "-"
     env = {"TOPIC_PREFIX": prefix, **(extra_env or {})}
     for name, url in databases.items():
         env[f"{name.upper()}_DATABASE_URL"] = url
         env[f"{name.upper()}_CONSUMER_GROUP"] = f"{prefix}{name}"
     ports = {name: free_port() for name in PORTS}
-    stack = Stack(run_dir=folder, ports=ports, env=env, bootstrap=kafka_bootstrap)
+    stack = Stack(
+        run_dir=folder,
+        ports=ports,
+        env=env,
+        bootstrap=kafka_bootstrap,
+        explorer_port=free_port() if explorer else None,
+    )
     stack.up(timeout=120)
     client = ShopClient({name: service.url for name, service in stack.services.items()})
     try:
