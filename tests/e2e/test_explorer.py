@@ -84,6 +84,7 @@ def show_chain(page: Page, order_id: str, types: list[str]) -> None:
     """Select the order and wait until its chain shows every one of `types`."""
     order_row(page, order_id).click()
     expect(page).to_have_url(re.compile(f"#order={order_id}$"))
+    expect(page.locator("#chain")).to_have_attribute("data-order", order_id, timeout=WAIT)
     for kind in types:
         expect(page.locator(f'#chain g.hop[data-type="{kind}"]')).to_have_count(1, timeout=WAIT)
 
@@ -130,6 +131,11 @@ def test_the_explorer_shows_orders_their_chains_offsets_and_dead_letters_live(
     expect(page.locator('#chain g.hop[data-type="order-created"] text.where')).to_have_text(
         re.compile(r"^orders\[\d+\]@\d+$")
     )
+    # and who has read each hop: inventory and user read orders, order reads stock
+    for service in ("inventory", "user", "order"):
+        expect(
+            page.locator(f'#chain g.read[data-service="{service}"][data-read="true"]')
+        ).not_to_have_count(0, timeout=WAIT)
 
     # topics with their partitions' end offsets; each service's group with its lag
     expect(page.locator('#topics tr[data-topic="orders"] .part')).to_have_count(3, timeout=WAIT)

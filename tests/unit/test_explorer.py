@@ -155,6 +155,26 @@ def test_counters_count_each_order_once_in_its_latest_state() -> None:
     assert counters["in_flight"] == 1
 
 
+def test_each_hop_names_the_services_whose_group_has_read_past_it() -> None:
+    view = view_of(saga("o1"))  # orders[1]@5, stock[1]@0, orders[1]@0
+    view.set_offsets(
+        {PREFIX + "orders": {1: (0, 6)}, PREFIX + "stock": {1: (0, 1)}},
+        {
+            PREFIX + "inventory": {"state": "stable", "offsets": {(PREFIX + "orders", 1): 6}},
+            PREFIX + "user": {"state": "stable", "offsets": {(PREFIX + "orders", 1): 3}},
+            PREFIX + "order": {"state": "stable", "offsets": {(PREFIX + "stock", 1): 1}},
+            "redrive-user": {"state": "empty", "offsets": {(PREFIX + "orders", 1): 9}},
+        },
+    )
+    chain = view.order("o1")
+    assert chain is not None
+    assert [(e["type"], e["read_by"], e["waiting"]) for e in chain["chain"]] == [
+        ("order-created", ["inventory"], ["user"]),
+        ("stock-reserved", ["order"], []),
+        ("order-confirmed", ["inventory", "user"], []),
+    ]
+
+
 def test_events_correlated_with_an_order_join_its_chain() -> None:
     created = saga("o1")[0]
     changed = event(

@@ -110,15 +110,28 @@ class Order:
         }
 
 
-def chain(order: Order) -> dict[str, Any]:
+Readers = dict[tuple[str, int], list[tuple[str, int]]]
+"""(topic, partition) → (service, committed offset) of each service's group reading it."""
+
+
+def chain(order: Order, readers: Readers | None = None) -> dict[str, Any]:
     """The order's events in time order, each with the index of its cause in the list
-    (None when the cause is not an event of this order: an HTTP request, say)."""
+    (None when the cause is not an event of this order: an HTTP request, say), and the
+    services whose consumer group has read past it (`read_by`) or not yet (`waiting`)."""
     hops = sorted(order.hops, key=lambda hop: (hop.time, hop.topic, hop.offset))
     index = {hop.id: position for position, hop in enumerate(hops)}
     events = []
     for hop in hops:
         cause = index.get(hop.causation_id or "")
-        events.append({**hop.as_dict(), "cause": cause})
+        groups = (readers or {}).get((hop.topic, hop.partition), [])
+        events.append(
+            {
+                **hop.as_dict(),
+                "cause": cause,
+                "read_by": sorted(s for s, committed in groups if committed > hop.offset),
+                "waiting": sorted(s for s, committed in groups if committed <= hop.offset),
+            }
+        )
     lanes = sorted({hop.service for hop in hops})
     return {**order.summary(), "chain": events, "lanes": lanes, "dropped": order.dropped}
 
@@ -284,7 +297,19 @@ class ShopView:
     def order(self, order_id: str) -> dict[str, Any] | None:
         with self._lock:
             order = self.orders.get(order_id)
-            return chain(order) if order and order.hops else None
+            return chain(order, self._readers()) if order and order.hops else None
+
+    def _readers(self) -> Readers:
+        """Each service's group (named `<prefix><service>`) by the partitions it reads;
+        redrive groups read only dead letters and are left out."""
+        readers: Readers = {}
+        for group, info in self.groups.items():
+            if group.startswith(REDRIVE_GROUP):
+                continue
+            service = group.removeprefix(self.prefix) if self.prefix else group
+            for (topic, partition), committed in info["offsets"].items():
+                readers.setdefault((self.short(topic), partition), []).append((service, committed))
+        return readers
 
     def snapshot(self, orders: int = 100, letters: int = 50) -> dict[str, Any]:
         with self._lock:

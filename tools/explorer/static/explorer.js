@@ -11,7 +11,8 @@ const clock = (iso) => (iso ? iso.slice(11, 23) : "");
 const short = (id) => (id ? id.slice(0, 8) : "");
 
 let last = null;          // the latest snapshot
-let chainKey = "";        // what the drawn chain was built from
+let drawn = "";           // the chain as last drawn (JSON), to redraw only on change
+let fetchedAt = 0;
 let fetching = false;
 
 function selected() {
@@ -76,25 +77,35 @@ $("orders").addEventListener("click", (event) => {
 });
 
 window.addEventListener("hashchange", () => {
-  chainKey = "";
+  drawn = "";
+  fetchedAt = 0;
   if (last) render(last);
 });
 
 // -- the causal chain -------------------------------------------------------------------
 
+// The chain changes with new events and with the groups' offsets (who has read a hop):
+// fetched again on a snapshot, at most once a second, and redrawn only when it changed.
 async function refreshChain() {
   const id = current();
   if (!id || fetching) return;
-  const summary = last.orders.find((o) => o.id === id);
-  const key = id + "/" + (summary ? summary.events + summary.updated + summary.state : "?");
-  if (key === chainKey) return;
+  const wait = fetchedAt + 1000 - Date.now();
+  if (wait > 0) {
+    setTimeout(refreshChain, wait);
+    return;
+  }
   fetching = true;
+  fetchedAt = Date.now();
   try {
     const response = await fetch("/api/orders/" + encodeURIComponent(id));
     if (response.ok) {
-      drawChain(await response.json());
-      chainKey = key;
+      const text = await response.text();
+      if (text !== drawn || !$("chain").querySelector("svg")) {
+        drawn = text;
+        drawChain(JSON.parse(text));
+      }
     } else if (response.status === 404) {
+      drawn = "";
       $("chain-title").textContent = short(id);
       $("chain").innerHTML = `<p class="empty">No events of order ${esc(id)} in view (yet).</p>`;
     }
@@ -105,6 +116,7 @@ async function refreshChain() {
 
 function drawChain(order) {
   const events = order.chain;
+  $("chain").dataset.order = order.id;
   $("chain-title").innerHTML = `<code>${esc(order.id)}</code> <span class="state ${esc(order.state)}">${esc(order.state)}</span>`;
   const lanes = [...LANES, ...order.lanes.filter((s) => !LANES.includes(s))];
   const roots = events.filter((e) => e.cause === null);
@@ -155,6 +167,20 @@ function drawChain(order) {
       d = `M${sx},${sy} C${sx + k},${sy} ${tx - k},${my} ${tx},${my}`;
     }
     parts.push(`<path class="edge" d="${d}" stroke="${stroke}" marker-end="url(#arrow-${esc(cause.service)})"/>`);
+  });
+  // who has read each hop: a service's consumer group past its offset (filled) or not yet
+  events.forEach((event, index) => {
+    const cy = y(index) + nodeHeight / 2, from = x(event.service);
+    for (const [service, read] of [...event.read_by.map((s) => [s, true]), ...event.waiting.map((s) => [s, false])]) {
+      if (!lanes.includes(service) || service === event.service) continue;
+      const cx = x(service), dir = cx > from ? 1 : -1;
+      const edge = from + dir * nodeWidth / 2;
+      parts.push(`<g class="read" data-service="${esc(service)}" data-read="${read}">`,
+        `<path class="read-line" d="M${edge},${cy} L${cx - dir * 8},${cy}" style="stroke:${color(service)}"/>`,
+        `<circle cx="${cx}" cy="${cy}" r="6" class="${read ? "read-dot" : "wait-dot"}" style="stroke:${color(service)};${read ? "fill:" + color(service) : ""}"/>`,
+        `<text class="read-text" x="${cx + 11}" y="${cy + 4}">${read ? "read" : "not yet"}</text>`,
+        `<title>${esc(service)}'s consumer group ${read ? "has read past" : "has not yet read"} ${esc(event.where)}</title></g>`);
+    }
   });
   roots.forEach((event) => {
     const index = events.indexOf(event), cy = y(index) + nodeHeight / 2;
@@ -253,5 +279,5 @@ function renderUndecodable(records) {
     </li>`).join("") || `<li class="empty">None: every record in view decoded.</li>`;
 }
 
-window.addEventListener("resize", () => { chainKey = ""; if (last) refreshChain(); });
+window.addEventListener("resize", () => { drawn = ""; fetchedAt = 0; if (last) refreshChain(); });
 connect();
