@@ -204,8 +204,10 @@ class Stack:
             name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
             for name, port in ports.items()
         }
+        # its page holds a Server-Sent Events stream open: stop waiting for it after 2 s
+        explorer_env = {**shared_env, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "2"}
         self.explorer = (
-            ServiceProcess("explorer", explorer_port, run_dir, shared_env, app=EXPLORER_APP)
+            ServiceProcess("explorer", explorer_port, run_dir, explorer_env, app=EXPLORER_APP)
             if explorer_port
             else None
         )
