@@ -316,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("up", "down") and docker_engine():
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
         env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
-        return subprocess.call(compose + extra, env=env)
+        code = subprocess.call(compose + extra, env=env)
+        if code == 0 and args.command == "up":
+            print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
+            print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
+        return code
     stack = Stack(traces=True, explorer_port=EXPLORER_PORT)
     began = time.monotonic()
     if args.command == "up":

@@ -54,6 +54,8 @@ INFRA = ("kafka", "postgres")
 OBSERVERS = ("jaeger",)
 """What watches the services; nothing waits for it."""
 INIT = "pginit"
+EXPLORER = "explorer"
+"""The event explorer (tools/explorer): reads Kafka only."""
 PORTS = {service.name: service.port for service in SERVICES}
 
 
@@ -193,7 +195,7 @@ def assert_serves(command: list[str], name: str) -> None:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    expected = {*INFRA, INIT, *OBSERVERS, *PORTS}
+    expected = {*INFRA, INIT, *OBSERVERS, EXPLORER, *PORTS}
     assert set(data["services"]) == expected, "compose runs the registry's services"
 
 
@@ -216,6 +218,15 @@ def test_depends_on_names_defined_services() -> None:
     names = set(compose()["services"])
     for name, spec in compose()["services"].items():
         assert set(spec.get("depends_on") or {}) <= names, name
+
+
+def test_the_explorer_reads_kafka_only_on_its_loopback_port() -> None:
+    spec = service(EXPLORER)
+    assert spec["command"][:3] == ["python", "-m", "tools.explorer"]
+    assert published_ports(EXPLORER) == [("127.0.0.1", "8090", "8090")]
+    assert environment(EXPLORER) == {"KAFKA_BOOTSTRAP_SERVERS": "kafka:19092"}
+    assert set(spec["depends_on"]) == {"kafka"}
+    assert "8090/ready" in healthcheck_text(EXPLORER)
 
 
 # --- kafka -----------------------------------------------------------------------------

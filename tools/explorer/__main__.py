@@ -14,12 +14,16 @@ def main(argv: list[str] | None = None) -> None:
     defaults = ExplorerSettings()
     parser = argparse.ArgumentParser(prog="python -m tools.explorer", description=__doc__)
     parser.add_argument("--port", type=int, default=defaults.port)
+    parser.add_argument(
+        "--host", default=defaults.host, help="default 127.0.0.1 (0.0.0.0 in a container)"
+    )
     parser.add_argument("--bootstrap", default=defaults.kafka_bootstrap_servers)
     parser.add_argument("--topic-prefix", default=defaults.topic_prefix)
     args = parser.parse_args(argv)
     settings = defaults.model_copy(
         update={
             "port": args.port,
+            "host": args.host,
             "kafka_bootstrap_servers": args.bootstrap,
             "topic_prefix": args.topic_prefix,
         }
