@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from shared.messaging.envelope import Envelope, KafkaHeaders
 from tools.explorer.app import create_app
 from tools.explorer.config import ExplorerSettings
-from tools.explorer.kafka import topic_pattern
+from tools.explorer.kafka import ours, topic_pattern
 from tools.explorer.model import ShopView
 from tools.stack import Stack
 
@@ -312,6 +312,25 @@ def test_the_subscription_covers_the_prefix_and_nothing_internal() -> None:
     assert topic_pattern("") == "^[^_].*"
 
 
+@pytest.mark.parametrize(
+    ("name", "prefix", "included"),
+    [
+        ("t-1-orders", "t-1-", True),
+        ("orders", "t-1-", False),
+        ("orders", "", True),
+        ("dead-letters", "", True),
+        ("stock-changes", "", True),
+        ("__consumer_offsets", "", False),
+        ("e2e-1a2b3c4d5e-orders", "", False),
+        ("e2e-1a2b3c4d5e-inventory", "", False),
+    ],
+)
+def test_the_stack_without_a_prefix_leaves_out_the_prefixed_stacks(
+    name: str, prefix: str, included: bool
+) -> None:
+    assert ours(name, prefix) is included
+
+
 @pytest.fixture
 def app_client() -> Any:
     app = create_app(ExplorerSettings(topic_prefix=PREFIX), observe=False)
@@ -340,6 +359,9 @@ def test_redrive_takes_only_a_consumer_name(app_client: Any) -> None:
     _, client = app_client
     assert client.post("/api/redrive", json={"consumer": "../etc"}).status_code == 422
     assert client.post("/api/redrive", json={}).status_code == 422
+    # a page elsewhere can post text/plain without asking first: it is not JSON here
+    body, plain = b'{"consumer": "inventory"}', {"content-type": "text/plain"}
+    assert client.post("/api/redrive", content=body, headers=plain).status_code == 422
 
 
 def test_the_stack_runs_the_explorer_only_when_given_its_port(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ before each partition's end. It writes nothing."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from typing import Any
@@ -20,6 +21,9 @@ from tools.explorer.model import REDRIVE_GROUP, ShopView
 log = logging.getLogger(__name__)
 
 _REGEX = set(".^$*+?()[]{}|\\")
+OTHER_STACK = re.compile(r"^[a-z0-9]+-[0-9a-f]{10}-")
+"""Topics and groups of stacks with a prefix of their own (tests make `e2e-1a2b3c4d5e-`):
+the unprefixed stack's explorer leaves them out."""
 
 
 def topic_pattern(prefix: str) -> str:
@@ -30,8 +34,11 @@ def topic_pattern(prefix: str) -> str:
     return "^" + "".join("\\" + c if c in _REGEX else c for c in prefix) + ".*"
 
 
-def ours(topic: str, prefix: str) -> bool:
-    return topic.startswith(prefix) and not topic.startswith("__")
+def ours(name: str, prefix: str) -> bool:
+    """Whether a topic or group belongs to the stack with this prefix."""
+    if prefix:
+        return name.startswith(prefix)
+    return not name.startswith("_") and not OTHER_STACK.match(name)
 
 
 class Observer:
@@ -87,7 +94,8 @@ class Observer:
             }
         )
 
-        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+        def on_assign(c: Consumer, assigned: list[TopicPartition]) -> None:
+            partitions = [tp for tp in assigned if ours(tp.topic, self.prefix)]
             for tp in partitions:
                 try:
                     low, high = c.get_watermark_offsets(tp, timeout=5, cached=False)
@@ -153,7 +161,7 @@ class Observer:
             for g in listed
             if g.group_id != self.group_id
             and not g.group_id.startswith("explorer-")
-            and (g.group_id.startswith(self.prefix) or g.group_id.startswith(REDRIVE_GROUP))
+            and (ours(g.group_id, self.prefix) or g.group_id.startswith(REDRIVE_GROUP))
         ][: self.max_groups]
         futures = {
             g.group_id: (
