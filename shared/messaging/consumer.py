@@ -20,10 +20,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from shared.messaging import tracing
 from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
 from shared.messaging.decode import decode
-from shared.messaging.envelope import Envelope
+from shared.messaging.envelope import H_TYPE, Envelope
 from shared.messaging.failures import deadlock, transient
 from shared.messaging.fetch import consumer_config, index_of, next_batch, rewind, store
 from shared.messaging.idempotency import Claim, claim_many
+from shared.messaging.observe import IGNORED_CONSUMER, ConsumerObserver
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.router import EventRouter, Received
 from shared.messaging.unit_of_work import UnitOfWork
@@ -45,6 +46,9 @@ class _Rewind(Exception):
 
 
 NEW = Claim.NEW
+OTHER = "other"
+"""The type reported for records that are not events this service handles, so that
+the types reported stay the few the service knows."""
 
 
 class ConsumerWorker:
@@ -67,6 +71,7 @@ class ConsumerWorker:
         max_attempts: int = 3,
         backoff: float = 0.1,
         config: dict[str, Any] | None = None,
+        observer: ConsumerObserver = IGNORED_CONSUMER,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -92,6 +97,10 @@ class ConsumerWorker:
         self.skipped = 0
         """Events of a type no handler takes, on a topic another service owns."""
         self.last_error: str | None = None
+        self._observer = observer
+        self._timed = None if observer is IGNORED_CONSUMER else observer.handled
+        self._applied_types: dict[str, int] = {}
+        """Events applied since the last report, by type."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"consumer-{self.name}", daemon=True)
@@ -112,9 +121,11 @@ class ConsumerWorker:
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             self.assigned |= {(p.topic, p.partition) for p in partitions}
+            self._observer.assigned(len(self.assigned))
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
             self.assigned -= {(p.topic, p.partition) for p in partitions}
+            self._observer.assigned(len(self.assigned))
             try:  # hand over exactly what was applied
                 c.commit(asynchronous=False)
             except KafkaException as exc:
@@ -123,6 +134,7 @@ class ConsumerWorker:
 
         def on_lost(c: Consumer, partitions: list[TopicPartition]) -> None:
             self.assigned -= {(p.topic, p.partition) for p in partitions}
+            self._observer.assigned(len(self.assigned))
 
         consumer.subscribe(self._topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost)
         try:
@@ -154,6 +166,8 @@ class ConsumerWorker:
         """Decode every record once; apply each run of well-formed events in one
         transaction; dead-letter, skip or pass over the others in their place."""
         run: list[Received[Any]] = []
+        consumed: dict[tuple[str, str], int] = {}
+        skipped: dict[str, int] = {}
         for message in batch:
             error = message.error()
             if error is not None:  # a notice from the client, not a record
@@ -161,18 +175,37 @@ class ConsumerWorker:
                     raise _Fatal(error)
                 log.info("%s: %s", self.name, error)
                 continue
+            topic = message.topic() or ""
             decoded = decode(message, self._router, self._owned)
             if isinstance(decoded, Received):
                 run.append(decoded)
+                counted = (topic, decoded.event.type)
+                consumed[counted] = consumed.get(counted, 0) + 1
                 continue
             self._apply_run(consumer, run)
             run = []
             if isinstance(decoded, DeadLetter):
+                counted = (topic, self._known_type(message))
                 self._dead_letter(message, decoded)
             else:
+                counted = (topic, OTHER)
                 self.skipped += 1
+                skipped[topic] = skipped.get(topic, 0) + 1
+            consumed[counted] = consumed.get(counted, 0) + 1
             store(consumer, message)
         self._apply_run(consumer, run)
+        self._report(consumed, skipped)
+
+    def _report(self, consumed: dict[tuple[str, str], int], skipped: dict[str, int]) -> None:
+        """Tell the observer what one batch did."""
+        observer = self._observer
+        if consumed:
+            observer.consumed(consumed)
+        for topic, count in skipped.items():
+            observer.skipped(topic, count)
+        if self._applied_types:
+            observer.applied(self._applied_types)
+            self._applied_types = {}
 
     def _transaction(
         self, run: Sequence[Received[Any]], underway: list[Any] | None = None
@@ -184,7 +217,7 @@ class ConsumerWorker:
                 unit.session, self._processed, self.name, [item.event for item in run]
             )
             fresh = [item for item, outcome in zip(run, outcomes, strict=True) if outcome is NEW]
-            self._router.dispatch(unit, fresh, underway)
+            self._router.dispatch(unit, fresh, underway, self._timed)
             if underway is not None:
                 underway.clear()  # what fails now fails at commit
         return outcomes
@@ -267,6 +300,8 @@ class ConsumerWorker:
             )
         elif outcome is NEW:
             self.applied += 1
+            applied, event_type = self._applied_types, item.event.type
+            applied[event_type] = applied.get(event_type, 0) + 1
 
     def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
         try:
@@ -274,3 +309,13 @@ class ConsumerWorker:
         except DeliveryError as exc:
             raise _Rewind(message) from exc
         self.dead_lettered += 1
+        self._observer.dead_lettered(self._known_type(message), letter.reason)
+
+    def _known_type(self, message: Message) -> str:
+        """The record's event type if this service handles it, else OTHER."""
+        headers = message.headers() or []
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            if name == H_TYPE:
+                text = value.decode(errors="replace") if isinstance(value, bytes) else value
+                return text if text in self._router.routes else OTHER
+        return OTHER

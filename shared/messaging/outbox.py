@@ -14,7 +14,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text, update
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.observe import IGNORED_RELAY, RelayObserver
 from shared.messaging.producer import Delivery, EventProducer, Placed
 from shared.storage.db import OutboxMixin, is_postgres, make_sessions, reader, writing
 
@@ -65,9 +66,12 @@ class OutboxRelay:
         batch_size: int = 2000,
         poll_interval: float = 0.5,
         on_published: Callable[[Session, list[Delivery]], None] | None = None,
+        observer: RelayObserver = IGNORED_RELAY,
     ) -> None:
         """`on_published` runs in the transaction that marks events sent, with where the
-        broker put them (the order service files its own events in the chain there)."""
+        broker put them (the order service files its own events in the chain there);
+        `observer` hears of every acknowledged batch."""
+        self._observer = observer
         self._sessions = sessions
         self._reads = make_sessions(reader(sessions.kw["bind"]))
         self._on_published = on_published
@@ -174,7 +178,7 @@ class OutboxRelay:
         c = table.c
         with self._engine_reads.connect() as connection:
             rows = connection.execute(
-                select(c.id, c.topic, c.key, c.headers, c.payload)
+                select(c.id, c.topic, c.key, c.headers, c.payload, c.event_type, c.created_at)
                 .where(c.sent_at.is_(None))
                 .order_by(c.id)
                 .limit(self._batch_size)
@@ -201,10 +205,25 @@ class OutboxRelay:
                         ],
                     )
             self.published += len(acked)
+            self._report(rows, placed, now)
         failed = [p for p in placed if p.error is not None]
         if failed:
             raise RuntimeError(f"{len(failed)} event(s) not acknowledged: {failed[0].error}")
         return len(acked)
+
+    def _report(self, rows: Sequence[Any], placed: Sequence[Placed], acked_at: datetime) -> None:
+        """Tell the observer what the broker acknowledged: counts by topic and type, and
+        each event's time from its creation (the outbox row) to the acknowledgement."""
+        if self._observer is IGNORED_RELAY:
+            return
+        counts: dict[tuple[str, str], int] = {}
+        latencies = []
+        for row, p in zip(rows, placed, strict=True):
+            if p.error is None:
+                counted = (row.topic, row.event_type)
+                counts[counted] = counts.get(counted, 0) + 1
+                latencies.append((acked_at - row.created_at).total_seconds())
+        self._observer.published(counts, latencies)
 
     def purge(self, older_than: timedelta) -> int:
         """Delete sent rows older than `older_than`; unsent rows are never purged."""
@@ -216,6 +235,15 @@ class OutboxRelay:
                 )
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def unsent(self) -> tuple[int, datetime | None]:
+        """How many rows wait to be published, and when the oldest of them was written."""
+        c = self._model.__table__.c  # type: ignore[attr-defined]
+        unsent = c.sent_at.is_(None)
+        with self._engine_reads.connect() as connection:
+            count = connection.scalar(select(func.count()).where(unsent)) or 0
+            oldest = connection.scalar(select(c.created_at).where(unsent).order_by(c.id).limit(1))
+        return int(count), oldest
 
     def pending(self) -> int:
         model = self._model

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import time
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -102,14 +103,20 @@ class EventRouter:
         return [route.model for route in self.routes.values()]
 
     def dispatch(
-        self, unit: Unit, received: Sequence[Received[Any]], underway: list[Any] | None = None
+        self,
+        unit: Unit,
+        received: Sequence[Received[Any]],
+        underway: list[Any] | None = None,
+        timed: Callable[[str, float], None] | None = None,
     ) -> None:
         """Run the handlers of `received` in order, inside `unit`'s transaction.
 
         A per-event handler runs in the event's trace context, as its cause; a batch
         handler gets each run of consecutive events of its type in one call. `underway`,
         if given, holds the one event a per-event handler is handling (empty while a
-        batch handler runs), so that a caller can tell which event a failure belongs to."""
+        batch handler runs), so that a caller can tell which event a failure belongs to.
+        `timed`, if given, gets each handler call's event type and seconds once it returns."""
+        clock = time.perf_counter
         i, n = 0, len(received)
         while i < n:
             route = self.routes[received[i].event.type]
@@ -119,12 +126,18 @@ class EventRouter:
                 j = i + 1
                 while j < n and received[j].event.type == route.event_type:
                     j += 1
+                began = clock()
                 with tracing.consuming_batch([item.event for item in received[i:j]]):
                     route.call(unit, received[i:j])
+                if timed is not None:
+                    timed(route.event_type, clock() - began)
                 i = j
                 continue
             with tracing.consuming(received[i].event):
+                began = clock()
                 route.call(unit, received[i : i + 1])
+                if timed is not None:
+                    timed(route.event_type, clock() - began)
             i += 1
 
     def deliver(self, unit: Unit, *payloads: Event, **envelope: Any) -> list[Envelope]:
