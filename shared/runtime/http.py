@@ -1,8 +1,9 @@
-"""What every service's HTTP side shares: tracing and size-limit middleware, the error
-envelope, and the /health, /ready and /metrics endpoints."""
+"""What every service's HTTP side shares: tracing, metrics and size-limit middleware, the
+error envelope, and the /health, /ready and /metrics endpoints."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,10 +15,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.messaging import tracing
 from shared.messaging.envelope import new_id
+from shared.runtime.metrics import UNMATCHED
 
 
 class DomainError(Exception):
@@ -146,6 +149,51 @@ TELEMETRY: TelemetryConfig = {
 (it also sets the causation context), and metrics and logs are the service's own."""
 
 
+class MetricsMiddleware:
+    """Counts and times each request by method, route template and status, once the
+    service runs (its `runtime.instruments`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        instruments = _instruments(scope)
+        if scope["type"] != "http" or instruments is None:
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless the app starts a response
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            instruments.request(scope["method"], _route(scope), status, time.perf_counter() - began)
+
+
+def _instruments(scope: Scope) -> Any:
+    """The running service's `ServiceMetrics`, if it runs."""
+    runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+    return getattr(runtime, "instruments", None)
+
+
+def _route(scope: Scope) -> str:
+    """The template of the route that took the request (`/orders/{order_id}`); for one
+    answered before routing (a 413), the route that would have; else UNMATCHED."""
+    route = scope.get("route")
+    if route is None:
+        for candidate in scope["app"].router.routes:
+            if candidate.matches(scope)[0] is not Match.NONE:
+                route = candidate
+                break
+    return getattr(route, "path_format", None) or UNMATCHED
+
+
 class _TooLarge(HTTPException):
     """Raised from `receive` once a streamed body passes the limit. An HTTPException, so
     FastAPI's body reading passes it through (any other exception becomes its 400)."""
@@ -229,6 +277,7 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
     """Add the middleware, the error handlers and the operational endpoints."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(MetricsMiddleware)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(DataError, _unstorable)
 

@@ -15,8 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
@@ -33,7 +31,9 @@ from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.auth import KeyRing
 from shared.runtime.groupcommit import GroupCommit
 from shared.runtime.keys import trusted_keys
+from shared.runtime.lag import LagCollector
 from shared.runtime.limits import RateLimiter
+from shared.runtime.metrics import OutboxCollector, ServiceMetrics
 from shared.runtime.settings import ServiceSettings
 from shared.storage.db import (
     OutboxMixin,
@@ -108,8 +108,19 @@ class ServiceRuntime:
         self.producer: EventProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: ConsumerWorker | None = None
-        self.metrics = CollectorRegistry()
-        self.metrics.register(_RuntimeCollector(self))
+        self.instruments = ServiceMetrics(spec.name, settings.prometheus_multiproc_dir)
+        self.instruments.watch(OutboxCollector(spec.name, lambda: self.relay))
+        if spec.subscribes:
+            self.instruments.watch(
+                LagCollector(
+                    spec.name,
+                    settings.kafka_bootstrap_servers,
+                    self.group_id,
+                    [settings.topic(t) for t in spec.subscribes],
+                )
+            )
+        self.metrics = self.instruments.registry
+        """What /metrics serves."""
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
 
@@ -129,6 +140,7 @@ class ServiceRuntime:
             spec.outbox_model,
             self.producer,
             on_published=spec.on_published,
+            observer=self.instruments,
         )
         self.relay.start()
         self.writes.start()
@@ -137,7 +149,7 @@ class ServiceRuntime:
         if spec.subscribes:
             self.consumer = ConsumerWorker(
                 name=spec.name,
-                group_id=settings.consumer_group or spec.name,
+                group_id=self.group_id,
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[settings.topic(t) for t in spec.subscribes],
                 owned_topics=[settings.topic(t) for t in spec.owns],
@@ -148,6 +160,7 @@ class ServiceRuntime:
                 producer=EventProducer(settings.kafka_bootstrap_servers),
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
+                observer=self.instruments,
             )
             self.consumer.start()
         self._housekeeper = threading.Thread(
@@ -167,6 +180,11 @@ class ServiceRuntime:
             self.producer.close()
         tracing.shutdown()
         self.engine.dispose()
+        self.instruments.close()
+
+    @property
+    def group_id(self) -> str:
+        return self.settings.consumer_group or self.spec.name
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -201,34 +219,6 @@ class ServiceRuntime:
                 self.purge()
             except Exception as exc:
                 log.warning("housekeeping: %s", exc)
-
-
-class _RuntimeCollector:
-    def __init__(self, runtime: ServiceRuntime) -> None:
-        self._runtime = runtime
-
-    def collect(self) -> Any:
-        runtime, name = self._runtime, self._runtime.spec.name
-        consumer, relay = runtime.consumer, runtime.relay
-        applied = CounterMetricFamily("events_applied", "Events applied", labels=["service"])
-        applied.add_metric([name], consumer.applied if consumer else 0)
-        dead = CounterMetricFamily("events_dead_lettered", "Dead-lettered", labels=["service"])
-        dead.add_metric([name], consumer.dead_lettered if consumer else 0)
-        published = CounterMetricFamily(
-            "events_published", "Events published from the outbox", labels=["service"]
-        )
-        published.add_metric([name], relay.published if relay else 0)
-        pending = GaugeMetricFamily(
-            "outbox_pending", "Outbox rows not yet published", labels=["service"]
-        )
-        pending.add_metric([name], relay.pending() if relay else 0)
-        skipped = CounterMetricFamily(
-            "events_skipped",
-            "Events of types the service does not handle, on topics it does not own",
-            labels=["service"],
-        )
-        skipped.add_metric([name], consumer.skipped if consumer else 0)
-        yield from (applied, dead, skipped, published, pending)
 
 
 def quiet_garbage_collector() -> None:

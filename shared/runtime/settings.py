@@ -31,6 +31,11 @@ class ServiceSettings(BaseSettings):
     """Keep processed ids longer than a record can stay on a topic (retention plus a
     segment's age) and longer than a group's offsets live, or a replay could re-apply."""
     outbox_retention_hours: float = 24
+    prometheus_multiproc_dir: str | None = Field(
+        None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")
+    )
+    """Where the worker processes of one service keep their counters (prometheus_client
+    reads it too, at import): set when a service runs several, unset for one."""
 
     log_format: Literal["json", "text"] = Field("json", validation_alias=AliasChoices("LOG_FORMAT"))
     """JSON lines (service, level, trace, span, event) or a human format."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from sqlalchemy import Engine, Integer, String, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,7 +25,7 @@ from shared.messaging.outbox import row_to_envelope
 from shared.messaging.producer import DeliveryError
 from shared.messaging.router import EventRouter, Received
 from shared.messaging.unit_of_work import Unit, UnitOfWork
-from shared.runtime.service import _RuntimeCollector
+from shared.runtime.metrics import ServiceMetrics
 from shared.storage.db import make_sessions
 from tests.schema import Base, Outbox, Processed
 
@@ -177,7 +176,7 @@ class Harness:
         self.router.on(self._handle)
         self.consumer = FakeConsumer()
         self.producer = FakeProducer()
-        self.worker = ConsumerWorker(
+        self.worker_options: dict[str, Any] = dict(
             name=CONSUMER,
             bootstrap="never-dialled:9092",
             topics=[TOPIC],
@@ -185,10 +184,11 @@ class Harness:
             router=self.router,
             uow=uow,
             processed_model=Processed,
-            producer=self.producer,  # type: ignore[arg-type]
+            producer=self.producer,
             dead_letter_topic=DLQ,
             **{"backoff": 0, **worker_options},
         )
+        self.worker = ConsumerWorker(**self.worker_options)
 
     def _handle(self, unit: Unit, event: Envelope, payload: Tick) -> None:
         self.calls.append(event.id)
@@ -380,19 +380,52 @@ def test_skipping_is_decided_by_the_topic_of_each_record_in_a_batch(uow: UnitOfW
     )
 
 
-def test_skipped_events_are_exported_as_events_skipped_in_metrics(harness: Harness) -> None:
-    runtime = SimpleNamespace(spec=SimpleNamespace(name=CONSUMER), consumer=harness.worker)
-    runtime.relay = None
-    registry = CollectorRegistry()
-    registry.register(_RuntimeCollector(runtime))  # type: ignore[arg-type]
-    for seq in (1, 2, 3):
-        harness.process(message(tick(seq, event_type="tack"), offset=seq))
-    harness.process(message(tick(4), offset=4))
+def test_one_batch_is_reported_by_type_as_consumed_applied_skipped_and_dead_lettered(
+    uow: UnitOfWork,
+) -> None:
+    metrics = ServiceMetrics(CONSUMER)
+    harness = Harness(uow, observer=metrics)
+    first = tick(1)
+    bad = message(tick(9), offset=5)
+    bad.value_ = b'{"seq": "not a number"}'
+    batch = [
+        message(first, offset=1),
+        *[message(tick(seq, event_type="tack"), offset=seq) for seq in (2, 3, 4)],
+        bad,
+        message(first, offset=6),  # a redelivery: consumed, not applied again
+        message(tick(7), offset=7),
+    ]
 
-    assert registry.get_sample_value("events_skipped_total", {"service": CONSUMER}) == 3
-    assert registry.get_sample_value("events_dead_lettered_total", {"service": CONSUMER}) == 0
-    assert registry.get_sample_value("events_applied_total", {"service": CONSUMER}) == 1
-    assert b"events_skipped_total" in generate_latest(registry)
+    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"service": CONSUMER, **labels})
+
+    assert value("events_consumed_total", topic=TOPIC, type="tick") == 4
+    assert value("events_consumed_total", topic=TOPIC, type="other") == 3
+    assert value("events_applied_total", type="tick") == 2
+    assert value("events_skipped_total", topic=TOPIC) == 3
+    assert value("events_dead_lettered_total", type="tick", reason=Reason.INVALID_PAYLOAD) == 1
+    assert value("event_handler_duration_seconds_count", type="tick") == 2
+    assert value("event_handler_duration_seconds_bucket", type="tick", le="+Inf") == 2
+    assert b"events_skipped_total" in generate_latest(metrics.registry)
+
+
+def test_an_unknown_type_is_reported_as_other_so_labels_stay_bounded(owner: Harness) -> None:
+    metrics = ServiceMetrics(CONSUMER)
+    worker = ConsumerWorker(**{**owner.worker_options, "observer": metrics})
+    for seq in range(5):
+        worker._process(owner.consumer, message(tick(seq, event_type=f"made-up-{seq}")))  # type: ignore[arg-type]
+
+    labels = {"service": CONSUMER, "type": "other", "reason": Reason.UNKNOWN_TYPE}
+    assert metrics.registry.get_sample_value("events_dead_lettered_total", labels) == 5
+    types = {
+        sample.labels["type"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if "type" in sample.labels
+    }
+    assert types == {"other"}
 
 
 def test_a_kafka_error_that_is_not_fatal_is_skipped_without_storing_an_offset(
