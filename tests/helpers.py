@@ -1,4 +1,5 @@
-"""Small helpers for tests: polling with a deadline, unique names, reading topics."""
+"""Small helpers for tests: polling with a deadline, unique names, reading topics, adding
+up metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from confluent_kafka import Consumer, Message
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
@@ -62,3 +64,14 @@ def read_topic(
     finally:
         consumer.close()
     return messages
+
+
+def metric_total(exposition: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`, in the text
+    a /metrics endpoint answers (0 when there are none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import generate_latest
 from sqlalchemy import func, select
 
 from services.inventory.config import InventorySettings
@@ -50,7 +51,7 @@ from shared.messaging.envelope import (
 )
 from shared.messaging.producer import producer_config
 from shared.runtime.service import ServiceRuntime
-from tests.helpers import eventually, read_topic, unique
+from tests.helpers import eventually, metric_total, read_topic, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -507,9 +508,10 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
         len(skipped),
         VALID,
     )
+    exposition = generate_latest(runtime.metrics).decode()
     service = {"service": SPEC.name}
-    assert runtime.metrics.get_sample_value("events_skipped_total", service) == len(skipped)
-    assert runtime.metrics.get_sample_value("events_dead_lettered_total", service) == len(malformed)
+    assert metric_total(exposition, "events_skipped_total", **service) == len(skipped)
+    assert metric_total(exposition, "events_dead_lettered_total", **service) == len(malformed)
     dead_letters = settings.topic(DEAD_LETTERS)
     assert sum(end_offsets(kafka_bootstrap, [dead_letters]).values()) == len(malformed)
 

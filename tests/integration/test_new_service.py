@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, select
 from services.order.events import Line, OrderConfirmed, OrderCreated
 from shared.messaging import tracing
 from shared.messaging.producer import EventProducer
-from tests.helpers import eventually, read_topic, unique
+from tests.helpers import eventually, metric_total, read_topic, unique
 from tests.integration.loyalty import service as loyalty
 
 pytestmark = pytest.mark.integration
@@ -62,10 +62,7 @@ def test_a_new_service_consumes_order_created_and_publishes_its_own_event(
             "points": 2,
         }
         eventually(
-            lambda: (
-                "events_skipped_total" in client.get("/metrics").text
-                and _metric(client.get("/metrics").text, "events_skipped_total") == 1.0
-            ),
+            lambda: metric_total(client.get("/metrics").text, "events_skipped_total") == 1.0,
             message="order-confirmed is skipped and counted",
         )
         document = client.get("/asyncapi.json").json()
@@ -77,10 +74,3 @@ def test_a_new_service_consumes_order_created_and_publishes_its_own_event(
         rows = connection.execute(select(loyalty.Points.__table__)).all()
     engine.dispose()
     assert [(r.order_id, r.user_id, r.points) for r in rows] == [(order_id, "u-1", 2)]
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name):
-            return float(line.rsplit(" ", 1)[1])
-    return -1.0

@@ -1,0 +1,51 @@
+"""Consumer lag read from the real broker: committed offsets against high watermarks."""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from shared.messaging.topics import ensure_topics
+from shared.runtime.lag import LagCollector
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+
+def produce(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for partition, count in per_partition.items():
+        for n in range(count):
+            producer.produce(topic, f"record {n}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def commit(bootstrap: str, group: str, offsets: list[TopicPartition]) -> None:
+    committer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        committer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        committer.close()
+
+
+def test_lag_per_partition_is_the_high_watermark_less_the_committed_offset(
+    kafka_bootstrap: str,
+) -> None:
+    topic, missing, group = unique("lag"), unique("not-yet"), unique("lag-group")
+    ensure_topics(kafka_bootstrap, [topic], partitions=3)
+    produce(kafka_bootstrap, topic, {0: 5, 1: 3})
+    lag = LagCollector("shop", kafka_bootstrap, group, [topic, missing], ttl=0, timeout=10)
+
+    assert lag.lag() == [(topic, 0, 5), (topic, 1, 3), (topic, 2, 0)], "nothing committed yet"
+
+    commit(kafka_bootstrap, group, [TopicPartition(topic, 0, 2), TopicPartition(topic, 1, 3)])
+
+    assert lag.lag() == [(topic, 0, 3), (topic, 1, 0), (topic, 2, 0)]
+    families = {family.name: family for family in lag.collect()}
+    assert families["consumer_lag_known"].samples[0].value == 1
+    assert {
+        (s.labels["group"], s.labels["topic"], s.labels["partition"], s.value)
+        for s in families["consumer_lag_records"].samples
+    } == {(group, topic, "0", 3), (group, topic, "1", 0), (group, topic, "2", 0)}
