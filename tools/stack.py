@@ -74,6 +74,12 @@ class ServiceProcess:
     def log_file(self) -> Path:
         return self.run_dir / "logs" / f"{self.name}.log"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """Where its workers keep their metrics, when it runs several (prometheus_client's
+        multiprocess mode); emptied at every start."""
+        return self.run_dir / "metrics" / self.name
+
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
@@ -94,6 +100,11 @@ class ServiceProcess:
             **self.env,
             f"{prefix}PORT": str(self.port),
         }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if self.workers > 1:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self.metrics_dir.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
@@ -266,6 +277,18 @@ def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
     }
 
 
+def write_prometheus_config(path: Path, services: Mapping[str, ServiceProcess]) -> None:
+    """A Prometheus configuration that scrapes every local service's /metrics:
+    `prometheus --config.file=.run/prometheus.yml`."""
+    targets = ", ".join(f'"127.0.0.1:{service.port}"' for service in services.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Written by `python -m tools.stack up`: the services of this machine.\n"
+        "global:\n  scrape_interval: 5s\n"
+        f"scrape_configs:\n  - job_name: shop\n    static_configs:\n      - targets: [{targets}]\n"
+    )
+
+
 def operator_password(path: Path) -> str:
     """The operator account's password: made on first use, readable by its owner only."""
     if not path.exists():
@@ -325,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     if args.command == "up":
         stack.up()
+        scraping = RUN_DIR / "prometheus.yml"
+        write_prometheus_config(scraping, stack.services)
         print(f"stack ready in {time.monotonic() - began:.1f}s")
         print(f"  kafka      {stack.bootstrap}")
         for name, service in stack.services.items():
@@ -334,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if stack.zipkin is not None:
             print(f"  {'traces':<10} {stack.zipkin.url}  (Zipkin)")
         print(OPERATOR_HINT)
+        print(f"metrics: each service's /metrics; prometheus --config.file={scraping}")
     elif args.command == "down":
         stack.down()
         print("stack stopped")

@@ -30,6 +30,7 @@ from shared.runtime.metrics import UNMATCHED, OutboxCollector, ServiceMetrics
 from shared.storage.db import make_sessions
 from tests.conftest import free_port
 from tests.schema import Base, Outbox
+from tools import stack
 
 pytestmark = pytest.mark.unit
 
@@ -180,6 +181,31 @@ def test_every_process_of_a_service_is_summed_by_whichever_answers_the_scrape(
     assert sample(scraped, "http_request_duration_seconds_bucket", le="0.005", **labels) == 2
     # the process that exited took its partitions with it; counters keep what it counted
     assert sample(scraped, "consumer_assigned_partitions") == 2
+
+
+def test_a_service_of_several_workers_gets_an_emptied_multiprocess_directory_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[dict[str, str]] = []
+
+    def popen(command: list[str], env: dict[str, str], **_: Any) -> Any:
+        started.append(env)
+        return SimpleNamespace(pid=2**22 + len(started))
+
+    monkeypatch.setattr(stack, "port_open", lambda host, port: False)
+    monkeypatch.setattr(stack.subprocess, "Popen", popen)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "inherited"))
+    several = stack.ServiceProcess("order", free_port(), tmp_path, workers=2)
+    several.metrics_dir.mkdir(parents=True)
+    (several.metrics_dir / "counter_123.db").write_bytes(b"a previous run")
+    one = stack.ServiceProcess("inventory", free_port(), tmp_path)
+
+    several.start()
+    one.start()
+
+    assert started[0]["PROMETHEUS_MULTIPROC_DIR"] == str(several.metrics_dir)
+    assert list(several.metrics_dir.iterdir()) == []
+    assert "PROMETHEUS_MULTIPROC_DIR" not in started[1], "one process counts in memory"
 
 
 # --- read at scrape time ---------------------------------------------------------------
