@@ -56,6 +56,8 @@ OBSERVERS = ("jaeger",)
 INIT = "pginit"
 EXPLORER = "explorer"
 """The event explorer (tools/explorer): reads Kafka only."""
+MONITORING = ("prometheus", "grafana")
+"""Checked in tests/unit/test_dashboards.py."""
 PORTS = {service.name: service.port for service in SERVICES}
 
 
@@ -195,7 +197,7 @@ def assert_serves(command: list[str], name: str) -> None:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    expected = {*INFRA, INIT, *OBSERVERS, EXPLORER, *PORTS}
+    expected = {*INFRA, INIT, *OBSERVERS, EXPLORER, *MONITORING, *PORTS}
     assert set(data["services"]) == expected, "compose runs the registry's services"
 
 
