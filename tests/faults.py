@@ -6,7 +6,9 @@
 - `FAULT_CRASH_AFTER_COMMITS=N`: the process exits abruptly after its consumer's N-th
   commit, before that event's offset is stored;
 - `FAULT_CRASH_BEFORE_PUBLISH=N`: it exits abruptly as its outbox relay is about to
-  publish its N-th batch, after the events were committed."""
+  publish its N-th batch, after the events were committed;
+- `FAULT_HOLD_CONSUMER_WHILE=PATH`: its consumer holds every fetched batch, unapplied and
+  uncommitted, for as long as the file PATH exists."""
 
 from __future__ import annotations
 
@@ -59,9 +61,24 @@ def crash_before_publish(n: int) -> None:
     OutboxRelay._publish = crash_then_publish  # type: ignore[method-assign]
 
 
+def hold_consumer_while(path: str) -> None:
+    """Arm `ConsumerWorker` in this process to hold each batch while `path` exists."""
+    if not path:
+        return
+    process = ConsumerWorker._process_batch
+
+    def hold_then_process(self: ConsumerWorker, consumer: Any, batch: Any) -> None:
+        while os.path.exists(path) and not self._stop.wait(0.05):
+            pass
+        process(self, consumer, batch)
+
+    ConsumerWorker._process_batch = hold_then_process  # type: ignore[method-assign]
+
+
 def create_app() -> FastAPI:
     crash_after_commits(int(os.environ.get("FAULT_CRASH_AFTER_COMMITS") or 0))
     crash_before_publish(int(os.environ.get("FAULT_CRASH_BEFORE_PUBLISH") or 0))
+    hold_consumer_while(os.environ.get("FAULT_HOLD_CONSUMER_WHILE") or "")
     main = importlib.import_module(f"services.{os.environ['FAULT_SERVICE']}.main")
     app: FastAPI = main.create_app()
     return app
