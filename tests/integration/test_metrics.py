@@ -1,13 +1,20 @@
-"""Consumer lag read from the real broker: committed offsets against high watermarks."""
+"""Consumer lag read from the real broker (committed offsets against high watermarks), and
+one service's metrics summed over its uvicorn workers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from shared.messaging.topics import ensure_topics
 from shared.runtime.lag import LagCollector
-from tests.helpers import unique
+from tests.conftest import free_port
+from tests.helpers import eventually, metric_total, unique
+from tools.stack import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -49,3 +56,34 @@ def test_lag_per_partition_is_the_high_watermark_less_the_committed_offset(
         (s.labels["group"], s.labels["topic"], s.labels["partition"], s.value)
         for s in families["consumer_lag_records"].samples
     } == {(group, topic, "0", 3), (group, topic, "1", 0), (group, topic, "2", 0)}
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[ServiceProcess]:
+    app = "tests.integration.workers_app:create_app"
+    served = ServiceProcess("workers", free_port(), tmp_path, workers=2, app=app)
+    served.start()
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()
+
+
+def test_every_scrape_of_a_service_with_two_workers_counts_both(
+    two_workers: ServiceProcess,
+) -> None:
+    pids: list[int] = []
+
+    def both_answered() -> bool:
+        pids.append(httpx.get(f"{two_workers.url}/pid").json())  # a new connection each
+        return len(set(pids)) == 2
+
+    eventually(both_answered, timeout=60, interval=0, message="both workers answered")
+    assert {path.name for path in two_workers.metrics_dir.iterdir()} >= {
+        f"counter_{pid}.db" for pid in pids
+    }
+    for _ in range(6):  # whichever worker answers
+        text = httpx.get(f"{two_workers.url}/metrics").text
+        assert metric_total(text, "http_requests_total", route="/pid") == len(pids)
+        assert metric_total(text, "http_request_duration_seconds_count", route="/pid") == len(pids)
