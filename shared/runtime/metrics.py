@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -39,6 +39,12 @@ class ServiceMetrics(ConsumerObserver, RelayObserver):
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         if multiprocess_dir:
+            if values.ValueClass is values.MutexValue:
+                log.warning(
+                    "PROMETHEUS_MULTIPROC_DIR was not set when prometheus_client was imported:"
+                    " this process serves %s but does not count into it",
+                    multiprocess_dir,
+                )
             MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         own = None if multiprocess_dir else self.registry
         s = ("service",)
