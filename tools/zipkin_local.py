@@ -86,10 +86,16 @@ class LocalZipkin:
                 raise RuntimeError(f"port {self.port} is taken by a process that is not Zipkin")
             jar = self.fetch()
             self.home.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "QUERY_PORT": str(self.port), "STORAGE_TYPE": "mem"}
+            # In memory, the newest MEM_MAX_SPANS spans: a bounded heap under any load.
+            env = {
+                **os.environ,
+                "QUERY_PORT": str(self.port),
+                "STORAGE_TYPE": "mem",
+                "MEM_MAX_SPANS": "50000",
+            }
             with open(self.log_file, "ab") as log:
                 process = subprocess.Popen(
-                    [_java(), "-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-jar", str(jar)],
+                    [_java(), "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-jar", str(jar)],
                     cwd=self.home,
                     env=env,
                     stdin=subprocess.DEVNULL,
