@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from shared.messaging import tracing
+from shared.messaging.connection import Bootstrap
 from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
 from shared.messaging.decode import decode
 from shared.messaging.envelope import H_TYPE, Envelope
@@ -58,7 +59,7 @@ class ConsumerWorker:
         self,
         *,
         name: str,
-        bootstrap: str,
+        bootstrap: Bootstrap,
         topics: Sequence[str],
         owned_topics: Sequence[str] = (),
         router: EventRouter,

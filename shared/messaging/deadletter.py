@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
 from shared.messaging.producer import DeliveryError, EventProducer
 
@@ -87,7 +88,7 @@ def dead_letter(
 
 
 def redrive(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     dead_letter_topic: str,
     producer: EventProducer,
     *,
@@ -105,7 +106,7 @@ def redrive(
     re-published whole."""
     reader = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client_config(bootstrap),
             "group.id": group_id or f"redrive-{consumer or 'all'}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,

@@ -9,12 +9,14 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from shared.messaging.connection import Bootstrap, client_config
+
 log = logging.getLogger(__name__)
 
 
-def consumer_config(bootstrap: str, group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(bootstrap: Bootstrap, group_id: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group_id,
         "enable.auto.commit": True,
         "enable.auto.offset.store": False,  # store only after the DB transaction commits

@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.envelope import Envelope, KafkaHeaders
 
 
@@ -54,9 +55,9 @@ class Placed:
             self.offset = message.offset()  # type: ignore[assignment]
 
 
-def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+def producer_config(bootstrap: Bootstrap, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "enable.idempotence": True,
         "acks": "all",
         # Java clients and Kafka's tools hash keys with murmur2: land where they do.
@@ -77,7 +78,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
 class EventProducer:
     """Produces envelopes keyed by aggregate id and waits for every delivery report."""
 
-    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+    def __init__(self, bootstrap: Bootstrap, **overrides: Any) -> None:
         self._producer = Producer(producer_config(bootstrap, **overrides))
 
     def send(self, records: Sequence[tuple[str, Envelope]], timeout: float = 60) -> list[Delivery]:

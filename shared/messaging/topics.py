@@ -1,4 +1,8 @@
-"""Topic bootstrap: create declared topics at start-up when they are missing."""
+"""Topic bootstrap: create declared topics at start-up when they are missing.
+
+Listing needs only DESCRIBE on a topic and a topic that exists is enough: a service on a
+secured cluster (where the operator creates the topics and services hold no CREATE
+right) starts without asking for anything more."""
 
 from __future__ import annotations
 
@@ -8,23 +12,30 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from shared.messaging.connection import Bootstrap, client_config
+
 DEFAULT_PARTITIONS = 3
+MAX_REPLICATION = 3
 
 
 def ensure_topics(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     names: Iterable[str],
     partitions: int = DEFAULT_PARTITIONS,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout: float = 30,
 ) -> None:
-    """Create each topic unless it exists; "already exists" counts as success."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create each topic unless it exists; "already exists" counts as success.
+
+    `replication_factor` defaults to the cluster's size up to three (`replication_for`)."""
+    admin = AdminClient(client_config(bootstrap))
     wanted = sorted(set(names))
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [name for name in wanted if name not in existing]
+    metadata = admin.list_topics(timeout=timeout)
+    missing = [name for name in wanted if name not in metadata.topics]
     if not missing:
         return
+    if replication_factor is None:
+        replication_factor = replication_for(len(metadata.brokers))
     futures = admin.create_topics(
         [
             NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
@@ -40,6 +51,11 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     _await_metadata(admin, wanted, timeout)
+
+
+def replication_for(brokers: int) -> int:
+    """Three copies of each partition where there are three brokers, else one per broker."""
+    return max(1, min(MAX_REPLICATION, brokers))
 
 
 def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> None:

@@ -129,12 +129,14 @@ class ServiceRuntime:
         tracing.configure(spec.name)
         upgrade(self.engine, spec.migrations)
         topics = {*spec.subscribes, *spec.owns, DEAD_LETTERS}
+        kafka = settings.kafka()
         ensure_topics(
-            settings.kafka_bootstrap_servers,
+            kafka,
             [settings.topic(t) for t in topics],
             partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication,
         )
-        self.producer = EventProducer(settings.kafka_bootstrap_servers)
+        self.producer = EventProducer(kafka)
         self.relay = OutboxRelay(
             self.sessions,
             spec.outbox_model,
@@ -150,14 +152,14 @@ class ServiceRuntime:
             self.consumer = ConsumerWorker(
                 name=spec.name,
                 group_id=self.group_id,
-                bootstrap=settings.kafka_bootstrap_servers,
+                bootstrap=kafka,
                 topics=[settings.topic(t) for t in spec.subscribes],
                 owned_topics=[settings.topic(t) for t in spec.owns],
                 router=spec.router,
                 uow=self.uow,
                 processed_model=spec.processed_model,
                 # its own producer: dead letters never wait behind the relay's batch
-                producer=EventProducer(settings.kafka_bootstrap_servers),
+                producer=EventProducer(kafka),
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
                 observer=self.instruments,

@@ -1,15 +1,20 @@
 """The settings every service has. `service_settings` makes a service's class with its own
 env prefix (`ORDER_DATABASE_URL`, `INVENTORY_PORT`, ...); the broker address and topic
-prefix are shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`). Nothing else reads
-os.environ."""
+prefix are shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`), and so is how the
+service signs in to Kafka (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_USERNAME`,
+`KAFKA_SASL_PASSWORD_FILE`, `KAFKA_SSL_CA_LOCATION`: one process, one principal). Nothing
+else reads os.environ."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.messaging.connection import SCRAM, KafkaConnection
 
 
 class ServiceSettings(BaseSettings):
@@ -20,6 +25,24 @@ class ServiceSettings(BaseSettings):
     )
     topic_prefix: str = Field("", validation_alias=AliasChoices("TOPIC_PREFIX"))
     topic_partitions: int = Field(3, ge=1, validation_alias=AliasChoices("TOPIC_PARTITIONS"))
+    topic_replication: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("TOPIC_REPLICATION")
+    )
+    """Copies of each topic the service creates; unset: the cluster's size, up to three."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: str = Field(SCRAM, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(
+        None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME")
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD_FILE")
+    )
+    """A file holding the password (a mounted secret), never the password itself."""
+    kafka_ssl_ca_location: str | None = Field(
+        None, validation_alias=AliasChoices("KAFKA_SSL_CA_LOCATION")
+    )
 
     database_url: str = "sqlite:///.run/data/service.db"
     host: str = "127.0.0.1"
@@ -54,6 +77,23 @@ class ServiceSettings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name
+
+    def kafka(self) -> KafkaConnection:
+        """How this service reaches Kafka; the password file is read here, at start-up."""
+        password = None
+        if self.kafka_sasl_password_file is not None:
+            try:
+                password = self.kafka_sasl_password_file.read_text().strip()
+            except OSError as exc:
+                raise RuntimeError(f"KAFKA_SASL_PASSWORD_FILE unreadable: {exc}") from exc
+        return KafkaConnection(
+            self.kafka_bootstrap_servers,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            password,
+            self.kafka_ssl_ca_location,
+        )
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:
