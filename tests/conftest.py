@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from tools.kafka_cluster import LocalCluster, NodePorts
 from tools.kafka_local import LocalBroker
 from tools.stack import docker_engine
 
@@ -40,6 +41,21 @@ def kafka_bootstrap() -> Iterator[str]:
     yield broker.bootstrap
     if not was_running:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A three-node cluster of its own on free ports, secured like `make up`'s (SASL_SSL
+    for clients, mutual TLS between brokers, ACLs), its certificates in a temporary
+    folder; stopped after the session. Tests that use it are `slow`."""
+    run_dir = tmp_path_factory.mktemp("secure-kafka")
+    ports = [NodePorts(free_port(), free_port(), free_port()) for _ in range(3)]
+    cluster = LocalCluster(run_dir / "kafka", nodes=3, ports=ports, run_dir=run_dir)
+    try:
+        cluster.start(timeout=180)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def free_port() -> int:

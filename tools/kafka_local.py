@@ -5,6 +5,7 @@
 
 The jars come from tools/kafka/pom.xml (fetched once into .run/kafka/libs); each broker keeps
 its config, pid file, log and data under its own home directory (default .run/kafka).
+tools/kafka_cluster.py builds a secured multi-node cluster from the same `LocalBroker`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
+from shared.messaging.connection import Bootstrap, client_config, connection
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -104,19 +107,20 @@ def ensure_jars() -> Path:
     return LIBS_DIR
 
 
-def wait_for_broker(bootstrap: str, timeout: float) -> None:
+def wait_for_broker(bootstrap: Bootstrap, timeout: float) -> None:
     """Poll until the broker at `bootstrap` answers a metadata request with a broker list."""
     deadline = time.monotonic() + timeout
-    host, _, port = bootstrap.rpartition(":")
+    address = connection(bootstrap).bootstrap.split(",")[0]
+    host, _, port = address.rpartition(":")
     while not port_open(host, int(port)):  # cheap pre-check; avoids librdkafka connect noise
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"no Kafka broker listening on {bootstrap} after {timeout:.0f}s")
+            raise TimeoutError(f"no Kafka broker listening on {address} after {timeout:.0f}s")
         time.sleep(0.1)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"Kafka broker at {bootstrap} not ready after {timeout:.0f}s")
+            raise TimeoutError(f"Kafka broker at {address} not ready after {timeout:.0f}s")
         try:
             if admin.list_topics(timeout=max(0.5, min(2.0, remaining))).brokers:
                 return
@@ -170,6 +174,15 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def probe(self) -> Bootstrap:
+        """How start() asks this broker whether it serves (a secured node signs in)."""
+        return self.bootstrap
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.controller_port)
+
     def pid(self) -> int | None:
         """Pid of the live broker process named by the pid file, else None."""
         try:
@@ -194,13 +207,17 @@ class LocalBroker:
         props = [f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.home}"]
         return [_java(), *heap, *JVM_FLAGS, *props, "-cp", f"{libs}/*", *args]
 
+    def _properties(self) -> str:
+        return SERVER_PROPERTIES.format(
+            port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
+        )
+
+    def _format_args(self, config: Path) -> list[str]:
+        return ["format", "-t", self._cluster_id(), "-c", str(config), "--standalone"]
+
     def _write_config(self) -> Path:
         path = self.home / "server.properties"
-        path.write_text(
-            SERVER_PROPERTIES.format(
-                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir
-            )
-        )
+        path.write_text(self._properties())
         return path
 
     def _cluster_id(self) -> str:
@@ -212,19 +229,25 @@ class LocalBroker:
 
     def start(self, timeout: float = 60) -> None:
         """Start the broker (no-op if it already runs) and wait until it serves metadata."""
-        if self.pid() is not None:
-            wait_for_broker(self.bootstrap, timeout)  # running, or still starting up
+        if not self.launch():
+            wait_for_broker(self.probe, timeout)  # running, or still starting up
             return
+        self.wait_started(timeout)
+
+    def launch(self) -> bool:
+        """Start the process without waiting for it; False if it already runs. (Nodes of
+        a cluster launch together: none serves before a quorum of controllers is up.)"""
+        if self.pid() is not None:
+            return False
         self.pid_file.unlink(missing_ok=True)  # stale
-        for port in (self.port, self.controller_port):
+        for port in self.ports:
             if port_open("127.0.0.1", port):
                 raise RuntimeError(f"port {port} is taken by a process that is not this broker")
         libs = ensure_jars()
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         if not (self.data_dir / "meta.properties").is_file():
-            args = ["format", "-t", self._cluster_id(), "-c", str(config)]
-            args += ["--standalone", "--ignore-formatted"]
+            args = [*self._format_args(config), "--ignore-formatted"]
             cmd = self._java_cmd(libs, "kafka.tools.StorageTool", *args)
             fmt = subprocess.run(cmd, capture_output=True, text=True)
             if fmt.returncode != 0:
@@ -243,6 +266,11 @@ class LocalBroker:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
+        return True
+
+    def wait_started(self, timeout: float = 60) -> None:
+        """Wait until the process launch() started serves metadata; raise if it exits."""
+        assert self._proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:
@@ -257,7 +285,7 @@ class LocalBroker:
                     f"{self.log_file} ends with:\n{self.log_tail()}"
                 )
             try:
-                wait_for_broker(self.bootstrap, min(1.0, max(0.1, deadline - time.monotonic())))
+                wait_for_broker(self.probe, min(1.0, max(0.1, deadline - time.monotonic())))
                 return
             except TimeoutError:
                 pass
@@ -274,9 +302,9 @@ class LocalBroker:
 
     def _wait_ports_free(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while port_open("127.0.0.1", self.port) or port_open("127.0.0.1", self.controller_port):
+        while any(port_open("127.0.0.1", port) for port in self.ports):
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"port {self.port}/{self.controller_port} still open")
+                raise TimeoutError(f"ports {self.ports} still open")
             time.sleep(0.05)
 
     def stop(self, timeout: float = 30) -> None:

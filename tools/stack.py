@@ -1,11 +1,16 @@
-"""The whole stack on this machine: the Kafka broker, the services of services/registry.py
+"""The whole stack on this machine: the Kafka cluster, the services of services/registry.py
 and, for `up`, a Zipkin server that receives their traces.
 
     python -m tools.stack up        start what is not running, wait until every /ready is 200
     python -m tools.stack down      stop everything, free the ports
     python -m tools.stack status
-    python -m tools.stack kill SERVICE|kafka    SIGKILL, as a crash would
-    python -m tools.stack start SERVICE|kafka
+    python -m tools.stack kill SERVICE|kafka|kafka-ID    SIGKILL, as a crash would
+    python -m tools.stack start SERVICE|kafka|kafka-ID
+
+Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
+machine): tools/kafka_cluster.py. `up` creates the stack's topics, one SCRAM principal
+per service and the ACLs (tools/kafka_security.py) as the admin, and hands each service
+its own identity; `status` lists the brokers and each topic's leaders and in-sync replicas.
 
 `up` also starts the event explorer (tools/explorer, http://127.0.0.1:8090), a read-only
 page over the stack's topics; `down` stops it.
@@ -32,8 +37,11 @@ from pathlib import Path
 import httpx
 
 from services.registry import SERVICES
+from tools.certs import ADMIN
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
+from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
+from tools.kafka_security import Topology, principals, secure_stack
 from tools.zipkin_local import LocalZipkin
 
 PORTS = {service.name: service.port for service in SERVICES}
@@ -179,7 +187,8 @@ class ServiceProcess:
 
 class Stack:
     """The broker (unless an external one is given) and the services (all registered ones
-    unless `ports` names others)."""
+    unless `ports` names others). With a `cluster`, the stack runs on that secured cluster,
+    each service signed in as its own principal."""
 
     def __init__(
         self,
@@ -191,16 +200,19 @@ class Stack:
         workers: Mapping[str, int] | None = None,
         traces: bool = False,
         explorer_port: int | None = None,
+        cluster: LocalCluster | None = None,
     ) -> None:
         """`workers`: uvicorn worker processes per service name (1 when not named).
         `traces`: run a local Zipkin and send the services' spans to it, unless the
         environment already chooses an exporter (`OTEL_TRACES_EXPORTER`).
         `explorer_port`: also run the event explorer there."""
         self.run_dir = run_dir
-        self.broker = broker if bootstrap is None else None
-        if self.broker is None and bootstrap is None:
+        self.cluster = cluster if bootstrap is None else None
+        self.broker = broker if bootstrap is None and cluster is None else None
+        if self.broker is None and self.cluster is None and bootstrap is None:
             self.broker = LocalBroker()
-        self.bootstrap = bootstrap or self.broker.bootstrap  # type: ignore[union-attr]
+        self.bootstrap = bootstrap or (self.cluster or self.broker).bootstrap  # type: ignore[union-attr]
+        self.topic_prefix = {**os.environ, **(env or {})}.get("TOPIC_PREFIX", "")
         self.operator_password_file = run_dir / "operator-password"
         shared_env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -212,7 +224,9 @@ class Stack:
             self.zipkin = LocalZipkin(run_dir / "zipkin")
             shared_env |= trace_defaults(self.zipkin)
         self.services = {
-            name: ServiceProcess(name, port, run_dir, shared_env, (workers or {}).get(name, 1))
+            name: ServiceProcess(
+                name, port, run_dir, self._env(name, shared_env), (workers or {}).get(name, 1)
+            )
             for name, port in ports.items()
         }
         # its page holds a Server-Sent Events stream open: stop waiting for it after 2 s
@@ -223,10 +237,20 @@ class Stack:
             else None
         )
 
+    def _env(self, name: str, shared: dict[str, str]) -> dict[str, str]:
+        """On a cluster: the service's own principal, and the consumer group its ACL names."""
+        if self.cluster is None:
+            return shared
+        group = f"{name.upper()}_CONSUMER_GROUP"
+        return {group: self.topic_prefix + name, **shared, **self.cluster.client_env(name)}
+
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
         operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
+        if self.cluster is not None:
+            self.cluster.start()
+            self.secure()
         if self.zipkin is not None:
             self.zipkin.start()
         chosen = [self.services[n] for n in (names or self.services)]
@@ -238,7 +262,15 @@ class Stack:
             self.explorer.start()
             self.explorer.wait_ready(timeout)
 
-    def down(self) -> None:
+    def secure(self) -> None:
+        """As the admin: the stack's topics, every principal's credential, the ACLs."""
+        assert self.cluster is not None
+        cluster, topology = self.cluster, Topology.of_registry()
+        passwords = {name: cluster.password(name) for name in principals(topology)}
+        secure_stack(cluster.connection(ADMIN), self.topic_prefix, passwords, topology)
+
+    def down(self, kafka: bool = True) -> None:
+        """Stop everything; `kafka=False` leaves a cluster running (a test's, shared)."""
         if self.explorer is not None:
             self.explorer.stop()
         for service in self.services.values():
@@ -246,6 +278,8 @@ class Stack:
         (self.zipkin or LocalZipkin(self.run_dir / "zipkin")).stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.cluster is not None and kafka:
+            self.cluster.stop()
 
     def processes(self) -> dict[str, ServiceProcess]:
         """The services and, when it runs with them, the explorer."""
@@ -255,6 +289,9 @@ class Stack:
         states = {}
         if self.broker is not None:
             states["kafka"] = f"pid {self.broker.pid()}" if self.broker.is_running() else "down"
+        for node_id, node in (self.cluster.nodes if self.cluster else {}).items():
+            up = f"pid {node.pid()}" if node.is_running() else "down"
+            states[f"kafka-{node_id}"] = f"{up}, {node.bootstrap}"
         if self.zipkin is not None:
             pid = self.zipkin.pid()
             states["zipkin"] = "down" if pid is None else f"pid {pid}, {self.zipkin.url}"
@@ -344,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
         return code
-    stack = Stack(traces=True, explorer_port=EXPLORER_PORT)
+    nodes = int(os.environ.get("KAFKA_NODES", "3"))
+    stack = Stack(traces=True, explorer_port=EXPLORER_PORT, cluster=LocalCluster(nodes=nodes))
     began = time.monotonic()
     if args.command == "up":
         stack.up()
@@ -364,12 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
         print("stack stopped")
     elif args.command == "status":
-        for name, state in stack.status().items():
+        states = stack.status()
+        for name, state in states.items():
             print(f"  {name:<10} {state}")
-        return 0 if all(s != "down" for s in stack.status().values()) else 3
+        if stack.cluster is not None and any(s.startswith("pid") for s in states.values()):
+            print(describe_cluster(stack.cluster.connection(ADMIN), stack.topic_prefix))
+        return 0 if all(not s.startswith("down") for s in states.values()) else 3
     else:
         for name in args.names:
-            if name == "kafka" and stack.broker is not None:
+            if name.startswith("kafka") and stack.cluster is not None:
+                nodes = stack.cluster.nodes
+                if name == "kafka" and args.command == "start":
+                    stack.cluster.start()  # together: a node alone waits for a quorum
+                for node in nodes.values() if name == "kafka" else [nodes[int(name[6:])]]:
+                    node.kill() if args.command == "kill" else node.start()
+            elif name == "kafka" and stack.broker is not None:
                 stack.broker.kill() if args.command == "kill" else stack.broker.start()
             elif args.command == "kill":
                 stack.processes()[name].kill()

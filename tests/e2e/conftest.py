@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import free_port, service_databases
 from tests.helpers import unique
 from tools.client import ShopClient
+from tools.kafka_cluster import LocalCluster
 from tools.stack import PORTS, Stack
 
 
@@ -35,9 +36,12 @@ def start_stack(
     databases: dict[str, str],
     extra_env: dict[str, str] | None = None,
     explorer: bool = False,
+    cluster: LocalCluster | None = None,
 ) -> RunningStack:
     """The services on free ports and a unique topic prefix (and, with `explorer`, the
-    event explorer on a free port too)."""
+    event explorer on a free port too), on `kafka_bootstrap`, or (given a `cluster`) on
+    that secured cluster with each service signed in as its own principal;
+    `stack.down(kafka=False)` leaves it up."""
     prefix = unique("e2e") + "-"
     env = {"TOPIC_PREFIX": prefix, **(extra_env or {})}
     for name, url in databases.items():
@@ -48,7 +52,8 @@ def start_stack(
         run_dir=folder,
         ports=ports,
         env=env,
-        bootstrap=kafka_bootstrap,
+        bootstrap=None if cluster else kafka_bootstrap,
+        cluster=cluster,
         explorer_port=free_port() if explorer else None,
     )
     stack.up(timeout=120)
@@ -56,7 +61,7 @@ def start_stack(
     try:
         operator = client.as_operator(password_file=stack.operator_password_file)
     except BaseException:
-        stack.down()
+        stack.down(kafka=False)
         raise
     return RunningStack(stack, client, operator, prefix, backend)
 

@@ -1,0 +1,189 @@
+"""The secured cluster refuses what the ACL plan does not allow and whoever cannot sign in,
+and replicates the stack's topics three times with two in sync for a write.
+
+Runs on a three-node cluster of its own (the `secure_cluster` fixture), not on the
+plaintext broker of the other integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from shared.messaging.connection import KafkaConnection
+from shared.messaging.producer import DeliveryError, EventProducer
+from tests.helpers import eventually, unique
+from tools.certs import ADMIN, OBSERVER
+from tools.kafka_cluster import LocalCluster
+from tools.kafka_security import Topology, principals, secure_stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEADLINE = 30
+
+
+@dataclass
+class Secured:
+    cluster: LocalCluster
+    prefix: str
+
+    def as_user(self, principal: str) -> KafkaConnection:
+        return self.cluster.connection(principal)
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+
+@pytest.fixture(scope="module")
+def secured(secure_cluster: LocalCluster) -> Secured:
+    """A stack's topics, principals and ACLs, as `make up` makes them, under a new prefix."""
+    prefix = unique("sec") + "-"
+    topology = Topology.of_registry()
+    passwords = {name: secure_cluster.password(name) for name in principals(topology)}
+    secure_stack(secure_cluster.connection(ADMIN), prefix, passwords, topology)
+    return Secured(secure_cluster, prefix)
+
+
+@pytest.fixture
+def producers() -> Iterator[list[EventProducer]]:
+    made: list[EventProducer] = []
+    yield made
+    for producer in made:
+        producer.close(1)
+
+
+def produce(
+    producers: list[EventProducer], connection: KafkaConnection, topic: str, **overrides: object
+) -> KafkaError | None:
+    """Produce one record; None if acknowledged, else the error."""
+    producer = EventProducer(connection, **{"message.timeout.ms": 15_000, **overrides})
+    producers.append(producer)
+    try:
+        producer.produce_raw(topic, b"{}", b"key", timeout=DEADLINE)
+    except DeliveryError as exc:
+        return exc.error if isinstance(exc.error, KafkaError) else None
+    except KafkaException as exc:
+        return exc.args[0]
+    return None
+
+
+def first_error(connection: KafkaConnection, group: str, topic: str) -> KafkaError | None:
+    """Subscribe `group` to `topic`; the first error the consumer reports, or None once it
+    gets a record (fails if neither comes within the deadline)."""
+    consumer = Consumer(connection.config(**{"group.id": group, "auto.offset.reset": "earliest"}))
+    try:
+        consumer.subscribe([topic])
+
+        def polled() -> KafkaError | bool:
+            message = consumer.poll(0.5)
+            if message is None:
+                return False
+            return message.error() or True
+
+        result = eventually(polled, timeout=DEADLINE, interval=0, message=f"poll {topic}")
+        return result if isinstance(result, KafkaError) else None
+    finally:
+        consumer.close()
+
+
+def test_a_service_writes_the_topics_it_owns_and_dead_letters(
+    secured: Secured, producers: list[EventProducer]
+) -> None:
+    order = secured.as_user("order")
+    assert produce(producers, order, secured.topic("orders")) is None
+    assert produce(producers, order, secured.topic("dead-letters")) is None
+
+
+def test_a_service_writing_a_topic_it_does_not_own_is_refused(
+    secured: Secured, producers: list[EventProducer]
+) -> None:
+    error = produce(producers, secured.as_user("order"), secured.topic("stock"))
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def test_a_service_reads_what_it_subscribes_to_in_its_own_group(
+    secured: Secured, producers: list[EventProducer]
+) -> None:
+    assert produce(producers, secured.as_user("product"), secured.topic("products")) is None
+    order = secured.as_user("order")
+    assert first_error(order, secured.topic("order"), secured.topic("products")) is None
+
+
+@pytest.mark.parametrize("topic", ["dead-letters", "stock-changes"])
+def test_a_service_reading_a_topic_it_does_not_subscribe_to_is_refused(
+    secured: Secured, topic: str
+) -> None:
+    error = first_error(secured.as_user("order"), secured.topic("order"), secured.topic(topic))
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def test_a_service_using_another_services_group_is_refused(secured: Secured) -> None:
+    error = first_error(
+        secured.as_user("order"), secured.topic("inventory"), secured.topic("products")
+    )
+    assert error is not None and error.code() == KafkaError.GROUP_AUTHORIZATION_FAILED, error
+
+
+def test_the_observer_reads_dead_letters_but_writes_nothing(
+    secured: Secured, producers: list[EventProducer]
+) -> None:
+    assert produce(producers, secured.as_user("user"), secured.topic("dead-letters")) is None
+    observer = secured.as_user(OBSERVER)
+    group = secured.topic(OBSERVER + "-" + unique())
+    assert first_error(observer, group, secured.topic("dead-letters")) is None
+    # Not idempotent: an idempotent producer that may write nowhere is refused its
+    # producer id as a whole (CLUSTER_AUTHORIZATION_FAILED), before any topic is asked.
+    error = produce(producers, observer, secured.topic("orders"), **{"enable.idempotence": False})
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def refused(config: dict[str, object]) -> list[KafkaError]:
+    """Ask for metadata, which must fail within the deadline; return the errors the client
+    reported meanwhile."""
+    errors: list[KafkaError] = []
+    admin = AdminClient({**config, "error_cb": errors.append})
+    with pytest.raises(KafkaException):
+        admin.list_topics(timeout=10)
+    admin.poll(0)  # serves the error callbacks
+    return errors
+
+
+def test_a_client_without_sasl_is_refused(secured: Secured) -> None:
+    refused(KafkaConnection(secured.cluster.bootstrap).config())
+    ca = str(secured.cluster.tls.ca)
+    refused(KafkaConnection(secured.cluster.bootstrap, "SSL", ca_location=ca).config())
+
+
+@pytest.mark.parametrize("user", ["order", "nobody"])
+def test_a_wrong_password_is_refused(secured: Secured, user: str) -> None:
+    wrong = secured.as_user(ADMIN).as_user(user, "not-the-password")
+    errors = refused(wrong.config())
+    assert any(error.code() == KafkaError._AUTHENTICATION for error in errors), errors
+
+
+def test_the_stacks_topics_have_three_replicas_and_need_two_in_sync(secured: Secured) -> None:
+    admin = AdminClient(secured.as_user(ADMIN).config())
+    metadata = admin.list_topics(timeout=DEADLINE)
+    topics = [secured.topic(name) for name in Topology.of_registry().topics]
+    for name in topics:
+        for partition in metadata.topics[name].partitions.values():
+            assert len(partition.replicas) == 3, (name, partition.replicas)
+    resource = ConfigResource(ResourceType.TOPIC, topics[0])
+    configs = admin.describe_configs([resource])[resource].result(DEADLINE)
+    assert configs["min.insync.replicas"].value == "2"
+    assert configs["unclean.leader.election.enable"].value == "false"
+
+
+def test_the_observer_sees_the_committed_offsets_of_any_group(
+    secured: Secured,
+) -> None:
+    observer = Consumer(secured.as_user(OBSERVER).config(**{"group.id": secured.topic("order")}))
+    try:
+        partitions = [TopicPartition(secured.topic("products"), p) for p in range(3)]
+        committed = observer.committed(partitions, timeout=DEADLINE)
+        assert len(committed) == 3
+    finally:
+        observer.close()

@@ -1,0 +1,310 @@
+"""A local KRaft cluster of N nodes, each both broker and controller, secured as in
+production, run from the same Maven jars as tools/kafka_local.py.
+
+    python -m tools.kafka_cluster {start,stop,status} [--nodes N]
+    python -m tools.kafka_cluster {start,stop,kill} --node ID
+
+Listeners per node: CLIENT (SASL_SSL, SCRAM-SHA-512) for clients, INTERNAL (SSL, mutual
+TLS) between brokers and CONTROLLER (SSL, mutual TLS) for the quorum. The brokers
+authenticate each other by their certificate (`User:kafka-broker`, a super user with
+`User:admin`); StandardAuthorizer denies whatever no ACL allows. Replication follows
+the size: three copies and two in sync for a write from three nodes on, else one.
+
+Each node has its home under .run/kafka/node-<id> (config, data, log, pid) and can be
+stopped, killed (SIGKILL) and started on its own; the certificates live in
+.run/kafka-tls and the SCRAM passwords in .run/kafka-credentials (tools/certs.py)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from shared.messaging.connection import KafkaConnection
+from shared.messaging.topics import replication_for
+from tools.certs import ADMIN, BROKER_PRINCIPAL, TlsFiles, ensure_password, ensure_tls
+from tools.kafka_local import RUN_DIR, LocalBroker
+
+HEAP_MB = 384
+CLIENT_PORT = 19091
+"""Node i serves clients on CLIENT_PORT + i (19092, 19093, 19094), the brokers on
+INTERNAL_PORT + i and the quorum on CONTROLLER_PORT + i."""
+INTERNAL_PORT = 19191
+CONTROLLER_PORT = 19291
+
+NODE_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=CLIENT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal},\
+CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=CLIENT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL
+log.dirs={data_dir}
+# Clients: SCRAM over TLS. Brokers and controllers: mutual TLS, named by certificate.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.client.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.internal.ssl.client.auth=required
+listener.name.controller.ssl.client.auth=required
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={truststore}
+ssl.principal.mapping.rules=RULE:^CN=([^,]+),.*$/$1/,DEFAULT
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{broker_principal};User:{admin}
+# Durability from the cluster's size: with three nodes an acknowledged write (acks=all)
+# is on two at least, and a replica that missed writes never becomes leader.
+num.partitions=3
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+unclean.leader.election.enable=false
+auto.create.topics.enable=false
+offsets.topic.num.partitions=3
+offsets.topic.replication.factor={replication}
+transaction.state.log.num.partitions=3
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.num.partitions=1
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=2097152
+num.network.threads=2
+num.io.threads=2
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=4000
+"""
+
+
+@dataclass(frozen=True)
+class NodePorts:
+    client: int
+    internal: int
+    controller: int
+
+
+def default_ports(nodes: int) -> list[NodePorts]:
+    return [
+        NodePorts(CLIENT_PORT + i, INTERNAL_PORT + i, CONTROLLER_PORT + i)
+        for i in range(1, nodes + 1)
+    ]
+
+
+def min_insync_for(nodes: int) -> int:
+    return 2 if nodes >= 3 else 1
+
+
+class ClusterNode(LocalBroker):
+    """One node of a LocalCluster: its own home, ports and process."""
+
+    def __init__(self, cluster: LocalCluster, node_id: int, ports: NodePorts) -> None:
+        super().__init__(
+            cluster.home / f"node-{node_id}",
+            port=ports.client,
+            controller_port=ports.controller,
+            heap_mb=cluster.heap_mb,
+        )
+        self.cluster = cluster
+        self.node_id = node_id
+        self.internal_port = ports.internal
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.internal_port, self.controller_port)
+
+    @property
+    def probe(self) -> KafkaConnection:
+        return self.cluster.connection(ADMIN, bootstrap=self.bootstrap)
+
+    def _properties(self) -> str:
+        cluster, tls = self.cluster, self.cluster.tls
+        return NODE_PROPERTIES.format(
+            node_id=self.node_id,
+            voters=cluster.voters,
+            client=self.port,
+            internal=self.internal_port,
+            controller=self.controller_port,
+            data_dir=self.data_dir,
+            keystore=tls.broker,
+            truststore=tls.ca,
+            broker_principal=BROKER_PRINCIPAL,
+            admin=ADMIN,
+            replication=replication_for(len(cluster.nodes)),
+            min_isr=min_insync_for(len(cluster.nodes)),
+        )
+
+    def _cluster_id(self) -> str:
+        return self.cluster.cluster_id()
+
+    def _format_args(self, config: Path) -> list[str]:
+        """The admin's SCRAM credential goes into the metadata's bootstrap records, so the
+        operator can sign in from the first start (the other principals are added over
+        the admin API). The format tool takes it as an argument; it runs for a second,
+        as the same user that owns the password file."""
+        admin = f"SCRAM-SHA-512=[name={ADMIN},password={self.cluster.password(ADMIN)}]"
+        return ["format", "-t", self._cluster_id(), "-c", str(config), "--add-scram", admin]
+
+
+class LocalCluster:
+    """`nodes` KRaft nodes on 127.0.0.1, secured (see the module's docstring)."""
+
+    def __init__(
+        self,
+        home: Path = RUN_DIR / "kafka",
+        nodes: int = 3,
+        ports: Sequence[NodePorts] | None = None,
+        run_dir: Path = RUN_DIR,
+        heap_mb: int = HEAP_MB,
+    ) -> None:
+        ports = list(ports) if ports is not None else default_ports(nodes)
+        if len(ports) != nodes or nodes < 1:
+            raise ValueError(f"{nodes} node(s) need as many port sets, got {len(ports)}")
+        self.home = Path(home).resolve()
+        self.heap_mb = heap_mb
+        self.tls_dir = run_dir / "kafka-tls"
+        self.credentials_dir = run_dir / "kafka-credentials"
+        self.nodes = {i: ClusterNode(self, i, p) for i, p in enumerate(ports, start=1)}
+
+    @property
+    def tls(self) -> TlsFiles:
+        return ensure_tls(self.tls_dir)
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{i}@127.0.0.1:{n.controller_port}" for i, n in self.nodes.items())
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes.values())
+
+    def cluster_id(self) -> str:
+        """One id for every node, kept in the cluster's home."""
+        path = self.home / "cluster-id"
+        if not path.is_file():
+            self.home.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n"
+            )
+        return path.read_text().strip()
+
+    def password(self, principal: str) -> str:
+        return ensure_password(self.credentials_dir, principal)
+
+    def password_file(self, principal: str) -> Path:
+        self.password(principal)
+        return self.credentials_dir / principal
+
+    def connection(self, principal: str, bootstrap: str | None = None) -> KafkaConnection:
+        """How `principal` reaches this cluster (SASL_SSL, SCRAM-SHA-512)."""
+        return KafkaConnection(
+            bootstrap or self.bootstrap,
+            "SASL_SSL",
+            username=principal,
+            password=self.password(principal),
+            ca_location=str(self.tls.ca),
+        )
+
+    def client_env(self, principal: str) -> dict[str, str]:
+        """The environment a service's settings read to sign in as `principal`: a path to
+        the password, never the password."""
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "KAFKA_SASL_USERNAME": principal,
+            "KAFKA_SASL_PASSWORD_FILE": str(self.password_file(principal)),
+            "KAFKA_SSL_CA_LOCATION": str(self.tls.ca),
+        }
+
+    def start(self, timeout: float = 120) -> None:
+        """Launch every node that is down, then wait until each serves."""
+        self.tls  # noqa: B018 - made before any node reads it
+        launched = [node for node in self.nodes.values() if node.launch()]
+        for node in self.nodes.values():
+            if node in launched:
+                node.wait_started(timeout)
+            else:
+                node.start(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to every node at once (one by one, the last ones would wait for a
+        quorum that is gone), then wait for each."""
+        for node in self.nodes.values():
+            if (pid := node.pid()) is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for node in self.nodes.values():
+            node.stop(timeout)
+
+    def is_running(self) -> bool:
+        return all(node.is_running() for node in self.nodes.values())
+
+
+def describe_cluster(admin: KafkaConnection, prefix: str = "", timeout: float = 5) -> str:
+    """The brokers the cluster reports, and each of the stack's topics' partitions with
+    leader, replicas and in-sync replicas (fewer in sync than replicas is flagged)."""
+    try:
+        metadata = AdminClient(admin.config()).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        return f"  cluster unreachable: {exc}"
+    lines = [f"  cluster {metadata.cluster_id}, active controller: node {metadata.controller_id}"]
+    for broker in sorted(metadata.brokers.values(), key=lambda b: b.id):
+        lines.append(f"  broker {broker.id}  {broker.host}:{broker.port}")
+    for name in sorted(metadata.topics):
+        if name.startswith("__") or not name.startswith(prefix):
+            continue
+        for part in sorted(metadata.topics[name].partitions.values(), key=lambda p: p.id):
+            flag = "  UNDER-REPLICATED" if len(part.isrs) < len(part.replicas) else ""
+            lines.append(
+                f"  {name}[{part.id}]  leader {part.leader}  replicas {part.replicas}"
+                f"  isr {sorted(part.isrs)}{flag}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.kafka_cluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=["start", "stop", "kill", "status"])
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--node", type=int, help="one node's id")
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(nodes=args.nodes)
+    chosen = [cluster.nodes[args.node]] if args.node else list(cluster.nodes.values())
+    began = time.monotonic()
+    if args.command == "start":
+        if args.node:
+            chosen[0].start()
+        else:
+            cluster.start()
+        print(f"kafka ready at {cluster.bootstrap} in {time.monotonic() - began:.1f}s")
+    elif args.command in ("stop", "kill"):
+        for node in chosen:
+            node.stop() if args.command == "stop" else node.kill()
+    for node in chosen:
+        state = f"pid {node.pid()}" if node.is_running() else "down"
+        print(f"  kafka-{node.node_id}  {node.bootstrap:<16} {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
