@@ -54,7 +54,8 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=INTERNAL
 listener.security.protocol.map=CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL
 log.dirs={data_dir}
-# Clients: SCRAM over TLS. Brokers and controllers: mutual TLS, named by certificate.
+# Clients: SCRAM over TLS. Brokers and controllers: mutual TLS, named by certificate
+# (its CN; `CN.` rather than `CN=`: the apache/kafka image drops values holding '=').
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.client.scram-sha-512.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -64,7 +65,7 @@ ssl.keystore.type=PEM
 ssl.keystore.location={keystore}
 ssl.truststore.type=PEM
 ssl.truststore.location={truststore}
-ssl.principal.mapping.rules=RULE:^CN=([^,]+),.*$/$1/,DEFAULT
+ssl.principal.mapping.rules=RULE:^CN.([^,]+),.*$/$1/,DEFAULT
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:{broker_principal};User:{admin}

@@ -11,12 +11,22 @@ services/registry.py and each service's `ServiceSpec` (`owns`, `subscribes`).
 
 WRITE on a topic also allows the idempotent producer's IDEMPOTENT_WRITE (Kafka 3.0+,
 KIP-679), so services need no cluster-level right. `acl_plan` is pure; `secure_stack`
-applies it to a running cluster."""
+applies it to a running cluster.
+
+    python -m tools.kafka_security --bootstrap HOSTS --ca CA.pem --client-pem BROKER.pem \
+        --secrets DIR [--prefix P]
+
+does the same once from outside (compose's one-shot `kafka-init`): it signs in with the
+brokers' own certificate (mutual TLS, a super user) on their inter-broker listener, so
+even the admin's SCRAM credential is made here, from `DIR/kafka_password_<principal>`."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -35,7 +45,7 @@ from services.registry import SERVICES, load
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.topics import ensure_topics
-from tools.certs import OBSERVER, REDRIVE
+from tools.certs import ADMIN, OBSERVER, REDRIVE
 
 SCRAM_ITERATIONS = 8192
 
@@ -159,3 +169,27 @@ def secure_stack(
     except KafkaException as exc:
         raise RuntimeError(f"creating ACLs failed: {exc}") from exc
     return grants
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.kafka_security", description=__doc__)
+    parser.add_argument("--bootstrap", required=True, help="the brokers' SSL listeners")
+    parser.add_argument("--ca", required=True, help="the CA certificate (PEM)")
+    parser.add_argument("--client-pem", required=True, help="key and certificate (PEM)")
+    parser.add_argument("--secrets", type=Path, required=True, help="kafka_password_* files")
+    parser.add_argument("--prefix", default="", help="the stack's topic prefix")
+    parser.add_argument("--partitions", type=int, default=3)
+    args = parser.parse_args(argv)
+    broker = KafkaConnection(args.bootstrap, "SSL", ca_location=args.ca, client_pem=args.client_pem)
+    topology = Topology.of_registry()
+    passwords = {
+        name: (args.secrets / f"kafka_password_{name}").read_text().strip()
+        for name in (ADMIN, *principals(topology))
+    }
+    grants = secure_stack(broker, args.prefix, passwords, topology, args.partitions)
+    print(f"topics, {len(passwords)} principals and {len(grants)} ACLs in place")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

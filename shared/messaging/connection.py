@@ -6,7 +6,7 @@ string means PLAINTEXT, a `KafkaConnection` carries the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 SCRAM = "SCRAM-SHA-512"
@@ -22,6 +22,8 @@ class KafkaConnection:
     password: str | None = None
     ca_location: str | None = None
     """PEM file of the CA to trust; None trusts the system's CAs."""
+    client_pem: str | None = None
+    """PEM file with a client key and certificate, for mutual TLS (SSL) instead of SASL."""
 
     @property
     def sasl(self) -> bool:
@@ -42,19 +44,15 @@ class KafkaConnection:
             config["sasl.password"] = self.password or ""
         if self.tls and self.ca_location:
             config["ssl.ca.location"] = self.ca_location
+        if self.tls and self.client_pem:
+            config["ssl.certificate.location"] = self.client_pem
+            config["ssl.key.location"] = self.client_pem
         config.update(extra)
         return config
 
     def as_user(self, username: str, password: str) -> KafkaConnection:
         """The same cluster under another SASL identity."""
-        return KafkaConnection(
-            self.bootstrap,
-            self.security_protocol,
-            self.sasl_mechanism,
-            username,
-            password,
-            self.ca_location,
-        )
+        return replace(self, username=username, password=password)
 
     def __repr__(self) -> str:  # never print a password
         who = f" as {self.username}" if self.sasl else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -16,6 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.producer import DeliveryError, EventProducer
 from tests.helpers import eventually, unique
+from tools import kafka_security
 from tools.certs import ADMIN, OBSERVER
 from tools.kafka_cluster import LocalCluster
 from tools.kafka_security import Topology, principals, secure_stack
@@ -187,3 +189,22 @@ def test_the_observer_sees_the_committed_offsets_of_any_group(
         assert len(committed) == 3
     finally:
         observer.close()
+
+
+def test_the_brokers_certificate_sets_up_a_stack_as_composes_kafka_init_does(
+    secure_cluster: LocalCluster, tmp_path: Path, producers: list[EventProducer]
+) -> None:
+    """`python -m tools.kafka_security` signs in by mutual TLS on the inter-broker listener
+    (the broker principal, a super user) and makes every credential, the admin's too."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in (ADMIN, *principals(Topology.of_registry())):
+        (secrets / f"kafka_password_{name}").write_text(secure_cluster.password(name) + "\n")
+    internal = ",".join(f"127.0.0.1:{n.internal_port}" for n in secure_cluster.nodes.values())
+    tls = secure_cluster.tls
+    prefix = unique("init") + "-"
+    args = ["--bootstrap", internal, "--ca", str(tls.ca), "--client-pem", str(tls.broker)]
+    assert kafka_security.main([*args, "--secrets", str(secrets), "--prefix", prefix]) == 0
+    assert produce(producers, secure_cluster.connection("order"), prefix + "orders") is None
+    error = produce(producers, secure_cluster.connection("order"), prefix + "stock")
+    assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
