@@ -45,7 +45,7 @@ from services.registry import SERVICES, load
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.topics import ensure_topics
-from tools.certs import ADMIN, OBSERVER, REDRIVE
+from tools.certs import ADMIN, OBSERVER, REDRIVE, ensure_password, ensure_tls
 
 SCRAM_ITERATIONS = 8192
 
@@ -169,6 +169,17 @@ def secure_stack(
     except KafkaException as exc:
         raise RuntimeError(f"creating ACLs failed: {exc}") from exc
     return grants
+
+
+def compose_env(run_dir: Path) -> dict[str, str]:
+    """What compose's secrets are made of (SHOP_KAFKA_*): the CA, the brokers' key and
+    certificate, each principal's password; made under `run_dir` on first use."""
+    tls = ensure_tls(run_dir / "kafka-tls")
+    env = {"SHOP_KAFKA_CA": tls.ca.read_text(), "SHOP_KAFKA_BROKER": tls.broker.read_text()}
+    for name in (ADMIN, *principals(Topology.of_registry())):
+        password = ensure_password(run_dir / "kafka-credentials", name)
+        env[f"SHOP_KAFKA_PASSWORD_{name.upper()}"] = password
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from tools.certs import ADMIN
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
-from tools.kafka_security import Topology, principals, secure_stack
+from tools.kafka_security import Topology, compose_env, principals, secure_stack
 from tools.zipkin_local import LocalZipkin
 
 PORTS = {service.name: service.port for service in SERVICES}
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     password = operator_password(RUN_DIR / "operator-password") if args.command == "up" else ""
     if args.command in ("up", "down") and docker_engine():
         extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
-        env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
+        env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password, **compose_env(RUN_DIR)}
         code = subprocess.call(compose + extra, env=env)
         if code == 0 and args.command == "up":
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")

@@ -41,7 +41,9 @@ from services.registry import SERVICES, get, load
 from shared.messaging.tracing import span_exporters
 from shared.runtime.settings import ServiceSettings
 from tools import pginit
-from tools.kafka_local import LocalBroker
+from tools.certs import ADMIN
+from tools.kafka_cluster import LocalCluster, default_ports
+from tools.kafka_security import Topology, principals
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +52,10 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 POM = ROOT / "tools" / "kafka" / "pom.xml"
-INFRA = ("kafka", "postgres")
+INFRA = ("postgres",)
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+KAFKA_INIT = "kafka-init"
+"""Sets up the cluster's security; the services wait for it (it waits for the nodes)."""
 OBSERVERS = ("jaeger",)
 """What watches the services; nothing waits for it."""
 INIT = "pginit"
@@ -197,13 +202,13 @@ def assert_serves(command: list[str], name: str) -> None:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    expected = {*INFRA, INIT, *OBSERVERS, EXPLORER, *MONITORING, *PORTS}
+    expected = {*INFRA, *KAFKA_NODES, INIT, KAFKA_INIT, *OBSERVERS, EXPLORER, *MONITORING, *PORTS}
     assert set(data["services"]) == expected, "compose runs the registry's services"
 
 
 def test_every_long_running_container_has_a_healthcheck_for_up_wait() -> None:
     for name in compose()["services"]:
-        if name != INIT:
+        if name not in (INIT, KAFKA_INIT):
             healthcheck_text(name)
 
 
@@ -234,76 +239,173 @@ def test_the_explorer_reads_kafka_only_on_its_loopback_port() -> None:
 # --- kafka -----------------------------------------------------------------------------
 
 
+def kafka_properties(name: str) -> dict[str, str]:
+    """A node's server.properties as the apache/kafka image renders its KAFKA_* variables:
+    `_` is `.`, `__` is `_`, `___` is `-`, and a value holding `=` is dropped (compose
+    first turns `$$` into `$`)."""
+    properties = {}
+    for key, value in environment(name).items():
+        value = value.replace("$$", "$")
+        if not key.startswith("KAFKA_") or key == "KAFKA_HEAP_OPTS" or "=" in value:
+            continue
+        converted = re.sub(r"[^_]_[^_]", lambda m: m.group(0).replace("_", "."), key[6:])
+        properties[converted.replace("___", "-").replace("__", "_").lower()] = value
+    return properties
+
+
+def local_node_properties(run_dir: Path) -> dict[str, str]:
+    """What tools/kafka_cluster.py gives a node of a three-node cluster."""
+    cluster = LocalCluster(run_dir / "kafka", nodes=3, run_dir=run_dir)
+    text = cluster.nodes[1]._properties()
+    lines = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
 def test_kafka_image_tag_is_the_version_of_the_local_broker() -> None:
     namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
     version = ET.parse(POM).getroot().findtext("m:properties/m:kafka.version", namespaces=namespace)
     assert version
-    assert service("kafka")["image"] == f"apache/kafka:{version}"
+    for name in KAFKA_NODES:
+        assert service(name)["image"] == f"apache/kafka:{version}"
 
 
-def test_kafka_runs_kraft_combined_mode() -> None:
-    env = environment("kafka")
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    node_id = env["KAFKA_NODE_ID"]
-    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
-    bound = listeners(env["KAFKA_LISTENERS"])
-    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
-    assert len(voters) == 1, "one node: a single voter"
-    voter_id, _, voter_address = voters[0].partition("@")
-    assert voter_id == node_id
-    voter_host, _, voter_port = voter_address.rpartition(":")
-    assert voter_host in ("kafka", service("kafka").get("hostname", "kafka"))
-    assert int(voter_port) == bound[controller][1], "the voter is this node's controller listener"
-    # A fixed cluster id, so a restarted container finds its formatted log dir compatible.
-    cluster_id = env["CLUSTER_ID"]
+def test_kafka_nodes_form_one_kraft_quorum_of_three() -> None:
+    ids, cluster_ids = set(), set()
+    for name in KAFKA_NODES:
+        env = environment(name)
+        assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+        ids.add(env["KAFKA_NODE_ID"])
+        cluster_ids.add(env["CLUSTER_ID"])
+        controller = listeners(env["KAFKA_LISTENERS"])[env["KAFKA_CONTROLLER_LISTENER_NAMES"]]
+        voters = dict(v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+        assert voters[env["KAFKA_NODE_ID"]] == f"{service(name)['hostname']}:{controller[1]}"
+    assert ids == {"1", "2", "3"} and service("kafka-2")["hostname"] == "kafka-2"
+    # One fixed cluster id, so a restarted container finds its formatted log dir compatible.
+    [cluster_id] = cluster_ids
     assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16, "CLUSTER_ID is no Kafka UUID"
 
 
-def test_kafka_listeners_internal_for_containers_external_for_the_host() -> None:
-    env = environment("kafka")
-    protocols = dict(
-        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
-    )
-    bound = listeners(env["KAFKA_LISTENERS"])
-    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
-    assert set(bound) <= set(protocols) and set(advertised) <= set(bound)
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
-    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
-
-    # The host reaches the broker where the local process mode has it: 127.0.0.1:9092.
-    host_bootstrap = LocalBroker().bootstrap
-    external = [name for name, address in advertised.items() if address == ("127.0.0.1", 9092)]
-    assert len(external) == 1 and f"127.0.0.1:{advertised[external[0]][1]}" == host_bootstrap
-    assert published_ports("kafka") == [("127.0.0.1", "9092", str(bound[external[0]][1]))]
-
-    # The services reach it on the other advertised listener, by the service's name.
-    internal = {
-        f"{host}:{port}" for name, (host, port) in advertised.items() if name != external[0]
-    }
+def test_kafka_clients_use_sasl_ssl_and_brokers_mutual_tls() -> None:
+    host_ports = [ports.client for ports in default_ports(3)]
+    client_addresses = []
+    for name, host_port in zip(KAFKA_NODES, host_ports, strict=True):
+        env = environment(name)
+        protocols = dict(
+            item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+        )
+        assert protocols == {
+            "CLIENT": "SASL_SSL",
+            "EXTERNAL": "SASL_SSL",
+            "INTERNAL": "SSL",
+            "CONTROLLER": "SSL",
+        }
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
+        advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        assert "SSL://" not in env["KAFKA_ADVERTISED_LISTENERS"], "the image would want JKS"
+        # The host reaches each node where the local process mode has it.
+        assert advertised["EXTERNAL"] == ("127.0.0.1", host_port)
+        assert published_ports(name) == [("127.0.0.1", str(host_port), str(host_port))]
+        client_addresses.append("{}:{}".format(*advertised["CLIENT"]))
     for name in PORTS:
-        bootstrap = environment(name)["KAFKA_BOOTSTRAP_SERVERS"]
-        assert bootstrap in internal, f"{name} uses {bootstrap}, not one of {internal}"
-        assert bootstrap.partition(":")[0] == "kafka"
+        assert environment(name)["KAFKA_BOOTSTRAP_SERVERS"] == ",".join(client_addresses)
 
 
-def test_kafka_is_sized_for_a_small_machine() -> None:
-    env = environment("kafka")
-    expected = {
-        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
-        "KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS": "1",
-        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
-        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
-        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
-        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
-    }
-    assert {key: env.get(key) for key in expected} == expected
-    assert "-Xmx512m" in env["KAFKA_HEAP_OPTS"].split()
+def test_kafka_is_configured_as_the_local_cluster(tmp_path: Path) -> None:
+    """Durability (RF 3, two in sync, no unclean election), the authorizer, the super
+    users, the broker principal's mapping and the listeners' authentication."""
+    local = local_node_properties(tmp_path)
+    keys = [
+        "default.replication.factor",
+        "min.insync.replicas",
+        "unclean.leader.election.enable",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "auto.create.topics.enable",
+        "authorizer.class.name",
+        "allow.everyone.if.no.acl.found",
+        "super.users",
+        "ssl.principal.mapping.rules",
+        "sasl.enabled.mechanisms",
+        "listener.name.client.scram-sha-512.sasl.jaas.config",
+        "listener.name.internal.ssl.client.auth",
+        "listener.name.controller.ssl.client.auth",
+        "ssl.keystore.type",
+        "ssl.truststore.type",
+    ]
+    assert local["min.insync.replicas"] == "2" and local["default.replication.factor"] == "3"
+    for name in KAFKA_NODES:
+        rendered = kafka_properties(name)
+        assert {key: rendered.get(key) for key in keys} == {key: local[key] for key in keys}
+        assert (
+            rendered["listener.name.external.scram-sha-512.sasl.jaas.config"]
+            == local["listener.name.client.scram-sha-512.sasl.jaas.config"]
+        )
+        mounted = mounted_secrets(name)
+        assert rendered["ssl.keystore.location"] == mounted["kafka_broker"]
+        assert rendered["ssl.truststore.location"] == mounted["kafka_ca"]
+        assert "-Xmx384m" in environment(name)["KAFKA_HEAP_OPTS"].split()
 
 
-def test_kafka_healthcheck_asks_the_broker() -> None:
-    text = healthcheck_text("kafka")
-    assert re.search(r"/opt/kafka/bin/kafka-(broker-api-versions|topics)\.sh", text), text
-    assert "--bootstrap-server" in text
+def test_kafka_healthcheck_asks_the_broker_over_mutual_tls() -> None:
+    for name in KAFKA_NODES:
+        text = healthcheck_text(name)
+        assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in text
+        assert f"--bootstrap-server {name}:9094" in text and "--command-config" in text
+        assert "security.protocol=SSL" in text and "/run/secrets/kafka_broker" in text
+
+
+def test_kafka_init_secures_the_cluster_once_every_node_is_healthy() -> None:
+    spec = service(KAFKA_INIT)
+    assert spec["build"] == service(SERVICES[0].name)["build"], "the services' image"
+    assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
+    assert spec["depends_on"] == {n: {"condition": "service_healthy"} for n in KAFKA_NODES}
+    command = command_of(spec)
+    assert command[:3] == ["python", "-m", "tools.kafka_security"]
+    args = dict(zip(command[3::2], command[4::2], strict=True))
+    internal = [
+        "{}:{}".format(*listeners(environment(n)["KAFKA_ADVERTISED_LISTENERS"])["INTERNAL"])
+        for n in KAFKA_NODES
+    ]
+    assert args["--bootstrap"] == ",".join(internal)
+    mounted = mounted_secrets(KAFKA_INIT)
+    assert args["--client-pem"] == mounted["kafka_broker"]
+    assert args["--ca"] == mounted["kafka_ca"]
+    for principal in (ADMIN, *principals(Topology.of_registry())):
+        assert (
+            mounted[f"kafka_password_{principal}"]
+            == f"{args['--secrets']}/kafka_password_{principal}"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_each_service_signs_in_to_kafka_as_itself(name: str) -> None:
+    env, mounted = environment(name), mounted_secrets(name)
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["KAFKA_SASL_USERNAME"] == name
+    assert env["KAFKA_SASL_PASSWORD_FILE"] == mounted[f"kafka_password_{name}"]
+    assert env["KAFKA_SSL_CA_LOCATION"] == mounted["kafka_ca"]
+    others = {s for s in mounted if s.startswith("kafka_")} - {"kafka_ca", f"kafka_password_{name}"}
+    assert not others, f"{name} mounts {others}"
+
+
+def test_make_up_hands_compose_every_kafka_secret_it_made_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = importlib.import_module("tools.stack")
+    run_dir = tmp_path / ".run"
+    monkeypatch.setattr(stack, "RUN_DIR", run_dir)
+    monkeypatch.setattr(stack, "docker_engine", lambda: True)
+    handed: list[dict[str, str]] = []
+    monkeypatch.setattr(stack.subprocess, "call", lambda command, env: handed.append(env) or 0)
+
+    assert stack.main(["up"]) == 0
+    [env] = handed
+    for secret, declared in compose()["secrets"].items():
+        assert env.get(declared["environment"]), f"{secret} would be empty"
+    assert env["SHOP_KAFKA_CA"] == (run_dir / "kafka-tls" / "ca.pem").read_text()
+    for path in [*(run_dir / "kafka-tls").iterdir(), *(run_dir / "kafka-credentials").iterdir()]:
+        assert path.stat().st_mode & 0o077 == 0, path
 
 
 # --- postgres --------------------------------------------------------------------------
@@ -367,6 +469,7 @@ def test_service_is_built_from_the_repo_and_waits_for_infra_and_its_database(nam
     for dependency in INFRA:
         assert depends_on[dependency]["condition"] == "service_healthy", dependency
     assert depends_on[INIT]["condition"] == "service_completed_successfully"
+    assert depends_on[KAFKA_INIT]["condition"] == "service_completed_successfully"
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
@@ -494,7 +597,7 @@ def test_the_user_service_reads_the_operator_password_from_a_compose_secret() ->
 def test_no_other_service_mounts_the_operator_password() -> None:
     for name in compose()["services"]:
         if name != "user":
-            assert not mounted_secrets(name), f"{name} mounts {mounted_secrets(name)}"
+            assert "operator_password" not in mounted_secrets(name), name
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
