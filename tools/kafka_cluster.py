@@ -3,6 +3,7 @@ production, run from the same Maven jars as tools/kafka_local.py.
 
     python -m tools.kafka_cluster {start,stop,status} [--nodes N]
     python -m tools.kafka_cluster {start,stop,kill} --node ID
+    python -m tools.kafka_cluster env PRINCIPAL     shell variables to sign in as PRINCIPAL
 
 Listeners per node: CLIENT (SASL_SSL, SCRAM-SHA-512) for clients, INTERNAL (SSL, mutual
 TLS) between brokers and CONTROLLER (SSL, mutual TLS) for the quorum. The brokers
@@ -20,6 +21,7 @@ import argparse
 import base64
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -33,7 +35,7 @@ from confluent_kafka.admin import AdminClient
 
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.topics import replication_for
-from tools.certs import ADMIN, BROKER_PRINCIPAL, TlsFiles, ensure_password, ensure_tls
+from tools.certs import ADMIN, BROKER_PRINCIPAL, OBSERVER, TlsFiles, ensure_password, ensure_tls
 from tools.kafka_local import RUN_DIR, LocalBroker
 
 HEAP_MB = 384
@@ -236,12 +238,27 @@ class LocalCluster:
     def start(self, timeout: float = 120) -> None:
         """Launch every node that is down, then wait until each serves."""
         self.tls  # noqa: B018 - made before any node reads it
+        self._check_size()
         launched = [node for node in self.nodes.values() if node.launch()]
         for node in self.nodes.values():
             if node in launched:
                 node.wait_started(timeout)
             else:
                 node.start(timeout)
+
+    def _check_size(self) -> None:
+        """The nodes' data belongs to a quorum of a fixed size: refuse to start it as
+        another (KAFKA_NODES changed) rather than fail obscurely."""
+        stamp = self.home / "cluster-size"
+        if not stamp.is_file():
+            self.home.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(f"{len(self.nodes)}\n")
+        formatted = int(stamp.read_text())
+        if formatted != len(self.nodes):
+            raise RuntimeError(
+                f"{self.home} holds a {formatted}-node cluster, not {len(self.nodes)}: "
+                "run `make down` with the old KAFKA_NODES, then remove its node-* folders"
+            )
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to every node at once (one by one, the last ones would wait for a
@@ -285,11 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["start", "stop", "kill", "status"])
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("command", choices=["start", "stop", "kill", "status", "env"])
+    parser.add_argument("principal", nargs="?", default=OBSERVER, help="for env")
+    parser.add_argument("--nodes", type=int, default=int(os.environ.get("KAFKA_NODES", "3")))
     parser.add_argument("--node", type=int, help="one node's id")
     args = parser.parse_args(argv)
     cluster = LocalCluster(nodes=args.nodes)
+    if args.command == "env":
+        for key, value in cluster.client_env(args.principal).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
     chosen = [cluster.nodes[args.node]] if args.node else list(cluster.nodes.values())
     began = time.monotonic()
     if args.command == "start":

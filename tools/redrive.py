@@ -4,6 +4,10 @@ Run it once the cause that parked them is fixed:
 
     python -m tools.redrive --topic-prefix P --consumer NAME [--bootstrap HOST:PORT]
 
+On a secured cluster it signs in as the settings say; give it the `redrive` principal,
+the one that may read dead letters and put them back:
+`eval "$(python -m tools.kafka_cluster env redrive)"` sets those variables for `make up`'s.
+
 Redrives what is parked when it starts and commits its progress, so running it again
 re-publishes only what was parked since. Consumers drop a redriven event that was already
 applied (the processed-events table), so a repeat is harmless."""
@@ -11,6 +15,7 @@ applied (the processed-events table), so a repeat is harmless."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from confluent_kafka import KafkaException
@@ -43,11 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     topic = args.topic_prefix + DEAD_LETTERS
-    producer = EventProducer(args.bootstrap)
+    kafka = dataclasses.replace(settings.kafka(), bootstrap=args.bootstrap)
+    producer = EventProducer(kafka)
     try:
-        count = redrive(
-            args.bootstrap, topic, producer, consumer=args.consumer, timeout=args.timeout
-        )
+        count = redrive(kafka, topic, producer, consumer=args.consumer, timeout=args.timeout)
     except (LookupError, TimeoutError, DeliveryError, KafkaException) as exc:
         print(f"redrive failed: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 from tests.conftest import service_databases
 from tests.e2e.conftest import RunningStack, start_stack
 from tools.certs import ADMIN
-from tools.kafka_cluster import LocalCluster
+from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.stack import PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -62,3 +62,17 @@ def test_the_stacks_topics_are_replicated_three_times(
     for name in mine:
         for partition in metadata.topics[name].partitions.values():
             assert len(partition.replicas) == 3 and len(partition.isrs) >= 2, (name, partition)
+
+
+def test_status_lists_each_broker_and_every_partitions_leader_and_isr(
+    secure_stack: RunningStack, secure_cluster: LocalCluster
+) -> None:
+    states = secure_stack.stack.status()
+    for node_id, node in secure_cluster.nodes.items():
+        assert states[f"kafka-{node_id}"] == f"pid {node.pid()}, {node.bootstrap}"
+    prefix = secure_stack.topic_prefix
+    report = describe_cluster(secure_cluster.connection(ADMIN), prefix)
+    brokers = [line for line in report.splitlines() if line.startswith("  broker ")]
+    assert len(brokers) == 3, report
+    orders = [line for line in report.splitlines() if line.startswith(f"  {prefix}orders[")]
+    assert len(orders) == 3 and all(" leader " in line and " isr [" in line for line in orders)
