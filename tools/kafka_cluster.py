@@ -36,7 +36,8 @@ from confluent_kafka.admin import AdminClient
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.topics import replication_for
 from tools.certs import ADMIN, BROKER_PRINCIPAL, OBSERVER, TlsFiles, ensure_password, ensure_tls
-from tools.kafka_local import RUN_DIR, LocalBroker
+from tools.kafka_local import RUN_DIR, LocalBroker, wait_for_broker
+from tools.kafka_security import upsert_credentials
 
 HEAP_MB = 384
 CLIENT_PORT = 19091
@@ -133,7 +134,8 @@ class ClusterNode(LocalBroker):
 
     @property
     def probe(self) -> KafkaConnection:
-        return self.cluster.connection(ADMIN, bootstrap=self.bootstrap)
+        """The brokers' own identity on INTERNAL: it needs no credential in the metadata."""
+        return self.cluster.broker_connection(f"127.0.0.1:{self.internal_port}")
 
     def _properties(self) -> str:
         cluster, tls = self.cluster, self.cluster.tls
@@ -156,12 +158,9 @@ class ClusterNode(LocalBroker):
         return self.cluster.cluster_id()
 
     def _format_args(self, config: Path) -> list[str]:
-        """The admin's SCRAM credential goes into the metadata's bootstrap records, so the
-        operator can sign in from the first start (the other principals are added over
-        the admin API). The format tool takes it as an argument; it runs for a second,
-        as the same user that owns the password file."""
-        admin = f"SCRAM-SHA-512=[name={ADMIN},password={self.cluster.password(ADMIN)}]"
-        return ["format", "-t", self._cluster_id(), "-c", str(config), "--add-scram", admin]
+        """Static voters: no --standalone. No --add-scram either (it would put the admin's
+        password on a command line): LocalCluster.start() adds it over mutual TLS."""
+        return ["format", "-t", self._cluster_id(), "-c", str(config)]
 
 
 class LocalCluster:
@@ -223,6 +222,14 @@ class LocalCluster:
             ca_location=str(self.tls.ca),
         )
 
+    def broker_connection(self, bootstrap: str | None = None) -> KafkaConnection:
+        """The brokers' identity (a super user) on their INTERNAL listeners, mutual TLS."""
+        internal = ",".join(f"127.0.0.1:{n.internal_port}" for n in self.nodes.values())
+        tls = self.tls
+        return KafkaConnection(
+            bootstrap or internal, "SSL", ca_location=str(tls.ca), client_pem=str(tls.broker)
+        )
+
     def client_env(self, principal: str) -> dict[str, str]:
         """The environment a service's settings read to sign in as `principal`: a path to
         the password, never the password."""
@@ -245,6 +252,15 @@ class LocalCluster:
                 node.wait_started(timeout)
             else:
                 node.start(timeout)
+        self._ensure_admin(timeout)
+
+    def _ensure_admin(self, timeout: float) -> None:
+        """Give the admin its SCRAM credential (as the brokers' identity), then wait until
+        every broker lets it sign in: credentials reach each broker with the metadata."""
+        admin = AdminClient(self.broker_connection().config())
+        upsert_credentials(admin, {ADMIN: self.password(ADMIN)}, timeout)
+        for node in self.nodes.values():
+            wait_for_broker(self.connection(ADMIN, bootstrap=node.bootstrap), timeout)
 
     def _check_size(self) -> None:
         """The nodes' data belongs to a quorum of a fixed size: refuse to start it as
