@@ -212,7 +212,8 @@ class Stack:
         if self.broker is None and self.cluster is None and bootstrap is None:
             self.broker = LocalBroker()
         self.bootstrap = bootstrap or (self.cluster or self.broker).bootstrap  # type: ignore[union-attr]
-        self.topic_prefix = {**os.environ, **(env or {})}.get("TOPIC_PREFIX", "")
+        self.services_env = {**os.environ, **(env or {})}
+        self.topic_prefix = self.services_env.get("TOPIC_PREFIX", "")
         self.operator_password_file = run_dir / "operator-password"
         shared_env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -267,7 +268,9 @@ class Stack:
         assert self.cluster is not None
         cluster, topology = self.cluster, Topology.of_registry()
         passwords = {name: cluster.password(name) for name in principals(topology)}
-        secure_stack(cluster.connection(ADMIN), self.topic_prefix, passwords, topology)
+        partitions = int(self.services_env.get("TOPIC_PARTITIONS", "3"))
+        admin = cluster.connection(ADMIN)
+        secure_stack(admin, self.topic_prefix, passwords, topology, partitions)
 
     def down(self, kafka: bool = True) -> None:
         """Stop everything; `kafka=False` leaves a cluster running (a test's, shared)."""
@@ -390,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         write_prometheus_config(scraping, stack.services)
         print(f"stack ready in {time.monotonic() - began:.1f}s")
         print(f"  kafka      {stack.bootstrap}")
+        if stack.cluster is not None:
+            size = len(stack.cluster.nodes)
+            print(f"             {size} node(s), SASL_SSL; to sign in as a read-only observer:")
+            print('             eval "$(python -m tools.kafka_cluster env observer)"')
         for name, service in stack.services.items():
             print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
         if stack.explorer is not None:
