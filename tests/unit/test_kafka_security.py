@@ -17,6 +17,7 @@ from shared.runtime.settings import ServiceSettings
 from tools.certs import BROKER_PRINCIPAL, ensure_password, ensure_tls
 from tools.kafka_cluster import LocalCluster, NodePorts, min_insync_for
 from tools.kafka_security import Grant, Topology, acl_plan, principals
+from tools.stack import Stack
 
 pytestmark = pytest.mark.unit
 
@@ -210,3 +211,20 @@ def test_service_settings_read_the_password_from_its_file(
     monkeypatch.setenv("KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "missing"))
     with pytest.raises(RuntimeError, match="KAFKA_SASL_PASSWORD_FILE"):
         ServiceSettings().kafka()
+
+
+def test_a_stack_on_a_cluster_gives_each_service_its_principal_and_group(tmp_path: Path) -> None:
+    ports_of_nodes = [NodePorts(i, i + 1, i + 2) for i in (1, 4, 7)]
+    cluster = LocalCluster(tmp_path / "kafka", 3, ports_of_nodes, run_dir=tmp_path)
+    ports = {"order": 1, "user": 2}
+    stack = Stack(run_dir=tmp_path, ports=ports, env={"TOPIC_PREFIX": "p-"}, cluster=cluster)
+    assert stack.broker is None and stack.bootstrap == cluster.bootstrap
+    for name, service in stack.services.items():
+        env = service.env
+        assert env["KAFKA_SASL_USERNAME"] == name
+        assert env[f"{name.upper()}_CONSUMER_GROUP"] == "p-" + name
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == cluster.bootstrap
+        assert cluster.password(name) not in "".join(env.values())
+    grants = acl_plan("p-", TOPOLOGY)
+    groups = {g.name for g in grants if g.resource == ResourceType.GROUP}
+    assert {"p-order", "p-user"} <= groups
