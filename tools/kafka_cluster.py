@@ -197,7 +197,7 @@ class LocalCluster:
 
     def cluster_id(self) -> str:
         """One id for every node, kept in the cluster's home."""
-        path = self.home / "cluster-id"
+        path = self.home / "nodes-cluster-id"  # not the single broker's (kafka_local)
         if not path.is_file():
             self.home.mkdir(parents=True, exist_ok=True)
             path.write_text(
