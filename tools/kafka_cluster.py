@@ -290,6 +290,19 @@ class LocalCluster:
         return all(node.is_running() for node in self.nodes.values())
 
 
+def sign_in_locally(principal: str, nodes: int | None = None) -> None:
+    """For a tool run by hand after `make up`: when the environment names no Kafka of its
+    own (`KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_SECURITY_PROTOCOL`) and this checkout's cluster
+    runs, sign in to it as `principal` (the variables `env PRINCIPAL` prints)."""
+    if {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL"} & set(os.environ):
+        return
+    cluster = LocalCluster(nodes=nodes or int(os.environ.get("KAFKA_NODES", "3")))
+    running = any(node.is_running() for node in cluster.nodes.values())
+    if running and (cluster.credentials_dir / principal).is_file():
+        for key, value in cluster.client_env(principal).items():
+            os.environ.setdefault(key, value)
+
+
 def describe_cluster(admin: KafkaConnection, prefix: str = "", timeout: float = 5) -> str:
     """The brokers the cluster reports, and each of the stack's topics' partitions with
     leader, replicas and in-sync replicas (fewer in sync than replicas is flagged)."""

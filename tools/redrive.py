@@ -22,11 +22,14 @@ from confluent_kafka import KafkaException
 
 from shared.messaging.deadletter import DEAD_LETTERS, redrive
 from shared.messaging.producer import DeliveryError, EventProducer
-from shared.runtime.settings import ServiceSettings
+from shared.runtime.settings import KafkaSettings
+from tools.certs import REDRIVE
+from tools.kafka_cluster import sign_in_locally
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = ServiceSettings()
+    sign_in_locally(REDRIVE)
+    settings = KafkaSettings()
     parser = argparse.ArgumentParser(
         prog="python -m tools.redrive", description=__doc__.splitlines()[0]
     )

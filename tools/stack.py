@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from services.registry import SERVICES
-from tools.certs import ADMIN
+from tools.certs import ADMIN, OBSERVER, REDRIVE
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
@@ -232,6 +232,11 @@ class Stack:
         }
         # its page holds a Server-Sent Events stream open: stop waiting for it after 2 s
         explorer_env = {**shared_env, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "2"}
+        if self.cluster is not None:  # it reads as the observer; its button redrives
+            explorer_env |= self.cluster.client_env(OBSERVER)
+            explorer_env["EXPLORER_REDRIVE_PASSWORD_FILE"] = str(
+                self.cluster.password_file(REDRIVE)
+            )
         self.explorer = (
             ServiceProcess("explorer", explorer_port, run_dir, explorer_env, app=EXPLORER_APP)
             if explorer_port
@@ -306,6 +311,14 @@ class Stack:
                 else (f"pid {pid}, " + ("ready" if service.ready() else "NOT READY"))
             )
         return states
+
+
+def local_stack(run_dir: Path = RUN_DIR) -> Stack:
+    """The stack `make up` runs here: KAFKA_NODES secured nodes (3 unless it says 1), the
+    services, the explorer and a Zipkin."""
+    nodes = int(os.environ.get("KAFKA_NODES", "3"))
+    cluster = LocalCluster(run_dir / "kafka", nodes=nodes, run_dir=run_dir)
+    return Stack(run_dir, traces=True, explorer_port=EXPLORER_PORT, cluster=cluster)
 
 
 def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
@@ -384,8 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
         return code
-    nodes = int(os.environ.get("KAFKA_NODES", "3"))
-    stack = Stack(traces=True, explorer_port=EXPLORER_PORT, cluster=LocalCluster(nodes=nodes))
+    stack = local_stack()
     began = time.monotonic()
     if args.command == "up":
         stack.up()

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -37,9 +37,12 @@ from confluent_kafka import (
 from pydantic import AliasChoices, Field
 
 from services import registry
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
-from shared.runtime.settings import ServiceSettings
+from shared.runtime.settings import KafkaSettings
+from tools.certs import OBSERVER
+from tools.kafka_cluster import sign_in_locally
 
 UNDECODABLE = "UNDECODABLE"
 WIDEST = 48
@@ -310,7 +313,7 @@ def _text(value: HeaderValue) -> str:
 # Reading Kafka.
 
 
-class TailSettings(ServiceSettings):
+class TailSettings(KafkaSettings):
     no_color: str = Field("", validation_alias=AliasChoices("NO_COLOR"))
     """Set (to anything) to print without colours, as https://no-color.org asks."""
 
@@ -323,18 +326,21 @@ def stack_topics(prefix: str) -> list[str]:
     return sorted(prefix + name for name in names)
 
 
-def reader(bootstrap: str) -> Consumer:
+def reader(kafka: Bootstrap, prefix: str = "") -> Consumer:
     """A consumer for `assign()` only: its group id is its own and it never commits."""
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"tail-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "log_level": 0,  # a broker that does not answer is said once, by main
-        }
+        client_config(
+            kafka,
+            **{
+                # an observer's group (its ACL allows `<prefix>observer*`), never joined
+                "group.id": f"{prefix}observer-tail-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "log_level": 0,  # a broker that does not answer is said once, by main
+            },
+        )
     )
 
 
@@ -454,8 +460,10 @@ def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Names
 
 
 def main(argv: list[str] | None = None) -> int:
+    sign_in_locally(OBSERVER)
     settings = TailSettings()
     args = parser(settings).parse_args(argv)
+    kafka = replace(settings.kafka(), bootstrap=args.bootstrap)
     prefix = args.topic_prefix
     if args.topic:
         topics = [t if prefix and t.startswith(prefix) else prefix + t for t in args.topic]
@@ -465,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         args.color == "auto" and not settings.no_color and sys.stdout.isatty()
     )
     view = View(order=args.order, json=args.json, payload=args.payload, colour=colour)
-    consumer = reader(args.bootstrap)
+    consumer = reader(kafka, prefix)
     try:
         tail(consumer, view, topics, args)
     except KeyboardInterrupt:
@@ -486,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parser(settings: ServiceSettings) -> argparse.ArgumentParser:
+def parser(settings: KafkaSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.tail", description=__doc__.splitlines()[0]
     )

@@ -12,6 +12,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from shared.messaging.connection import Bootstrap, client_config
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ class LagCollector:
     def __init__(
         self,
         service: str,
-        bootstrap: str,
+        bootstrap: Bootstrap,
         group: str,
         topics: Sequence[str],
         *,
@@ -79,7 +81,7 @@ class LagCollector:
 
     def _query(self, deadline: float) -> list[tuple[str, int, int]]:
         if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": self._bootstrap})
+            self._admin = AdminClient(client_config(self._bootstrap))
         admin = self._admin
 
         def left() -> float:

@@ -114,7 +114,7 @@ class ServiceRuntime:
             self.instruments.watch(
                 LagCollector(
                     spec.name,
-                    settings.kafka_bootstrap_servers,
+                    settings.kafka(),
                     self.group_id,
                     [settings.topic(t) for t in spec.subscribes],
                 )

@@ -17,7 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.messaging.connection import SCRAM, KafkaConnection
 
 
-class ServiceSettings(BaseSettings):
+class KafkaSettings(BaseSettings):
+    """Where the stack's Kafka is and how to sign in to it: what every client of the
+    stack reads, the services and the tools alike."""
+
     model_config = SettingsConfigDict(extra="ignore", validate_by_name=True)
 
     kafka_bootstrap_servers: str = Field(
@@ -43,6 +46,30 @@ class ServiceSettings(BaseSettings):
     kafka_ssl_ca_location: str | None = Field(
         None, validation_alias=AliasChoices("KAFKA_SSL_CA_LOCATION")
     )
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def kafka(self) -> KafkaConnection:
+        """How this process reaches Kafka; the password file is read here, at start-up."""
+        password = None
+        if self.kafka_sasl_password_file is not None:
+            try:
+                password = self.kafka_sasl_password_file.read_text().strip()
+            except OSError as exc:
+                raise RuntimeError(f"KAFKA_SASL_PASSWORD_FILE unreadable: {exc}") from exc
+        return KafkaConnection(
+            self.kafka_bootstrap_servers,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            password,
+            self.kafka_ssl_ca_location,
+        )
+
+
+class ServiceSettings(KafkaSettings):
+    model_config = SettingsConfigDict(extra="ignore", validate_by_name=True)
 
     database_url: str = "sqlite:///.run/data/service.db"
     host: str = "127.0.0.1"
@@ -74,26 +101,6 @@ class ServiceSettings(BaseSettings):
     bursts of twice that."""
     rate_per_address: float = 1000.0
     """The same per client address."""
-
-    def topic(self, name: str) -> str:
-        return self.topic_prefix + name
-
-    def kafka(self) -> KafkaConnection:
-        """How this service reaches Kafka; the password file is read here, at start-up."""
-        password = None
-        if self.kafka_sasl_password_file is not None:
-            try:
-                password = self.kafka_sasl_password_file.read_text().strip()
-            except OSError as exc:
-                raise RuntimeError(f"KAFKA_SASL_PASSWORD_FILE unreadable: {exc}") from exc
-        return KafkaConnection(
-            self.kafka_bootstrap_servers,
-            self.kafka_security_protocol,
-            self.kafka_sasl_mechanism,
-            self.kafka_sasl_username,
-            password,
-            self.kafka_ssl_ca_location,
-        )
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:

@@ -231,8 +231,13 @@ def test_the_explorer_reads_kafka_only_on_its_loopback_port() -> None:
     spec = service(EXPLORER)
     assert spec["command"][:3] == ["python", "-m", "tools.explorer"]
     assert published_ports(EXPLORER) == [("127.0.0.1", "8090", "8090")]
-    assert environment(EXPLORER) == {"KAFKA_BOOTSTRAP_SERVERS": "kafka:19092"}
-    assert set(spec["depends_on"]) == {"kafka"}
+    env = environment(EXPLORER)
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["KAFKA_SASL_USERNAME"] == "observer", "it reads as the observer, writes nothing"
+    assert env["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password_observer"
+    assert env["EXPLORER_REDRIVE_PASSWORD_FILE"] == "/run/secrets/kafka_password_redrive"
+    assert set(spec["secrets"]) == {"kafka_ca", "kafka_password_observer", "kafka_password_redrive"}
+    assert set(spec["depends_on"]) == {"kafka-init"}
     assert "8090/ready" in healthcheck_text(EXPLORER)
 
 

@@ -10,16 +10,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shared.runtime.settings import KafkaSettings
 from tools.bench import consumer_bench, limits, load, pg_stack, procs, profile, relay_bench
 from tools.bench.pg_stack import Target
 from tools.bench.plot import plot_run
 from tools.bench.report import cpu_headline, evaluate_targets, ratio, render, write_json
 from tools.bench.wrk import WrkMissing, require_wrk
+from tools.certs import ADMIN
 from tools.client import ShopClient
-from tools.kafka_local import LocalBroker
+from tools.kafka_cluster import sign_in_locally
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
@@ -106,7 +109,7 @@ def command_run(args: argparse.Namespace) -> int:
         args.bootstrap,
         workers=args.pg_workers,
         server_url=args.database_url,
-        kafka_pid=procs.pid_files().get("kafka"),
+        kafka_pids=procs.brokers(procs.pid_files()),
         say=say,
     ) as target:
         return run_suite(args, target)
@@ -250,7 +253,7 @@ def command_limits(args: argparse.Namespace) -> int:
         say(f"bench: {exc}")
         return 2
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    pids = {k: v for k, v in procs.pid_files().items() if k == "kafka"}
+    pids = procs.brokers(procs.pid_files())
     sampler = procs.Sampler(pids).start()
     try:
         result = {
@@ -307,7 +310,11 @@ def parser() -> argparse.ArgumentParser:
         "benchmarks, the ceilings, the targets; consumer: the consumer microbenchmark; "
         "relay: the outbox relay benchmark; limits: the ceilings alone",
     )  # fmt: skip
-    main.add_argument("--bootstrap", default=LocalBroker().bootstrap, help="Kafka (%(default)s)")
+    main.add_argument(
+        "--bootstrap",
+        help="Kafka's address (default: KAFKA_BOOTSTRAP_SERVERS, else the cluster `make up` "
+        "runs here, signed in as its admin, else 127.0.0.1:9092)",
+    )
     main.add_argument(
         "--backend", choices=["sqlite", "postgres"], default="sqlite",
         help="sqlite (default): the stack `make up` started; postgres: a stack of its own on "
@@ -371,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    sign_in_locally(ADMIN)  # it makes and deletes topics of its own
+    kafka = KafkaSettings().kafka()
+    args.bootstrap = replace(kafka, bootstrap=args.bootstrap) if args.bootstrap else kafka
     commands = {
         "run": command_run,
         "consumer": command_consumer,

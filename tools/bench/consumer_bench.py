@@ -37,6 +37,7 @@ from sqlalchemy import update
 from services.inventory.config import InventorySettings
 from services.inventory.main import SPEC
 from services.inventory.models import Stock
+from shared.messaging.connection import Bootstrap, client_config, connection
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import Envelope
@@ -104,15 +105,17 @@ def _phase(name: str, events: int, seconds: float) -> dict[str, Any]:
 
 
 def _read_back(
-    bootstrap: str, topic: str, count: int, decode: Callable[[Any], Any] | None
+    bootstrap: Bootstrap, topic: str, count: int, decode: Callable[[Any], Any] | None
 ) -> tuple[float, list[Any]]:
     """Consume `count` records of `topic` from the start; (seconds, decoded values)."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            bootstrap,
+            **{
+                "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+            },
+        )
     )
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
@@ -182,8 +185,29 @@ def _apply_batches(
                     SPEC.router.dispatch(unit, fresh)
 
 
+def _signed_in(bootstrap: Bootstrap, folder: Path) -> dict[str, Any]:
+    """Settings fields that sign a service in as `bootstrap` does (its password in a
+    file of `folder`, as a service reads it)."""
+    kafka = connection(bootstrap)
+    fields: dict[str, Any] = {
+        "kafka_bootstrap_servers": kafka.bootstrap,
+        "kafka_security_protocol": kafka.security_protocol,
+        "kafka_ssl_ca_location": kafka.ca_location,
+    }
+    if kafka.sasl:
+        password = folder / "kafka-password"
+        password.write_text(kafka.password or "")
+        password.chmod(0o600)
+        fields |= {
+            "kafka_sasl_mechanism": kafka.sasl_mechanism,
+            "kafka_sasl_username": kafka.username,
+            "kafka_sasl_password_file": password,
+        }
+    return fields
+
+
 def run(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     events: int = 5_000,
     timeout: float = 300,
     say: Callable[[str], None] = print,
@@ -201,7 +225,7 @@ def run(
                 database_url=f"sqlite:///{tmp}/inventory.db",
                 topic_prefix=prefix,
                 consumer_group=f"bench-inventory-{run_id}",
-                kafka_bootstrap_servers=bootstrap,
+                **_signed_in(bootstrap, Path(tmp)),
             )
             product_ids = [str(uuid.uuid4()) for _ in range(events)]
             say(f"producing {events} product-created events to {prefix}products")
@@ -257,7 +281,7 @@ def run(
                 phases.append(_phase(name, direct, seconds))
     finally:
         producer.close()
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(client_config(bootstrap))
         with contextlib.suppress(Exception):
             for future in admin.delete_topics(topics, operation_timeout=30).values():
                 future.result(30)

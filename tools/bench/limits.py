@@ -30,6 +30,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.producer import producer_config
 from shared.messaging.topics import ensure_topics
 from tools.bench.procs import Sampler
@@ -109,7 +110,7 @@ def http_ceiling(
 
 
 def kafka_ceiling(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     *,
     messages: int = 200_000,
     value_size: int = 150,
@@ -118,7 +119,7 @@ def kafka_ceiling(
 ) -> dict[str, Any]:
     topic = f"bench-raw-{uuid.uuid4().hex[:12]}"
     ensure_topics(bootstrap, [topic], partitions=3)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     try:
         return _produce_and_consume(bootstrap, topic, messages, value_size, timeout, say)
     finally:
@@ -128,7 +129,7 @@ def kafka_ceiling(
 
 
 def _produce_and_consume(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     topic: str,
     messages: int,
     value_size: int,
@@ -136,12 +137,14 @@ def _produce_and_consume(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,
-        }
+        client_config(
+            bootstrap,
+            **{
+                "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+            },
+        )
     )
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

@@ -30,6 +30,7 @@ import jwt
 from confluent_kafka import Consumer, TopicPartition
 
 from services.registry import names
+from shared.messaging.connection import Bootstrap, client_config
 from tools.bench.procs import Sampler
 from tools.bench.report import (
     cpu_seconds,
@@ -133,16 +134,18 @@ class OutcomeCollector:
     moment start() returns. `prefix` is the stack's TOPIC_PREFIX."""
 
     def __init__(
-        self, bootstrap: str, topics: tuple[str, ...] = ("orders", "stock"), prefix: str = ""
+        self, bootstrap: Bootstrap, topics: tuple[str, ...] = ("orders", "stock"), prefix: str = ""
     ) -> None:
         self.topics = tuple(prefix + topic for topic in topics)
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-outcomes-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-            }
+            client_config(
+                bootstrap,
+                **{
+                    "group.id": f"bench-outcomes-{uuid.uuid4().hex[:12]}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 50,
+                },
+            )
         )
         self.created: dict[str, float] = {}
         """order id -> ce_time of order-created (epoch seconds)"""
@@ -236,10 +239,12 @@ def _text_headers(headers: Any) -> dict[str, str]:
     return {name: _text(value) for name, value in pairs if value is not None}
 
 
-def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS, prefix: str = "") -> int:
+def kafka_records(
+    bootstrap: Bootstrap, topics: Iterable[str] = SERVICE_TOPICS, prefix: str = ""
+) -> int:
     """Records ever written to `topics` (each after `prefix`): the sum of their
     partitions' high watermarks."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "bench-watermarks"}))
     try:
         existing = consumer.list_topics(timeout=30).topics
         total = 0
@@ -257,7 +262,7 @@ def kafka_records(bootstrap: str, topics: Iterable[str] = SERVICE_TOPICS, prefix
 
 def run_e2e(
     *,
-    bootstrap: str,
+    bootstrap: Bootstrap,
     shop: ShopClient,
     catalogue: Catalogue,
     sampler: Sampler,

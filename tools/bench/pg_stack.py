@@ -9,6 +9,7 @@ are sampled as `postgres`."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -19,8 +20,10 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import make_url, text
 
 from services.registry import SERVICES
+from shared.messaging.connection import Bootstrap, KafkaConnection, client_config
 from shared.storage.db import make_engine
 from tools.client import DEFAULT_URLS, OPERATOR_PASSWORD_FILE
+from tools.kafka_cluster import LocalCluster
 from tools.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,11 +85,11 @@ def databases(server_url: str, names: list[str]) -> Iterator[dict[str, str]]:
 
 @contextlib.contextmanager
 def postgres_stack(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     *,
     workers: int = 2,
     server_url: str | None = None,
-    kafka_pid: int | None = None,
+    kafka_pids: Mapping[str, int] | None = None,
     timeout: float = 180,
     say: Callable[[str], None] = print,
 ) -> Iterator[Target]:
@@ -101,14 +104,18 @@ def postgres_stack(
         for service, database in names.items():
             env[f"{service.upper()}_DATABASE_URL"] = urls[database]
             env[f"{service.upper()}_CONSUMER_GROUP"] = prefix + service
+        # on this checkout's secured cluster, each service signs in as itself
+        secured = isinstance(bootstrap, KafkaConnection) and bootstrap.sasl
+        cluster = LocalCluster(nodes=int(os.environ.get("KAFKA_NODES", "3"))) if secured else None
         stack = Stack(
             run_dir=ROOT / ".run" / "bench-pg",
             ports=PORTS,
             env=env,
-            bootstrap=bootstrap,
+            bootstrap=None if cluster else str(bootstrap),
             workers=dict.fromkeys(PORTS, workers),
+            cluster=cluster,
         )
-        stack.down()  # a stack a previous run left behind
+        stack.down(kafka=False)  # a stack a previous run left behind
         say(
             f"PostgreSQL stack: {workers} worker(s) per service on ports "
             f"{min(PORTS.values())}-{max(PORTS.values())}, topic prefix {prefix}"
@@ -116,8 +123,7 @@ def postgres_stack(
         try:
             stack.up(timeout=timeout)
             pids = {name: pid for name, s in stack.services.items() if (pid := s.pid())}
-            if kafka_pid is not None:
-                pids["kafka"] = kafka_pid
+            pids |= kafka_pids or {}
             if database_pid is not None:
                 pids["postgres"] = database_pid
             yield Target(
@@ -130,12 +136,12 @@ def postgres_stack(
             )
         finally:
             say("PostgreSQL stack: stopping, dropping its databases and topics")
-            stack.down()
+            stack.down(kafka=False)
             delete_topics(bootstrap, prefix)
 
 
-def delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def delete_topics(bootstrap: Bootstrap, prefix: str) -> None:
+    admin = AdminClient(client_config(bootstrap))
     with contextlib.suppress(Exception):
         topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
         if topics:

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from tools.kafka_local import RUN_DIR
-from tools.stack import Stack
+from tools.stack import Stack, local_stack
 
 Sample = tuple[float, str, float, float]
 """(wall-clock time, process name, CPU%, RSS bytes)"""
@@ -31,7 +31,7 @@ class StackNotUp(RuntimeError):
 def require_stack(run_dir: Path = RUN_DIR, stack: Stack | None = None) -> dict[str, int]:
     """Root pids of the broker (when the stack runs one) and the services, each up and
     ready, by name; raise StackNotUp naming what is missing."""
-    stack = stack or Stack(run_dir=run_dir)
+    stack = stack or local_stack(run_dir)
     states = stack.status()
     bad = {name: state for name, state in states.items() if not state.startswith("pid ")}
     bad |= {name: state for name, state in states.items() if "NOT READY" in state}
@@ -43,6 +43,9 @@ def require_stack(run_dir: Path = RUN_DIR, stack: Stack | None = None) -> dict[s
     pids: dict[str, int] = {}
     if stack.broker is not None and (pid := stack.broker.pid()) is not None:
         pids["kafka"] = pid
+    for node_id, node in (stack.cluster.nodes if stack.cluster else {}).items():
+        if (pid := node.pid()) is not None:
+            pids[f"kafka-{node_id}"] = pid
     for name, service in stack.services.items():
         if (pid := service.pid()) is not None:
             pids[name] = pid
@@ -50,14 +53,26 @@ def require_stack(run_dir: Path = RUN_DIR, stack: Stack | None = None) -> dict[s
 
 
 def pid_files(run_dir: Path = RUN_DIR) -> dict[str, int]:
-    """Every pid named in .run/pids/*.pid and the broker's pid file, live or not."""
+    """Every pid named in .run/pids/*.pid and the brokers' pid files (the single broker's
+    as `kafka`, a cluster node's as `kafka-<id>`), live or not."""
     found = {}
+    nodes = sorted((run_dir / "kafka").glob("node-*/broker.pid"))
     for path in [*sorted((run_dir / "pids").glob("*.pid")), run_dir / "kafka" / "broker.pid"]:
         try:
             found["kafka" if path.parent.name == "kafka" else path.stem] = int(path.read_text())
         except (OSError, ValueError):
             continue
+    for path in nodes:
+        try:
+            found["kafka-" + path.parent.name.removeprefix("node-")] = int(path.read_text())
+        except (OSError, ValueError):
+            continue
     return found
+
+
+def brokers(found: Mapping[str, int]) -> dict[str, int]:
+    """The broker processes among `found`: `kafka` or `kafka-<id>`."""
+    return {k: v for k, v in found.items() if k == "kafka" or k.startswith("kafka-")}
 
 
 class _Tree:

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import Engine, func, insert, make_url, select, text
 from sqlalchemy.orm import DeclarativeBase
 
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import OutboxRelay, outbox_row
 from shared.messaging.producer import EventProducer, producer_config
@@ -99,7 +100,9 @@ def fill(engine: Engine, rows: list[dict[str, Any]], chunk: int = 10_000) -> Non
             connection.execute(insert(table), rows[start : start + chunk])
 
 
-def produce_raw(bootstrap: str, topic: str, events: list[Envelope], timeout: float = 120) -> float:
+def produce_raw(
+    bootstrap: Bootstrap, topic: str, events: list[Envelope], timeout: float = 120
+) -> float:
     """Produce the events' records with the services' producer settings; seconds taken."""
     records = [(event.key.encode(), event.data, event.headers()) for event in events]
     producer = Producer(producer_config(bootstrap, log_level=5))
@@ -137,8 +140,8 @@ def drain(relay: OutboxRelay, timeout: float) -> tuple[float, int]:
             raise TimeoutError(f"relay: {relay.pending()} rows still pending after {timeout}s")
 
 
-def topic_records(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+def topic_records(bootstrap: Bootstrap, topic: str) -> int:
+    consumer = Consumer(client_config(bootstrap, **{"group.id": "bench-watermarks"}))
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         return sum(
@@ -150,7 +153,7 @@ def topic_records(bootstrap: str, topic: str) -> int:
 
 
 def run(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     rows: int = 100_000,
     database_url: str | None = None,
     batch_size: int | None = None,
@@ -192,7 +195,7 @@ def run(
                 engine.dispose()
         published = topic_records(bootstrap, relay_topic)
     finally:
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(client_config(bootstrap))
         with contextlib.suppress(Exception):
             for future in admin.delete_topics(
                 [relay_topic, raw_topic], operation_timeout=30

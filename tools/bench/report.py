@@ -282,6 +282,12 @@ PHASE_RAW_DECODE = "raw consume + decode (envelope, pydantic)"
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 
 
+def _broker(per_process: Mapping[str, float]) -> float | None:
+    """The broker's CPU: the single broker's, or the sum over a cluster's nodes."""
+    nodes = [ms for name, ms in per_process.items() if name == BROKER or name.startswith("kafka-")]
+    return sum(nodes) if nodes else None
+
+
 def cpu_headline(e2e: Mapping[str, Any] | None) -> dict[str, Any]:
     """CPU ms per completed order of a run: the services' sum, the broker's, the database
     server's (PostgreSQL runs), and each process's (None where not measured; the total is
@@ -296,7 +302,7 @@ def cpu_headline(e2e: Mapping[str, Any] | None) -> dict[str, Any]:
     measured = [per_process.get(name) for name in services]
     return {
         "services_total": None if None in measured else sum(m or 0.0 for m in measured),
-        "broker": per_process.get(BROKER),
+        "broker": _broker(per_process),
         "database": per_process.get(DATABASE),
         "per_process": per_process,
         "services": list(services),

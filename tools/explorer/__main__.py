@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import uvicorn
 
+from tools.certs import OBSERVER, REDRIVE
 from tools.explorer.app import create_app
 from tools.explorer.config import ExplorerSettings
+from tools.kafka_cluster import sign_in_locally
 
 
 def main(argv: list[str] | None = None) -> None:
+    sign_in_locally(OBSERVER)
+    signed_in = os.environ.get("KAFKA_SASL_PASSWORD_FILE")
+    if signed_in and os.environ.get("KAFKA_SASL_USERNAME") == OBSERVER:
+        redrive = Path(signed_in).with_name(REDRIVE)  # beside it, as tools/certs keeps them
+        if redrive.is_file():
+            os.environ.setdefault("EXPLORER_REDRIVE_PASSWORD_FILE", str(redrive))
     defaults = ExplorerSettings()
     parser = argparse.ArgumentParser(prog="python -m tools.explorer", description=__doc__)
     parser.add_argument("--port", type=int, default=defaults.port)

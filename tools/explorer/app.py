@@ -44,9 +44,7 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
     """The app; `observe=False` leaves Kafka alone (tests feed `app.state.view`)."""
     settings = settings or ExplorerSettings()
     view = ShopView(settings.topic_prefix, max_orders=settings.max_orders)
-    observer = Observer(
-        view, settings.kafka_bootstrap_servers, settings.topic_prefix, tail=settings.tail
-    )
+    observer = Observer(view, settings.kafka(), settings.topic_prefix, tail=settings.tail)
     redrives = asyncio.Lock()
 
     @asynccontextmanager
@@ -111,10 +109,10 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
 
 
 def _redrive(settings: ExplorerSettings, topic: str, consumer: str) -> int:
-    producer = EventProducer(settings.kafka_bootstrap_servers)
+    kafka = settings.redrive_kafka()
+    producer = EventProducer(kafka)
     try:
-        bootstrap = settings.kafka_bootstrap_servers
-        return redrive(bootstrap, topic, producer, consumer=consumer, timeout=30)
+        return redrive(kafka, topic, producer, consumer=consumer, timeout=30)
     finally:
         producer.close()
 

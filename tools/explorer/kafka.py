@@ -1,9 +1,9 @@
 """The explorer's eyes on Kafka: a consumer that reads every topic of the stack, and an
 admin client that asks for end offsets and each consumer group's committed offsets.
 
-It reads as a consumer group of its own (`explorer-<random>`) and never commits, so it
-changes no other group's position and leaves nothing behind; it starts `tail` records
-before each partition's end. It writes nothing."""
+It reads as a consumer group of its own (`<prefix>observer-explorer-<random>`, an
+observer's group) and never commits, so it changes no other group's position and leaves
+nothing behind; it starts `tail` records before each partition's end. It writes nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
+from shared.messaging.connection import Bootstrap, client_config
 from tools.explorer.model import REDRIVE_GROUP, ShopView
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Observer:
     def __init__(
         self,
         view: ShopView,
-        bootstrap: str,
+        bootstrap: Bootstrap,
         prefix: str = "",
         *,
         tail: int = 5000,
@@ -61,7 +62,8 @@ class Observer:
         self.tail = tail
         self.refresh = refresh
         self.max_groups = max_groups
-        self.group_id = f"explorer-{uuid.uuid4().hex[:12]}"
+        # an observer's group: on a secured cluster its ACL allows `<prefix>observer*`
+        self.group_id = f"{prefix}observer-explorer-{uuid.uuid4().hex[:12]}"
         self.connected = threading.Event()
         """Set once the broker answered the first offset query."""
         self._stopping = threading.Event()
@@ -83,15 +85,17 @@ class Observer:
 
     def _read(self) -> None:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": self.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "topic.metadata.refresh.interval.ms": 2000,
-                "fetch.wait.max.ms": 100,
-            }
+            client_config(
+                self.bootstrap,
+                **{
+                    "group.id": self.group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "topic.metadata.refresh.interval.ms": 2000,
+                    "fetch.wait.max.ms": 100,
+                },
+            )
         )
 
         def on_assign(c: Consumer, assigned: list[TopicPartition]) -> None:
@@ -125,7 +129,7 @@ class Observer:
     # -- offsets ----------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient(client_config(self.bootstrap))
         while not self._stopping.is_set():
             try:
                 topics = self._watermarks(admin)
@@ -160,7 +164,7 @@ class Observer:
             g
             for g in listed
             if g.group_id != self.group_id
-            and not g.group_id.startswith("explorer-")
+            and not g.group_id.startswith(f"{self.prefix}observer")
             and (ours(g.group_id, self.prefix) or g.group_id.startswith(REDRIVE_GROUP))
         ][: self.max_groups]
         futures = {
