@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Message
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,3 +75,33 @@ def metric_total(exposition: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+class ConsumedRecord:
+    """The accessors of a consumed Kafka record (`confluent_kafka.Message`'s), over the
+    fields a test's dataclass names with a trailing `_`."""
+
+    topic_: Any
+    key_: Any
+    value_: Any
+    headers_: Any
+    partition_: Any
+    offset_: Any
+
+    def topic(self) -> Any:
+        return self.topic_
+
+    def key(self) -> Any:
+        return self.key_
+
+    def value(self) -> Any:
+        return self.value_
+
+    def headers(self) -> Any:
+        return self.headers_
+
+    def partition(self) -> Any:
+        return self.partition_
+
+    def offset(self) -> Any:
+        return self.offset_

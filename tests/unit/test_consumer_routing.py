@@ -27,6 +27,7 @@ from shared.messaging.router import EventRouter, Received
 from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.runtime.metrics import ServiceMetrics
 from shared.storage.db import make_sessions
+from tests.helpers import ConsumedRecord
 from tests.schema import Base, Outbox, Processed
 
 pytestmark = pytest.mark.unit
@@ -76,7 +77,7 @@ class KafkaErrorStub:
 
 
 @dataclass
-class FakeMessage:
+class FakeMessage(ConsumedRecord):
     value_: bytes | None
     headers_: KafkaHeaders
     key_: bytes | None = b"k"
@@ -87,24 +88,6 @@ class FakeMessage:
 
     def error(self) -> KafkaErrorStub | None:
         return self.error_
-
-    def headers(self) -> KafkaHeaders:
-        return self.headers_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
 
 
 def message(

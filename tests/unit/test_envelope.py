@@ -26,6 +26,7 @@ from shared.messaging.envelope import (
     KafkaHeaders,
     format_time,
 )
+from tests.helpers import ConsumedRecord
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +51,7 @@ def full_envelope() -> Envelope:
 
 
 @dataclass
-class Record:
+class Record(ConsumedRecord):
     """A consumed Kafka record, as much of it as the envelope reads."""
 
     value_: bytes | str | None
@@ -59,24 +60,6 @@ class Record:
     topic_: str = "orders"
     partition_: int = 2
     offset_: int = 41
-
-    def headers(self) -> KafkaHeaders | dict[str, HeaderValue] | None:
-        return self.headers_
-
-    def key(self) -> bytes | str | None:
-        return self.key_
-
-    def value(self) -> bytes | str | None:
-        return self.value_
-
-    def topic(self) -> str | None:
-        return self.topic_
-
-    def partition(self) -> int | None:
-        return self.partition_
-
-    def offset(self) -> int | None:
-        return self.offset_
 
 
 def without(headers: KafkaHeaders, name: str) -> KafkaHeaders:

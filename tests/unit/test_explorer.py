@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.messaging.envelope import Envelope, KafkaHeaders
+from tests.helpers import ConsumedRecord
 from tools.explorer.app import create_app
 from tools.explorer.config import ExplorerSettings
 from tools.explorer.kafka import ours, topic_pattern
@@ -26,7 +27,7 @@ T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 @dataclass
-class Record:
+class Record(ConsumedRecord):
     """A consumed Kafka record."""
 
     topic_: str
@@ -35,24 +36,6 @@ class Record:
     headers_: KafkaHeaders = field(default_factory=list)
     partition_: int = 0
     offset_: int = 0
-
-    def headers(self) -> KafkaHeaders:
-        return self.headers_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
 
 
 def event(

@@ -22,6 +22,7 @@ from shared.messaging.deadletter import (
     Reason,
 )
 from shared.messaging.envelope import Envelope, KafkaHeaders, dump_json, format_time, new_id
+from tests.helpers import ConsumedRecord
 from tools.tail import UNDECODABLE, WIDEST, View, since, stack_topics
 
 pytestmark = pytest.mark.unit
@@ -32,7 +33,7 @@ ORDER, OTHER_ORDER, PRODUCT = "order-1", "order-2", "product-1"
 
 
 @dataclass
-class Record:
+class Record(ConsumedRecord):
     """A consumed record, as much of one as the tail reads."""
 
     value_: bytes | None
@@ -42,24 +43,6 @@ class Record:
     partition_: int = 0
     offset_: int = 0
     timestamp_: tuple[int, int] = (1, int(T0.timestamp() * 1000))
-
-    def headers(self) -> KafkaHeaders:
-        return self.headers_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
 
     def timestamp(self) -> tuple[int, int]:
         return self.timestamp_
