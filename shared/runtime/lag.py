@@ -16,6 +16,12 @@ from shared.messaging.connection import Bootstrap, client_config
 
 log = logging.getLogger(__name__)
 
+REQUEST_TIMEOUT = 5.0
+"""What librdkafka itself gives each admin request. A scrape waits for the answers only
+until its own deadline: handing librdkafka the few milliseconds left instead was seen to
+trip an assertion in its admin request handling (librdkafka 2.16, `eonce->refcnt > 0`)
+under a busy broker, which aborts the service."""
+
 
 class LagCollector:
     """Consumer lag per partition: the high watermark less the group's committed offset
@@ -97,7 +103,7 @@ class LagCollector:
         if not partitions:
             return []
         asked = [ConsumerGroupTopicPartitions(self._group, partitions)]
-        committed_future = admin.list_consumer_group_offsets(asked, request_timeout=left())
+        committed_future = admin.list_consumer_group_offsets(asked, request_timeout=REQUEST_TIMEOUT)
         ends = _offsets(admin, partitions, OffsetSpec.latest(), left)  # type: ignore[no-untyped-call]
         found = committed_future[self._group].result(timeout=left()).topic_partitions
         committed = {(tp.topic, tp.partition): tp.offset for tp in found}
@@ -117,7 +123,7 @@ def _offsets(
     admin: AdminClient, partitions: list[TopicPartition], spec: Any, left: Callable[[], float]
 ) -> dict[tuple[str, int], int]:
     """Each partition's offset as `spec` (an OffsetSpec) asks: latest or earliest."""
-    futures = admin.list_offsets(dict.fromkeys(partitions, spec), request_timeout=left())
+    futures = admin.list_offsets(dict.fromkeys(partitions, spec), request_timeout=REQUEST_TIMEOUT)
     return {
         (tp.topic, tp.partition): future.result(timeout=left()).offset
         for tp, future in futures.items()
