@@ -53,10 +53,13 @@ def haproxy_config(backends: Sequence[Backend], stats_socket: Path) -> str:
         "    option httplog",
         "    option dontlog-normal",  # errors and state changes only, not every request
         "    option forwardfor",  # X-Forwarded-For: uvicorn trusts it from loopback only
-        "    option redispatch",
+        # a new connection to the instance per request: a request never races an idle
+        # keep-alive connection that the instance closes (its 5 s timeout, or its stop),
+        # so every failure is a failed connect, which is safe to retry elsewhere
+        "    option http-server-close",
+        "    option redispatch 1",
         "    retries 3",
         "    retry-on conn-failure",
-        "    http-reuse safe",
         "    timeout connect 2s",
         "    timeout client 60s",
         "    timeout server 60s",
