@@ -244,7 +244,7 @@ class Stack:
             shared_env |= trace_defaults(self.zipkin)
         self.ports = dict(ports)
         counts = {name: (instances or {}).get(name, 1) for name in ports}
-        require_shared_databases(counts, {**os.environ, **shared_env})
+        self._shared_env = shared_env
         self.instances: dict[str, list[ServiceProcess]] = {}
         for name, port in ports.items():
             # a service alone has no proxy in front: nothing to wait for before it stops
@@ -287,6 +287,8 @@ class Stack:
         return {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
 
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
+        counts = {name: len(each) for name, each in self.instances.items()}
+        require_shared_databases(counts, {**os.environ, **self._shared_env})
         operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
@@ -493,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     began = time.monotonic()
     if args.command == "up":
-        stack.up()
+        try:
+            stack.up()
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         scraping = RUN_DIR / "prometheus.yml"
         write_prometheus_config(scraping, stack.processes())
         print(f"stack ready in {time.monotonic() - began:.1f}s")

@@ -3,6 +3,7 @@ stack's instances, and a draining instance's /ready."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -66,10 +67,11 @@ def test_up_remembers_the_scale_for_the_later_commands(tmp_path: Path) -> None:
 def test_several_instances_need_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORDER_DATABASE_URL", raising=False)
     with pytest.raises(ValueError, match="ORDER_DATABASE_URL to PostgreSQL"):
-        Stack(tmp_path, bootstrap="127.0.0.1:1", instances={"order": 2})
+        Stack(tmp_path, bootstrap="127.0.0.1:1", instances={"order": 2}).up()
     sqlite = {"ORDER_DATABASE_URL": f"sqlite:///{tmp_path}/order.db"}
     with pytest.raises(ValueError, match="SQLite"):
-        Stack(tmp_path, bootstrap="127.0.0.1:1", env=sqlite, instances={"order": 2})
+        Stack(tmp_path, bootstrap="127.0.0.1:1", env=sqlite, instances={"order": 2}).up()
+    assert not (tmp_path / "pids").exists(), "nothing started"
     assert Stack(tmp_path, bootstrap="127.0.0.1:1", env=sqlite).proxy is None
 
 
@@ -236,3 +238,19 @@ def test_drain_installs_over_the_handlers_only_in_the_main_thread() -> None:
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, drain._replaced[signal.SIGINT])
+
+
+def test_make_up_with_scale_on_sqlite_refuses_clearly_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = importlib.import_module("tools.stack")
+    monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(stack, "docker_engine", lambda: False)
+    monkeypatch.setenv("SCALE", "order=2")
+    monkeypatch.delenv("ORDER_DATABASE_URL", raising=False)
+    assert stack.main(["up"]) == 2
+    assert "ORDER_DATABASE_URL to PostgreSQL" in capsys.readouterr().err
+    assert not (tmp_path / "pids").exists()
+    monkeypatch.setenv("SCALE", "order=0")
+    assert stack.main(["status"]) == 2
+    assert "at least 1" in capsys.readouterr().err
