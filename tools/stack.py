@@ -17,7 +17,8 @@ consumer group, behind one HAProxy on the service's usual port (tools/haproxy_lo
 `up` also starts the event explorer (tools/explorer, http://127.0.0.1:8090), a read-only
 page over the stack's topics; `down` stops it.
 
-With a Docker engine present, `up` and `down` hand over to `docker compose` instead.
+With a Docker engine present, `up` and `down` hand over to `docker compose` instead
+(`SCALE` becomes `--scale`).
 Each instance runs as `uvicorn <package>.main:create_app --factory` (it drains on
 SIGTERM: shared/runtime/drain.py), with its pid file in .run/pids and its log in .run/logs
 (`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
@@ -478,21 +479,22 @@ def main(argv: list[str] | None = None) -> int:
         "-f",
         str(Path(__file__).resolve().parent.parent / "compose.yaml"),
     ]
+    try:
+        scale = remembered_scale(RUN_DIR, os.environ.get("SCALE"), args.command)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     password = operator_password(RUN_DIR / "operator-password") if args.command == "up" else ""
     if args.command in ("up", "down") and docker_engine():
-        extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
+        scaled = [f"--scale={name}={count}" for name, count in scale.items()]
+        extra = ["up", "-d", "--wait", *scaled] if args.command == "up" else ["down"]
         env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password}
         code = subprocess.call(compose + extra, env=env)
         if code == 0 and args.command == "up":
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
         return code
-    try:
-        scale = remembered_scale(RUN_DIR, os.environ.get("SCALE"), args.command)
-        stack = Stack(traces=True, explorer_port=EXPLORER_PORT, instances=scale)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    stack = Stack(traces=True, explorer_port=EXPLORER_PORT, instances=scale)
     began = time.monotonic()
     if args.command == "up":
         try:

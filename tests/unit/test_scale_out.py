@@ -254,3 +254,16 @@ def test_make_up_with_scale_on_sqlite_refuses_clearly_and_starts_nothing(
     monkeypatch.setenv("SCALE", "order=0")
     assert stack.main(["status"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_with_docker_scale_becomes_compose_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = importlib.import_module("tools.stack")
+    monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(stack, "docker_engine", lambda: True)
+    monkeypatch.setenv("SCALE", "inventory=2 order=3")
+    commands: list[list[str]] = []
+    monkeypatch.setattr(stack.subprocess, "call", lambda command, env: commands.append(command))
+    stack.main(["up"])
+    assert commands[0][-5:] == ["up", "-d", "--wait", "--scale=inventory=2", "--scale=order=3"]
