@@ -127,22 +127,7 @@ class ServiceProcess:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
-
-    def command(self) -> list[str]:
-        """uvicorn with the app's factory; a service's app drains on SIGTERM by itself
-        (shared.runtime.drain), however it is served."""
-        return [
+        command = [
             sys.executable,
             "-m",
             "uvicorn",
@@ -156,6 +141,17 @@ class ServiceProcess:
             "--workers",
             str(self.workers),
         ]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
 
     def ready(self) -> bool:
         try:
