@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return 2
         scraping = RUN_DIR / "prometheus.yml"
-        write_prometheus_config(scraping, stack.processes())
+        every = {p.id: p for each in stack.instances.values() for p in each}
+        write_prometheus_config(scraping, every)  # each instance, not the proxy
         print(f"stack ready in {time.monotonic() - began:.1f}s")
         print(f"  kafka      {stack.bootstrap}")
         for name, url in stack.urls.items():

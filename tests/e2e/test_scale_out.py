@@ -189,7 +189,10 @@ def test_a_rolling_restart_of_every_instance_under_load_fails_no_request(scaled:
                 stopping.wait_ready(120)
                 stack.wait_in_rotation(stopping)
                 restarts.append(stopping.id)
-        eventually(lambda: len(load.result.orders) >= 40, timeout=60, message="orders flow")
+        after = len(load.result.orders)
+        eventually(
+            lambda: len(load.result.orders) >= after + 20, timeout=60, message="orders flow on"
+        )
     finally:
         load.stop.set()
         for worker in workers:
