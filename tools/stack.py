@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stack stopped")
     elif args.command == "status":
         for name, state in stack.status().items():
-            print(f"  {name:<10} {state}")
+            print(f"  {name:<12} {state}")
         return 0 if all(s != "down" for s in stack.status().values()) else 3
     else:
         for name in args.names:
