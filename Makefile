@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
+	@echo "               SCALE=\"inventory=2 order=2\": several instances behind HAProxy"
 	@echo "make demo      tell the order story against the running stack"
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
@@ -23,8 +24,12 @@ $(STAMP): requirements.lock
 jars: $(STAMP)
 	$(PY) -m tools.kafka_local fetch
 
+# Several instances of a service behind HAProxy: make up SCALE="inventory=2 order=2"
+# (they share its PostgreSQL database: set <NAME>_DATABASE_URL; see docs/scale-out.md).
 up: $(STAMP)
-	$(PY) -m tools.stack up
+	@if [ -n "$(SCALE)" ] && ! command -v haproxy >/dev/null; then apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; fi
+	$(if $(SCALE),SCALE="$(SCALE)") $(PY) -m tools.stack up
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi

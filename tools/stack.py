@@ -4,20 +4,30 @@ and, for `up`, a Zipkin server that receives their traces.
     python -m tools.stack up        start what is not running, wait until every /ready is 200
     python -m tools.stack down      stop everything, free the ports
     python -m tools.stack status
-    python -m tools.stack kill SERVICE|kafka|kafka-ID    SIGKILL, as a crash would
-    python -m tools.stack start SERVICE|kafka|kafka-ID
+    python -m tools.stack kill SERVICE|INSTANCE|kafka|kafka-ID   SIGKILL, as a crash would
+    python -m tools.stack stop SERVICE|INSTANCE          SIGTERM: drain, then stop
+    python -m tools.stack start SERVICE|INSTANCE|kafka|kafka-ID
+    python -m tools.stack restart SERVICE|INSTANCE       stop, start, back in rotation
 
 Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
 machine): tools/kafka_cluster.py. `up` creates the stack's topics, one SCRAM principal
 per service and the ACLs (tools/kafka_security.py) as the admin, and hands each service
 its own identity; `status` lists the brokers and each topic's leaders and in-sync replicas.
 
+`SCALE="inventory=2 order=2"` runs that many instances of a service (order-1, order-2, ...)
+on ports of their own, sharing its PostgreSQL database (`<NAME>_DATABASE_URL`) and its
+consumer group, behind one HAProxy on the service's usual port (tools/haproxy_local.py);
+`up` remembers it for the other commands until `down`. See docs/scale-out.md.
+
 `up` also starts the event explorer (tools/explorer, http://127.0.0.1:8090), a read-only
 page over the stack's topics; `down` stops it.
 
-With a Docker engine present, `up` and `down` hand over to `docker compose` instead.
-Each service runs as `uvicorn <package>.main:create_app --factory`, with its pid file
-in .run/pids and its log in .run/logs; its database defaults to SQLite under .run/data."""
+With a Docker engine present, `up` and `down` hand over to `docker compose` instead
+(`SCALE` becomes `--scale`).
+Each instance runs as `uvicorn <package>.main:create_app --factory` (it drains on
+SIGTERM: shared/runtime/drain.py), with its pid file in .run/pids and its log in .run/logs
+(`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
+.run/data."""
 
 from __future__ import annotations
 
@@ -39,6 +49,7 @@ import httpx
 from services.registry import SERVICES
 from tools.certs import ADMIN, OBSERVER, REDRIVE
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
+from tools.haproxy_local import Backend, LocalProxy
 from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
 from tools.kafka_security import Topology, compose_env, principals, secure_stack
@@ -47,6 +58,8 @@ from tools.zipkin_local import LocalZipkin
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
 EXPLORER_APP = "tools.explorer.app:create_app"
+SCALE_FILE = "scale"
+"""In the run directory: the `SCALE` that `up` was given, for the later commands."""
 
 
 def docker_engine() -> bool:
@@ -69,6 +82,13 @@ class ServiceProcess:
     app: str = ""
     """The uvicorn app factory; defaults to the registered service's (else
     `services.<name>.main:create_app`)."""
+    instance: str = ""
+    """Its name among several instances of the service (`order-2`); '' when alone."""
+
+    @property
+    def id(self) -> str:
+        """The instance's name, or the service's when it runs alone."""
+        return self.instance or self.name
 
     @property
     def url(self) -> str:
@@ -76,17 +96,17 @@ class ServiceProcess:
 
     @property
     def pid_file(self) -> Path:
-        return self.run_dir / "pids" / f"{self.name}.pid"
+        return self.run_dir / "pids" / f"{self.id}.pid"
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / "logs" / f"{self.name}.log"
+        return self.run_dir / "logs" / f"{self.id}.log"
 
     @property
     def metrics_dir(self) -> Path:
         """Where its workers keep their metrics, when it runs several (prometheus_client's
         multiprocess mode); emptied at every start."""
-        return self.run_dir / "metrics" / self.name
+        return self.run_dir / "metrics" / self.id
 
     def pid(self) -> int | None:
         try:
@@ -100,7 +120,7 @@ class ServiceProcess:
         if self.pid() is not None:
             return
         if port_open("127.0.0.1", self.port):
-            raise RuntimeError(f"port {self.port} for {self.name} is taken by another process")
+            raise RuntimeError(f"port {self.port} for {self.id} is taken by another process")
         prefix = self.name.upper() + "_"
         env = {
             **os.environ,
@@ -152,15 +172,18 @@ class ServiceProcess:
         while not self.ready():
             if self.pid() is None:
                 raise RuntimeError(
-                    f"{self.name} exited; {self.log_file} ends with:\n" + _tail(self.log_file)
+                    f"{self.id} exited; {self.log_file} ends with:\n" + _tail(self.log_file)
                 )
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{self.name} not ready after {timeout:.0f}s:\n" + _tail(self.log_file)
+                    f"{self.id} not ready after {timeout:.0f}s:\n" + _tail(self.log_file)
                 )
             time.sleep(0.2)
 
-    def stop(self, timeout: float = 20) -> None:
+    def stop(self, timeout: float = 40) -> None:
+        """SIGTERM to the process alone (uvicorn's supervisor tells its workers): it
+        drains, finishes its requests, commits, leaves its group and flushes; SIGKILL to
+        its whole session after `timeout`."""
         self._signal(signal.SIGTERM, timeout)
 
     def kill(self) -> None:
@@ -170,7 +193,7 @@ class ServiceProcess:
         pid = self.pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, sig)
+                os.kill(pid, sig) if sig == signal.SIGTERM else os.killpg(pid, sig)
             deadline = time.monotonic() + timeout
             while self.pid() == pid and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -187,8 +210,9 @@ class ServiceProcess:
 
 class Stack:
     """The broker (unless an external one is given) and the services (all registered ones
-    unless `ports` names others). With a `cluster`, the stack runs on that secured cluster,
-    each service signed in as its own principal."""
+    unless `ports` names others), each alone on its port or, when `instances` says so,
+    several instances behind HAProxy on that port. With a `cluster`, the stack runs on
+    that secured cluster, each service signed in as its own principal."""
 
     def __init__(
         self,
@@ -201,11 +225,15 @@ class Stack:
         traces: bool = False,
         explorer_port: int | None = None,
         cluster: LocalCluster | None = None,
+        instances: Mapping[str, int] | None = None,
+        instance_ports: Mapping[str, int] | None = None,
     ) -> None:
         """`workers`: uvicorn worker processes per service name (1 when not named).
         `traces`: run a local Zipkin and send the services' spans to it, unless the
         environment already chooses an exporter (`OTEL_TRACES_EXPORTER`).
-        `explorer_port`: also run the event explorer there."""
+        `explorer_port`: also run the event explorer there.
+        `instances`: instances per service name (1 when not named; see `parse_scale`);
+        `instance_ports`: their ports by instance name (`order-2`), else `instance_port`."""
         self.run_dir = run_dir
         self.cluster = cluster if bootstrap is None else None
         self.broker = broker if bootstrap is None and cluster is None else None
@@ -224,12 +252,37 @@ class Stack:
         if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared_env}:
             self.zipkin = LocalZipkin(run_dir / "zipkin")
             shared_env |= trace_defaults(self.zipkin)
-        self.services = {
-            name: ServiceProcess(
-                name, port, run_dir, self._env(name, shared_env), (workers or {}).get(name, 1)
-            )
-            for name, port in ports.items()
-        }
+        self.ports = dict(ports)
+        counts = {name: (instances or {}).get(name, 1) for name in ports}
+        self._shared_env = shared_env
+        self.instances: dict[str, list[ServiceProcess]] = {}
+        for name, port in ports.items():
+            # a service alone has no proxy in front: nothing to wait for before it stops
+            alone = {"SHUTDOWN_GRACE_SECONDS": "0"} if counts[name] == 1 else {}
+            each = {**alone, **self._env(name, shared_env)}
+            self.instances[name] = [
+                ServiceProcess(name, port, run_dir, each, (workers or {}).get(name, 1))
+            ]
+            if counts[name] > 1:
+                self.instances[name] = [
+                    ServiceProcess(
+                        name,
+                        (instance_ports or {}).get(f"{name}-{i}") or instance_port(port, i),
+                        run_dir,
+                        each,
+                        (workers or {}).get(name, 1),
+                        instance=f"{name}-{i}",
+                    )
+                    for i in range(1, counts[name] + 1)
+                ]
+        self.services = {name: each[0] for name, each in self.instances.items()}
+        """Each service's process, or the first of its instances."""
+        scaled = [
+            Backend(name, ports[name], {i.id: i.port for i in each})
+            for name, each in self.instances.items()
+            if len(each) > 1
+        ]
+        self.proxy = LocalProxy(scaled, run_dir) if scaled else None
         # its page holds a Server-Sent Events stream open: stop waiting for it after 2 s
         explorer_env = {**shared_env, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "2"}
         if self.cluster is not None:  # it reads as the observer; its button redrives
@@ -250,7 +303,14 @@ class Stack:
         group = f"{name.upper()}_CONSUMER_GROUP"
         return {group: self.topic_prefix + name, **shared, **self.cluster.client_env(name)}
 
+    @property
+    def urls(self) -> dict[str, str]:
+        """Where clients reach each service: its process, or the proxy in front."""
+        return {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
+        counts = {name: len(each) for name, each in self.instances.items()}
+        require_shared_databases(counts, {**os.environ, **self._shared_env})
         operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
@@ -259,11 +319,15 @@ class Stack:
             self.secure()
         if self.zipkin is not None:
             self.zipkin.start()
-        chosen = [self.services[n] for n in (names or self.services)]
-        for service in chosen:
-            service.start()
-        for service in chosen:
-            service.wait_ready(timeout)
+        chosen = [p for n in (names or self.instances) for p in self.chosen(n)]
+        for process in chosen:
+            process.start()
+        for process in chosen:
+            process.wait_ready(timeout)
+        if self.proxy is not None:
+            self.proxy.start()
+            for process in chosen:
+                self.wait_in_rotation(process, timeout)
         if self.explorer is not None and names is None:
             self.explorer.start()
             self.explorer.wait_ready(timeout)
@@ -281,17 +345,47 @@ class Stack:
         """Stop everything; `kafka=False` leaves a cluster running (a test's, shared)."""
         if self.explorer is not None:
             self.explorer.stop()
-        for service in self.services.values():
-            service.stop()  # first: each sends its last spans as it stops
+        if self.proxy is not None:
+            self.proxy.stop()
+        for each in self.instances.values():
+            for process in each:
+                process.stop()  # first: each sends its last spans as it stops
         (self.zipkin or LocalZipkin(self.run_dir / "zipkin")).stop()
         if self.broker is not None:
             self.broker.stop()
         if self.cluster is not None and kafka:
             self.cluster.stop()
 
+    def chosen(self, name: str) -> list[ServiceProcess]:
+        """The processes `name` means: a service's instances, one instance, the explorer."""
+        if name in self.instances:
+            return self.instances[name]
+        return [self.processes()[name]]
+
+    def restart(self, name: str, timeout: float = 90) -> None:
+        """Stop gracefully and start again each process `name` means, one at a time, each
+        back in rotation before the next stops (a rolling restart)."""
+        for process in self.chosen(name):
+            process.stop()
+            process.start()
+            process.wait_ready(timeout)
+            self.wait_in_rotation(process, timeout)
+
+    def wait_in_rotation(self, process: ServiceProcess, timeout: float = 30) -> None:
+        """Until the proxy sends requests to `process` (at once when it has no proxy)."""
+        if self.proxy is None or not process.instance:
+            return
+        deadline = time.monotonic() + timeout
+        while not self.proxy.in_rotation(process.id):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{process.id} not in rotation: {self.proxy.servers()}")
+            time.sleep(0.1)
+
     def processes(self) -> dict[str, ServiceProcess]:
-        """The services and, when it runs with them, the explorer."""
-        return {**self.services, **({"explorer": self.explorer} if self.explorer else {})}
+        """Every process by its name (`order`, or `order-1`, `order-2` when scaled) and,
+        when it runs with them, the explorer."""
+        every = {p.id: p for each in self.instances.values() for p in each}
+        return {**every, **({"explorer": self.explorer} if self.explorer else {})}
 
     def status(self) -> dict[str, str]:
         states = {}
@@ -303,6 +397,7 @@ class Stack:
         if self.zipkin is not None:
             pid = self.zipkin.pid()
             states["zipkin"] = "down" if pid is None else f"pid {pid}, {self.zipkin.url}"
+        rotation = self.proxy.servers() if self.proxy is not None else {}
         for name, service in self.processes().items():
             pid = service.pid()
             states[name] = (
@@ -310,15 +405,59 @@ class Stack:
                 if pid is None
                 else (f"pid {pid}, " + ("ready" if service.ready() else "NOT READY"))
             )
+            if name in rotation:
+                states[name] += f", {rotation[name]} in haproxy"
+        if self.proxy is not None:
+            pid = self.proxy.pid()
+            ports = ", ".join(f"{b.name} :{b.port}" for b in self.proxy.backends)
+            states["haproxy"] = "down" if pid is None else f"pid {pid}, {ports}"
         return states
 
 
-def local_stack(run_dir: Path = RUN_DIR) -> Stack:
+def local_stack(run_dir: Path = RUN_DIR, instances: Mapping[str, int] | None = None) -> Stack:
     """The stack `make up` runs here: KAFKA_NODES secured nodes (3 unless it says 1), the
-    services, the explorer and a Zipkin."""
+    services (`instances` of each, behind HAProxy when more than one), the explorer and a
+    Zipkin."""
     nodes = int(os.environ.get("KAFKA_NODES", "3"))
     cluster = LocalCluster(run_dir / "kafka", nodes=nodes, run_dir=run_dir)
-    return Stack(run_dir, traces=True, explorer_port=EXPLORER_PORT, cluster=cluster)
+    return Stack(
+        run_dir, traces=True, explorer_port=EXPLORER_PORT, cluster=cluster, instances=instances
+    )
+
+
+def instance_port(port: int, index: int) -> int:
+    """Instance `index` (from 1) of the service on `port`: 8001 → 18001, 18011, 18021..."""
+    chosen = port + 10_000 + 10 * (index - 1)
+    if chosen > 65_535 or index > 10:
+        raise ValueError(f"no derived port for instance {index} of :{port}; give instance_ports")
+    return chosen
+
+
+def parse_scale(text: str, known: Iterable[str] = PORTS) -> dict[str, int]:
+    """`"inventory=2 order=2"` (spaces or commas) → {"inventory": 2, "order": 2}."""
+    names = list(known)
+    scale: dict[str, int] = {}
+    for item in text.replace(",", " ").split():
+        name, equals, count = item.partition("=")
+        if not equals or not count.strip().isdigit():
+            raise ValueError(f"SCALE: {item!r} is not NAME=COUNT")
+        if name not in names:
+            raise ValueError(f"SCALE: no service {name!r}; services: {', '.join(names)}")
+        if int(count) < 1:
+            raise ValueError(f"SCALE: {name} needs at least 1 instance, not {count}")
+        scale[name] = int(count)
+    return scale
+
+
+def require_shared_databases(counts: Mapping[str, int], env: Mapping[str, str]) -> None:
+    """Several instances of a service share its database: PostgreSQL, never SQLite."""
+    for name, count in counts.items():
+        url = env.get(f"{name.upper()}_DATABASE_URL", "")
+        if count > 1 and not url.startswith("postgresql"):
+            raise ValueError(
+                f"{count} instances of {name} share one database: set"
+                f" {name.upper()}_DATABASE_URL to PostgreSQL (SQLite is one process's)"
+            )
 
 
 def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
@@ -379,8 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["up", "down", "status", "kill", "start"])
-    parser.add_argument("names", nargs="*", help="services (or kafka, explorer) for kill/start")
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "kill", "stop", "start", "restart"]
+    )
+    parser.add_argument("names", nargs="*", help="services, instances (order-2), kafka or explorer")
     args = parser.parse_args(argv)
     compose = [
         "docker",
@@ -388,29 +529,42 @@ def main(argv: list[str] | None = None) -> int:
         "-f",
         str(Path(__file__).resolve().parent.parent / "compose.yaml"),
     ]
+    try:
+        scale = remembered_scale(RUN_DIR, os.environ.get("SCALE"), args.command)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     password = operator_password(RUN_DIR / "operator-password") if args.command == "up" else ""
     if args.command in ("up", "down") and docker_engine():
-        extra = ["up", "-d", "--wait"] if args.command == "up" else ["down"]
+        scaled = [f"--scale={name}={count}" for name, count in scale.items()]
+        extra = ["up", "-d", "--wait", *scaled] if args.command == "up" else ["down"]
         env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password, **compose_env(RUN_DIR)}
         code = subprocess.call(compose + extra, env=env)
         if code == 0 and args.command == "up":
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
         return code
-    stack = local_stack()
+    stack = local_stack(instances=scale)
     began = time.monotonic()
     if args.command == "up":
-        stack.up()
+        try:
+            stack.up()
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         scraping = RUN_DIR / "prometheus.yml"
-        write_prometheus_config(scraping, stack.services)
+        every = {p.id: p for each in stack.instances.values() for p in each}
+        write_prometheus_config(scraping, every)  # each instance, not the proxy
         print(f"stack ready in {time.monotonic() - began:.1f}s")
         print(f"  kafka      {stack.bootstrap}")
         if stack.cluster is not None:
             size = len(stack.cluster.nodes)
             print(f"             {size} node(s), SASL_SSL; to sign in as a read-only observer:")
             print('             eval "$(python -m tools.kafka_cluster env observer)"')
-        for name, service in stack.services.items():
-            print(f"  {name:<10} {service.url}  (docs: {service.url}/docs)")
+        for name, url in stack.urls.items():
+            behind = len(stack.instances[name])
+            proxied = f", {behind} instances behind haproxy" if behind > 1 else ""
+            print(f"  {name:<10} {url}  (docs: {url}/docs{proxied})")
         if stack.explorer is not None:
             print(f"  {'explorer':<10} {stack.explorer.url}")
         if stack.zipkin is not None:
@@ -419,11 +573,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metrics: each service's /metrics; prometheus --config.file={scraping}")
     elif args.command == "down":
         stack.down()
+        (RUN_DIR / SCALE_FILE).unlink(missing_ok=True)
         print("stack stopped")
     elif args.command == "status":
         states = stack.status()
         for name, state in states.items():
-            print(f"  {name:<10} {state}")
+            print(f"  {name:<12} {state}")
         if stack.cluster is not None and any(s.startswith("pid") for s in states.values()):
             print(describe_cluster(stack.cluster.connection(ADMIN), stack.topic_prefix))
         return 0 if all(not s.startswith("down") for s in states.values()) else 3
@@ -437,12 +592,32 @@ def main(argv: list[str] | None = None) -> int:
                     node.kill() if args.command == "kill" else node.start()
             elif name == "kafka" and stack.broker is not None:
                 stack.broker.kill() if args.command == "kill" else stack.broker.start()
-            elif args.command == "kill":
-                stack.processes()[name].kill()
+            elif args.command == "restart":
+                stack.restart(name)
             else:
-                stack.processes()[name].start()
-                stack.processes()[name].wait_ready()
+                for process in stack.chosen(name):
+                    if args.command == "kill":
+                        process.kill()
+                    elif args.command == "stop":
+                        process.stop()
+                    else:
+                        process.start()
+                        process.wait_ready()
+                        stack.wait_in_rotation(process)
     return 0
+
+
+def remembered_scale(run_dir: Path, given: str | None, command: str) -> dict[str, int]:
+    """The instances per service: `SCALE` as given to `up` (and remembered in the run
+    directory), else what the last `up` was given."""
+    remembered = run_dir / SCALE_FILE
+    if given is None:
+        given = remembered.read_text() if remembered.exists() else ""
+    scale = parse_scale(given)
+    if command == "up":
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(given.strip() + "\n")
+    return scale
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ def trusted_jwks(unit: Unit) -> list[dict[str, object]]:
 
 def ensure_operator(unit: Unit, email: str, password: str) -> None:
     """The operator account signs in with `password` (created on the first start)."""
+    if is_postgres(unit.session.get_bind()):  # several instances may start at once
+        unit.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('operator'))"))
     user = unit.session.scalar(select(User).where(User.email == email.lower()))
     if user is None:
         user = register_user(unit, UserIn(name="Operator", email=email, password=password))

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from shared.messaging import asyncapi
 from shared.runtime import http
+from shared.runtime.drain import Drain
 from shared.runtime.logs import configure_logging
 from shared.runtime.service import ServiceRuntime, ServiceSpec
 from shared.runtime.settings import ServiceSettings
@@ -55,6 +56,7 @@ def create_service_app(
         runtime = ServiceRuntime(spec, settings)
         runtime.start()
         app.state.runtime = runtime
+        Drain(app.state, settings.shutdown_grace_seconds).install()
         try:
             yield
         finally:

@@ -293,7 +293,10 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
         responses={503: {"model": Readiness, "description": "Not ready"}},
     )
     def ready(request: Request) -> JSONResponse:
-        """Readiness: database and broker reachable, consumer and outbox relay running."""
+        """Readiness: database and broker reachable, consumer and outbox relay running,
+        and not draining (told to stop: shared.runtime.server)."""
+        if getattr(request.app.state, "draining", False):
+            return JSONResponse({"ready": False, "checks": {"draining": False}}, status_code=503)
         runtime = getattr(request.app.state, "runtime", None)
         checks: dict[str, Any] = runtime.readiness() if runtime else {"started": False}
         ok = all(checks.values())

@@ -101,6 +101,11 @@ class ServiceSettings(KafkaSettings):
     bursts of twice that."""
     rate_per_address: float = 1000.0
     """The same per client address."""
+    shutdown_grace_seconds: float = Field(
+        1.0, ge=0, validation_alias=AliasChoices("SHUTDOWN_GRACE_SECONDS")
+    )
+    """After SIGTERM, how long an instance keeps serving while `/ready` answers 503, so a
+    load balancer takes it out of rotation before it stops accepting (shared.runtime.server)."""
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:

@@ -40,7 +40,7 @@ from sqlalchemy import make_url
 from services.registry import SERVICES, get, load
 from shared.messaging.tracing import span_exporters
 from shared.runtime.settings import ServiceSettings
-from tools import pginit
+from tools import haproxy_local, pginit
 from tools.certs import ADMIN
 from tools.kafka_cluster import LocalCluster, default_ports
 from tools.kafka_security import Topology, principals
@@ -63,6 +63,8 @@ EXPLORER = "explorer"
 """The event explorer (tools/explorer): reads Kafka only."""
 MONITORING = ("prometheus", "grafana")
 """Checked in tests/unit/test_dashboards.py."""
+PROXY = "haproxy"
+"""Publishes every service's port and spreads requests over its containers."""
 PORTS = {service.name: service.port for service in SERVICES}
 
 
@@ -202,7 +204,17 @@ def assert_serves(command: list[str], name: str) -> None:
 def test_compose_file_is_compose_specification() -> None:
     data = compose()
     assert "version" not in data, "the Compose Specification has no `version:`"
-    expected = {*INFRA, *KAFKA_NODES, INIT, KAFKA_INIT, *OBSERVERS, EXPLORER, *MONITORING, *PORTS}
+    expected = {
+        *INFRA,
+        *KAFKA_NODES,
+        INIT,
+        KAFKA_INIT,
+        *OBSERVERS,
+        EXPLORER,
+        *MONITORING,
+        PROXY,
+        *PORTS,
+    }
     assert set(data["services"]) == expected, "compose runs the registry's services"
 
 
@@ -481,7 +493,8 @@ def test_service_is_built_from_the_repo_and_waits_for_infra_and_its_database(nam
 def test_service_runs_by_its_registered_name_on_its_registered_port(name: str) -> None:
     assert_serves(command_of(service(name)), name)
     assert environment(name).get(f"{name.upper()}_PORT", str(PORTS[name])) == str(PORTS[name])
-    assert published_ports(name) == [("127.0.0.1", str(PORTS[name]), str(PORTS[name]))]
+    assert published_ports(name) == [], "the proxy publishes it: `--scale` needs no host port"
+    assert ("127.0.0.1", str(PORTS[name]), str(PORTS[name])) in published_ports(PROXY)
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
@@ -516,7 +529,7 @@ def test_service_environment_is_read_by_its_settings(
 ) -> None:
     settings = settings_class(name)
     known = env_names(settings)
-    env = {k: v for k, v in environment(name).items() if not k.startswith("OTEL_")}
+    env = {k: v for k, v in environment(name).items() if not k.startswith("OTEL_") and k != UVICORN}
     assert "KAFKA_BOOTSTRAP_SERVERS" in env
     assert f"{name.upper()}_DATABASE_URL" in env
     unknown = sorted(set(env) - set(known))
@@ -545,6 +558,61 @@ def test_jaeger_serves_its_ui_on_loopback_and_is_healthy_when_it_answers() -> No
     assert service("jaeger")["image"].startswith("jaegertracing/jaeger:2.")
     assert published_ports("jaeger") == [("127.0.0.1", "16686", "16686")]
     assert "16686" in " ".join(service("jaeger")["healthcheck"]["test"])
+
+
+# --- the proxy in front of the services -------------------------------------------------
+
+UVICORN = "FORWARDED_ALLOW_IPS"
+"""Read by uvicorn (not the settings): the peers whose X-Forwarded-For it trusts."""
+
+
+def test_the_proxy_config_is_generated_from_the_registry() -> None:
+    volumes = service(PROXY)["volumes"]
+    source, target, mode = volumes[0].split(":")
+    assert (target, mode) == ("/usr/local/etc/haproxy/haproxy.cfg", "ro")
+    mounted = (ROOT / source).resolve()
+    assert mounted == haproxy_local.COMPOSE_CONFIG
+    assert mounted.read_text() == haproxy_local.compose_config(PORTS), (
+        "stale: python -m tools.haproxy_local compose"
+    )
+
+
+def test_the_proxy_finds_every_container_of_each_service_and_checks_ready() -> None:
+    config = haproxy_local.COMPOSE_CONFIG.read_text()
+    assert "nameserver dns 127.0.0.11:53" in config, "Docker's embedded DNS"
+    for name, port in PORTS.items():
+        assert f"frontend {name}\n    bind :{port}\n    default_backend {name}\n" in config
+        assert re.search(
+            rf"server-template {name}- 1-\d+ {name}:{port} check resolvers docker", config
+        )
+    assert config.count("option httpchk GET /ready") == len(PORTS)
+    assert service(PROXY)["image"].startswith("haproxy:2.")
+    assert {name: spec["condition"] for name, spec in service(PROXY)["depends_on"].items()} == (
+        dict.fromkeys(PORTS, "service_healthy")
+    )
+    for port in PORTS.values():
+        assert str(port) in healthcheck_text(PROXY)
+
+
+def test_the_proxy_config_is_valid_for_haproxy() -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed")
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(haproxy_local.COMPOSE_CONFIG)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_services_trust_forwarded_for_as_only_the_network_reaches_them(name: str) -> None:
+    assert environment(name)[UVICORN] == "*"
+    assert published_ports(name) == []
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_services_have_time_to_drain_before_docker_kills_them(name: str) -> None:
+    grace = str(service(name)["stop_grace_period"])
+    assert grace.endswith("s") and int(grace[:-1]) >= 20
 
 
 # --- authentication: the token URL and the operator's password --------------------------
@@ -578,7 +646,7 @@ def test_swagger_of_every_service_gets_its_token_from_the_user_service(name: str
         PORTS["user"],
         "/token",
     )
-    assert ("127.0.0.1", str(PORTS["user"]), str(PORTS["user"])) in published_ports("user")
+    assert ("127.0.0.1", str(PORTS["user"]), str(PORTS["user"])) in published_ports(PROXY)
     user_api = importlib.import_module("services.user.api")
     assert any(
         getattr(route, "path", None) == url.path and "POST" in getattr(route, "methods", ())
