@@ -1,15 +1,22 @@
-"""How the cluster serves the topics a service publishes to, read from the metadata its
-producer already has: `ok`; `degraded` (writes succeed but redundancy is reduced: a
-partition has fewer replicas in sync than it has, or fewer brokers are alive than it
-has replicas); `down` (no broker answers, or a partition has no leader or fewer replicas
-in sync than `min.insync.replicas`, so an `acks=all` write is refused)."""
+"""How the cluster serves the topics a service publishes to, from the metadata its
+producer already has and whether each broker it names accepts a connection: `ok`;
+`degraded` (writes succeed but redundancy is reduced: a partition has fewer live replicas
+in sync than it has replicas, or fewer brokers are alive than it has replicas); `down` (no
+broker answers, or a partition has no leader or fewer live replicas in sync than
+`min.insync.replicas`, so an `acks=all` write is refused or never acknowledged).
+
+Why connect, and not trust the metadata alone: on a cluster whose nodes are also its
+KRaft controllers, losing a majority of them loses the quorum, and with it every change
+of metadata. The survivors go on reporting the dead brokers as alive and in sync, while
+no write can be acknowledged (docs/broker-loss.md)."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +39,7 @@ DENIED = (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATIO
 class KafkaHealth:
     state: KafkaState
     brokers: int
-    """Brokers the cluster reports alive (0 when none answered)."""
+    """Brokers of the metadata that accept a connection (0 when none answered)."""
     detail: str = ""
     """The first problem found, for an operator; empty when ok."""
 
@@ -43,12 +50,13 @@ def derived_min_insync(replicas: int) -> int:
 
 
 def assess(
-    brokers: int,
+    alive: Collection[int],
     topics: Mapping[str, TopicMetadata | None],
     min_insync: Mapping[str, int | None],
 ) -> KafkaHealth:
-    """The state of `topics` (name → its metadata, None if not reported) on a cluster
-    with `brokers` alive; `min_insync` per topic, None to derive it from the replicas."""
+    """The state of `topics` (name → its metadata, None if not reported) when the brokers
+    `alive` (ids) answer; `min_insync` per topic, None to derive it from the replicas."""
+    brokers = len(alive)
     if brokers == 0:
         return KafkaHealth("down", 0, "no broker answers")
     degraded = ""
@@ -57,21 +65,29 @@ def assess(
             why = topic.error if topic is not None else "not in the metadata"
             return KafkaHealth("down", brokers, f"{name}: {why}")
         for partition in sorted(topic.partitions.values(), key=lambda p: p.id):
-            where, replicas, isr = (
-                f"{name}[{partition.id}]",
-                len(partition.replicas),
-                len(partition.isrs),
-            )
+            where, replicas = f"{name}[{partition.id}]", len(partition.replicas)
+            isr = len([b for b in partition.isrs if b in alive])
             needed = min_insync.get(name) or derived_min_insync(replicas)
             if partition.leader < 0:
                 return KafkaHealth("down", brokers, f"{where} has no leader")
             if isr < needed:
                 return KafkaHealth("down", brokers, f"{where}: {isr} in sync, {needed} needed")
+            if not degraded and partition.leader not in alive:
+                degraded = f"{where}: leader {partition.leader} is gone, another takes over"
             if not degraded and isr < replicas:
                 degraded = f"{where}: {isr} of {replicas} replicas in sync"
             if not degraded and brokers < replicas:
                 degraded = f"{brokers} broker(s) alive for {replicas} replicas"
     return KafkaHealth("degraded" if degraded else "ok", brokers, degraded)
+
+
+def accepting(host: str, port: int, timeout: float) -> bool:
+    """True when something listens at host:port (a killed broker refuses at once)."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 class KafkaHealthCheck:
@@ -86,9 +102,12 @@ class KafkaHealthCheck:
         *,
         ttl: float = 1.0,
         timeout: float = 1.0,
+        accepting: Callable[[str, int, float], bool] = accepting,
     ) -> None:
         """`metadata(topic, timeout)`: the producer's `list_topics`; `admin` makes the
-        client that reads each topic's `min.insync.replicas` once (DESCRIBE_CONFIGS)."""
+        client that reads each topic's `min.insync.replicas` once (DESCRIBE_CONFIGS);
+        `accepting(host, port, timeout)`: whether a broker takes a connection."""
+        self._accepting = accepting
         self._metadata, self._topics = metadata, sorted(set(topics))
         self._make_admin = admin
         self._admin: AdminClient | None = None
@@ -109,16 +128,18 @@ class KafkaHealthCheck:
     def _check(self) -> KafkaHealth:
         deadline = time.monotonic() + self._timeout
         topics: dict[str, TopicMetadata | None] = {}
-        brokers = 0
+        brokers: dict[int, tuple[str, int]] = {}
         try:
             for name in self._topics:
                 metadata = self._metadata(name, max(0.05, deadline - time.monotonic()))
-                brokers = len(metadata.brokers)
+                brokers = {b.id: (str(b.host), b.port) for b in metadata.brokers.values()}
                 topics[name] = metadata.topics.get(name)
         except KafkaException as exc:
             return KafkaHealth("down", 0, f"no broker answers: {exc.args[0]}")
+        wait = max(0.05, (deadline - time.monotonic()) / max(1, len(brokers)))
+        alive = {id for id, (host, port) in brokers.items() if self._accepting(host, port, wait)}
         self._read_min_insync(max(0.05, deadline - time.monotonic()))
-        return assess(brokers, topics, self._min_insync)
+        return assess(alive, topics, self._min_insync)
 
     def _read_min_insync(self, timeout: float) -> None:
         """Each topic's `min.insync.replicas`, once; a denied topic is derived for good,
