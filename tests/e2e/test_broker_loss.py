@@ -5,7 +5,7 @@ still accepted and wait in the outbox until a broker is back (docs/broker-loss.m
 
     pytest tests/e2e/test_broker_loss.py -s     also prints request → outcome per phase
 
-`BROKER_LOSS_RATE` sets the load's orders per second (default 30, about half what this
+`BROKER_LOSS_RATE` sets the load's orders per second (default 25, about half what this
 stack completes on a two-core machine)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tools.stack import PORTS, ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-RATE = float(os.environ.get("BROKER_LOSS_RATE", "30"))
+RATE = float(os.environ.get("BROKER_LOSS_RATE", "25"))
 OUTAGE = 10.0
 """Seconds of load with a broker down (and before the first kill)."""
 
@@ -305,8 +305,8 @@ def test_losing_one_broker_at_a_time_under_load_fails_no_request(shop: Shop) -> 
         time.sleep(OUTAGE)  # load shaping: the load runs, nothing is waited for
         for _ in range(2):
             node = busiest_leader(shop, besides=set(killed))
-            began = time.monotonic()
             node.kill()
+            began = time.monotonic()
             marks.append((time.time(), f"kafka-{node.node_id} down"))
             killed.append(node.node_id)
             meanwhile = wait_readiness(shop, (200, "degraded"))
