@@ -137,7 +137,9 @@ class KafkaHealthCheck:
         except KafkaException as exc:
             return KafkaHealth("down", 0, f"no broker answers: {exc.args[0]}")
         wait = max(0.05, (deadline - time.monotonic()) / max(1, len(brokers)))
-        alive = {id for id, (host, port) in brokers.items() if self._accepting(host, port, wait)}
+        alive = {
+            node for node, (host, port) in brokers.items() if self._accepting(host, port, wait)
+        }
         self._read_min_insync(max(0.05, deadline - time.monotonic()))
         return assess(alive, topics, self._min_insync)
 
