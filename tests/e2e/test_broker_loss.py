@@ -270,7 +270,7 @@ def report(sent: list[Sent], decided: dict[str, float], marks: list[tuple[float,
     placed = [s for s in sent if s.order_id is not None]
     phases: dict[str, list[Sent]] = {name: [] for _, name in marks}
     for s in placed:
-        name = next(n for t, n in reversed(marks) if t <= s.began)
+        name = next((n for t, n in reversed(marks) if t <= s.began), marks[0][1])
         done = decided.get(s.order_id or "", float("inf"))
         hit = [n for t, n in marks if n.endswith(" down") and s.began < t <= done]
         phases[hit[0] if hit else name].append(s)
@@ -296,8 +296,8 @@ def report(sent: list[Sent], decided: dict[str, float], marks: list[tuple[float,
 def test_losing_one_broker_at_a_time_under_load_fails_no_request(shop: Shop) -> None:
     wait_in_sync(shop)
     wait_readiness(shop, (200, "ready"))
-    load = PacedLoad(shop.services["order"].url, shop.catalogue, shop.ledger).start()
     marks = [(time.time(), "before")]
+    load = PacedLoad(shop.services["order"].url, shop.catalogue, shop.ledger).start()
     killed: list[int] = []
     took: list[str] = []
     seen: set[str] = set()
