@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, Message
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.messaging.connection import Bootstrap, client_config
+
 T = TypeVar("T")
 
 
@@ -42,16 +44,22 @@ def random_email() -> str:
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool], timeout: float = 30
+    bootstrap: Bootstrap,
+    topic: str,
+    *,
+    until: Callable[[list[Message]], bool],
+    timeout: float = 30,
 ) -> list[Message]:
     """Read `topic` from the beginning until `until(messages)` holds or time runs out."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": unique("reader"),
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            bootstrap,
+            **{
+                "group.id": unique("reader"),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic])
     messages: list[Message] = []

@@ -1,7 +1,8 @@
 """Who may do what on the stack's topics: one principal per service, derived from
 services/registry.py and each service's `ServiceSpec` (`owns`, `subscribes`).
 
-    service    WRITE+DESCRIBE the topics it owns and `dead-letters`,
+    service    WRITE+DESCRIBE+DESCRIBE_CONFIGS the topics it owns and `dead-letters`
+               (its /ready reads their `min.insync.replicas`),
                READ+DESCRIBE the topics it subscribes to, READ its consumer group
     redrive    READ+DESCRIBE `dead-letters`, WRITE+DESCRIBE every subscribed topic (where
                redriven events go back), READ its groups (`redrive-*`)
@@ -52,6 +53,7 @@ SCRAM_ITERATIONS = 8192
 TOPIC, GROUP = ResourceType.TOPIC, ResourceType.GROUP
 LITERAL, PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
+DESCRIBE_CONFIGS = AclOperation.DESCRIBE_CONFIGS
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def acl_plan(prefix: str, topology: Topology) -> list[Grant]:
                 grants.append(Grant(who, TOPIC, prefix + name, LITERAL, operation))
 
     for service in topology.services:
-        topic(service, [*topology.owns[service], DEAD_LETTERS], WRITE, DESCRIBE)
+        topic(service, [*topology.owns[service], DEAD_LETTERS], WRITE, DESCRIBE, DESCRIBE_CONFIGS)
         topic(service, topology.subscribes[service], READ, DESCRIBE)
         grants.append(Grant(service, GROUP, prefix + service, LITERAL, READ))
     subscribed = {t for ts in topology.subscribes.values() for t in ts}

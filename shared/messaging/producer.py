@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import ClusterMetadata  # type: ignore[attr-defined]
 
 from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.envelope import Envelope, KafkaHeaders
@@ -172,6 +173,12 @@ class EventProducer:
             raise DeliveryError("<raw>", "no delivery report before timeout")
         if errors:
             raise DeliveryError("<raw>", errors[0])
+
+    def metadata(self, topic: str | None = None, timeout: float = 2) -> ClusterMetadata:
+        """The cluster's brokers and `topic` (every topic if None) as a broker reports them
+        now; raises KafkaException when none answers within `timeout`."""
+        metadata: ClusterMetadata = self._producer.list_topics(topic, timeout=timeout)
+        return metadata
 
     def ping(self, timeout: float = 2) -> bool:
         """True when the cluster answers a metadata request."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Request
@@ -60,11 +61,23 @@ class ValidationErrors(BaseModel):
     detail: list[ValidationIssue]
 
 
+class KafkaReadiness(BaseModel):
+    """How the cluster serves the topics the service publishes to (shared.messaging.health)."""
+
+    state: Literal["ok", "degraded", "down"]
+    brokers: int
+    detail: str
+
+
 class Readiness(BaseModel):
-    """The body of /ready: 200 when every check holds, else 503."""
+    """The body of /ready. 200 for `ready` and `degraded` (Kafka takes writes with less
+    redundancy); 503 for `down`, when a check fails. Orders are still accepted then: their
+    events wait in the outbox (docs/broker-loss.md)."""
 
     ready: bool
+    status: Literal["ready", "degraded", "down"]
     checks: dict[str, bool]
+    kafka: KafkaReadiness | None = None
 
 
 Responses = dict[int | str, dict[str, Any]]
@@ -299,8 +312,14 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
             return JSONResponse({"ready": False, "checks": {"draining": False}}, status_code=503)
         runtime = getattr(request.app.state, "runtime", None)
         checks: dict[str, Any] = runtime.readiness() if runtime else {"started": False}
-        ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        health = getattr(runtime, "kafka_health", None)
+        kafka = asdict(health()) if health else None
+        ok = all(checks.values()) and (kafka is None or kafka["state"] != "down")
+        status = (
+            "down" if not ok else "degraded" if kafka and kafka["state"] == "degraded" else "ready"
+        )
+        body = {"ready": ok, "status": status, "checks": checks, "kafka": kafka}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     def metrics(request: Request) -> Response:

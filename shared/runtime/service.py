@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.envelope import utcnow
 from shared.messaging.events import Event
+from shared.messaging.health import KafkaHealth, KafkaHealthCheck
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Delivery, EventProducer
 from shared.messaging.router import EventRouter
@@ -108,6 +110,7 @@ class ServiceRuntime:
         self.producer: EventProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: ConsumerWorker | None = None
+        self._kafka_health: KafkaHealthCheck | None = None
         self.instruments = ServiceMetrics(spec.name, settings.prometheus_multiproc_dir)
         self.instruments.watch(OutboxCollector(spec.name, lambda: self.relay))
         if spec.subscribes:
@@ -137,6 +140,11 @@ class ServiceRuntime:
             replication_factor=settings.topic_replication,
         )
         self.producer = EventProducer(kafka)
+        self._kafka_health = KafkaHealthCheck(
+            self.producer.metadata,
+            [settings.topic(t) for t in (*spec.owns, DEAD_LETTERS)],
+            lambda: AdminClient(kafka.config()),
+        )
         self.relay = OutboxRelay(
             self.sessions,
             spec.outbox_model,
@@ -191,11 +199,17 @@ class ServiceRuntime:
     def readiness(self) -> dict[str, bool]:
         return {
             "database": self._database_ok(),
-            "kafka": bool(self.producer and self.producer.ping(timeout=1.5)),
+            "kafka": self.kafka_health().state != "down",
             "consumer": self.consumer is None
             or (self.consumer.alive and time.monotonic() - self.consumer.last_poll < 20),
             "outbox_relay": bool(self.relay and self.relay.alive and self.relay.last_error is None),
         }
+
+    def kafka_health(self) -> KafkaHealth:
+        """How the cluster serves the topics this service publishes to (cached ~1 s)."""
+        if self._kafka_health is None:
+            return KafkaHealth("down", 0, "not started")
+        return self._kafka_health()
 
     def _database_ok(self) -> bool:
         try:

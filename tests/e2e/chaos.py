@@ -15,6 +15,7 @@ import httpx
 import orjson
 from confluent_kafka import Message
 
+from shared.messaging.connection import Bootstrap
 from tests.helpers import eventually, read_topic
 from tools.client import ShopClient, not_learnt_yet, retry_after
 
@@ -151,7 +152,7 @@ def _final_status(
 
 def check_invariants(
     shop: ShopClient,
-    bootstrap: str,
+    bootstrap: Bootstrap,
     topic_prefix: str,
     catalogue: Catalogue,
     load: LoadResult,

@@ -179,6 +179,20 @@ def test_the_stacks_topics_have_three_replicas_and_need_two_in_sync(secured: Sec
     assert configs["unclean.leader.election.enable"].value == "false"
 
 
+def test_a_service_reads_the_min_insync_of_the_topics_it_writes_and_no_others(
+    secured: Secured,
+) -> None:
+    """What its /ready needs to tell degraded from down (shared.messaging.health)."""
+    admin = AdminClient(secured.as_user("order").config())
+    owned = ConfigResource(ResourceType.TOPIC, secured.topic("orders"))
+    subscribed = ConfigResource(ResourceType.TOPIC, secured.topic("stock"))
+    futures = admin.describe_configs([owned, subscribed], request_timeout=DEADLINE)
+    assert futures[owned].result(DEADLINE)["min.insync.replicas"].value == "2"
+    with pytest.raises(KafkaException) as refused:
+        futures[subscribed].result(DEADLINE)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
 def test_the_observer_sees_the_committed_offsets_of_any_group(
     secured: Secured,
 ) -> None:

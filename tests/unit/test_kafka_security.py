@@ -59,6 +59,7 @@ def test_a_service_writes_what_it_owns_and_reads_what_it_subscribes_to(service: 
     assert topics(service, WRITE) == owned
     assert topics(service, READ) == subscribed
     assert topics(service, DESCRIBE) == owned | subscribed
+    assert topics(service, AclOperation.DESCRIBE_CONFIGS) == owned  # /ready's min.insync.replicas
     assert groups(service) == {(P + service, "LITERAL", "READ")}
 
 
