@@ -309,7 +309,8 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
         """Readiness: database and broker reachable, consumer and outbox relay running,
         and not draining (told to stop: shared.runtime.server)."""
         if getattr(request.app.state, "draining", False):
-            return JSONResponse({"ready": False, "checks": {"draining": False}}, status_code=503)
+            body = {"ready": False, "status": "down", "checks": {"draining": False}}
+            return JSONResponse(body, status_code=503)
         runtime = getattr(request.app.state, "runtime", None)
         checks: dict[str, Any] = runtime.readiness() if runtime else {"started": False}
         health = getattr(runtime, "kafka_health", None)
