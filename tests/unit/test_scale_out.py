@@ -196,7 +196,7 @@ def test_a_draining_instance_answers_503_on_ready_and_still_serves() -> None:
     Drain(app.state, grace=60).start()
     ready = client.get("/ready")
     assert ready.status_code == 503
-    assert ready.json() == {"ready": False, "checks": {"draining": False}}
+    assert ready.json() == {"ready": False, "status": "down", "checks": {"draining": False}}
     assert client.get("/health").status_code == 200
 
 
