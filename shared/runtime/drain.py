@@ -54,6 +54,11 @@ class Drain:
         self._timer.daemon = True
         self._timer.start()
 
+    def cancel(self) -> None:
+        """Keep the signal from being passed on (a drain started by hand, in a test)."""
+        if self._timer is not None:
+            self._timer.cancel()
+
     def handle(self, sig: int, frame: FrameType | None) -> None:
         if self.started.is_set():
             log.warning("second signal %d: exiting now", sig)

@@ -193,11 +193,15 @@ def test_a_draining_instance_answers_503_on_ready_and_still_serves() -> None:
     app = draining_app()
     client = TestClient(app)
     assert client.get("/ready").status_code == 200
-    Drain(app.state, grace=60).start()
-    ready = client.get("/ready")
-    assert ready.status_code == 503
-    assert ready.json() == {"ready": False, "status": "down", "checks": {"draining": False}}
-    assert client.get("/health").status_code == 200
+    drain = Drain(app.state, grace=60)
+    drain.start()
+    try:
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False, "status": "down", "checks": {"draining": False}}
+        assert client.get("/health").status_code == 200
+    finally:
+        drain.cancel()  # else, its grace over, it would end this test run
 
 
 def test_drain_passes_the_signal_on_after_its_grace_and_a_second_exits_at_once(
