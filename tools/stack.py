@@ -355,6 +355,9 @@ class Stack:
             self.broker.stop()
         if self.cluster is not None and kafka:
             self.cluster.stop()
+            single = LocalBroker(self.cluster.home)  # the test suite's, if one was left
+            if single.pid() is not None:
+                single.stop()
 
     def chosen(self, name: str) -> list[ServiceProcess]:
         """The processes `name` means: a service's instances, one instance, the explorer."""
