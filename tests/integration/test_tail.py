@@ -225,7 +225,14 @@ def test_follow_prints_the_retained_story_then_new_events_until_ctrl_c(
     command = [sys.executable, "-m", "tools.tail", "--follow", "--order", stack.order]
     command += ["--topic-prefix", stack.prefix, "--bootstrap", stack.bootstrap]
     child = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a test run started in the background (`cmd &` in a script)
+        # ignores SIGINT, and its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=pump, args=(child, lines), daemon=True).start()
