@@ -17,7 +17,6 @@ import argparse
 import os
 import re
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -491,16 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tail: cannot read from {args.bootstrap}: {reason}", file=sys.stderr)
         return 1
     finally:
-        close_within(consumer, 5.0)
+        consumer.close()
     return 0
-
-
-def close_within(consumer: Consumer, seconds: float) -> None:
-    """Close the consumer, but let a busy broker delay the exit only so long: librdkafka's
-    close waits for the group coordinator, which a tool that never joined does not need."""
-    closing = threading.Thread(target=consumer.close, name="tail-close", daemon=True)
-    closing.start()
-    closing.join(seconds)
 
 
 def parser(settings: KafkaSettings) -> argparse.ArgumentParser:
