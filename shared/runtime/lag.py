@@ -5,22 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from shared.messaging.connection import Bootstrap, client_config
 
 log = logging.getLogger(__name__)
-
-REQUEST_TIMEOUT = 5.0
-"""What librdkafka itself gives each admin request. A scrape waits for the answers only
-until its own deadline: handing librdkafka the few milliseconds left instead was seen to
-trip an assertion in its admin request handling (librdkafka 2.16, `eonce->refcnt > 0`)
-under a busy broker, which aborts the service."""
 
 
 class LagCollector:
@@ -43,7 +35,7 @@ class LagCollector:
         self._topics = list(topics)
         self._ttl, self._timeout = ttl, timeout
         self._lock = threading.Lock()
-        self._admin: AdminClient | None = None
+        self._reader: Consumer | None = None
         self._asked = -float("inf")
         self._lag: list[tuple[str, int, int]] | None = None
 
@@ -86,14 +78,23 @@ class LagCollector:
             return self._lag
 
     def _query(self, deadline: float) -> list[tuple[str, int, int]]:
-        if self._admin is None:
-            self._admin = AdminClient(client_config(self._bootstrap))
-        admin = self._admin
+        """Through a consumer of the group's id that never joins it: its committed offsets
+        and the watermarks. Not the admin API, whose group requests abort the process on a
+        librdkafka assertion (2.16, `eonce->refcnt > 0`) once the group's coordinator
+        broker goes away while one is under way."""
+        if self._reader is None:
+            self._reader = Consumer(
+                client_config(
+                    self._bootstrap,
+                    **{"group.id": self._group, "enable.auto.commit": False, "log_level": 3},
+                )
+            )
+        reader = self._reader
 
         def left() -> float:
-            return max(0.01, deadline - time.monotonic())
+            return max(0.05, deadline - time.monotonic())
 
-        metadata = admin.list_topics(timeout=left())
+        metadata = reader.list_topics(timeout=left())
         partitions = [
             TopicPartition(topic, partition)
             for topic in self._topics
@@ -102,29 +103,18 @@ class LagCollector:
         ]
         if not partitions:
             return []
-        asked = [ConsumerGroupTopicPartitions(self._group, partitions)]
-        committed_future = admin.list_consumer_group_offsets(asked, request_timeout=REQUEST_TIMEOUT)
-        ends = _offsets(admin, partitions, OffsetSpec.latest(), left)  # type: ignore[no-untyped-call]
-        found = committed_future[self._group].result(timeout=left()).topic_partitions
-        committed = {(tp.topic, tp.partition): tp.offset for tp in found}
-        never = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
-        starts = _offsets(admin, never, OffsetSpec.earliest(), left) if never else {}  # type: ignore[no-untyped-call]
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in reader.committed(partitions, timeout=left())
+        }
         lag = []
         for tp in partitions:
-            key = (tp.topic, tp.partition)
-            done = committed.get(key, -1)
-            lag.append(
-                (tp.topic, tp.partition, max(0, ends[key] - (done if done >= 0 else starts[key])))
-            )
+            low, high = reader.get_watermark_offsets(tp, timeout=left(), cached=False)
+            done = committed.get((tp.topic, tp.partition), -1)
+            lag.append((tp.topic, tp.partition, max(0, high - (done if done >= 0 else low))))
         return lag
 
-
-def _offsets(
-    admin: AdminClient, partitions: list[TopicPartition], spec: Any, left: Callable[[], float]
-) -> dict[tuple[str, int], int]:
-    """Each partition's offset as `spec` (an OffsetSpec) asks: latest or earliest."""
-    futures = admin.list_offsets(dict.fromkeys(partitions, spec), request_timeout=REQUEST_TIMEOUT)
-    return {
-        (tp.topic, tp.partition): future.result(timeout=left()).offset
-        for tp, future in futures.items()
-    }
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

@@ -113,15 +113,15 @@ class ServiceRuntime:
         self._kafka_health: KafkaHealthCheck | None = None
         self.instruments = ServiceMetrics(spec.name, settings.prometheus_multiproc_dir)
         self.instruments.watch(OutboxCollector(spec.name, lambda: self.relay))
+        self.lag: LagCollector | None = None
         if spec.subscribes:
-            self.instruments.watch(
-                LagCollector(
-                    spec.name,
-                    settings.kafka(),
-                    self.group_id,
-                    [settings.topic(t) for t in spec.subscribes],
-                )
+            self.lag = LagCollector(
+                spec.name,
+                settings.kafka(),
+                self.group_id,
+                [settings.topic(t) for t in spec.subscribes],
             )
+            self.instruments.watch(self.lag)
         self.metrics = self.instruments.registry
         """What /metrics serves."""
         self._stop = threading.Event()
@@ -191,6 +191,8 @@ class ServiceRuntime:
         tracing.shutdown()
         self.engine.dispose()
         self.instruments.close()
+        if self.lag is not None:
+            self.lag.close()
 
     @property
     def group_id(self) -> str:
