@@ -80,9 +80,12 @@ def test_every_scrape_of_a_service_with_two_workers_counts_both(
         return len(set(pids)) == 2
 
     eventually(both_answered, timeout=60, interval=0, message="both workers answered")
-    assert {path.name for path in two_workers.metrics_dir.iterdir()} >= {
-        f"counter_{pid}.db" for pid in pids
-    }
+
+    def both_counted() -> bool:  # a worker counts a request as it finishes, after its reply
+        files = {path.name for path in two_workers.metrics_dir.iterdir()}
+        return files >= {f"counter_{pid}.db" for pid in pids}
+
+    eventually(both_counted, timeout=10, message="a counter file for each worker")
     for _ in range(6):  # whichever worker answers
         text = httpx.get(f"{two_workers.url}/metrics").text
         assert metric_total(text, "http_requests_total", route="/pid") == len(pids)
