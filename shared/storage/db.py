@@ -28,6 +28,7 @@ from sqlalchemy import (
     make_url,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, sessionmaker
 
 from shared.messaging.envelope import utcnow
@@ -54,12 +55,24 @@ class UtcDateTime(TypeDecorator[datetime]):
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for SQLite (WAL, write transactions that lock up front) or PostgreSQL."""
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for SQLite (WAL, write transactions that lock up front) or PostgreSQL.
+
+    Its errors never carry the values a statement was given (`hide_parameters`), nor, on
+    PostgreSQL, the server's DETAIL, which repeats a violating key or the whole failing
+    row: e-mails and password hashes stay out of exceptions and logs. The detail stays
+    on `exc.orig.diag` for code that needs it."""
     parsed = make_url(url)
-    kwargs = {"json_serializer": _json_text, "json_deserializer": orjson.loads, **kwargs}
+    kwargs = {
+        "json_serializer": _json_text,
+        "json_deserializer": orjson.loads,
+        "hide_parameters": True,
+        **kwargs,
+    }
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+        event.listen(engine, "handle_error", _without_detail)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
@@ -84,6 +97,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _without_detail(context: ExceptionContext) -> None:
+    """Keep only the server's primary message (what failed, which constraint) in the
+    error's text; its DETAIL and the values in it stay on `diag`."""
+    original = context.original_exception
+    diag = getattr(original, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not primary or getattr(diag, "message_detail", None) is None:
+        return
+    original.args = (primary,)
+    wrapped = context.sqlalchemy_exception
+    if wrapped is not None:
+        kind = type(original)
+        wrapped.args = (f"({kind.__module__}.{kind.__name__}) {primary}",)
 
 
 def _json_text(value: Any) -> str:
