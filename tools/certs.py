@@ -1,15 +1,18 @@
 """The stack's TLS material and Kafka credentials, made once and kept owner-only.
 
     .run/kafka-tls/ca.pem            the CA certificate clients trust (`ssl.ca.location`)
-    .run/kafka-tls/ca-key.pem        the CA's key (signs the broker certificate)
     .run/kafka-tls/broker.pem        the brokers' key and certificate chain (PEM keystore)
     .run/kafka-credentials/<name>    one random SCRAM-SHA-512 password per principal
 
-One broker certificate serves every node: its subject names the broker principal
-(`CN=kafka-broker`, mapped to `User:kafka-broker` by the brokers) and its SANs cover the
-local addresses and the compose host names, so mutual TLS between nodes and server
-verification by clients both hold. Directories are 0700, files 0600; nothing is
-regenerated while it exists (a running cluster keeps trusting what it was given)."""
+One broker certificate serves every node, however many: its subject names the broker
+principal (`CN=kafka-broker`, mapped to `User:kafka-broker` by the brokers) and its SANs
+cover the local addresses and the compose host names, so mutual TLS between nodes and
+server verification by clients both hold. The CA signs it and is then forgotten: its
+private key never reaches a disk, so nothing the running stack can read mints another
+certificate the brokers would trust. Issuing again means a new CA (remove the folder;
+the cluster and its clients then need a restart). Directories are 0700, files 0600;
+nothing is regenerated while it exists (a running cluster keeps trusting what it was
+given)."""
 
 from __future__ import annotations
 
@@ -45,10 +48,6 @@ class TlsFiles:
     @property
     def ca(self) -> Path:
         return self.folder / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.folder / "ca-key.pem"
 
     @property
     def broker(self) -> Path:
@@ -161,15 +160,21 @@ def make_broker_cert(
     return key, cert
 
 
+LEFT_CA_KEY = "ca-key.pem"
+"""Where earlier versions kept the CA's key; removed by `ensure_tls`."""
+
+
 def ensure_tls(folder: Path) -> TlsFiles:
-    """The CA and the broker certificate under `folder`, made on first use."""
+    """The CA certificate and the broker certificate under `folder`, made on first use by
+    a CA whose key is dropped once it has signed."""
     files = TlsFiles(private_dir(folder))
-    if files.ca.is_file() and files.ca_key.is_file() and files.broker.is_file():
+    (files.folder / LEFT_CA_KEY).unlink(missing_ok=True)
+    if files.ca.is_file() and files.broker.is_file():
         return files
     now = datetime.datetime.now(datetime.UTC)
     ca_key, ca = make_ca(now)
     key, cert = make_broker_cert(ca_key, ca, now)
-    write_private(files.ca_key, _pem_key(ca_key))
+    del ca_key
     write_private(files.broker, _pem_key(key) + _pem_cert(cert) + _pem_cert(ca))
     write_private(files.ca, _pem_cert(ca))  # last: its presence means the set is whole
     return files

@@ -4,12 +4,14 @@ once, owner-only, with the names clients and brokers verify."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import stat
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.messaging.connection import KafkaConnection, client_config
@@ -112,10 +114,51 @@ def mode(path: Path) -> int:
 def test_tls_material_is_owner_only_and_made_once(tmp_path: Path) -> None:
     files = ensure_tls(tmp_path / "tls")
     assert mode(files.folder) == 0o700
-    for path in (files.ca, files.ca_key, files.broker):
+    for path in (files.ca, files.broker):
         assert mode(path) == 0o600, path
     before = files.broker.read_bytes()
     assert ensure_tls(tmp_path / "tls").broker.read_bytes() == before
+
+
+def private_keys(folder: Path) -> list[bytes]:
+    """The public key (DER) of every private key in any PEM file under `folder`."""
+    found = []
+    for path in folder.rglob("*"):
+        for block in re.findall(
+            rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.+?-----END [A-Z ]*PRIVATE KEY-----",
+            path.read_bytes(),
+            re.S,
+        ):
+            key = serialization.load_pem_private_key(block, password=None)
+            found.append(
+                key.public_key().public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
+    return found
+
+
+def test_the_ca_key_is_gone_once_the_broker_certificate_is_signed(tmp_path: Path) -> None:
+    """Whoever reads the running stack's files cannot mint a certificate the brokers
+    trust (say CN=kafka-broker, a super user): only the broker's own key is kept."""
+    files = ensure_tls(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    ca_public = ca.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    kept = private_keys(files.folder)
+    assert len(kept) == 1, "the broker's key, nothing else"
+    assert ca_public not in kept
+
+
+def test_setting_up_again_removes_a_ca_key_an_older_set_up_left(tmp_path: Path) -> None:
+    files = ensure_tls(tmp_path / "tls")
+    before = (files.ca.read_bytes(), files.broker.read_bytes())
+    left = files.folder / "ca-key.pem"
+    left.write_bytes(b"-----BEGIN PRIVATE KEY-----\nold\n-----END PRIVATE KEY-----\n")
+    again = ensure_tls(tmp_path / "tls")
+    assert not left.exists()
+    assert (again.ca.read_bytes(), again.broker.read_bytes()) == before, "nothing re-issued"
 
 
 def test_the_broker_certificate_names_every_address_and_the_broker_principal(
