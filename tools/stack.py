@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from services.registry import SERVICES
 from tools.certs import ADMIN, OBSERVER, REDRIVE
@@ -116,19 +118,28 @@ class ServiceProcess:
             return None
         return pid if _not_zombie(pid) else None
 
+    def environment(self) -> dict[str, str]:
+        """What the process starts with: this process's environment (what the user
+        exported), then what the stack sets for it; its database is SQLite under the run
+        directory unless one of them names another (`<NAME>_DATABASE_URL`)."""
+        prefix = self.name.upper() + "_"
+        env = {**os.environ, **self.env}
+        env[f"{prefix}DATABASE_URL"] = database_url(self.name, env, self.run_dir)
+        env[f"{prefix}PORT"] = str(self.port)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return env
+
+    @property
+    def database(self) -> str:
+        """The URL of its database, as the process gets it."""
+        return self.environment()[f"{self.name.upper()}_DATABASE_URL"]
+
     def start(self) -> None:
         if self.pid() is not None:
             return
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} for {self.id} is taken by another process")
-        prefix = self.name.upper() + "_"
-        env = {
-            **os.environ,
-            f"{prefix}DATABASE_URL": f"sqlite:///{self.run_dir}/data/{self.name}.db",
-            **self.env,
-            f"{prefix}PORT": str(self.port),
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = self.environment()
         if self.workers > 1:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self.metrics_dir.mkdir(parents=True)
@@ -308,9 +319,14 @@ class Stack:
         """Where clients reach each service: its process, or the proxy in front."""
         return {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
 
+    @property
+    def databases(self) -> dict[str, str]:
+        """Each service's database URL, as its processes get it."""
+        return {name: each[0].database for name, each in self.instances.items()}
+
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
         counts = {name: len(each) for name, each in self.instances.items()}
-        require_shared_databases(counts, {**os.environ, **self._shared_env})
+        require_shared_databases(counts, self.databases)
         operator_password(self.operator_password_file)
         if self.broker is not None:
             self.broker.start()
@@ -452,15 +468,51 @@ def parse_scale(text: str, known: Iterable[str] = PORTS) -> dict[str, int]:
     return scale
 
 
-def require_shared_databases(counts: Mapping[str, int], env: Mapping[str, str]) -> None:
-    """Several instances of a service share its database: PostgreSQL, never SQLite."""
-    for name, count in counts.items():
-        url = env.get(f"{name.upper()}_DATABASE_URL", "")
-        if count > 1 and not url.startswith("postgresql"):
+def database_url(name: str, env: Mapping[str, str], run_dir: Path) -> str:
+    """The database of service `name`: its `<NAME>_DATABASE_URL` in `env` when set, else
+    an SQLite file under `run_dir`."""
+    return env.get(f"{name.upper()}_DATABASE_URL") or f"sqlite:///{run_dir}/data/{name}.db"
+
+
+def parse_database(name: str, url: str) -> URL:
+    """`url` parsed, or a ValueError naming the variable (never its value: it may hold a
+    password)."""
+    variable = f"{name.upper()}_DATABASE_URL"
+    try:
+        parsed = make_url(url)
+        parsed.get_backend_name()
+        parsed.port  # noqa: B018 - a port that is no number fails here
+    except (ArgumentError, ValueError):
+        raise ValueError(f"{variable} is not a database URL") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(f"{variable} names neither SQLite nor PostgreSQL")
+    return parsed
+
+
+def require_shared_databases(counts: Mapping[str, int], databases: Mapping[str, str]) -> None:
+    """Every database URL readable, and several instances of a service share its
+    database: PostgreSQL, never SQLite."""
+    for name, url in databases.items():
+        parsed = parse_database(name, url)
+        count = counts.get(name, 1)
+        if count > 1 and parsed.get_backend_name() != "postgresql":
             raise ValueError(
                 f"{count} instances of {name} share one database: set"
                 f" {name.upper()}_DATABASE_URL to PostgreSQL (SQLite is one process's)"
             )
+
+
+def describe_database(process: ServiceProcess) -> str:
+    """Where a service keeps its data, for people: the URL with its password masked (or
+    SQLite's file), and the file its password is read from."""
+    env = process.environment()
+    url = parse_database(process.name, env[f"{process.name.upper()}_DATABASE_URL"])
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite {url.database}"
+    shown = f"PostgreSQL {url.render_as_string(hide_password=True)}"
+    if password_file := env.get(f"{process.name.upper()}_DATABASE_PASSWORD_FILE"):
+        shown += f"  (password: {password_file})"
+    return shown
 
 
 def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
@@ -547,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
         return code
-    stack = local_stack(instances=scale)
+    stack = local_stack(RUN_DIR, instances=scale)
     began = time.monotonic()
     if args.command == "up":
         try:
@@ -568,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
             behind = len(stack.instances[name])
             proxied = f", {behind} instances behind haproxy" if behind > 1 else ""
             print(f"  {name:<10} {url}  (docs: {url}/docs{proxied})")
+        print("databases:")
+        for name, each in stack.instances.items():
+            print(f"  {name:<10} {describe_database(each[0])}")
         if stack.explorer is not None:
             print(f"  {'explorer':<10} {stack.explorer.url}")
         if stack.zipkin is not None:
