@@ -91,7 +91,7 @@ class ServiceRuntime:
     def __init__(self, spec: ServiceSpec, settings: ServiceSettings) -> None:
         self.spec = spec
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database())
         self.sessions = make_sessions(self.engine)
         self.read_sessions = make_sessions(reader(self.engine))
         self.uow = UnitOfWork(

@@ -2,8 +2,9 @@
 env prefix (`ORDER_DATABASE_URL`, `INVENTORY_PORT`, ...); the broker address and topic
 prefix are shared by all (`KAFKA_BOOTSTRAP_SERVERS`, `TOPIC_PREFIX`), and so is how the
 service signs in to Kafka (`KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_USERNAME`,
-`KAFKA_SASL_PASSWORD_FILE`, `KAFKA_SSL_CA_LOCATION`: one process, one principal). Nothing
-else reads os.environ."""
+`KAFKA_SASL_PASSWORD_FILE`, `KAFKA_SSL_CA_LOCATION`: one process, one principal). A
+service's database password is read from a file too (`ORDER_DATABASE_PASSWORD_FILE`).
+Nothing else reads os.environ."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import URL, make_url
 
 from shared.messaging.connection import SCRAM, KafkaConnection
 
@@ -68,10 +70,16 @@ class KafkaSettings(BaseSettings):
         )
 
 
+MAX_PASSWORD = 1024
+
+
 class ServiceSettings(KafkaSettings):
     model_config = SettingsConfigDict(extra="ignore", validate_by_name=True)
 
     database_url: str = "sqlite:///.run/data/service.db"
+    database_password_file: Path | None = None
+    """A file holding the password of `database_url` (a mounted secret), which then
+    names none: the password never sits in the environment."""
     host: str = "127.0.0.1"
     port: int = 8000
     consumer_group: str | None = None
@@ -106,6 +114,41 @@ class ServiceSettings(KafkaSettings):
     )
     """After SIGTERM, how long an instance keeps serving while `/ready` answers 503, so a
     load balancer takes it out of rotation before it stops accepting (shared.runtime.server)."""
+
+    def database(self) -> URL:
+        """The database to connect to: `database_url`, with the password of
+        `database_password_file` filled in; the file is read here, at start-up."""
+        url = make_url(self.database_url)
+        if self.database_password_file is None:
+            return url
+        variable = f"{self.model_config.get('env_prefix', '')}DATABASE_PASSWORD_FILE".upper()
+        if url.get_backend_name() == "sqlite":
+            raise ValueError(f"{variable} is set, but SQLite takes no password")
+        if url.password is not None:
+            raise ValueError(f"{variable} is set and the database URL holds a password: not both")
+        try:
+            raw = self.database_password_file.read_bytes()
+        except OSError as exc:
+            raise RuntimeError(f"{variable} unreadable: {exc.strerror}") from None
+        return url.set(password=_one_password(raw, variable))
+
+
+def _one_password(raw: bytes, variable: str) -> str:
+    """The single line a password file holds (one trailing newline allowed)."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"{variable}: the file is not UTF-8") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ValueError(f"{variable}: the file is empty")
+    if "\n" in text:
+        raise ValueError(f"{variable}: the file holds more than one line")
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise ValueError(f"{variable}: the password holds a control character")
+    if len(text) > MAX_PASSWORD:
+        raise ValueError(f"{variable}: the password is longer than {MAX_PASSWORD} characters")
+    return text
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:
