@@ -9,11 +9,17 @@ database is created fresh and dropped after."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shlex
+import shutil
 import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -62,6 +68,72 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_LOCAL = ROOT / "tools" / "postgres_local.sh"
+
+
+@dataclass(frozen=True)
+class LocalPostgres:
+    """A server tools/postgres_local.sh runs: its port, data and password files."""
+
+    port: int
+    data: Path
+    credentials: Path
+
+    def script(self, command: str) -> str:
+        """`tools/postgres_local.sh COMMAND` for this server; its standard output."""
+        env = {
+            **os.environ,
+            "PG_PORT": str(self.port),
+            "PG_DATA": str(self.data),
+            "PG_CREDENTIALS": str(self.credentials),
+        }
+        done = subprocess.run(
+            ["bash", str(POSTGRES_LOCAL), command], env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"postgres_local.sh {command}: {done.stderr}")
+        return done.stdout
+
+    def exports(self) -> dict[str, str]:
+        """What `eval "$(tools/postgres_local.sh env)"` exports."""
+        exports = {}
+        for line in self.script("env").splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            exports[name] = shlex.split(value)[0]
+        return exports
+
+    @property
+    def superuser_url(self) -> str:
+        return self.script("url").strip()
+
+
+def postgres_installed() -> bool:
+    return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or bool(shutil.which("initdb"))
+
+
+@pytest.fixture(scope="session")
+def local_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A PostgreSQL of its own on a free port, set up by tools/postgres_local.sh as a
+    developer's is: a role and a database per service, SCRAM over TCP, the passwords in
+    files. Its data lives in a temporary directory the server's OS user can reach;
+    stopped and removed after the session. Skips without PostgreSQL's binaries."""
+    if not postgres_installed():
+        pytest.skip("PostgreSQL is not installed (tools/postgres_local.sh install)")
+    server = LocalPostgres(
+        free_port(),
+        Path(tempfile.gettempdir()) / f"shop-test-pg-{uuid.uuid4().hex[:8]}",
+        tmp_path_factory.mktemp("pg-credentials"),
+    )
+    try:
+        server.script("start")
+        yield server
+    finally:
+        with suppress(RuntimeError):
+            server.script("stop")
+        shutil.rmtree(server.data, ignore_errors=True)
 
 
 @contextmanager

@@ -6,10 +6,17 @@
 #   tools/postgres_local.sh stop      pg_ctl stop -m fast; idempotent
 #   tools/postgres_local.sh status    exit 0 if running, 3 if not
 #   tools/postgres_local.sh url       print the SQLAlchemy URL of the superuser role
+#   tools/postgres_local.sh env       print the exports that point each service at its
+#                                     database as its own role: eval "$(... env)"; make up
 #
-# Listens on 127.0.0.1:${PG_PORT:-5433} only, trust auth on loopback, data in .run/postgres.
-# Role `shop` (password `shop`) is a superuser, so tests can CREATE DATABASE their own; it
-# owns one database per registered service (`python -m tools.pginit --psql`, stdlib only).
+# Listens on 127.0.0.1:${PG_PORT:-5433}, data in .run/postgres. Over TCP every role signs in
+# with its password (SCRAM-SHA-256); the Unix socket lives in the data directory (0700), so
+# only its owner (and root) reach it, and this script sets up through it. Each registered
+# service gets a database owned by a login role of its name that may connect to no other,
+# with a random password in .run/postgres-credentials/<service> (owner-only; `python -m
+# tools.pginit --psql`, stdlib only). Role `shop` is a superuser for tests (they CREATE
+# DATABASE their own) and administration; its password is .run/postgres-credentials/shop.
+# PG_CREDENTIALS names another folder for these files.
 # Tuned for tests, not for durability (fsync off): never keep data you care about here.
 # Root cannot run the server: as root it runs as the `postgres` OS user (created if missing).
 set -euo pipefail
@@ -31,7 +38,8 @@ if [[ -z "${PG_DATA:-}" ]]; then
   fi
 fi
 PG_ROLE=shop
-PG_PASSWORD=shop
+PG_CREDENTIALS="${PG_CREDENTIALS:-$ROOT/.run/postgres-credentials}"
+PYTHON="${PYTHON:-python3}"
 
 find_bin() {  # directory holding initdb and pg_ctl, newest major version first
   local dir
@@ -58,7 +66,29 @@ as_pg() {  # run a command as the server's OS user
   if [[ "$(id -u)" == 0 ]]; then (cd / && runuser -u "$PG_OS_USER" -- "$@"); else "$@"; fi
 }
 
-url() { echo "postgresql+psycopg://$PG_ROLE:$PG_PASSWORD@127.0.0.1:$PG_PORT/postgres"; }
+url() {
+  [[ -f "$PG_CREDENTIALS/$PG_ROLE" ]] ||
+    { echo "postgres_local: no $PG_CREDENTIALS/$PG_ROLE; run '$0 start' first" >&2; exit 1; }
+  echo "postgresql+psycopg://$PG_ROLE:$(<"$PG_CREDENTIALS/$PG_ROLE")@127.0.0.1:$PG_PORT/postgres"
+}
+
+pginit() { (cd "$ROOT" && "$PYTHON" -m tools.pginit --credentials "$PG_CREDENTIALS" "$@"); }
+
+write_hba() {  # TCP by password only; the socket, in the closed data directory, for set-up
+  as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<'HBA'
+# Written by tools/postgres_local.sh on every start.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 trust
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+HBA
+}
+
+server_options() {
+  echo "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories='$PG_DATA'" \
+    "-c unix_socket_permissions=0700 -c password_encryption=scram-sha-256" \
+    "-c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+}
 
 is_running() {
   local bin; bin="$(find_bin)" || return 1
@@ -86,22 +116,24 @@ start() {
     if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
       as_pg "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
     fi
-    as_pg "$bin/pg_ctl" start -D "$PG_DATA" -w -t 60 -l "$PG_DATA/server.log" -o "\
-      -c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories='' \
-      -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    write_hba  # before the first start: TCP never trusts anyone
+    as_pg "$bin/pg_ctl" start -D "$PG_DATA" -w -t 60 -l "$PG_DATA/server.log" -o "$(server_options)" \
       >/dev/null || { tail -n 30 "$PG_DATA/server.log" >&2; exit 1; }
+  else
+    write_hba
+    if [[ ! -S "$PG_DATA/.s.PGSQL.$PG_PORT" ]]; then
+      # started by an earlier version of this script (trust on TCP, no socket): restart
+      as_pg "$bin/pg_ctl" restart -D "$PG_DATA" -m fast -w -t 60 -l "$PG_DATA/server.log" \
+        -o "$(server_options)" >/dev/null || { tail -n 30 "$PG_DATA/server.log" >&2; exit 1; }
+    else
+      as_pg "$bin/pg_ctl" reload -D "$PG_DATA" >/dev/null
+    fi
   fi
-  # Idempotent: the role is (re)asserted on every start.
-  "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null <<SQL
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
-    CREATE ROLE $PG_ROLE LOGIN SUPERUSER PASSWORD '$PG_PASSWORD';
-  END IF;
-END \$\$;
-SQL
-  (cd "$ROOT" && "${PYTHON:-python3}" -m tools.pginit --psql) |
-    "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_ROLE" -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null
-  echo "postgres_local: PostgreSQL running at $(url)"
+  # Idempotent: the roles, their passwords and the databases are (re)asserted every start.
+  pginit --psql --superuser "$PG_ROLE" |
+    "$bin/psql" -h "$PG_DATA" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null
+  echo "postgres_local: PostgreSQL running on 127.0.0.1:$PG_PORT (superuser $PG_ROLE: '$0 url';" \
+    "each service's role: '$0 env')"
 }
 
 stop() {
@@ -118,6 +150,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   url) url ;;
-  status) if is_running; then echo "running at $(url)"; else echo "not running"; exit 3; fi ;;
-  *) echo "usage: $0 {install|start|stop|status|url}" >&2; exit 2 ;;
+  env) pginit --env "127.0.0.1:$PG_PORT" ;;
+  status) if is_running; then echo "running on 127.0.0.1:$PG_PORT"; else echo "not running"; exit 3; fi ;;
+  *) echo "usage: $0 {install|start|stop|status|url|env}" >&2; exit 2 ;;
 esac

@@ -3,6 +3,9 @@ migration environment, a database on PostgreSQL and `python -m services NAME`.""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import importlib
 import subprocess
 import sys
@@ -160,25 +163,74 @@ def test_the_stack_runs_the_registered_services() -> None:
     }
 
 
-def test_pginit_script_creates_each_registered_database_only_if_missing() -> None:
+def test_pginit_script_gives_each_registered_service_a_database_and_a_role_of_its_own() -> None:
     assert pginit.databases() == [service.database for service in SERVICES]
-    lines = pginit.psql_script(pginit.databases()).splitlines()
-    assert len(lines) == len(SERVICES)
-    for line, service in zip(lines, SERVICES, strict=True):
-        assert f'CREATE DATABASE "{service.database}"' in line
-        assert f"NOT EXISTS (SELECT FROM pg_database WHERE datname = '{service.database}')" in line
-        assert line.endswith("\\gexec")
+    assert pginit.roles() == {service.name: service.database for service in SERVICES}
+    passwords = {service.name: f"pw-{service.name}" for service in SERVICES}
+    script = pginit.psql_script(passwords)
+    for service in SERVICES:
+        role, database = service.name, service.database
+        assert (
+            f"SELECT 'CREATE DATABASE \"{database}\"' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{database}')\\gexec"
+        ) in script
+        assert f'THEN CREATE ROLE "{role}"; END IF' in script
+        assert (
+            f'ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION'
+            " NOBYPASSRLS"
+        ) in script
+        assert f'ALTER DATABASE "{database}" OWNER TO "{role}";' in script
+        assert f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC;' in script
+        assert f'\\connect "{database}"\nALTER SCHEMA public OWNER TO "{role}";' in script
+        assert passwords[role] not in script, "only its SCRAM verifier reaches the server"
+    assert script.count("PASSWORD 'SCRAM-SHA-256$4096:") == len(SERVICES)
+    assert script.count("REVOKE ALL ON SCHEMA public FROM PUBLIC;") == len(SERVICES)
 
 
-def test_pginit_script_form_needs_only_the_standard_library() -> None:
+def test_pginit_sets_passwords_as_scram_sha_256_verifiers() -> None:
+    """RFC 7677's example: the verifier's keys answer its exchange's server signature."""
+    verifier = pginit.scram_verifier("pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    method, rest = verifier.split("$", 1)
+    parameters, keys = rest.split("$")
+    assert (method, parameters) == ("SCRAM-SHA-256", "4096:W22ZaJ0SNY7soEsUEjb6gQ==")
+    stored_key, server_key = (base64.b64decode(key) for key in keys.split(":"))
+    nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
+    auth = (
+        f"n=user,r=rOprNGfwEbeRWgbNEkqO,r={nonce},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,"
+        f"c=biws,r={nonce}"
+    ).encode()
+    signature = hmac.digest(server_key, auth, "sha256")
+    assert base64.b64encode(signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+    proof = base64.b64decode("dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+    client_key = bytes(
+        a ^ b for a, b in zip(proof, hmac.digest(stored_key, auth, "sha256"), strict=True)
+    )
+    assert hashlib.sha256(client_key).digest() == stored_key
+    assert pginit.scram_verifier("pencil") != pginit.scram_verifier("pencil"), "a fresh salt"
+
+
+def test_pginit_makes_each_password_once_owner_only(tmp_path: Path) -> None:
+    first = pginit.credentials(tmp_path / "credentials")
+    assert set(first) == set(names()) and len(set(first.values())) == len(SERVICES)
+    assert pginit.credentials(tmp_path / "credentials") == first
+    assert (tmp_path / "credentials").stat().st_mode & 0o077 == 0
+    for name in names():
+        assert (tmp_path / "credentials" / name).stat().st_mode & 0o077 == 0
+        assert len(first[name]) >= 24
+
+
+def test_pginit_script_form_needs_only_the_standard_library(tmp_path: Path) -> None:
     """tools/postgres_local.sh runs it with the system's python3, before any virtualenv."""
     probe = (
-        "import sys, tools.pginit as p; p.main(['--psql']); "
+        "import sys, tools.pginit as p; "
+        f"p.main(['--psql', '--superuser', 'shop', '--credentials', {str(tmp_path)!r}]); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'pydantic', "
-        "'shared', 'alembic'}))"
+        "'shared', 'alembic', 'psycopg'}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert done.stdout.splitlines()[-1] == "[]"
     assert done.stdout.count("\\gexec") == len(SERVICES)
+    assert 'ALTER ROLE "shop" WITH LOGIN SUPERUSER PASSWORD' in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names(), "shop"])
