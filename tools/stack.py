@@ -49,6 +49,7 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from services.registry import SERVICES
+from tools import pginit
 from tools.certs import ADMIN, OBSERVER, REDRIVE
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 from tools.haproxy_local import Backend, LocalProxy
@@ -593,11 +594,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("up", "down") and docker_engine():
         scaled = [f"--scale={name}={count}" for name, count in scale.items()]
         extra = ["up", "-d", "--wait", *scaled] if args.command == "up" else ["down"]
-        env = {**os.environ, "SHOP_OPERATOR_PASSWORD": password, **compose_env(RUN_DIR)}
+        env = {
+            **os.environ,
+            "SHOP_OPERATOR_PASSWORD": password,
+            **compose_env(RUN_DIR),
+            **pginit.compose_env(RUN_DIR),
+        }
+        if args.command == "up":
+            for name in (n for n in PORTS if f"{n.upper()}_DATABASE_URL" in os.environ):
+                print(
+                    f"{name.upper()}_DATABASE_URL is not used with Docker: compose runs"
+                    " each service on its own database in its PostgreSQL",
+                    file=sys.stderr,
+                )
         code = subprocess.call(compose + extra, env=env)
         if code == 0 and args.command == "up":
             print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
             print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
+            print("databases: compose's PostgreSQL on 127.0.0.1:5432, a database and a role")
+            print("  per service; passwords in .run/postgres-credentials/ (superuser: shop)")
         return code
     stack = local_stack(RUN_DIR, instances=scale)
     began = time.monotonic()

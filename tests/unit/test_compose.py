@@ -421,7 +421,14 @@ def test_make_up_hands_compose_every_kafka_secret_it_made_owner_only(
     for secret, declared in compose()["secrets"].items():
         assert env.get(declared["environment"]), f"{secret} would be empty"
     assert env["SHOP_KAFKA_CA"] == (run_dir / "kafka-tls" / "ca.pem").read_text()
-    for path in [*(run_dir / "kafka-tls").iterdir(), *(run_dir / "kafka-credentials").iterdir()]:
+    credentials = run_dir / "postgres-credentials"
+    for role in (pginit.SUPERUSER, *pginit.roles()):
+        secret = compose()["secrets"][f"{pginit.SECRET_PREFIX}{role}"]
+        assert env[secret["environment"]] == (credentials / role).read_text().strip()
+    folders = ("kafka-tls", "kafka-credentials", "postgres-credentials")
+    for path in [run_dir / f for f in folders] + [
+        p for f in folders for p in (run_dir / f).iterdir()
+    ]:
         assert path.stat().st_mode & 0o077 == 0, path
 
 
@@ -434,24 +441,43 @@ def test_postgres_has_a_healthcheck_and_loopback_port() -> None:
     assert published_ports("postgres") == [("127.0.0.1", "5432", "5432")]
 
 
-def assert_owner_url(value: str) -> Any:
-    """A URL of the compose PostgreSQL server as its owner, POSTGRES_USER."""
+def assert_superuser_url(value: str) -> Any:
+    """A URL of the compose PostgreSQL server as its superuser, POSTGRES_USER, with no
+    password in it."""
     env = environment("postgres")
     url = make_url(value)
     assert url.drivername == "postgresql+psycopg"
     assert (url.host, url.port or 5432) == ("postgres", 5432)
-    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert url.username == env["POSTGRES_USER"] and url.password is None
     return url
 
 
-def test_pginit_runs_once_the_server_is_healthy_and_creates_the_databases() -> None:
+def test_the_postgres_superuser_s_password_is_a_generated_secret() -> None:
+    env = environment("postgres")
+    assert "POSTGRES_PASSWORD" not in env, "no fixed password"
+    mounted = mounted_secrets("postgres")
+    assert env["POSTGRES_PASSWORD_FILE"] == mounted[f"{pginit.SECRET_PREFIX}{pginit.SUPERUSER}"]
+    assert env["POSTGRES_USER"] == pginit.SUPERUSER
+    assert set(mounted) == {f"{pginit.SECRET_PREFIX}{pginit.SUPERUSER}"}
+
+
+def test_pginit_runs_once_the_server_is_healthy_and_sets_up_each_service_s_role() -> None:
     spec = service(INIT)
     assert spec["build"] == service(SERVICES[0].name)["build"], "the services' image"
     assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
     assert spec["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     command = command_of(spec)
-    assert command[:3] == ["python", "-m", "tools.pginit"] and len(command) == 4, command
-    assert_owner_url(command[3])
+    assert command[:3] == ["python", "-m", "tools.pginit"], command
+    assert_superuser_url(command[3])
+    options = dict(zip(command[4::2], command[5::2], strict=True))
+    mounted = mounted_secrets(INIT)
+    assert options["--password-file"] == mounted[f"{pginit.SECRET_PREFIX}{pginit.SUPERUSER}"]
+    for role in pginit.roles():
+        secret = f"{pginit.SECRET_PREFIX}{role}"
+        assert mounted[secret] == f"{options['--secrets']}/{secret}", role
+    assert set(mounted) == {
+        f"{pginit.SECRET_PREFIX}{r}" for r in (pginit.SUPERUSER, *pginit.roles())
+    }
     assert importlib.util.find_spec("psycopg") is not None
     assert not [
         volume
@@ -460,14 +486,25 @@ def test_pginit_runs_once_the_server_is_healthy_and_creates_the_databases() -> N
     ], "databases are pginit's to create, on every `up`, not only on an empty volume"
 
 
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_each_service_signs_in_to_its_own_database_as_its_own_role(name: str) -> None:
+    env, mounted = environment(name), mounted_secrets(name)
+    url = make_url(env[f"{name.upper()}_DATABASE_URL"])
+    assert url.drivername == "postgresql+psycopg"
+    assert (url.host, url.port or 5432) == ("postgres", 5432)
+    assert url.username == name and url.password is None
+    assert url.database == get(name).database
+    assert pginit.roles()[name] == url.database, "pginit makes that role own that database"
+    secret = f"{pginit.SECRET_PREFIX}{name}"
+    assert env[f"{name.upper()}_DATABASE_PASSWORD_FILE"] == mounted[secret]
+    others = {s for s in mounted if s.startswith(pginit.SECRET_PREFIX)} - {secret}
+    assert not others, f"{name} mounts {others}"
+
+
 def test_postgres_has_one_database_per_service_that_pginit_creates() -> None:
     created = set(pginit.databases())
-    databases = set()
-    for name in PORTS:
-        url = assert_owner_url(environment(name)[f"{name.upper()}_DATABASE_URL"])
-        assert url.database == get(name).database
-        assert url.database in created, f"{url.database} is not created by tools.pginit"
-        databases.add(url.database)
+    databases = {make_url(environment(n)[f"{n.upper()}_DATABASE_URL"]).database for n in PORTS}
+    assert databases <= created, "every service's database is one pginit creates"
     assert len(databases) == len(PORTS), "each service has its own database"
 
 
