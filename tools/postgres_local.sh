@@ -103,6 +103,11 @@ start() {
   if [[ "$(id -u)" == 0 ]] && ! id "$PG_OS_USER" >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_OS_USER"
   fi
+  local socket="$PG_DATA/.s.PGSQL.$PG_PORT"
+  if ((${#socket} > 107)); then
+    echo "postgres_local: $socket is too long for a Unix socket; set PG_DATA to a shorter path" >&2
+    exit 1
+  fi
   if ! is_running; then
     if port_open; then echo "postgres_local: port $PG_PORT is taken by another process" >&2; exit 1; fi
     mkdir -p "$PG_DATA"
@@ -121,7 +126,7 @@ start() {
       >/dev/null || { tail -n 30 "$PG_DATA/server.log" >&2; exit 1; }
   else
     write_hba
-    if [[ ! -S "$PG_DATA/.s.PGSQL.$PG_PORT" ]]; then
+    if [[ ! -S "$socket" ]]; then
       # started by an earlier version of this script (trust on TCP, no socket): restart
       as_pg "$bin/pg_ctl" restart -D "$PG_DATA" -m fast -w -t 60 -l "$PG_DATA/server.log" \
         -o "$(server_options)" >/dev/null || { tail -n 30 "$PG_DATA/server.log" >&2; exit 1; }
