@@ -95,7 +95,8 @@ def render(values: dict[str, Any] | None = None, helm: Path | None = None) -> st
 
 
 def documents(manifests: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(manifests) if doc]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for doc in yaml.load_all(manifests, Loader=loader) if doc]
 
 
 def schema_locations() -> list[str]:
