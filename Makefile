@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts k8s
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make down      stop everything"
+	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
 
 $(STAMP): requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +72,12 @@ format: $(STAMP)
 # The event contracts, AsyncAPI document and docs/events.md, from the services' models.
 contracts: $(STAMP)
 	$(PY) -m tools.contracts
+
+# The Kubernetes chart (deploy/k8s), offline: its generated file current, helm lint, every
+# variant rendered and validated strictly by kubeconform against the vendored schemas. Helm
+# and kubeconform are built once from the Go module proxy and cached (tools/dev/gotools.py).
+k8s: $(STAMP)
+	$(PY) -m tools.dev.k8s check
 
 clean: down
 	rm -rf .run

@@ -1,0 +1,1 @@
+"""Development tools: what builds, generates and checks the project's artefacts."""
