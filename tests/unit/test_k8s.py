@@ -33,7 +33,6 @@ NAMES = [service.name for service in SERVICES]
 TOPOLOGY = Topology.of_registry()
 SECRET_ROOT = "/etc/shop/"
 PENDING_SETTINGS = {
-    *(f"{name.upper()}_DATABASE_PASSWORD_FILE" for name in NAMES),
     "AUTH_KEYSET_PUBLIC_KEY",
     "USER_KEYSET_SIGNING_KEY_FILE",
     "USER_KEY_ENCRYPTION_KEY_FILE",
