@@ -53,6 +53,7 @@ away, a timeout, a leader moving, the topic missing or not authorised) waits."""
 
 REASON_LIMIT = 1000
 """Characters kept of a reason, in the row and the notice."""
+NOTICE_TIMEOUT = 10.0
 
 
 def permanent(error: KafkaError) -> bool:
@@ -143,18 +144,18 @@ def notice(parking: Parking, source: str) -> KafkaHeaders:
     return [(name, value.encode(errors="replace")) for name, value in text]
 
 
-def announce(producer: EventProducer, topic: str, parking: Parking, source: str) -> None:
-    """Send the notice of a parked row, best effort: the row is parked whatever happens."""
+def announce(producer: EventProducer, topic: str, parked: Sequence[Parking], source: str) -> None:
+    """Send the notices of a batch's parked rows, together and best effort (for at most
+    NOTICE_TIMEOUT seconds): the rows are parked whatever happens here."""
+    records = [(topic, p.key[:255], None, notice(p, source)) for p in parked]
     try:
-        producer.produce_raw(
-            topic,
-            None,
-            key=parking.key[:255].encode(errors="replace"),
-            headers=notice(parking, source),
-            timeout=10,
-        )
-    except Exception as exc:  # the broker is away: the row is parked all the same
-        log.warning("outbox: no notice of parked event %s on %s: %s", parking.event_id, topic, exc)
+        placed = producer.send_records(records, timeout=NOTICE_TIMEOUT)
+    except Exception as exc:  # the broker is away: the rows are parked all the same
+        log.warning("outbox: no notice of %d parked row(s) on %s: %s", len(parked), topic, exc)
+        return
+    for p, where in zip(parked, placed, strict=True):
+        if where.error is not None:
+            log.warning("outbox: no notice of parked event %s: %s", p.event_id, where.error)
 
 
 # -- the operator's side (tools.outbox) ---------------------------------------------------

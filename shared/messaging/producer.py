@@ -122,7 +122,7 @@ class EventProducer:
         return deliveries
 
     def send_records(
-        self, records: Sequence[tuple[str, str, bytes, KafkaHeaders]], timeout: float = 60
+        self, records: Sequence[tuple[str, str, bytes | None, KafkaHeaders]], timeout: float = 60
     ) -> list[Placed]:
         """Produce `(topic, key, value, headers)` records in order and wait for every report;
         return where each landed, or its error, in the same order. A record refused before

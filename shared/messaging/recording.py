@@ -57,7 +57,7 @@ class Recorder:
         model: type[OutboxMixin],
         on_published: Hook | None = None,
         observer: RelayObserver = IGNORED_RELAY,
-        announce: Callable[[Parking], None] | None = None,
+        announce: Callable[[Sequence[Parking]], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._engine = sessions.kw["bind"]
@@ -115,7 +115,8 @@ class Recorder:
         published = [row for row, _, _, now_sent in outcome.done if now_sent]
         self.published += len(published)
         self._report(published, now)
-        for parked in (*outcome.parked, *unrecorded):
+        parked = [*outcome.parked, *unrecorded]
+        if parked:
             self._park(parked)
 
     def _mark(self, outcome: Outcome, now: datetime, one_by_one: bool) -> list[Parking]:
@@ -164,17 +165,18 @@ class Recorder:
                 unrecorded.append(parking.unrecorded(row, p, o, exc))
         return unrecorded
 
-    def _park(self, parked: Parking) -> None:
-        """After the commit: count, log and announce one parked row."""
-        self.parked += 1
-        log.warning(
-            "outbox relay: parked event %s (%s) for %s: %s",
-            parked.event_id,
-            parked.event_type,
-            parked.topic,
-            parked.error,
-        )
-        self._observer.parked(parked.topic, parked.reason)
+    def _park(self, parked: Sequence[Parking]) -> None:
+        """After the commit: count, log and announce the rows parked."""
+        self.parked += len(parked)
+        for row in parked:
+            log.warning(
+                "outbox relay: parked event %s (%s) for %s: %s",
+                row.event_id,
+                row.event_type,
+                row.topic,
+                row.error,
+            )
+            self._observer.parked(row.topic, row.reason)
         if self._announce is not None:
             self._announce(parked)
 

@@ -60,17 +60,19 @@ LONG_REQUEST_ID = "r" * 200
 
 
 class CountingProducer(EventProducer):
-    """The real producer, counting how often the relay hands it each event id."""
+    """The real producer, counting how often the relay hands it each event id (notices
+    of parked rows, on the dead-letter topic, aside)."""
 
     def __init__(self, bootstrap: str) -> None:
         super().__init__(bootstrap)
         self.attempts: Counter[str] = Counter()
 
     def send_records(
-        self, records: Sequence[tuple[str, str, bytes, KafkaHeaders]], timeout: float = 60
+        self, records: Sequence[tuple[str, str, bytes | None, KafkaHeaders]], timeout: float = 60
     ) -> list[Placed]:
-        for _topic, _key, _value, headers in records:
-            self.attempts[ce(headers, H_ID)] += 1
+        for topic, _key, _value, headers in records:
+            if not topic.endswith(DEAD_LETTERS):
+                self.attempts[ce(headers, H_ID)] += 1
         return super().send_records(records, timeout)
 
 

@@ -84,14 +84,14 @@ class FakeProducer:
     notices_fail: bool = False
     calls: list[list[tuple[str, Envelope]]] = field(default_factory=list)
     ends: dict[tuple[str, int], int] = field(default_factory=dict)
-    notices: list[tuple[str, bytes | None, bytes | None, dict[str, str]]] = field(
-        default_factory=list
-    )
+    notices: list[tuple[str, str, bytes | None, dict[str, str]]] = field(default_factory=list)
 
     def send_records(
-        self, records: Sequence[tuple[str, str, bytes, KafkaHeaders]], timeout: float = 60
+        self, records: Sequence[tuple[str, str, bytes | None, KafkaHeaders]], timeout: float = 60
     ) -> list[Placed]:
-        events = [(t, Envelope.from_headers(h, k, v)) for t, k, v, h in records]
+        if records and records[0][0] == "dead-letters":
+            return self._notices(records)
+        events = [(t, Envelope.from_headers(h, k, v or b"")) for t, k, v, h in records]
         if self.down:
             raise DeliveryError(events[-1][1].id, "no delivery report before timeout")
         self.calls.append(events)
@@ -114,18 +114,19 @@ class FakeProducer:
             self.ends[(topic, partition)] = slot.offset + 1
         return placed
 
-    def produce_raw(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: KafkaHeaders | None = None,
-        timeout: float = 30,
-    ) -> None:
+    def _notices(
+        self, records: Sequence[tuple[str, str, bytes | None, KafkaHeaders]]
+    ) -> list[Placed]:
         if self.notices_fail:
-            raise DeliveryError("<raw>", "no delivery report before timeout")
-        text = {n: v.decode() if isinstance(v, bytes) else str(v) for n, v in headers or []}
-        self.notices.append((topic, key, value, text))
+            raise DeliveryError("<batch>", "no delivery report before timeout")
+        placed = []
+        for topic, key, value, headers in records:
+            text = {n: v.decode() if isinstance(v, bytes) else str(v) for n, v in headers}
+            self.notices.append((topic, key, value, text))
+            slot = Placed()
+            slot.done, slot.partition, slot.offset = True, 0, len(self.notices) - 1
+            placed.append(slot)
+        return placed
 
     @property
     def sent(self) -> list[tuple[str, Envelope]]:
@@ -538,7 +539,7 @@ def test_a_record_the_broker_refuses_for_good_is_parked_alone_and_the_batch_goes
     assert sample(metrics, "outbox_parked_events") == 1
     assert sample(metrics, "outbox_unsent_events") == 0
     ((topic, key, value, headers),) = producer.notices
-    assert (topic, key, value) == ("dead-letters", b"key-2", None)
+    assert (topic, key, value) == ("dead-letters", "key-2", None)
     assert headers[H_SOURCE] == OUTBOX_SOURCE and headers[H_REASON] == "unpublishable"
     assert (headers[H_ID], headers[H_TYPE], headers[H_TOPIC]) == (bad.id, "tick", "orders")
     assert headers[H_CONSUMER] == "tests-outbox" and headers[H_ERROR] == parked.parked_reason
