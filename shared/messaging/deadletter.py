@@ -34,7 +34,8 @@ H_TIME = "dlq_time"
 H_DROPPED = "dlq_dropped"
 """Set when the record was too large to park whole: what of it was left out."""
 H_SIZE = "dlq_size"
-"""With `dlq_dropped`: the original record's key, value and header bytes."""
+"""With `dlq_dropped`, or on a notice of an outbox row too large to publish: the
+record's key, value and header bytes."""
 H_SOURCE = "dlq_source"
 """`outbox` on an outbox relay's notice of a parked row (shared.messaging.parking): a
 notice, not a record to redrive."""

@@ -54,6 +54,7 @@ away, a timeout, a leader moving, the topic missing or not authorised) waits."""
 REASON_LIMIT = 1000
 """Characters kept of a reason, in the row and the notice."""
 NOTICE_TIMEOUT = 10.0
+"""Seconds the relay gives the notices of one batch's parked rows."""
 
 
 def permanent(error: KafkaError) -> bool:
@@ -92,8 +93,9 @@ def clean(text: str) -> str:
 
 
 def record_size(row: Any) -> int:
-    headers = sum(len(str(n)) + len(str(v)) for n, v in row.headers)
-    return len(row.payload) + len(row.key.encode(errors="replace")) + headers
+    """The bytes of a row's record: key, value and headers."""
+    parts = [row.key, *(str(part) for header in row.headers for part in header)]
+    return len(row.payload) + sum(len(part.encode(errors="replace")) for part in parts)
 
 
 def unpublishable(row: Any, error: KafkaError) -> Parking:
