@@ -74,6 +74,17 @@ def read_topic(
     return messages
 
 
+def sqlite_varchar_check(table: str, column: str, length: int) -> str:
+    """A SQLite trigger refusing, as PostgreSQL's varchar(`length`) does, a longer value
+    in `table.column` (SQLite does not enforce declared lengths)."""
+    return (
+        f"CREATE TRIGGER {table}_{column}_fits BEFORE INSERT ON {table}"
+        f" WHEN length(NEW.{column}) > {length} BEGIN"
+        f" SELECT RAISE(ABORT, 'value too long for type character varying({length})');"
+        " END"
+    )
+
+
 def metric_total(exposition: str, name: str, **labels: str) -> float:
     """The sum of the samples called `name` whose labels include `labels`, in the text
     a /metrics endpoint answers (0 when there are none)."""

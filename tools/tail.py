@@ -38,7 +38,7 @@ from pydantic import AliasChoices, Field
 
 from services import registry
 from shared.messaging.connection import Bootstrap, client_config
-from shared.messaging.deadletter import DEAD_LETTERS
+from shared.messaging.deadletter import DEAD_LETTERS, OUTBOX_SOURCE
 from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
 from shared.runtime.settings import KafkaSettings
 from tools.certs import OBSERVER
@@ -299,6 +299,9 @@ def _parked(letter: dict[str, str]) -> str:
     get = letter.get
     where = f"{get('topic', '?')}[{get('partition', '?')}]@{get('offset', '?')}"
     text = f"dead letter: {letter['reason']} by {get('consumer', '?')} from {where}"
+    if get("source") == OUTBOX_SOURCE:  # a relay's notice: the row waits in its outbox
+        where = where if "offset" in letter else f"{get('topic', '?')} (not published)"
+        text = f"parked in its outbox: {letter['reason']} by {get('consumer', '?')} for {where}"
     if letter.get("error"):
         text += f": {letter['error']}"
     if "dropped" in letter:

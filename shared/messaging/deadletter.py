@@ -34,7 +34,12 @@ H_TIME = "dlq_time"
 H_DROPPED = "dlq_dropped"
 """Set when the record was too large to park whole: what of it was left out."""
 H_SIZE = "dlq_size"
-"""With `dlq_dropped`: the original record's key, value and header bytes."""
+"""With `dlq_dropped`, or on a notice of an outbox row too large to publish: the
+record's key, value and header bytes."""
+H_SOURCE = "dlq_source"
+"""`outbox` on an outbox relay's notice of a parked row (shared.messaging.parking): a
+notice, not a record to redrive."""
+OUTBOX_SOURCE = "outbox"
 
 DROPPED = "key,value,headers"
 
@@ -45,6 +50,10 @@ class Reason:
     INVALID_PAYLOAD = "invalid-payload"
     CONFLICT = "conflicting-duplicate"
     HANDLER_FAILED = "handler-failed"
+    UNPUBLISHABLE = "unpublishable"
+    """An outbox row the broker refuses for good (a relay's notice)."""
+    UNRECORDED = "unrecorded"
+    """An outbox row published but not recorded by the relay's hook (a relay's notice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +112,8 @@ def redrive(
     consumer never skips another's records) after each record, so each is redriven once.
     Records parked while this runs (a redriven event failing again) wait for the next run.
     Records parked without their value are skipped with a warning: they cannot be
-    re-published whole."""
+    re-published whole. An outbox relay's notices (`dlq_source: outbox`) are skipped: what
+    they announce waits in its outbox, for `python -m tools.outbox retry`."""
     reader = Consumer(
         {
             **client_config(bootstrap),
@@ -140,6 +150,8 @@ def redrive(
 def _redrive_one(producer: EventProducer, message: KafkaRecord, consumer: str | None) -> int:
     pairs = _pairs(message.headers())
     headers = {name: _text(value) for name, value in pairs}
+    if headers.get(H_SOURCE) == OUTBOX_SOURCE:
+        return 0  # a notice: the row waits in its outbox for `python -m tools.outbox retry`
     if consumer is not None and headers.get(H_CONSUMER) != consumer:
         return 0
     where = f"{message.topic()}[{message.partition()}]@{message.offset()}"

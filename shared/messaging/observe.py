@@ -33,6 +33,10 @@ class RelayObserver:
         """A batch the broker acknowledged: events by (topic, type), and each event's
         seconds from its creation to the acknowledgement."""
 
+    def parked(self, topic: str, reason: str) -> None:
+        """One outbox row parked (shared.messaging.parking), `unpublishable` or
+        `unrecorded`."""
+
 
 IGNORED_CONSUMER = ConsumerObserver()
 IGNORED_RELAY = RelayObserver()

@@ -5,7 +5,12 @@ a thread, is woken by every commit that added events (and polls as a fallback, f
 processes writing the same database), publishes unsent rows in id order with the
 idempotent producer, and marks them sent only after the broker acknowledged them. A crash
 between publish and mark republishes the same event ids, which consumers drop. A stop
-publishes what is left before it returns."""
+publishes what is left before it returns.
+
+One bad row never holds up the others (shared.messaging.parking): a record the broker
+refuses for good is parked (after a try on its own, if it was refused within a batch),
+and a row whose values the `on_published` hook cannot store is parked as unrecorded
+(shared.messaging.recording). Nothing the broker acknowledged is sent twice."""
 
 from __future__ import annotations
 
@@ -13,18 +18,22 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, delete, event, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.messaging import tracing
+from shared.messaging import parking, tracing
 from shared.messaging.envelope import Envelope, utcnow
 from shared.messaging.observe import IGNORED_RELAY, RelayObserver
-from shared.messaging.producer import Delivery, EventProducer, Placed
-from shared.storage.db import OutboxMixin, is_postgres, make_sessions, reader, writing
+from shared.messaging.producer import EventProducer, Placed
+from shared.messaging.recording import Hook, Outcome, Recorder, row_to_envelope
+from shared.storage.db import OutboxMixin, is_postgres, reader, writing
+
+__all__ = ["OutboxRelay", "add_rows", "outbox_row", "row_to_envelope"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +59,6 @@ def add_rows(session: Session, model: type[OutboxMixin], rows: list[dict[str, An
     session.info[_DIRTY] = True
 
 
-def row_to_envelope(row: Any) -> Envelope:
-    return Envelope.from_headers(
-        [(name, value) for name, value in row.headers], row.key, row.payload
-    )
-
-
 class OutboxRelay:
     def __init__(
         self,
@@ -65,16 +68,16 @@ class OutboxRelay:
         *,
         batch_size: int = 2000,
         poll_interval: float = 0.5,
-        on_published: Callable[[Session, list[Delivery]], None] | None = None,
+        on_published: Hook | None = None,
         observer: RelayObserver = IGNORED_RELAY,
+        dead_letter_topic: str | None = None,
+        name: str = "outbox",
     ) -> None:
         """`on_published` runs in the transaction that marks events sent, with where the
         broker put them (the order service files its own events in the chain there);
-        `observer` hears of every acknowledged batch."""
-        self._observer = observer
+        `observer` hears of every acknowledged batch and parked row. A parked row is
+        announced on `dead_letter_topic`, if given, as `name` (`dlq_consumer`)."""
         self._sessions = sessions
-        self._reads = make_sessions(reader(sessions.kw["bind"]))
-        self._on_published = on_published
         self._model = model
         self._producer = producer
         self._batch_size = batch_size
@@ -86,19 +89,27 @@ class OutboxRelay:
         self._lock_key = zlib.crc32(model.__tablename__.encode()) if is_postgres(engine) else None  # type: ignore[attr-defined]
         self._engine = engine
         self._engine_reads = reader(engine)
-        table = model.__table__  # type: ignore[attr-defined]
-        self._mark_sent = (
-            update(table)
-            .where(table.c.id == bindparam("row_id"))
-            .values(
-                sent_at=bindparam("b_sent_at"),
-                partition=bindparam("b_partition"),
-                offset=bindparam("b_offset"),
-            )
+        self._recorder = Recorder(
+            sessions,
+            model,
+            on_published,
+            observer,
+            None
+            if dead_letter_topic is None
+            else partial(parking.announce, producer, dead_letter_topic, source=name),
         )
-        self.published = 0
         self.last_error: str | None = None
         event.listen(sessions, "after_commit", self._after_commit)
+
+    @property
+    def published(self) -> int:
+        """Events published since start."""
+        return self._recorder.published
+
+    @property
+    def parked(self) -> int:
+        """Rows parked since start."""
+        return self._recorder.parked
 
     def _after_commit(self, session: Session) -> None:
         if session.info.pop(_DIRTY, False):
@@ -148,7 +159,8 @@ class OutboxRelay:
                 return
 
     def relay_once(self) -> int:
-        """Publish one batch of unsent events; return how many were acknowledged."""
+        """Publish one batch of unsent events; return how many rows it finished
+        (published, recorded or parked). Raises when some rows must be tried again."""
         if self._lock_key is None:
             return self._relay_batch()
         # Across processes sharing one PostgreSQL database, one relay at a time keeps
@@ -174,56 +186,70 @@ class OutboxRelay:
         return placed
 
     def _relay_batch(self) -> int:
-        table = self._model.__table__  # type: ignore[attr-defined]
-        c = table.c
+        self._recorder.settle_held()
+        c = self._model.__table__.c  # type: ignore[attr-defined]
         with self._engine_reads.connect() as connection:
             rows = connection.execute(
-                select(c.id, c.topic, c.key, c.headers, c.payload, c.event_type, c.created_at)
-                .where(c.sent_at.is_(None))
+                select(
+                    *(c.id, c.event_id, c.topic, c.key, c.headers, c.payload, c.event_type),
+                    *(c.created_at, c.partition, c.offset),
+                )
+                .where(c.sent_at.is_(None), c.parked_at.is_(None))
                 .order_by(c.id)
                 .limit(self._batch_size)
             ).all()
         if not rows:
             return 0
-        placed = self._publish(rows)
-        now = utcnow()
-        acked = [
-            {"row_id": row.id, "b_sent_at": now, "b_partition": p.partition, "b_offset": p.offset}
-            for row, p in zip(rows, placed, strict=True)
-            if p.error is None
-        ]
-        if acked:
-            with writing(self._engine), self._sessions.begin() as session:
-                session.connection().execute(self._mark_sent, acked)
-                if self._on_published:
-                    self._on_published(
-                        session,
-                        [
-                            Delivery(row_to_envelope(row), row.topic, p.partition, p.offset)
-                            for row, p in zip(rows, placed, strict=True)
-                            if p.error is None
-                        ],
-                    )
-            self.published += len(acked)
-            self._report(rows, placed, now)
-        failed = [p for p in placed if p.error is not None]
-        if failed:
-            raise RuntimeError(f"{len(failed)} event(s) not acknowledged: {failed[0].error}")
-        return len(acked)
+        outcome = self._send(rows)
+        self._recorder.settle(outcome)
+        if outcome.failed:
+            failed = outcome.failed
+            raise RuntimeError(f"{len(failed)} event(s) not acknowledged: {failed[0]}")
+        return len(outcome.done) + len(outcome.parked)
 
-    def _report(self, rows: Sequence[Any], placed: Sequence[Placed], acked_at: datetime) -> None:
-        """Tell the observer what the broker acknowledged: counts by topic and type, and
-        each event's time from its creation (the outbox row) to the acknowledgement."""
-        if self._observer is IGNORED_RELAY:
-            return
-        counts: dict[tuple[str, str], int] = {}
-        latencies = []
-        for row, p in zip(rows, placed, strict=True):
+    def _send(self, rows: Sequence[Any]) -> Outcome:
+        """Publish the rows not on Kafka yet (a row un-parked after it was published keeps
+        its offset, and is only recorded); sort out what the broker said."""
+        outcome = Outcome()
+        fresh = rows
+        if any(row.offset is not None for row in rows):
+            outcome.done = [(r, r.partition, r.offset, False) for r in rows if r.offset is not None]
+            fresh = [row for row in rows if row.offset is None]
+            if not fresh:
+                return outcome
+        placed = self._publish(fresh)
+        done, refused = outcome.done, []
+        for row, p in zip(fresh, placed, strict=True):
             if p.error is None:
-                counted = (row.topic, row.event_type)
-                counts[counted] = counts.get(counted, 0) + 1
-                latencies.append((acked_at - row.created_at).total_seconds())
-        self._observer.published(counts, latencies)
+                done.append((row, p.partition, p.offset, True))
+            elif parking.permanent(p.error):
+                refused.append((row, p))
+            else:
+                outcome.failed.append(str(p.error))
+        for row, p in refused:
+            # Refused within a batch, it may have shared another record's fate in the
+            # broker's request: it is parked only if refused on its own too.
+            self._sort_out(row, self._alone(row, outcome) if len(fresh) > 1 else p, outcome)
+        return outcome
+
+    def _alone(self, row: Any, outcome: Outcome) -> Placed | None:
+        try:
+            (placed,) = self._publish([row])
+        except Exception as exc:  # the broker went away meanwhile: the row waits
+            outcome.failed.append(str(exc))
+            return None
+        return placed
+
+    @staticmethod
+    def _sort_out(row: Any, placed: Placed | None, outcome: Outcome) -> None:
+        if placed is None:
+            return
+        if placed.error is None:
+            outcome.done.append((row, placed.partition, placed.offset, True))
+        elif parking.permanent(placed.error):
+            outcome.parked.append(parking.unpublishable(row, placed.error))
+        else:
+            outcome.failed.append(str(placed.error))
 
     def purge(self, older_than: timedelta) -> int:
         """Delete sent rows older than `older_than`; unsent rows are never purged."""
@@ -231,29 +257,27 @@ class OutboxRelay:
         with writing(self._engine), self._sessions.begin() as session:
             result = session.execute(
                 delete(model).where(
-                    model.sent_at.is_not(None), model.sent_at < utcnow() - older_than
+                    model.sent_at.is_not(None),
+                    model.sent_at < utcnow() - older_than,
+                    model.parked_at.is_(None),
                 )
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def unsent(self) -> tuple[int, datetime | None]:
-        """How many rows wait to be published, and when the oldest of them was written."""
+    def unsent(self) -> tuple[int, datetime | None, int]:
+        """How many rows wait to be published, when the oldest of them was written, and
+        how many are parked."""
         c = self._model.__table__.c  # type: ignore[attr-defined]
-        unsent = c.sent_at.is_(None)
+        unsent = (c.sent_at.is_(None), c.parked_at.is_(None))
         with self._engine_reads.connect() as connection:
-            count = connection.scalar(select(func.count()).where(unsent)) or 0
-            oldest = connection.scalar(select(c.created_at).where(unsent).order_by(c.id).limit(1))
-        return int(count), oldest
+            count = connection.scalar(select(func.count()).where(*unsent)) or 0
+            oldest = connection.scalar(select(c.created_at).where(*unsent).order_by(c.id).limit(1))
+            parked = connection.scalar(select(func.count()).where(c.parked_at.is_not(None))) or 0
+        return int(count), oldest, int(parked)
 
     def pending(self) -> int:
-        model = self._model
-        with self._reads() as session:
-            return int(
-                session.scalar(
-                    select(func.count()).select_from(model).where(model.sent_at.is_(None))
-                )
-                or 0
-            )
+        """How many rows wait to be published (parked ones do not)."""
+        return self.unsent()[0]
 
 
 def _unlock(connection: Connection, key: int) -> None:

@@ -122,10 +122,12 @@ class EventProducer:
         return deliveries
 
     def send_records(
-        self, records: Sequence[tuple[str, str, bytes, KafkaHeaders]], timeout: float = 60
+        self, records: Sequence[tuple[str, str, bytes | None, KafkaHeaders]], timeout: float = 60
     ) -> list[Placed]:
         """Produce `(topic, key, value, headers)` records in order and wait for every report;
-        return where each landed, or its error, in the same order."""
+        return where each landed, or its error, in the same order. A record refused before
+        it is queued (too large, a header it cannot encode) gets its error and the others
+        go on."""
         placed = [Placed() for _ in records]
         produce, poll = self._producer.produce, self._producer.poll
         for (topic, key, value, headers), slot in zip(records, placed, strict=True):
@@ -137,6 +139,10 @@ class EventProducer:
                     poll(0.05)
                 except KafkaException as exc:  # refused outright, e.g. too large
                     slot.error = exc.args[0]
+                    slot.done = True
+                    break
+                except (TypeError, ValueError) as exc:  # a key or header it cannot encode
+                    slot.error = KafkaError(KafkaError._INVALID_ARG, str(exc))
                     slot.done = True
                     break
         self._producer.flush(timeout)

@@ -96,6 +96,13 @@ class ServiceMetrics(ConsumerObserver, RelayObserver):
             (*s, "topic", "type"),
             registry=own,
         )
+        self.outbox_parked = Counter(
+            "outbox_parked",
+            "Outbox rows the relay parked: 'unpublishable' (the broker refuses the record for"
+            " good) or 'unrecorded' (published, but the service could not record it)",
+            (*s, "topic", "reason"),
+            registry=own,
+        )
         self.publish_latency = Histogram(
             "outbox_publish_latency_seconds",
             "From an event's outbox row being written to the broker's acknowledgement",
@@ -119,6 +126,7 @@ class ServiceMetrics(ConsumerObserver, RelayObserver):
             self.events_dead_lettered,
             self.handler_duration,
             self.events_published,
+            self.outbox_parked,
             self.publish_latency,
             self.assigned_partitions,
         ]
@@ -192,6 +200,9 @@ class ServiceMetrics(ConsumerObserver, RelayObserver):
         for seconds in latencies:
             observe(seconds)
 
+    def parked(self, topic: str, reason: str) -> None:
+        self.outbox_parked.labels(self.service, topic, reason).inc()
+
 
 class Collector(Protocol):
     def describe(self) -> Iterable[Metric]: ...
@@ -200,24 +211,32 @@ class Collector(Protocol):
 
 
 class Unsent(Protocol):
-    def unsent(self) -> tuple[int, Any]: ...
+    def unsent(self) -> tuple[int, Any, int]: ...
 
 
 class OutboxCollector:
-    """The outbox backlog, read from the service's database at scrape time."""
+    """The outbox backlog and its parked rows, read from the service's database at
+    scrape time."""
 
     def __init__(self, service: str, relay: Callable[[], Unsent | None]) -> None:
         self._service = service
         self._relay = relay
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
-                "outbox_unsent_events", "Outbox rows not yet published", labels=["service"]
+                "outbox_unsent_events",
+                "Outbox rows not yet published (parked ones aside)",
+                labels=["service"],
             ),
             GaugeMetricFamily(
                 "outbox_oldest_unsent_age_seconds",
                 "Age of the oldest outbox row not yet published (0 when none)",
+                labels=["service"],
+            ),
+            GaugeMetricFamily(
+                "outbox_parked_events",
+                "Outbox rows parked, waiting for `python -m tools.outbox SERVICE retry`",
                 labels=["service"],
             ),
         )
@@ -230,12 +249,13 @@ class OutboxCollector:
         if relay is None:
             return []
         try:
-            count, oldest = relay.unsent()
+            count, oldest, parked_rows = relay.unsent()
         except Exception as exc:  # the database is away: the scrape goes on without it
             log.info("outbox backlog not read: %s", exc)
             return []
-        unsent, age = self._families()
+        unsent, age, parked = self._families()
         unsent.add_metric([self._service], count)
         seconds = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         age.add_metric([self._service], max(0.0, seconds))
-        return [unsent, age]
+        parked.add_metric([self._service], parked_rows)
+        return [unsent, age, parked]

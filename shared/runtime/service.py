@@ -151,6 +151,8 @@ class ServiceRuntime:
             self.producer,
             on_published=spec.on_published,
             observer=self.instruments,
+            dead_letter_topic=settings.topic(DEAD_LETTERS),
+            name=f"{spec.name}-outbox",
         )
         self.relay.start()
         self.writes.start()

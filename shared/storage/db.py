@@ -22,10 +22,12 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     TypeDecorator,
     create_engine,
     event,
     make_url,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, ExceptionContext
@@ -148,7 +150,13 @@ def is_postgres(engine: Engine) -> bool:
 
 
 class OutboxMixin:
-    """Events waiting to be published, written in the same transaction as the change."""
+    """Events waiting to be published, written in the same transaction as the change.
+
+    The relay publishes rows that are neither sent nor parked. A row it cannot publish
+    (the broker refuses the record for good) or cannot record (the `on_published` hook
+    fails on its values) is parked: `parked_at` and `parked_reason` say when and why, and
+    it waits for `python -m tools.outbox SERVICE retry`. A row parked after publishing
+    keeps `sent_at`, `partition` and `offset`: it is on Kafka, and a retry only records it."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
@@ -161,11 +169,20 @@ class OutboxMixin:
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     partition: Mapped[int | None] = mapped_column(Integer, default=None)
     offset: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    parked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    parked_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     @declared_attr.directive
     @classmethod
     def __table_args__(cls) -> tuple[Any, ...]:
-        return (Index(f"ix_{cls.__tablename__}_sent_at_id", "sent_at", "id"),)  # type: ignore[attr-defined]
+        name = cls.__tablename__  # type: ignore[attr-defined]
+        # Parked rows are few: a partial index finds them without a scan, and cannot
+        # tempt a planner away from (sent_at, id) for the relay's `parked_at IS NULL`.
+        parked = text("parked_at IS NOT NULL")
+        return (
+            Index(f"ix_{name}_sent_at_id", "sent_at", "id"),
+            Index(f"ix_{name}_parked", "id", sqlite_where=parked, postgresql_where=parked),
+        )
 
 
 class ProcessedEventMixin:

@@ -157,6 +157,8 @@ def test_the_saga_dashboard_shows_what_an_operator_asks() -> None:
         "consumer_lag_records",
         "outbox_unsent_events",
         "outbox_oldest_unsent_age_seconds",
+        "outbox_parked_events",
+        "outbox_parked_total",
         "events_dead_lettered_total",
         "histogram_quantile(0.99",
     ):

@@ -360,3 +360,51 @@ def test_the_stack_runs_the_explorer_only_when_given_its_port(tmp_path: Path) ->
 def test_an_undecodable_value_is_shown_with_its_unprintable_bytes_escaped() -> None:
     view = view_of([Record(PREFIX + "orders", b"\x00\x01 not an event\xff")])
     assert view.snapshot()["undecodable"][0]["value"] == "\\x00\\x01 not an event\\xff"
+
+
+def outbox_notice(offset: int, reason: str, placed: tuple[int, int] | None = None) -> Record:
+    """A relay's notice of a parked row, as shared.messaging.parking sends it."""
+    headers: KafkaHeaders = [
+        ("dlq_reason", reason.encode()),
+        ("dlq_error", b"refused by Kafka: MSG_SIZE_TOO_LARGE"),
+        ("dlq_topic", (PREFIX + "orders").encode()),
+        ("dlq_consumer", b"order-outbox"),
+        ("dlq_source", b"outbox"),
+        ("dlq_time", b"2026-11-30T12:00:02.000000Z"),
+        ("ce_id", f"event-{offset}".encode()),
+        ("ce_type", b"order-created"),
+    ]
+    if placed is not None:
+        headers += [("dlq_partition", str(placed[0]).encode()), ("dlq_offset", b"%d" % placed[1])]
+    return Record(PREFIX + "dead-letters", None, b"o1", headers, 0, offset)
+
+
+def test_a_parked_outbox_row_is_listed_with_its_retry_command_and_never_offered_a_redrive() -> None:
+    view = view_of(
+        [
+            dead_letter(0, 0),
+            outbox_notice(1, "unpublishable"),
+            outbox_notice(2, "unrecorded", placed=(2, 40)),
+        ]
+    )
+    view.set_offsets(
+        {PREFIX + "dead-letters": {0: (0, 3)}},
+        {"redrive-all": {"state": "empty", "offsets": {(PREFIX + "dead-letters", 0): 3}}},
+    )
+
+    snapshot = view.snapshot()
+    unrecorded, unpublishable, letter = snapshot["dead_letters"]
+    assert (unpublishable["origin"], unpublishable["reason"]) == (
+        "orders (not published)",
+        "unpublishable",
+    )
+    assert unrecorded["origin"] == "orders[2]@40"
+    for notice in (unrecorded, unpublishable):
+        assert notice["outbox"] and not notice["redriven"]
+        assert notice["consumer"] == "order-outbox" and notice["type"] == "order-created"
+        assert notice["retry"] == f"python -m tools.outbox order retry {notice['event_id']}"
+    assert unpublishable["event_id"] == "event-1"
+    assert not letter["outbox"] and letter["redriven"] and letter["retry"] == ""
+    assert snapshot["counters"]["dead_letters"] == 1
+    assert snapshot["counters"]["parked"] == 2
+    assert snapshot["undecodable"] == []

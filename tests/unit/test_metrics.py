@@ -270,7 +270,7 @@ def test_outbox_backlog_and_oldest_age_are_read_from_the_database_at_scrape_time
 
 def test_a_database_error_leaves_the_backlog_out_and_the_scrape_whole() -> None:
     class Broken:
-        def unsent(self) -> tuple[int, Any]:
+        def unsent(self) -> tuple[int, Any, int]:
             raise OSError("disk I/O error")
 
     metrics = ServiceMetrics(SERVICE)

@@ -229,6 +229,25 @@ def test_a_dead_letter_parked_without_its_record_says_so() -> None:
     )
 
 
+def test_an_outbox_relays_notice_of_a_parked_row_says_where_the_row_waits() -> None:
+    headers: KafkaHeaders = [
+        (H_REASON, b"unpublishable"),
+        (H_ERROR, b"refused by Kafka: MSG_SIZE_TOO_LARGE"),
+        (H_TOPIC, b"orders"),
+        (H_CONSUMER, b"order-outbox"),
+        ("dlq_source", b"outbox"),
+        ("ce_id", b"e-1"),
+        ("ce_type", b"order-created"),
+    ]
+
+    (line,) = View().batch([Record(None, headers, ORDER.encode(), "dead-letters", 0, 4)])
+
+    assert line.endswith(
+        "parked in its outbox: unpublishable by order-outbox for orders (not published): "
+        "refused by Kafka: MSG_SIZE_TOO_LARGE"
+    )
+
+
 def test_json_mode_prints_one_object_per_line_with_every_field() -> None:
     created = event("order-created", ORDER, cause="request-1")
     bad = Record(b"not json", [], b"k", "stock", 2, 7, (1, int(T0.timestamp()) * 1000 + 5000))

@@ -174,7 +174,7 @@ class ShopView:
         self.undecodable: deque[dict[str, Any]] = deque(maxlen=max_undecodable)
         self.counts: Counter[str] = Counter()
         """Orders by state (each order counted once, in its latest state, also after it
-        is forgotten), dead letters and undecodable records."""
+        is forgotten), dead letters, parked outbox rows and undecodable records."""
         self.topics: dict[str, dict[int, tuple[int, int]]] = {}
         """Topic → partition → (low, high) watermarks."""
         self.groups: dict[str, dict[str, Any]] = {}
@@ -245,10 +245,21 @@ class ShopView:
         order.hops.append(hop)
 
     def _add_letter(self, record: KafkaRecord) -> None:
+        """A consumer's dead letter, or an outbox relay's notice of a parked row (no value,
+        and no place on Kafka when the row could not be published)."""
         headers = {name: _text(value) for name, value in _pairs(record.headers())}
         if dlq.H_REASON not in headers:
             raise InvalidEnvelope("dead letter without a dlq_reason header")
-        self.counts["dead_letters"] += 1
+        outbox = headers.get(dlq.H_SOURCE) == dlq.OUTBOX_SOURCE
+        self.counts["parked" if outbox else "dead_letters"] += 1
+        topic = self.short(headers.get(dlq.H_TOPIC, "?"))
+        if dlq.H_OFFSET in headers or not outbox:
+            origin = (
+                f"{topic}[{headers.get(dlq.H_PARTITION, '?')}]@{headers.get(dlq.H_OFFSET, '?')}"
+            )
+        else:
+            origin = f"{topic} (not published)"
+        consumer, event_id = headers.get(dlq.H_CONSUMER, ""), headers.get("ce_id", "")
         self.letters.append(
             {
                 "where": self._where(record),
@@ -256,16 +267,19 @@ class ShopView:
                 "offset": record.offset(),
                 "reason": headers[dlq.H_REASON],
                 "error": headers.get(dlq.H_ERROR, ""),
-                "consumer": headers.get(dlq.H_CONSUMER, ""),
-                "origin": "{}[{}]@{}".format(
-                    self.short(headers.get(dlq.H_TOPIC, "?")),
-                    headers.get(dlq.H_PARTITION, "?"),
-                    headers.get(dlq.H_OFFSET, "?"),
-                ),
+                "consumer": consumer,
+                "origin": origin,
                 "time": headers.get(dlq.H_TIME, ""),
                 "type": headers.get("ce_type", ""),
+                "event_id": event_id,
                 "key": _preview(record.key(), 64),
                 "dropped": headers.get(dlq.H_DROPPED, ""),
+                "outbox": outbox,
+                "retry": (
+                    f"python -m tools.outbox {consumer.removesuffix('-outbox')} retry {event_id}"
+                    if outbox
+                    else ""
+                ),
             }
         )
 
@@ -328,6 +342,7 @@ class ShopView:
                     "cancelled": self.counts["CANCELLED"],
                     "in_flight": self.counts["PENDING"],
                     "dead_letters": self.counts["dead_letters"],
+                    "parked": self.counts["parked"],
                     "undecodable": self.counts["undecodable"],
                     "lag": sum(g["lag"] for g in groups if not g["redrive"]),
                 },
@@ -384,9 +399,10 @@ class ShopView:
         return rows
 
     def _letter_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A dead letter, with whether a redrive of its consumer has passed it."""
+        """A dead letter, with whether a redrive of its consumer has passed it (a parked
+        outbox row is retried with `tools.outbox`, never redriven)."""
         position = (self.dead_letter_topic, row["partition"])
-        redriven = any(
+        redriven = not row["outbox"] and any(
             self.groups.get(REDRIVE_GROUP + name, {}).get("offsets", {}).get(position, -1)
             > row["offset"]
             for name in (row["consumer"], "all")

@@ -229,7 +229,7 @@ function renderGroups(groups) {
 function renderLetters(letters) {
   const waiting = {};
   for (const letter of letters) {
-    if (!letter.redriven && letter.consumer) waiting[letter.consumer] = (waiting[letter.consumer] || 0) + 1;
+    if (!letter.redriven && !letter.outbox && letter.consumer) waiting[letter.consumer] = (waiting[letter.consumer] || 0) + 1;
   }
   const bar = $("redrive-bar");
   const busy = bar.querySelector("button:disabled");
@@ -242,7 +242,8 @@ function renderLetters(letters) {
       <div class="head"><span class="reason">${esc(l.reason)}</span>
         <code>${esc(l.origin)}</code><span class="small">→</span><code>${esc(l.where)}</code>
         <span class="small">${esc(l.consumer)}${l.type ? " · " + esc(l.type) : ""} · ${esc(clock(l.time))}${l.redriven ? " · redriven" : ""}</span></div>
-      <div class="error">${esc(l.error)}</div>
+      <div class="error">${esc(l.error)}</div>${l.outbox ? `
+      <div class="small">parked in its outbox; once fixed: <code>${esc(l.retry)}</code></div>` : ""}
     </li>`).join("") || `<li class="empty">None. Every record was applied.</li>`;
 }
 
