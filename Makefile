@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -15,11 +15,20 @@ help:
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make down      stop everything"
 
-$(STAMP): requirements.lock
+# The virtualenv gets the dev lock (runtime + dev tools); the image gets requirements.lock.
+$(STAMP): requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
+
+# Both locks from pyproject.toml, with hashes; the runtime one keeps the dev one's versions.
+# Pinned versions stay as they are; add --upgrade to the first command to move them.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes \
+		--custom-compile-command "make lock" -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile -q pyproject.toml --generate-hashes -c requirements-dev.lock \
+		--custom-compile-command "make lock" -o requirements.lock
 
 jars: $(STAMP)
 	$(PY) -m tools.kafka_local fetch
