@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts lock
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -14,6 +14,8 @@ help:
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make down      stop everything"
+	@echo "make engine    a Docker engine and the compose plugin (installed here if missing)"
+	@echo "make images    build every image of compose.yaml on this machine (compose.images.yaml)"
 
 # The virtualenv gets the dev lock (runtime + dev tools); the image gets requirements.lock.
 $(STAMP): requirements-dev.lock
@@ -42,6 +44,19 @@ up: $(STAMP)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi
+	@$(PYTHON) -m tools.local.docker engine stop --quiet
+
+# A Docker engine (Debian's dockerd, started here when none answers; `make down` stops it)
+# and the compose v2 plugin (built once from its Go module). Needs no virtualenv.
+engine:
+	$(PYTHON) -m tools.local.docker engine start
+	$(PYTHON) -m tools.local.docker compose install
+
+# Every image compose.yaml uses, built here from Debian packages, PyPI, Maven Central and the
+# Go module proxy (for machines that cannot pull): docker compose -f compose.yaml
+# -f compose.images.yaml ... runs on them. Cached: a second run takes seconds.
+images: engine
+	$(PYTHON) -m tools.local.images $(IMAGES)
 
 status: $(STAMP)
 	$(PY) -m tools.stack status
