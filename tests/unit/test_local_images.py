@@ -322,3 +322,17 @@ def test_the_dockerfiles_pass_hadolint() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_images_scripts_pass_shellcheck() -> None:
+    linter = shutil.which("shellcheck")
+    if linter is None:
+        pytest.skip("shellcheck is not installed (Debian: apt-get install shellcheck)")
+    scripts = [
+        path
+        for path in sorted(images.IMAGES_DIR.rglob("*"))
+        if path.is_file() and path.read_bytes().startswith(b"#!/usr/bin/env bash")
+    ]
+    assert len(scripts) > 5, scripts
+    done = subprocess.run([linter, *map(str, scripts)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -212,15 +212,15 @@ def image_label(ref: str, label: str) -> str | None:
     return value if done.returncode == 0 and value and value != "<no value>" else None
 
 
-def _apt_install(*packages: str) -> None:
-    missing = [p for p in packages if shutil.which(p) is None]
-    if not missing:
+def _apt_install(command: str, package: str) -> None:
+    """Install Debian's `package` unless `command` is on PATH already."""
+    if shutil.which(command) is not None:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"{', '.join(missing)} missing: install it (Debian: apt-get install)")
+        raise RuntimeError(f"{command} is missing: install {package} (Debian: apt-get install)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -268,7 +268,7 @@ def build_base(image: Image, refresh: bool) -> bool:
         return False
     if os.geteuid() != 0:
         raise RuntimeError("debootstrap needs root")
-    _apt_install("debootstrap")
+    _apt_install("debootstrap", "debootstrap")
     archive, security = debian_mirrors()
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rootfs-", dir=WORK_DIR) as tmp:
@@ -349,7 +349,7 @@ def _kafka_jars(context: Path) -> None:
     key = hashlib.sha256(pom.read_bytes() + KAFKA_POM.read_bytes()).hexdigest()[:16]
     libs = WORK_DIR / "kafka" / f"libs-{key}"
     if not libs.is_dir():
-        _apt_install("mvn")
+        _apt_install("mvn", "maven")
         partial = libs.with_name(libs.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         cmd = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies"]

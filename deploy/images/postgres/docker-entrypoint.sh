@@ -75,8 +75,10 @@ MESSAGE
   printf '\nhost all all all %s\n' "$auth" >>"$PGDATA/pg_hba.conf"
   printf "\nlisten_addresses = '*'\n" >>"$PGDATA/postgresql.conf"
 
-  # A server on the Unix socket only, for the database and the init scripts.
-  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+  # A server on the Unix socket only, for the database and the init scripts. It logs to
+  # stdout like the final one, so "ready to accept connections" appears twice, as with the
+  # official image (what some clients wait for).
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
   export PGPASSWORD=${PGPASSWORD:-$POSTGRES_PASSWORD}
   psql=(psql -v ON_ERROR_STOP=1 --no-psqlrc --no-password --username "$POSTGRES_USER")
   if [[ "$POSTGRES_DB" != "postgres" ]]; then
@@ -104,7 +106,7 @@ MESSAGE
     esac
   done
   unset PGPASSWORD
-  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  pg_ctl -D "$PGDATA" -m fast -w stop
   echo "PostgreSQL init process complete; ready for start up."
 fi
 
