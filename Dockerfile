@@ -1,8 +1,12 @@
-# One image for every service of services/registry.py; compose.yaml picks one by name.
+# One image for every service of services/registry.py and the jobs compose runs beside them
+# (the explorer, kafka-init, pginit); compose.yaml names it event-driven-shop:latest.
 #   docker build -t event-driven-shop .
 #   docker run --rm -p 127.0.0.1:8002:8002 event-driven-shop \
 #       python -m services inventory --host 0.0.0.0
-FROM python:3.11-slim
+# Where python:3.11-slim cannot be pulled, `make images` builds a stand-in from Debian's
+# Python 3.11 and passes it here: --build-arg PYTHON_IMAGE=event-driven-shop/python:3.11.
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,10 +17,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so code changes do not reinstall them. The lock is the whole
-# environment (dev tools included): one file, installed as is.
+# Dependencies first, so code changes do not reinstall them: the runtime lock only (the dev
+# tools are in requirements-dev.lock), every file checked against its hash.
 COPY requirements.lock ./
-RUN pip install --no-cache-dir -r requirements.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # A non-root user. It owns .run only, so the default SQLite databases (.run/data) work
 # when the image runs without a <NAME>_DATABASE_URL; the code itself stays read-only.
@@ -24,6 +28,7 @@ RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin app
     && mkdir -p /app/.run/data \
     && chown -R app:app /app/.run
 
+# .dockerignore lets in the tools that compose runs in this image, nothing else of tools/.
 COPY shared/ shared/
 COPY services/ services/
 COPY tools/ tools/

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts k8s
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -15,12 +15,23 @@ help:
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make down      stop everything"
 	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
+	@echo "make engine    a Docker engine and the compose plugin (installed here if missing)"
+	@echo "make images    build every image of compose.yaml on this machine (compose.images.yaml)"
 
-$(STAMP): requirements.lock
+# The virtualenv gets the dev lock (runtime + dev tools); the image gets requirements.lock.
+$(STAMP): requirements-dev.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
+
+# Both locks from pyproject.toml, with hashes; the runtime one keeps the dev one's versions.
+# Pinned versions stay as they are; add --upgrade to the first command to move them.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --generate-hashes \
+		--custom-compile-command "make lock" -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile -q pyproject.toml --generate-hashes -c requirements-dev.lock \
+		--custom-compile-command "make lock" -o requirements.lock
 
 jars: $(STAMP)
 	$(PY) -m tools.kafka_local fetch
@@ -34,6 +45,19 @@ up: $(STAMP)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi
+	@$(PYTHON) -m tools.local.docker engine stop --quiet
+
+# A Docker engine (Debian's dockerd, started here when none answers; `make down` stops it)
+# and the compose v2 plugin (built once from its Go module). Needs no virtualenv.
+engine:
+	$(PYTHON) -m tools.local.docker engine start
+	$(PYTHON) -m tools.local.docker compose install
+
+# Every image compose.yaml uses, built here from Debian packages, PyPI, Maven Central and the
+# Go module proxy (for machines that cannot pull): docker compose -f compose.yaml
+# -f compose.images.yaml ... runs on them. Cached: a second run takes seconds.
+images: engine
+	$(PYTHON) -m tools.local.images $(IMAGES)
 
 status: $(STAMP)
 	$(PY) -m tools.stack status

@@ -10,8 +10,8 @@ tools/kafka_local.py)."""
 
 from __future__ import annotations
 
+import ast
 import base64
-import fnmatch
 import importlib
 import importlib.util
 import json
@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 import urllib.error
 import urllib.parse
@@ -66,6 +67,9 @@ MONITORING = ("prometheus", "grafana")
 PROXY = "haproxy"
 """Publishes every service's port and spreads requests over its containers."""
 PORTS = {service.name: service.port for service in SERVICES}
+APP_IMAGE = "event-driven-shop:latest"
+"""The one image of the four services and the jobs beside them (the root Dockerfile)."""
+APP_CONTAINERS = (*sorted(PORTS), KAFKA_INIT, INIT, EXPLORER)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -182,6 +186,17 @@ def final_stage() -> list[tuple[str, str]]:
     starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
     assert starts, "the Dockerfile has no FROM"
     return instructions[starts[-1] :]
+
+
+def base_image(instructions: list[tuple[str, str]]) -> str:
+    """The final stage's FROM image, with ARG defaults (`ARG X=y` ... `FROM ${X}`) put in."""
+    defaults = {}
+    for keyword, arguments in instructions:
+        if keyword == "ARG" and "=" in arguments:
+            name, value = arguments.split("=", 1)
+            defaults[name.strip()] = value.strip()
+    [*_, (keyword, arguments)] = [i for i in instructions if i[0] == "FROM"]
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], arguments.split()[0])
 
 
 def command_of(spec: dict[str, Any] | str) -> list[str]:
@@ -374,7 +389,7 @@ def test_kafka_healthcheck_asks_the_broker_over_mutual_tls() -> None:
 
 def test_kafka_init_secures_the_cluster_once_every_node_is_healthy() -> None:
     spec = service(KAFKA_INIT)
-    assert spec["build"] == service(SERVICES[0].name)["build"], "the services' image"
+    assert spec["image"] == APP_IMAGE, "the services' image"
     assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
     assert spec["depends_on"] == {n: {"condition": "service_healthy"} for n in KAFKA_NODES}
     command = command_of(spec)
@@ -463,7 +478,7 @@ def test_the_postgres_superuser_s_password_is_a_generated_secret() -> None:
 
 def test_pginit_runs_once_the_server_is_healthy_and_sets_up_each_service_s_role() -> None:
     spec = service(INIT)
-    assert spec["build"] == service(SERVICES[0].name)["build"], "the services' image"
+    assert spec["image"] == APP_IMAGE, "the services' image"
     assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
     assert spec["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     command = command_of(spec)
@@ -512,12 +527,11 @@ def test_postgres_has_one_database_per_service_that_pginit_creates() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))
-def test_service_is_built_from_the_repo_and_waits_for_infra_and_its_database(name: str) -> None:
+def test_service_runs_the_image_of_the_repo_and_waits_for_infra_and_its_database(
+    name: str,
+) -> None:
     spec = service(name)
-    build = spec["build"]
-    context = build if isinstance(build, str) else build.get("context", ".")
-    assert (COMPOSE_FILE.parent / context).resolve() == ROOT
-    assert (ROOT / "Dockerfile").is_file()
+    assert spec["image"] == APP_IMAGE
     depends_on = spec["depends_on"]
     assert isinstance(depends_on, dict), "the list form of depends_on has no condition"
     for dependency in INFRA:
@@ -718,8 +732,8 @@ def test_no_service_gets_a_password_in_its_environment(name: str) -> None:
 
 
 def test_the_operator_password_stays_out_of_the_image() -> None:
-    patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines()}
-    assert ".run" in patterns or ".run/" in patterns
+    assert not in_image(".run/operator-password")
+    assert not in_image(".run/kafka-credentials/admin")
 
 
 def test_make_up_writes_the_operator_password_before_docker_compose_up(
@@ -757,7 +771,8 @@ def test_make_up_writes_the_operator_password_before_docker_compose_up(
 
 
 def test_dockerfile_base_image_matches_the_supported_python() -> None:
-    base = final_stage()[0][1].split()[0]
+    """python:3.11-slim unless the PYTHON_IMAGE build argument names a stand-in."""
+    base = base_image(dockerfile_instructions())
     assert base == "python:3.11-slim"
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert SpecifierSet(requires).contains(base.split(":")[1].split("-")[0])
@@ -766,7 +781,7 @@ def test_dockerfile_base_image_matches_the_supported_python() -> None:
 def test_dockerfile_installs_the_lock_and_copies_the_code() -> None:
     stage = final_stage()
     runs = " ".join(arguments for keyword, arguments in stage if keyword == "RUN")
-    assert re.search(r"pip install .*-r requirements\.lock", runs), runs
+    assert re.search(r"pip install .*--require-hashes.* -r requirements\.lock", runs), runs
     copied = {arguments.split()[0].rstrip("/") for keyword, arguments in stage if keyword == "COPY"}
     assert {"requirements.lock", "shared", "services", "tools"} <= copied
 
@@ -799,15 +814,195 @@ def test_dockerfile_exposes_the_registry_ports() -> None:
     assert exposed == set(PORTS.values())
 
 
-def test_dockerignore_keeps_local_state_out_but_not_the_code() -> None:
-    patterns = [
-        line.strip()
-        for line in DOCKERIGNORE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    """(is an exception, regex) of each .dockerignore line, in order, as Docker reads them:
+    `*` and `?` stay within a path segment, `**` spans any number of them."""
+    patterns = []
+    for line in DOCKERIGNORE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        glob = line.removeprefix("!").strip().strip("/")
+        regex = ""
+        for part in re.split(r"(\*\*/|\*\*|\*|\?)", glob):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                part, re.escape(part)
+            )
+        patterns.append((exception, re.compile(regex)))
+    return patterns
+
+
+def in_image(path: str) -> bool:
+    """Whether the build context (so the image) gets this file: the last line that matches
+    it or one of its folders decides, as in Docker."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    included = True
+    for exception, pattern in dockerignore_patterns():
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            included = exception
+    return included
+
+
+def repo_files(*folders: str) -> list[str]:
+    return [
+        str(path.relative_to(ROOT))
+        for folder in folders
+        for path in sorted((ROOT / folder).rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
     ]
-    assert {".git", ".venv", ".run"} <= set(patterns)
-    for needed in ("requirements.lock", "shared", "services", "tools"):
-        assert not any(fnmatch.fnmatch(needed, pattern) for pattern in patterns), needed
+
+
+def tools_compose_runs() -> set[str]:
+    """The tools.* modules that compose runs in the services' image (`python -m tools...`)
+    and every tools.* module they import, directly or not."""
+    todo = [
+        command[2]
+        for spec in compose()["services"].values()
+        if (command := command_of(spec))[:2] == ["python", "-m"] and command[2].startswith("tools")
+    ]
+    assert todo, "compose runs no tool in the image"
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = module_file(module)
+        assert path is not None, f"no file for {module}"
+        if path.name == "__init__.py" and (path.parent / "__main__.py").is_file():
+            todo.append(f"{module}.__main__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                names += [f"{node.module}.{alias.name}" for alias in node.names]
+            todo += [n for n in names if n.split(".")[0] == "tools" and module_file(n)]
+    return seen
+
+
+def module_file(module: str) -> Path | None:
+    """The file of a repo module (a package's __init__.py), or None (a name in a module)."""
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def test_dockerignore_lets_in_the_runtime_lock_and_the_code() -> None:
+    for path in ["requirements.lock", *repo_files("shared", "services")]:
+        assert in_image(path), f"{path} is left out of the image"
+
+
+def test_dockerignore_lets_in_every_tool_compose_runs_with_what_it_imports() -> None:
+    """The explorer, kafka-init's and pginit's tools run in the services' image: each module
+    they reach, and each package's files (the explorer's static page), must be in it."""
+    modules = tools_compose_runs()
+    assert {"tools.explorer", "tools.kafka_security", "tools.pginit"} <= modules
+    for module in modules:
+        path = module_file(module)
+        assert path is not None
+        assert in_image(str(path.relative_to(ROOT))), f"{module} is left out of the image"
+        for parent in path.relative_to(ROOT).parents:
+            if str(parent) != ".":
+                assert in_image(f"{parent}/__init__.py"), f"{parent} is no package in the image"
+    for path in repo_files("tools/explorer"):
+        assert in_image(path), f"{path} is left out of the image"
+
+
+def test_dockerignore_keeps_out_local_state_tests_and_the_dev_tools() -> None:
+    for path in [
+        ".git/HEAD",
+        ".venv/bin/python",
+        ".run/operator-password",
+        ".run/data/order.db",
+        "requirements-dev.lock",
+        "services/order/__pycache__/api.cpython-311.pyc",
+        "shared/runtime/app.pyc",
+        *repo_files("tests", "docs", "deploy", "tools/bench", "tools/local"),
+        "tools/stack.py",
+        "tools/demo.py",
+        "compose.yaml",
+        "Dockerfile",
+        "README.md",
+    ]:
+        assert not in_image(path), f"{path} goes into the image"
+
+
+def test_dockerignore_reading_follows_docker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matcher above, on the cases that matter: the last matching line wins, a folder's
+    line covers what is in it, `*` stays in one segment, `**` spans several."""
+    ignore = tmp_path / ".dockerignore"
+    ignore.write_text("*\n!keep/\n**/__pycache__\n!top.txt\nkeep/secret*\n")
+    monkeypatch.setattr(sys.modules[__name__], "DOCKERIGNORE", ignore)
+    assert in_image("keep/a/b.py") and in_image("top.txt")
+    assert not in_image("other/top.txt") and not in_image("keep/a/__pycache__/b.pyc")
+    assert not in_image("keep/secret.txt") and in_image("keep/a/secret.txt")
+    assert not in_image("x.py")
+
+
+# --- the one image of the services and the jobs ------------------------------------------
+
+
+def test_every_service_and_job_of_the_repo_runs_one_image_built_once() -> None:
+    """Seven `build: .` made seven copies of one image: one `image:` name for all, and one
+    service that builds it from the repo's Dockerfile."""
+    services = compose()["services"]
+    assert {name for name, spec in services.items() if spec.get("image") == APP_IMAGE} == set(
+        APP_CONTAINERS
+    )
+    builders = [name for name, spec in services.items() if "build" in spec]
+    assert builders == [SERVICES[0].name], builders
+    build = services[builders[0]]["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    assert (COMPOSE_FILE.parent / context).resolve() == ROOT
+    assert (ROOT / "Dockerfile").is_file()
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """{name: version} of a pip requirements file; asserts each pin carries its hashes."""
+    pins = {}
+    for requirement in re.split(r"\n(?=\S)", path.read_text()):
+        if requirement.startswith("#") or not requirement.strip():
+            continue
+        name, version = requirement.split(maxsplit=1)[0].split("==")
+        assert "--hash=sha256:" in requirement, f"{path.name}: {name} has no hash"
+        pins[re.sub(r"[-_.]+", "-", name.split("[")[0].lower())] = version
+    return pins
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {
+        re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower())
+        for r in requirements
+    }
+
+
+def test_the_image_lock_has_the_runtime_dependencies_only_all_hashed() -> None:
+    """requirements.lock (the image) and requirements-dev.lock (the virtualenv) pin the same
+    versions; the image's lock has every runtime dependency and no dev tool."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, dev = lock_pins(ROOT / "requirements.lock"), lock_pins(ROOT / "requirements-dev.lock")
+    assert requirement_names(project["dependencies"]) <= set(runtime)
+    dev_tools = requirement_names(project["optional-dependencies"]["dev"])
+    assert dev_tools <= set(dev)
+    pulled_in = {  # a dev tool that a runtime dependency needs too is fine
+        name
+        for name in dev_tools & set(runtime)
+        if re.search(
+            rf"^{name}==.*\n(?:\s+.*\n)*?\s+#\s+via",
+            (ROOT / "requirements.lock").read_text(),
+            re.M | re.I,
+        )
+    }
+    assert not (dev_tools & set(runtime)) - pulled_in, "dev tools in the image's lock"
+    assert {name: dev[name] for name in runtime} == runtime, "the two locks disagree"
 
 
 # --- docker compose itself, when installed ---------------------------------------------

@@ -49,12 +49,15 @@ def in_container(name: str, path: str) -> Path:
 
 
 def scrape_targets(config: dict[str, Any]) -> list[str]:
+    """host:port of every /metrics target: static ones, and DNS names with their port."""
     return [
         target
         for job in config["scrape_configs"]
         if job.get("metrics_path", "/metrics") == "/metrics"
-        for static in job["static_configs"]
-        for target in static["targets"]
+        for target in [
+            *(t for static in job.get("static_configs", []) for t in static["targets"]),
+            *(f"{n}:{dns['port']}" for dns in job.get("dns_sd_configs", []) for n in dns["names"]),
+        ]
     ]
 
 
@@ -72,11 +75,25 @@ def test_prometheus_scrapes_every_registered_service_at_its_container_and_port()
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     assert set(config["global"]) <= {"scrape_interval", "evaluation_interval", "scrape_timeout"}
     for job in config["scrape_configs"]:
-        assert set(job) <= {"job_name", "metrics_path", "static_configs", "scrape_interval"}
+        assert set(job) <= {"job_name", "metrics_path", "dns_sd_configs", "scrape_interval"}
         assert re.fullmatch(r"\d+[smh]", job.get("scrape_interval", "5s"))
     assert sorted(scrape_targets(config)) == sorted(f"{s.name}:{s.port}" for s in SERVICES)
     for name in PORTS:
         assert name in compose()["services"], f"Prometheus scrapes {name}, which compose lacks"
+
+
+def test_prometheus_finds_every_replica_of_a_service_through_docker_dns() -> None:
+    """A static `order:8001` is one target, whichever container the name resolves to: with
+    `--scale order=2` one replica would go unscraped. An A-record lookup per scrape round
+    makes each container a target of its own."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    lookups = [dns for job in config["scrape_configs"] for dns in job["dns_sd_configs"]]
+    assert {dns.get("type") for dns in lookups} == {"A"}
+    assert sorted(name for dns in lookups for name in dns["names"]) == sorted(PORTS)
+    for dns in lookups:
+        [name] = dns["names"]
+        assert dns["port"] == PORTS[name]
+        assert re.fullmatch(r"\d+s", dns.get("refresh_interval", "30s"))
 
 
 def test_every_service_serves_the_path_prometheus_scrapes() -> None:

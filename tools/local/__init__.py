@@ -1,0 +1,1 @@
+"""The processes of a local stack: the Docker engine, the compose plugin and the images."""
