@@ -3,16 +3,15 @@
 A dead letter names the record it parked (`dlq_topic`, `dlq_partition`, `dlq_offset`).
 Redrive re-reads that record from its topic and re-publishes exactly its key, value and
 headers there; nothing of the dead letter's own key, value or headers is ever published.
-Every service may write `dead-letters`, so a dead letter proves nothing about who wrote
-it: this way redrive can only repeat a record that is already on a topic of the stack,
-never turn a forged dead letter into an event its publisher did not publish.
+Every service may write `dead-letters`: this way redrive can only repeat a record already
+on a topic of the stack, never turn a forged dead letter into an event its publisher did
+not publish.
 
-A dead letter's headers are hostile input. One is skipped, counted under its reason and
-logged, and never published, when it is no consumer's (a notice with `dlq_source` other
-than `consumer`), when its reference is missing, repeated or malformed, names a topic
-outside the stack's prefix (or the dead-letter topic, or one that does not exist),
-points outside what the topic retains, or when the record there is another event than
-the one parked (their `ce_id`s differ)."""
+A dead letter's headers are hostile input. It is skipped (counted, logged, never
+published) when no consumer parked it (`dlq_source` other than `consumer`), its reference
+is missing, repeated or malformed, names a topic outside the stack's prefix (or the
+dead-letter topic, or one that does not exist) or an offset the topic does not retain,
+or the record there is another event than the one parked (their `ce_id`s differ)."""
 
 from __future__ import annotations
 
@@ -23,7 +22,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.deadletter import (
@@ -68,6 +74,14 @@ class Skip:
 class RedriveSummary:
     redriven: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+
+    def count(self, where: str, skip: str | None) -> None:
+        """One dead letter redriven (`skip` None) or skipped for the reason `skip`."""
+        if skip is None:
+            self.redriven += 1
+            return
+        self.skipped[skip] += 1
+        log.warning("redrive: %s skipped, never published: %s", where, skip)
 
     def __str__(self) -> str:
         if not self.skipped:
@@ -131,18 +145,12 @@ def redrive(
             partition, offset = message.partition() or 0, message.offset() or 0
             if offset >= ends.get(partition, -1):
                 continue  # parked after this run began
-            where = f"{dead_letters}[{partition}]@{offset}"
             headers = _headers(message)
             if wanted is None or _single(headers, H_CONSUMER) == wanted:
-                found = reference(headers, topic_prefix, topics)
-                if isinstance(found, str):
-                    _skip(summary, where, found)
-                else:
-                    outcome = _redrive_one(source, producer, found, deadline)
-                    if outcome is None:
-                        summary.redriven += 1
-                    else:
-                        _skip(summary, where, outcome)
+                found: Reference | str | None = reference(headers, topic_prefix, topics)
+                if isinstance(found, Reference):
+                    found = _redrive_one(source, producer, found, deadline)
+                summary.count(f"{dead_letters}[{partition}]@{offset}", found)
             position = TopicPartition(dead_letters, partition, offset + 1)
             reader.commit(offsets=[position], asynchronous=False)
             if offset + 1 >= ends[partition]:
@@ -214,7 +222,8 @@ def _redrive_one(
 def _read(source: Consumer, position: TopicPartition, until: float) -> Message | None:
     """The first record at or after `position`; None if the offset is out of range.
     Raises TimeoutError if a retained record does not arrive in time (a broker outage:
-    the run stops there and the next one starts from this dead letter)."""
+    the run stops there and the next one starts from this dead letter), KafkaException if
+    the principal may not read the topic."""
     source.assign([position])
     try:
         while time.monotonic() < until:
@@ -226,6 +235,8 @@ def _read(source: Consumer, position: TopicPartition, until: float) -> Message |
                 return message
             if error.code() in _OUT_OF_RANGE:
                 return None
+            if error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise KafkaException(error)  # this principal may not read it: no run will
         raise TimeoutError(
             f"{position.topic}[{position.partition}]@{position.offset} unread after {READ_TIMEOUT}s"
         )
@@ -266,11 +277,6 @@ def _single(headers: KafkaHeaders, name: str) -> bytes | None:
 
 def _headers(message: Message) -> KafkaHeaders:
     return cast(KafkaHeaders, list(message.headers() or []))
-
-
-def _skip(summary: RedriveSummary, where: str, reason: str) -> None:
-    summary.skipped[reason] += 1
-    log.warning("redrive: %s skipped, never published: %s", where, reason)
 
 
 def _bytes(value: str | bytes | None) -> bytes | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from shared.messaging.deadletter import H_CONSUMER, H_OFFSET, H_PARTITION, H_TOPIC
 from shared.messaging.envelope import H_ID, KafkaHeaders
@@ -203,3 +203,10 @@ def test_a_reference_to_no_record_is_skipped(source: Source, reason: str) -> Non
     outcome, producer = redrive_one(source)
 
     assert (outcome, producer.sent) == (reason, [])
+
+
+def test_a_topic_the_redrive_may_not_read_stops_the_run_with_the_brokers_answer() -> None:
+    denied = Record(None, None, [], 42, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    with pytest.raises(KafkaException):
+        redrive_one(Source({42: denied}))
