@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Message
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.messaging.connection import Bootstrap, client_config
+from shared.runtime.keys import anchor_text
 
 T = TypeVar("T")
 
@@ -37,6 +39,12 @@ def eventually(
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def new_anchor() -> str:
+    """A fresh trust anchor's public half, as `AUTH_KEYSET_PUBLIC_KEY` takes it: what a
+    service that learns signing keys needs to start (its private half is thrown away)."""
+    return anchor_text(Ed25519PrivateKey.generate())
 
 
 def random_email() -> str:

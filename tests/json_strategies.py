@@ -64,7 +64,11 @@ def from_schema(schema: Schema) -> st.SearchStrategy[Any]:
             return _formatted(schema)
         if "pattern" in schema:
             pattern: str = schema["pattern"]
-            return st.from_regex(pattern).filter(lambda text: _fits_length(text, schema))
+            # anchored at both ends: the whole string (Python's `$` would let a newline follow)
+            whole = pattern.startswith("^") and pattern.endswith("$") and pattern[-2:] != "\\$"
+            return st.from_regex(pattern, fullmatch=whole).filter(
+                lambda text: _fits_length(text, schema)
+            )
         return st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength"))
     if kind == "integer":
         low, high = _bounds(schema)

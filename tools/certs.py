@@ -16,6 +16,7 @@ given)."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -27,7 +28,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.runtime.keys import anchor_text
 
 BROKER_PRINCIPAL = "kafka-broker"
 """The brokers' own identity (certificate CN), a super user."""
@@ -186,3 +190,34 @@ def ensure_password(folder: Path, principal: str) -> str:
     if not path.is_file():
         write_private(path, (secrets.token_urlsafe(24) + "\n").encode())
     return path.read_text().strip()
+
+
+def ensure_keyset_signing_key(path: Path) -> str:
+    """The key-set signing key (the user service's trust anchor, Ed25519 PKCS#8 PEM) at
+    `path`, made on first use; returns its public half as `AUTH_KEYSET_PUBLIC_KEY` takes
+    it (base64url of the raw 32-byte key)."""
+    private_dir(path.parent)
+    if not path.is_file():
+        key = Ed25519PrivateKey.generate()
+        write_private(
+            path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise RuntimeError(f"{path} is not an Ed25519 private key")
+    return anchor_text(key)
+
+
+def ensure_key_encryption_key(path: Path) -> Path:
+    """The user service's key-encryption key (32 random bytes, base64url) at `path`, made
+    on first use: what its signing keys are sealed with in its database."""
+    private_dir(path.parent)
+    if not path.is_file():
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=")
+        write_private(path, key + b"\n")
+    return path

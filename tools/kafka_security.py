@@ -4,8 +4,9 @@ services/registry.py and each service's `ServiceSpec` (`owns`, `subscribes`).
     service    WRITE+DESCRIBE+DESCRIBE_CONFIGS the topics it owns and `dead-letters`
                (its /ready reads their `min.insync.replicas`),
                READ+DESCRIBE the topics it subscribes to, READ its consumer group
-    redrive    READ+DESCRIBE `dead-letters`, WRITE+DESCRIBE every subscribed topic (where
-               redriven events go back), READ its groups (`redrive-*`)
+    redrive    READ+DESCRIBE `dead-letters`, READ+WRITE+DESCRIBE every subscribed topic
+               (a dead letter's record is re-read there and re-published there: redrive
+               by reference, shared/messaging/redrive.py), READ its groups (`redrive-*`)
     observer   READ+DESCRIBE every topic of the stack, DESCRIBE every group (lag,
                offsets), READ its own groups (`<prefix>observer*`)
     admin      a super user: creates the topics, the credentials and these ACLs
@@ -127,7 +128,7 @@ def acl_plan(prefix: str, topology: Topology) -> list[Grant]:
         grants.append(Grant(service, GROUP, prefix + service, LITERAL, READ))
     subscribed = {t for ts in topology.subscribes.values() for t in ts}
     topic(REDRIVE, [DEAD_LETTERS], READ, DESCRIBE)
-    topic(REDRIVE, subscribed - {DEAD_LETTERS}, WRITE, DESCRIBE)
+    topic(REDRIVE, subscribed - {DEAD_LETTERS}, READ, WRITE, DESCRIBE)
     grants.append(Grant(REDRIVE, GROUP, "redrive-", PREFIXED, READ))
     topic(OBSERVER, topology.topics, READ, DESCRIBE)
     grants.append(Grant(OBSERVER, GROUP, "*", LITERAL, DESCRIBE))

@@ -1,11 +1,17 @@
-"""Put one consumer's dead-lettered events back on their original topics.
+"""Put a consumer's dead-lettered events back on their original topics.
 
 Run it once the cause that parked them is fixed:
 
-    python -m tools.redrive --topic-prefix P --consumer NAME [--bootstrap HOST:PORT]
+    python -m tools.redrive --topic-prefix P (--consumer NAME | --all) [--bootstrap HOST:PORT]
+
+Redrive goes by reference (shared/messaging/redrive.py): each dead letter names the
+record it parked, which is re-read from its topic and re-published exactly as its
+publisher wrote it. A dead letter that references no record it may redrive (a notice, a
+malformed or foreign reference, a record no longer retained, another event at that
+offset) is skipped and counted by reason, never published.
 
 On a secured cluster it signs in as the settings say; give it the `redrive` principal,
-the one that may read dead letters and put them back:
+the one that may read dead letters and the topics they came from and put records back:
 `eval "$(python -m tools.kafka_cluster env redrive)"` sets those variables for `make up`'s.
 
 Redrives what is parked when it starts and commits its progress, so running it again
@@ -20,8 +26,9 @@ import sys
 
 from confluent_kafka import KafkaException
 
-from shared.messaging.deadletter import DEAD_LETTERS, redrive
+from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.producer import DeliveryError, EventProducer
+from shared.messaging.redrive import redrive
 from shared.runtime.settings import KafkaSettings
 from tools.certs import REDRIVE
 from tools.kafka_cluster import sign_in_locally
@@ -38,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         default=settings.topic_prefix,
         help="the stack's topic prefix (default: %(default)r, from TOPIC_PREFIX)",
     )
-    parser.add_argument(
-        "--consumer", required=True, help="the consumer whose dead letters to redrive"
-    )
+    chosen = parser.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--consumer", help="the consumer whose dead letters to redrive")
+    chosen.add_argument("--all", action="store_true", help="every consumer's dead letters")
     parser.add_argument(
         "--bootstrap",
         default=settings.kafka_bootstrap_servers,
@@ -53,14 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     topic = args.topic_prefix + DEAD_LETTERS
     kafka = dataclasses.replace(settings.kafka(), bootstrap=args.bootstrap)
     producer = EventProducer(kafka)
+    whose = args.consumer or "every consumer"
     try:
-        count = redrive(kafka, topic, producer, consumer=args.consumer, timeout=args.timeout)
+        summary = redrive(
+            kafka,
+            producer,
+            topic_prefix=args.topic_prefix,
+            consumer=args.consumer,
+            timeout=args.timeout,
+        )
     except (LookupError, TimeoutError, DeliveryError, KafkaException) as exc:
         print(f"redrive failed: {exc}", file=sys.stderr)
         return 1
     finally:
         producer.close()
-    print(f"re-published {count} dead-lettered event(s) of {args.consumer} from {topic}")
+    print(f"re-published {summary.redriven} dead-lettered event(s) of {whose} from {topic}")
+    for reason, count in sorted(summary.skipped.items()):
+        print(f"skipped {count}: {reason}")
     return 0
 
 

@@ -50,7 +50,13 @@ from sqlalchemy.exc import ArgumentError
 
 from services.registry import SERVICES
 from tools import pginit
-from tools.certs import ADMIN, OBSERVER, REDRIVE
+from tools.certs import (
+    ADMIN,
+    OBSERVER,
+    REDRIVE,
+    ensure_key_encryption_key,
+    ensure_keyset_signing_key,
+)
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 from tools.haproxy_local import Backend, LocalProxy
 from tools.kafka_cluster import LocalCluster, describe_cluster
@@ -63,6 +69,9 @@ APPS = {service.name: service.app for service in SERVICES}
 EXPLORER_APP = "tools.explorer.app:create_app"
 SCALE_FILE = "scale"
 """In the run directory: the `SCALE` that `up` was given, for the later commands."""
+USER_KEYS = "user-keys"
+"""In the run directory: the user service's key-set signing key and key-encryption key."""
+USER_KEY_SETTINGS = ("USER_KEYSET_SIGNING_KEY_FILE", "USER_KEY_ENCRYPTION_KEY_FILE")
 
 
 def docker_engine() -> bool:
@@ -224,7 +233,9 @@ class Stack:
     """The broker (unless an external one is given) and the services (all registered ones
     unless `ports` names others), each alone on its port or, when `instances` says so,
     several instances behind HAProxy on that port. With a `cluster`, the stack runs on
-    that secured cluster, each service signed in as its own principal."""
+    that secured cluster, each service signed in as its own principal. The user
+    service's keys are made under `run_dir/user-keys` on first use (`user_keys`): every
+    service gets the trust anchor's public half, the user service alone the key files."""
 
     def __init__(
         self,
@@ -255,11 +266,15 @@ class Stack:
         self.services_env = {**os.environ, **(env or {})}
         self.topic_prefix = self.services_env.get("TOPIC_PREFIX", "")
         self.operator_password_file = run_dir / "operator-password"
+        keys = user_keys(run_dir)
         shared_env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "USER_OPERATOR_PASSWORD_FILE": str(self.operator_password_file),
+            "AUTH_KEYSET_PUBLIC_KEY": keys["AUTH_KEYSET_PUBLIC_KEY"],
             **(env or {}),
         }
+        self._user_env = {name: keys[name] for name in USER_KEY_SETTINGS}
+        """Only the user service is given the paths of its private keys."""
         self.zipkin: LocalZipkin | None = None
         if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared_env}:
             self.zipkin = LocalZipkin(run_dir / "zipkin")
@@ -309,7 +324,10 @@ class Stack:
         )
 
     def _env(self, name: str, shared: dict[str, str]) -> dict[str, str]:
-        """On a cluster: the service's own principal, and the consumer group its ACL names."""
+        """The user service's key files to the user service; on a cluster, the service's
+        own principal and the consumer group its ACL names."""
+        if name == "user":
+            shared = {**self._user_env, **shared}
         if self.cluster is None:
             return shared
         group = f"{name.upper()}_CONSUMER_GROUP"
@@ -537,6 +555,33 @@ def write_prometheus_config(path: Path, services: Mapping[str, ServiceProcess]) 
     )
 
 
+def user_keys(run_dir: Path) -> dict[str, str]:
+    """The user service's keys under `run_dir/user-keys`, made on first use (owner-only),
+    as the settings that name them: the trust anchor's public half, which every service
+    checks `signing-keys` sets with, and the files of the anchor's private half and of the
+    key-encryption key, which only the user service reads."""
+    folder = run_dir / USER_KEYS
+    signing_key = folder / "keyset-signing-key.pem"
+    anchor = ensure_keyset_signing_key(signing_key)
+    encryption_key = ensure_key_encryption_key(folder / "key-encryption-key")
+    return {
+        "AUTH_KEYSET_PUBLIC_KEY": anchor,
+        "USER_KEYSET_SIGNING_KEY_FILE": str(signing_key),
+        "USER_KEY_ENCRYPTION_KEY_FILE": str(encryption_key),
+    }
+
+
+def compose_user_keys(run_dir: Path) -> dict[str, str]:
+    """What compose's key secrets and the anchor are made of (SHOP_KEYSET_*,
+    SHOP_KEY_ENCRYPTION_KEY), from the same files as `user_keys`."""
+    keys = user_keys(run_dir)
+    return {
+        "SHOP_KEYSET_PUBLIC_KEY": keys["AUTH_KEYSET_PUBLIC_KEY"],
+        "SHOP_KEYSET_SIGNING_KEY": Path(keys["USER_KEYSET_SIGNING_KEY_FILE"]).read_text(),
+        "SHOP_KEY_ENCRYPTION_KEY": Path(keys["USER_KEY_ENCRYPTION_KEY_FILE"]).read_text(),
+    }
+
+
 def operator_password(path: Path) -> str:
     """The operator account's password: made on first use, readable by its owner only."""
     if not path.exists():
@@ -599,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "SHOP_OPERATOR_PASSWORD": password,
             **compose_env(RUN_DIR),
             **pginit.compose_env(RUN_DIR),
+            **compose_user_keys(RUN_DIR),
         }
         if args.command == "up":
             for name in (n for n in PORTS if f"{n.upper()}_DATABASE_URL" in os.environ):

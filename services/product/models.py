@@ -14,7 +14,7 @@ class Base(DeclarativeBase):
     pass
 
 
-OutboxMessage, ProcessedEvent, TrustedKey = shared_tables(Base)
+OutboxMessage, ProcessedEvent, TrustedKey, TrustedKeySet = shared_tables(Base)
 
 
 class Product(Base):

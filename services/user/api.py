@@ -51,6 +51,7 @@ def get_token(
             unit,
             form.username,
             form.password,
+            keystore=request.app.state.keystore,
             issuer=settings.auth_issuer,
             ttl=settings.token_ttl,
             propagation=settings.key_propagation,
@@ -84,12 +85,13 @@ def list_notifications(user_id: str, caller: Caller, runtime: Runtime) -> list[N
 
 
 @router.post("/keys/rotate", status_code=204, responses=OPERATOR_ERRORS, tags=["ops"])
-def rotate_keys(_: OperatorCaller, runtime: Runtime) -> None:
+def rotate_keys(_: OperatorCaller, request: Request, runtime: Runtime) -> None:
     """Sign new tokens with a new key; the old one is trusted until its tokens expire."""
     settings = _settings(runtime)
     with runtime.uow() as unit:
         tokens.rotate_keys(
             unit,
+            keystore=request.app.state.keystore,
             issuer=settings.auth_issuer,
             ttl=settings.token_ttl,
             propagation=settings.key_propagation,

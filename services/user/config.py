@@ -19,6 +19,12 @@ class UserSettings(service_settings("user", port=get("user").port)):  # type: ig
     operator_email: str = "operator@example.com"
     operator_password_file: str = ""
     """If set and the file exists, the operator account signs in with its contents."""
+    key_encryption_key_file: str = ""
+    """32 random bytes, base64url: the key the signing keys' private halves are sealed
+    with in the database (services/user/keystore.py). Required."""
+    keyset_signing_key_file: str = ""
+    """The trust anchor's private half (Ed25519, PKCS#8 PEM): signs every published
+    `signing-keys` set. Required."""
     cors_origins: list[str] = [
         f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in range(8001, 8010)
     ]

@@ -10,6 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.messaging.events import Event
+from shared.runtime.keys import MAX_VERSION, SIGNATURE_PATTERN
 
 
 class UserRegistered(Event, type="user-registered", topic="users", key="user_id"):
@@ -46,7 +47,8 @@ class PublishedKey(BaseModel):
 
 class SigningKeys(Event, type="signing-keys", topic="users", key="issuer"):
     """The public keys access tokens are signed with: every service checks tokens against
-    the latest set it has consumed. Published at start-up and on every rotation."""
+    the newest set it has consumed whose signature verifies. Published at start-up and on
+    every rotation."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -66,6 +68,9 @@ class SigningKeys(Event, type="signing-keys", topic="users", key="issuer"):
                             "not_after": None,
                         }
                     ],
+                    "version": 1796380800000,
+                    "signature": "32iYiw__AwRhqYVsydi1ihtEczkfaZCQbz41lh5qGyGhnz0flLmPr4-SLgti9"
+                    "QUKQyaLpHzYP6dBxiA0WhWtDA",
                 }
             ]
         }
@@ -73,6 +78,20 @@ class SigningKeys(Event, type="signing-keys", topic="users", key="issuer"):
 
     issuer: str = Field(description="The `iss` of the tokens these keys sign: the key.")
     keys: list[PublishedKey] = Field(min_length=1, description="Every key a token may name.")
+    version: int = Field(
+        ge=1,
+        le=MAX_VERSION,
+        description="Grows with every set the issuer publishes (the milliseconds since the"
+        " epoch when it was issued, or one more than the last): a service refuses a set no"
+        " newer than the one it trusts.",
+    )
+    signature: str = Field(
+        pattern=SIGNATURE_PATTERN,
+        description="Ed25519 signature, base64url without padding, by the key-set signing"
+        " key (the trust anchor every service is configured with) over the issuer, version"
+        " and keys (shared.runtime.keys.keyset_message). A set it does not verify is"
+        " refused.",
+    )
 
 
 PUBLISHES = (UserRegistered, SigningKeys)

@@ -4,6 +4,7 @@ Run: uvicorn services.user.main:create_app --factory"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -13,23 +14,31 @@ from services.user import api, handlers, tokens
 from services.user.config import UserSettings
 from services.user.consumers import events
 from services.user.events import PUBLISHES
+from services.user.keystore import Keystore, WrongKey
 from services.user.models import Base
-from shared.runtime.app import app_factory
+from shared.runtime.app import create_service_app
 from shared.runtime.service import ServiceRuntime, ServiceSpec
 from shared.storage.tables import shared_tables
 
 
-def start(runtime: ServiceRuntime) -> None:
-    """Publish the signing keys (making the first), and set the operator's password."""
+def start(runtime: ServiceRuntime, keystore: Keystore) -> None:
+    """Seal private keys stored in clear, publish the signing keys (making the first), and
+    set the operator's password."""
     settings = runtime.settings
     assert isinstance(settings, UserSettings)
-    with runtime.uow() as unit:
-        tokens.ensure_signing_key(
-            unit,
-            issuer=settings.auth_issuer,
-            ttl=settings.token_ttl,
-            propagation=settings.key_propagation,
-        )
+    try:
+        with runtime.uow() as unit:
+            tokens.ensure_signing_key(
+                unit,
+                keystore=keystore,
+                issuer=settings.auth_issuer,
+                ttl=settings.token_ttl,
+                propagation=settings.key_propagation,
+            )
+    except WrongKey as exc:
+        raise RuntimeError(
+            f"USER_KEY_ENCRYPTION_KEY_FILE is not the key the signing keys were sealed with: {exc}"
+        ) from None
     password_file = (
         Path(settings.operator_password_file) if settings.operator_password_file else None
     )
@@ -43,21 +52,35 @@ def start(runtime: ServiceRuntime) -> None:
     runtime.keys.refresh()
 
 
+def read_keystore(settings: UserSettings) -> Keystore:
+    """The keys the service holds outside its database; RuntimeError if one is missing."""
+    return Keystore.from_files(
+        settings.key_encryption_key_file,
+        settings.keyset_signing_key_file,
+        settings.keyset_public_key,
+    )
+
+
 SPEC = ServiceSpec(
     name="user",
     router=events,
     publishes=PUBLISHES,
     tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
-    on_start=start,
+    # on_start: `start`, given the keystore create_app's lifespan reads
 )
-
-_create_app = app_factory(SPEC, UserSettings, title="User service", routers=[api.router])
 
 
 def create_app(settings: UserSettings | None = None) -> FastAPI:
     settings = settings or UserSettings()
-    app = _create_app(settings)
+
+    def on_start(runtime: ServiceRuntime) -> None:
+        """Read the keystore at start (no start without it), for `start` and the routes."""
+        app.state.keystore = read_keystore(settings)
+        start(runtime, app.state.keystore)
+
+    spec = replace(SPEC, on_start=on_start)
+    app = create_service_app(spec, settings, title="User service", routers=[api.router])
     app.state.token_limits = api.token_limits(settings)
     app.state.known_subject = lambda runtime, subject: _known(runtime, subject)
     app.add_middleware(

@@ -14,7 +14,7 @@ class Base(DeclarativeBase):
     pass
 
 
-OutboxMessage, ProcessedEvent, TrustedKey = shared_tables(Base)
+OutboxMessage, ProcessedEvent, TrustedKey, TrustedKeySet = shared_tables(Base)
 
 
 class User(Base):
@@ -55,6 +55,7 @@ class SigningKey(Base):
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     private_key: Mapped[str] = mapped_column(Text)
-    """PKCS#8 PEM."""
+    """The PKCS#8 PEM sealed with the key-encryption key: `v1:<nonce>:<ciphertext>`
+    (services/user/keystore.py)."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)

@@ -32,7 +32,7 @@ from shared.messaging.topics import ensure_topics
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.auth import KeyRing
 from shared.runtime.groupcommit import GroupCommit
-from shared.runtime.keys import trusted_keys
+from shared.runtime.keys import SigningKeys, parse_anchors, trust_anchors, trusted_keys
 from shared.runtime.lag import LagCollector
 from shared.runtime.limits import RateLimiter
 from shared.runtime.metrics import OutboxCollector, ServiceMetrics
@@ -131,6 +131,8 @@ class ServiceRuntime:
         spec, settings = self.spec, self.settings
         tracing.configure(spec.name)
         upgrade(self.engine, spec.migrations)
+        if SigningKeys.event_type in spec.router.routes:
+            self._trust_anchors()
         topics = {*spec.subscribes, *spec.owns, DEAD_LETTERS}
         kafka = settings.kafka()
         ensure_topics(
@@ -195,6 +197,28 @@ class ServiceRuntime:
         self.instruments.close()
         if self.lag is not None:
             self.lag.close()
+
+    def _trust_anchors(self) -> None:
+        """A service that learns signing keys from events trusts only the sets its anchors
+        signed; without an anchor it could accept no token, so it refuses to start."""
+        settings = self.settings
+        try:
+            anchors = parse_anchors(settings.keyset_public_key)
+        except ValueError as exc:
+            raise RuntimeError(f"AUTH_KEYSET_PUBLIC_KEY: {exc}") from None
+        if not anchors:
+            raise RuntimeError(
+                f"AUTH_KEYSET_PUBLIC_KEY is not set: {self.spec.name} would trust no "
+                "signing-keys set, so no token. Give it the public half of the key-set "
+                "signing key (`make up` makes the pair; README, Configuration)."
+            )
+        with self.uow() as unit:
+            trust_anchors(unit.session, settings.auth_issuer, anchors)
+        log.info(
+            "trusting the signing-keys sets of %s signed by %s",
+            settings.auth_issuer,
+            ", ".join(anchors),
+        )
 
     @property
     def group_id(self) -> str:

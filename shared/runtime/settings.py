@@ -100,6 +100,13 @@ class ServiceSettings(KafkaSettings):
 
     auth_issuer: str = Field("event-driven-shop", validation_alias=AliasChoices("AUTH_ISSUER"))
     """The `iss` every token must carry."""
+    keyset_public_key: str = Field(
+        "", max_length=1000, validation_alias=AliasChoices("AUTH_KEYSET_PUBLIC_KEY")
+    )
+    """The trust anchor: the public half of the key that signs the user service's
+    `signing-keys` sets, base64url of the raw 32-byte Ed25519 key (several, comma-separated,
+    while it is rotated). A service that learns keys from events does not start without
+    it (shared.runtime.keys)."""
     token_url: str = Field(
         "http://127.0.0.1:8004/token", validation_alias=AliasChoices("AUTH_TOKEN_URL")
     )

@@ -204,6 +204,17 @@ class TrustedKeyMixin:
     """None while the key signs; once retired, when its last token expires."""
 
 
+class TrustedKeySetMixin:
+    """Per issuer: the anchors its `signing-keys` sets must be signed with, and the version
+    of the newest set trusted (shared.runtime.keys)."""
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    anchors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Base64url Ed25519 public keys, written at every start from the configuration."""
+    version: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """The version of the set trusted now (or issued last, in the issuer's own service)."""
+
+
 def insert(session: Session, table: Any) -> Any:
     """A dialect INSERT with `on_conflict_do_nothing` / `on_conflict_do_update`."""
     dialect: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, text
 
 from services.user.config import UserSettings
+from services.user.keystore import Keystore
 from shared.runtime.auth import mint
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, random_email, read_topic, unique
@@ -161,19 +162,23 @@ def test_writing_stock_and_products_needs_the_operator_scope(
 
 
 def _signing_key(running: RunningStack) -> tuple[str, Ed25519PrivateKey]:
-    """The user service's signing key, read from its database (only a test may)."""
-    engine = create_engine(running.stack.services["user"].env["USER_DATABASE_URL"])
+    """The user service's signing key, read from its database and opened with its
+    key-encryption key (only a test may)."""
+    env = running.stack.services["user"].env
+    engine = create_engine(env["USER_DATABASE_URL"])
     with engine.connect() as connection:
-        kid, pem = connection.execute(
+        kid, sealed = connection.execute(
             text(
                 "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL"
                 " ORDER BY created_at DESC"
             )
         ).first()  # type: ignore[misc]
     engine.dispose()
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    assert isinstance(key, Ed25519PrivateKey)
-    return kid, key
+    assert sealed.startswith("v1:") and "PRIVATE KEY" not in sealed, "stored sealed"
+    keystore = Keystore.from_files(
+        env["USER_KEY_ENCRYPTION_KEY_FILE"], env["USER_KEYSET_SIGNING_KEY_FILE"]
+    )
+    return kid, keystore.private_key(kid, sealed)
 
 
 def _b64(data: bytes) -> str:

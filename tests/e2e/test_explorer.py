@@ -1,8 +1,9 @@
 """The event explorer in a real browser (Debian's chromium, driven by Playwright), over a
 stack of its own: orders placed through the API appear live with their causal chains,
 topics and lag are listed, a malformed record shows as undecodable and as a dead letter,
-and the redrive button redrives it. The page's screenshot is kept in the test's folder
-(and at $EXPLORER_SCREENSHOT when set: docs/images/explorer.png is made that way)."""
+and the redrive button redrives it (and says what it skipped). The page's screenshot is
+kept in the test's folder (and at $EXPLORER_SCREENSHOT when set: docs/images/explorer.png
+is made that way)."""
 
 from __future__ import annotations
 
@@ -157,13 +158,43 @@ def test_the_explorer_shows_orders_their_chains_offsets_and_dead_letters_live(
     expect(letter).to_contain_text("missing CloudEvents header")
     expect(page.locator('#letters li.letter[data-consumer="user"]')).to_have_count(1, timeout=WAIT)
 
-    # redrive is a button; it re-publishes inventory's letter and the letter shows it
+    # redrive is a button; it re-reads inventory's record and re-publishes it, and the
+    # letter shows it
     page.locator('button.redrive[data-consumer="inventory"]').click()
     expect(page.locator("#redrive-result")).to_have_text(
-        re.compile(r"^re-published 1 dead-lettered event\(s\) of inventory"), timeout=WAIT
+        re.compile(r"^re-published 1 dead-lettered event\(s\) of inventory from dead-letters$"),
+        timeout=WAIT,
     )
     expect(page.locator('#letters li.letter.redriven[data-consumer="inventory"]')).to_have_count(
         1, timeout=WAIT
+    )
+    # a dead letter pointing where no record is: skipped, and the page says why
+    producer.produce(
+        prefix + "dead-letters",
+        value=b"{}",
+        key=key.encode(),
+        headers=[
+            ("dlq_reason", b"handler-failed"),
+            ("dlq_error", b"forged"),
+            ("dlq_topic", (prefix + "orders").encode()),
+            ("dlq_partition", b"0"),
+            ("dlq_offset", b"999999999"),
+            ("dlq_consumer", b"user"),
+            ("dlq_time", b"2026-01-01T00:00:00Z"),
+        ],
+    )
+    assert producer.flush(30) == 0
+    forged = page.locator('#letters li.letter[data-consumer="user"]', has_text="forged")
+    expect(forged).to_have_count(1, timeout=WAIT)
+    page.locator('button.redrive[data-consumer="user"]').click()
+    expect(page.locator("#redrive-result")).to_have_text(
+        # user's letters of the malformed record (parked again after inventory's redrive)
+        # go back; the forged one does not
+        re.compile(
+            r"^re-published [12] dead-lettered event\(s\) of user from dead-letters;"
+            r" skipped, never published: 1 out-of-range$"
+        ),
+        timeout=WAIT,
     )
 
     # the page still follows the stack after all that

@@ -51,7 +51,7 @@ from shared.messaging.envelope import (
 )
 from shared.messaging.producer import producer_config
 from shared.runtime.service import ServiceRuntime
-from tests.helpers import eventually, metric_total, read_topic, unique
+from tests.helpers import eventually, metric_total, new_anchor, read_topic, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -435,6 +435,7 @@ def runtime(kafka_bootstrap: str, database_url: str) -> Iterator[ServiceRuntime]
         topic_prefix=unique("fuzz") + "-",
         consumer_group=unique("fuzz-inventory"),
         kafka_bootstrap_servers=kafka_bootstrap,
+        keyset_public_key=new_anchor(),
     )
     runtime = ServiceRuntime(SPEC, settings)
     runtime.start()  # migrations, topics, relay, consumer

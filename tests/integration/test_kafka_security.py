@@ -15,10 +15,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from shared.messaging.connection import KafkaConnection
+from shared.messaging.deadletter import H_CONSUMER, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
+from shared.messaging.envelope import H_ID, Envelope
 from shared.messaging.producer import DeliveryError, EventProducer
-from tests.helpers import eventually, unique
+from shared.messaging.redrive import redrive
+from tests.helpers import eventually, read_topic, unique
 from tools import kafka_security
-from tools.certs import ADMIN, OBSERVER
+from tools.certs import ADMIN, OBSERVER, REDRIVE
 from tools.kafka_cluster import LocalCluster
 from tools.kafka_security import Topology, principals, secure_stack
 
@@ -140,6 +143,47 @@ def test_the_observer_reads_dead_letters_but_writes_nothing(
     # producer id as a whole (CLUSTER_AUTHORIZATION_FAILED), before any topic is asked.
     error = produce(producers, observer, secured.topic("orders"), **{"enable.idempotence": False})
     assert error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, error
+
+
+def test_the_redrive_principal_rereads_a_parked_record_and_puts_it_back(
+    secured: Secured, producers: list[EventProducer]
+) -> None:
+    """Redrive by reference, under the ACL plan: inventory parks a record of `products`,
+    and `redrive` reads it back from `products` and writes it there again."""
+    product = EventProducer(secured.as_user("product"))
+    producers.append(product)
+    event = Envelope(
+        type="product-created", source="/test", key="p-1", data=b'{"product_id": "p-1"}'
+    )
+    delivery = product.publish(secured.topic("products"), event)
+    inventory = EventProducer(secured.as_user("inventory"))
+    producers.append(inventory)
+    parking = [
+        (H_REASON, b"handler-failed"),
+        (H_TOPIC, secured.topic("products").encode()),
+        (H_PARTITION, str(delivery.partition).encode()),
+        (H_OFFSET, str(delivery.offset).encode()),
+        (H_CONSUMER, b"inventory"),
+    ]
+    inventory.produce_raw(
+        secured.topic("dead-letters"), b"forged", b"p-1", [(H_ID, event.id.encode()), *parking]
+    )
+    redrive_as = EventProducer(secured.as_user(REDRIVE))
+    producers.append(redrive_as)
+
+    summary = redrive(
+        secured.as_user(REDRIVE), redrive_as, topic_prefix=secured.prefix, consumer="inventory"
+    )
+
+    assert (summary.redriven, dict(summary.skipped)) == (1, {})
+    records = read_topic(
+        secured.as_user(ADMIN),
+        secured.topic("products"),
+        until=lambda got: len([m for m in got if m.key() == b"p-1"]) >= 2,
+    )
+    original, again = [m for m in records if m.key() == b"p-1"]
+    assert again.value() == original.value() == event.data and again.value() != b"forged"
+    assert again.headers() == original.headers()
 
 
 def refused(config: dict[str, object]) -> list[KafkaError]:

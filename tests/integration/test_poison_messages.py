@@ -1,6 +1,8 @@
 """Poison messages against a real broker: whatever arrives, the consumer parks what it
 cannot apply on the dead-letter topic, with why and where it came from, applies what is
-valid around it in order, and stays alive. Redrive puts parked events back once fixed.
+valid around it in order, and stays alive. Redrive puts parked events back once fixed, by
+re-reading each from where its dead letter points (never publishing the dead letter's own
+content), and skips, with its reason, a dead letter that points at no such record.
 
 The consumer reads two topics: `ticks`, which it owns, and `others`, which another
 service owns. A type it has no handler for is parked on the first and skipped (counted,
@@ -38,6 +40,7 @@ from shared.messaging.deadletter import (
 from shared.messaging.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
 from shared.messaging.events import Event
 from shared.messaging.producer import EventProducer, producer_config
+from shared.messaging.redrive import H_SOURCE, Skip
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
 from shared.messaging.unit_of_work import Unit, UnitOfWork
@@ -430,6 +433,11 @@ def test_a_record_too_large_to_park_whole_is_parked_without_its_value(harness: H
 
 def run_redrive(harness: Harness, consumer: str) -> int:
     """Run the redrive command as an operator would; return how many it re-published."""
+    return redrive_summary(harness, consumer)[0]
+
+
+def redrive_summary(harness: Harness, consumer: str) -> tuple[int, dict[str, int]]:
+    """Run the redrive command; how many it re-published, and how many it skipped why."""
     done = subprocess.run(
         [sys.executable, "-m", "tools.redrive", "--topic-prefix", harness.prefix]
         + ["--consumer", consumer, "--bootstrap", harness.bootstrap],
@@ -442,7 +450,21 @@ def run_redrive(harness: Harness, consumer: str) -> int:
     assert done.returncode == 0, done.stderr
     found = re.search(r"re-published (\d+) dead-lettered event", done.stdout)
     assert found, done.stdout
-    return int(found.group(1))
+    skipped = {m[1]: int(m[0]) for m in re.findall(r"^skipped (\d+): (\S+)$", done.stdout, re.M)}
+    return int(found.group(1)), skipped
+
+
+def parking(topic: str, position: tuple[int, int], consumer: str) -> KafkaHeaders:
+    """The dlq_* headers a consumer's dead letter of `topic`[partition]@offset carries."""
+    partition, offset = position
+    return [
+        (H_REASON, Reason.HANDLER_FAILED.encode()),
+        (H_ERROR, b"downstream is broken"),
+        (H_TOPIC, topic.encode()),
+        (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+        (H_CONSUMER, consumer.encode()),
+    ]
 
 
 def test_redrive_applies_a_dead_lettered_event_exactly_once_after_the_fix(harness: Harness):
@@ -452,18 +474,13 @@ def test_redrive_applies_a_dead_lettered_event_exactly_once_after_the_fix(harnes
     eventually(lambda: harness.worker.dead_lettered == 1, message="the event dead-lettered")
     assert harness.applied("k") == [], "every failed attempt rolled back"
     # another consumer's dead letter on the same topic is not ours to redrive
+    elsewhere = harness.prefix + "elsewhere"
     other = tick("o", 7)
+    position = harness.publish(other, elsewhere)
     harness.produce(
         b"o",
         other.data,
-        other.headers()
-        + [
-            (H_REASON, Reason.HANDLER_FAILED.encode()),
-            (H_TOPIC, (harness.prefix + "elsewhere").encode()),
-            (H_PARTITION, b"0"),
-            (H_OFFSET, b"0"),
-            (H_CONSUMER, b"someone-else"),
-        ],
+        other.headers() + parking(elsewhere, position, "someone-else"),
         partition=0,
         topic=harness.dead_letters,
     )
@@ -480,5 +497,76 @@ def test_redrive_applies_a_dead_lettered_event_exactly_once_after_the_fix(harnes
     assert harness.worker.dead_lettered == 1 and harness.worker.alive
     # redriving one consumer did not skip the other's letter
     assert run_redrive(harness, "someone-else") == 1
-    (moved,) = read_all(harness.bootstrap, harness.prefix + "elsewhere")
-    assert moved.value() == other.data and header_map(moved)[H_ID] == other.id
+    original, moved = read_all(harness.bootstrap, elsewhere)
+    assert moved.value() == original.value() == other.data
+    assert moved.headers() == original.headers() and header_map(moved)[H_ID] == other.id
+
+
+def test_redrive_publishes_the_record_it_rereads_never_the_dead_letters_content(
+    harness: Harness,
+):
+    """Every service may write dead letters: the one parked here claims to be the event at
+    a genuine position but carries another payload. The genuine record is what goes back."""
+    harness.faults.broken.set()
+    event = tick("k", 1)
+    position = harness.publish(event)
+    eventually(lambda: harness.worker.dead_lettered == 1, message="the event dead-lettered")
+    harness.faults.broken.clear()
+    forged = tick("k", 99)
+    same_id = [(n, event.id.encode() if n == H_ID else v) for n, v in forged.headers()]
+    harness.produce(
+        b"k",
+        forged.data,
+        same_id + parking(harness.topic, position, harness.worker.name),
+        partition=0,
+        topic=harness.dead_letters,
+    )
+
+    assert redrive_summary(harness, harness.worker.name) == (2, {})
+
+    eventually(lambda: harness.applied("k") == [1], message="the genuine event applied")
+    records = read_all(harness.bootstrap, harness.topic)
+    assert [m.value() for m in records] == [event.data] * 3, "the original, then twice again"
+    assert all(m.headers() == records[0].headers() for m in records)
+
+
+def test_dead_letters_that_reference_no_record_to_redrive_are_skipped_with_their_reason(
+    harness: Harness,
+):
+    event = tick("k", 1)
+    position = harness.publish(event)
+    eventually(lambda: harness.applied("k") == [1], message="the event applied")
+    name, topic = harness.worker.name, harness.topic
+    partition, offset = position
+    hostile: list[tuple[bytes | None, KafkaHeaders]] = [
+        # another event's id at that position: a forgery
+        (tick("k", 99).data, tick("k", 99).headers() + parking(topic, position, name)),
+        # a notice of the outbox relay: it parked no consumed record
+        (None, [(H_SOURCE, b"outbox"), *parking(topic, position, name)]),
+        # references that are no reference
+        (event.data, without_header(parking(topic, position, name), H_OFFSET)),
+        (event.data, replace_header(parking(topic, position, name), H_OFFSET, b"1\x00")),
+        (event.data, replace_header(parking(topic, position, name), H_OFFSET, b"9" * 100_000)),
+        (event.data, replace_header(parking(topic, position, name), H_PARTITION, b"-1")),
+        (event.data, parking(topic, position, name) + [(H_TOPIC, topic.encode())]),
+        (event.data, parking(harness.prefix + "nowhere", position, name)),
+        (event.data, parking(harness.dead_letters, (0, 0), name)),
+        (event.data, parking("elsewhere", position, name)),  # outside the stack's prefix
+        (event.data, parking(topic, (partition, offset + 1000), name)),
+        (event.data, parking(topic, (99, offset), name)),
+    ]
+    for value, headers in hostile:
+        harness.produce(b"k", value, headers, partition=0, topic=harness.dead_letters)
+
+    assert redrive_summary(harness, name) == (
+        0,
+        {
+            Skip.OTHER_EVENT: 1,
+            Skip.NO_RECORD: 1,
+            Skip.MALFORMED: 5,
+            Skip.FOREIGN_TOPIC: 3,
+            Skip.OUT_OF_RANGE: 2,
+        },
+    )
+    assert [m.value() for m in read_all(harness.bootstrap, topic)] == [event.data]
+    assert harness.applied("k") == [1]

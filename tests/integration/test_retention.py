@@ -20,7 +20,7 @@ from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import EventProducer, producer_config
 from shared.runtime.service import ServiceRuntime
 from shared.storage.migrations import upgrade
-from tests.helpers import eventually, unique
+from tests.helpers import eventually, new_anchor, unique
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,7 @@ def inventory_settings(database_url: str, kafka_bootstrap: str) -> InventorySett
         consumer_group=unique("retention-inventory"),
         processed_retention_hours=PROCESSED_HOURS,
         outbox_retention_hours=OUTBOX_HOURS,
+        keyset_public_key=new_anchor(),
     )
 
 

@@ -1,5 +1,6 @@
-"""Signing keys and bearer tokens for unit tests: what the user service would issue, made
-here so a test needs no user service (shared.runtime.auth does the signing)."""
+"""Signing keys, key sets and bearer tokens for unit tests: what the user service would
+issue, made here so a test needs no user service (shared.runtime.auth and .keys do the
+signing)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.runtime.auth import KeyRing, TrustedKey, mint
+from shared.runtime.auth import KeyRing, TrustedKey, mint, public_jwk
+from shared.runtime.keys import PublishedKey, SigningKeys, anchor_text, sign_keyset
 
 ISSUER = "test-shop"
 TTL = timedelta(minutes=15)
@@ -42,6 +44,37 @@ class Signer:
         now: datetime | None = None,
     ) -> str:
         return mint(self.key, self.kid, subject, issuer=issuer, ttl=ttl, scopes=scopes, now=now)
+
+
+@dataclass
+class Anchor:
+    """A trust anchor: the key pair that signs `signing-keys` sets, made fresh per test."""
+
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    issued: int = 1_000
+    """The version of the last set `signed` made."""
+
+    @property
+    def public(self) -> str:
+        """As `AUTH_KEYSET_PUBLIC_KEY` holds it."""
+        return anchor_text(self.key)
+
+    def signed(
+        self,
+        *keys: tuple[Signer, datetime | None],
+        issuer: str = ISSUER,
+        version: int | None = None,
+    ) -> SigningKeys:
+        """A set of `keys` (signer, not_after), signed with the next version (or `version`)."""
+        if version is None:
+            self.issued += 1
+            version = self.issued
+        published = [
+            PublishedKey(jwk=public_jwk(s.kid, s.key.public_key()), not_after=not_after)
+            for s, not_after in keys
+        ]
+        signature = sign_keyset(self.key, issuer, version, published)
+        return SigningKeys(issuer=issuer, keys=published, version=version, signature=signature)
 
 
 def ring(*keys: TrustedKey) -> tuple[KeyRing, list[TrustedKey]]:

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from packaging.specifiers import SpecifierSet
 from pydantic import AliasChoices, AliasPath
@@ -40,6 +42,7 @@ from sqlalchemy import make_url
 
 from services.registry import SERVICES, get, load
 from shared.messaging.tracing import span_exporters
+from shared.runtime.keys import anchor_text
 from shared.runtime.settings import ServiceSettings
 from tools import haproxy_local, pginit
 from tools.certs import ADMIN
@@ -440,11 +443,25 @@ def test_make_up_hands_compose_every_kafka_secret_it_made_owner_only(
     for role in (pginit.SUPERUSER, *pginit.roles()):
         secret = compose()["secrets"][f"{pginit.SECRET_PREFIX}{role}"]
         assert env[secret["environment"]] == (credentials / role).read_text().strip()
-    folders = ("kafka-tls", "kafka-credentials", "postgres-credentials")
+    folders = ("kafka-tls", "kafka-credentials", "postgres-credentials", "user-keys")
     for path in [run_dir / f for f in folders] + [
         p for f in folders for p in (run_dir / f).iterdir()
     ]:
         assert path.stat().st_mode & 0o077 == 0, path
+    signing_key = load_pem_private_key(env["SHOP_KEYSET_SIGNING_KEY"].encode(), password=None)
+    assert isinstance(signing_key, Ed25519PrivateKey)
+    assert env["SHOP_KEYSET_PUBLIC_KEY"] == anchor_text(signing_key), "the anchor is its pair"
+
+
+def test_only_the_user_service_mounts_its_keys_and_every_service_gets_the_anchor() -> None:
+    for name in PORTS:
+        secrets = set(service(name).get("secrets", []))
+        held = secrets & {"keyset_signing_key", "key_encryption_key"}
+        assert held == ({"keyset_signing_key", "key_encryption_key"} if name == "user" else set())
+        assert environment(name)["AUTH_KEYSET_PUBLIC_KEY"] == "${SHOP_KEYSET_PUBLIC_KEY:-}"
+    user = environment("user")
+    assert user["USER_KEYSET_SIGNING_KEY_FILE"] == "/run/secrets/keyset_signing_key"
+    assert user["USER_KEY_ENCRYPTION_KEY_FILE"] == "/run/secrets/key_encryption_key"
 
 
 # --- postgres --------------------------------------------------------------------------

@@ -79,9 +79,10 @@ def test_only_redrive_and_the_observer_read_dead_letters() -> None:
     assert readers == {"redrive", "observer"}
 
 
-def test_redrive_puts_events_back_on_subscribed_topics_only() -> None:
+def test_redrive_rereads_and_puts_events_back_on_subscribed_topics_only() -> None:
     subscribed = {P + t for ts in TOPOLOGY.subscribes.values() for t in ts}
     assert topics("redrive", WRITE) == subscribed
+    assert topics("redrive", READ) == subscribed | {P + "dead-letters"}, "redrive by reference"
     assert groups("redrive") == {("redrive-", "PREFIXED", "READ")}
 
 

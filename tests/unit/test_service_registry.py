@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from sqlalchemy import create_engine, inspect
 
 import services.__main__ as serve_by_name
 from services.registry import SERVICES, get, load, names
+from shared.runtime.keys import anchor_text
 from shared.runtime.settings import ServiceSettings, service_settings
 from shared.storage.migrations import upgrade
 from tools import makemigration, pginit
@@ -109,7 +112,7 @@ def test_a_new_package_gets_its_first_migration_from_the_library(
                 pass
 
 
-            OutboxMessage, ProcessedEvent, TrustedKey = shared_tables(Base)
+            OutboxMessage, ProcessedEvent, TrustedKey, TrustedKeySet = shared_tables(Base)
 
 
             class Card(Base):
@@ -156,11 +159,35 @@ def test_python_m_services_serves_the_named_service_on_its_settings(
         serve_by_name.main(["nowhere"])
 
 
-def test_the_stack_runs_the_registered_services() -> None:
-    stack = Stack(bootstrap="127.0.0.1:1")
+def test_the_stack_runs_the_registered_services(tmp_path: Path) -> None:
+    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
     assert {name: s.port for name, s in stack.services.items()} == {
         s.name: s.port for s in SERVICES
     }
+
+
+def test_the_stack_gives_every_service_the_anchor_and_only_user_its_private_keys(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
+    again = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
+    elsewhere = Stack(run_dir=tmp_path / "other", bootstrap="127.0.0.1:1")
+
+    private = {"USER_KEYSET_SIGNING_KEY_FILE", "USER_KEY_ENCRYPTION_KEY_FILE"}
+    user = stack.services["user"].env
+    anchor = user["AUTH_KEYSET_PUBLIC_KEY"]
+    signing_key = load_pem_private_key(
+        Path(user["USER_KEYSET_SIGNING_KEY_FILE"]).read_bytes(), None
+    )
+    assert isinstance(signing_key, Ed25519PrivateKey) and anchor_text(signing_key) == anchor
+    for name, service in stack.services.items():
+        assert service.env["AUTH_KEYSET_PUBLIC_KEY"] == anchor, name
+        assert private & set(service.env) == (private if name == "user" else set()), name
+    for path in (tmp_path / "user-keys").iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert (tmp_path / "user-keys").stat().st_mode & 0o077 == 0
+    assert again.services["user"].env == user, "made once, then kept"
+    assert elsewhere.services["order"].env["AUTH_KEYSET_PUBLIC_KEY"] != anchor, "a fresh pair"
 
 
 def test_pginit_script_gives_each_registered_service_a_database_and_a_role_of_its_own() -> None:

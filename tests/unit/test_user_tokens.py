@@ -3,33 +3,47 @@ api}.py) against a real SQLite database; no broker, no server, no wall-clock ass
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from services.user import handlers, passwords, tokens
+from services.order.main import SPEC as ORDER
+from services.user import handlers, main, passwords, tokens
 from services.user.config import UserSettings
+from services.user.keystore import Keystore, WrongKey
 from services.user.main import SPEC, create_app
 from services.user.models import OutboxMessage, SigningKey, User
 from services.user.schemas import UserIn
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.auth import OPERATOR, KeyRing, Principal, TokenRejected, mint
-from shared.runtime.keys import trusted_keys
+from shared.runtime.keys import (
+    TRUSTED_KEY_SETS,
+    SigningKeys,
+    anchor_text,
+    learn_keys,
+    trust_anchors,
+    trusted_keys,
+)
 from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
-from tests.unit.signing import ISSUER, TTL, segments
+from tests.unit.signing import ISSUER, TTL, Anchor, segments
 
 pytestmark = pytest.mark.unit
 
@@ -80,14 +94,19 @@ def email_of(uow: UnitOfWork, user_id: str) -> str:
         return handlers.get_user(unit, user_id).email
 
 
+ANCHOR = Anchor()
+KEYSTORE = Keystore(os.urandom(32), ANCHOR.key)
+"""The keys the service holds outside its database, for every test of this module."""
+
+
 def start(uow: UnitOfWork) -> None:
     with uow() as unit:
-        tokens.ensure_signing_key(unit, issuer=ISSUER, ttl=TTL)
+        tokens.ensure_signing_key(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
 
 
 def issue(uow: UnitOfWork, email: str, password: str = PASSWORD) -> str:
     with uow.read() as unit:
-        return tokens.issue_token(unit, email, password, issuer=ISSUER, ttl=TTL)
+        return tokens.issue_token(unit, email, password, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
 
 
 def keyring(uow: UnitOfWork) -> KeyRing:
@@ -254,7 +273,139 @@ def test_a_restart_keeps_the_signing_key_and_publishes_the_set_again(uow: UnitOf
 
     assert len(signing_keys(uow)) == 1
     first, second = published_sets(uow)
-    assert first == second
+    assert first["keys"] == second["keys"]
+    assert second["version"] > first["version"], "a newer set, so consumers take it"
+
+
+# Signed, versioned sets, and private keys sealed at rest
+
+
+def test_every_published_set_is_signed_by_the_anchor_and_a_consumer_trusts_it(
+    uow: UnitOfWork, service_uow: Callable[[ServiceSpec], UnitOfWork]
+) -> None:
+    """Through the wire: the publisher's model to JSON to a consumer's model, so both
+    sides build the same signed message, a retired key's not_after included."""
+    start(uow)
+    with uow() as unit:
+        tokens.rotate_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
+    order = service_uow(ORDER)
+    with order() as unit:
+        trust_anchors(unit.session, ISSUER, [ANCHOR.public])
+
+    for published in published_sets(uow):
+        with order() as unit:
+            learn_keys(unit.session, SigningKeys.model_validate_json(json.dumps(published)))
+
+    retired, current = published_sets(uow)[-1]["keys"]
+    assert retired["not_after"] is not None and current["not_after"] is None
+    assert {k.kid for k in trusted_keys(order.sessions)} == set(signing_keys(uow))
+
+
+def test_versions_grow_with_every_set_even_within_one_millisecond(uow: UnitOfWork) -> None:
+    start(uow)
+    ahead = int(datetime.now(UTC).timestamp() * 1000) + 10**9  # a clock that went back
+    with uow() as unit:
+        unit.session.execute(
+            update(TRUSTED_KEY_SETS)
+            .where(TRUSTED_KEY_SETS.c.issuer == ISSUER)
+            .values(version=ahead)
+        )
+    for _ in range(3):
+        with uow() as unit:
+            tokens.publish_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
+
+    versions = [published["version"] for published in published_sets(uow)]
+    assert versions[1:] == [ahead + 1, ahead + 2, ahead + 3]
+
+
+def test_private_keys_are_stored_sealed_bound_to_their_kid(uow: UnitOfWork) -> None:
+    start(uow)
+    with uow() as unit:
+        tokens.rotate_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
+
+    with uow.read() as unit:
+        stored = {k.kid: k.private_key for k in unit.session.scalars(select(SigningKey))}
+    assert len(stored) == 2
+    for kid, sealed in stored.items():
+        assert sealed.startswith("v1:") and "PRIVATE KEY" not in sealed
+        assert b"PRIVATE KEY" in KEYSTORE.open(kid, sealed)
+    (first, one), (second, other) = stored.items()
+    with pytest.raises(WrongKey):
+        KEYSTORE.open(second, one)  # another kid: the associated data differs
+    with pytest.raises(WrongKey):
+        Keystore(os.urandom(32), ANCHOR.key).open(first, one)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "v1:AAAAAAAAAAAAAAAA:AAAA",
+        "v1:\x00:\x00",
+        "v1:" + "A" * 16 + ":" + "A" * 10_000,
+    ],
+)
+def test_a_tampered_sealed_key_does_not_open(stored: str) -> None:
+    with pytest.raises(WrongKey):
+        KEYSTORE.open("k-1", stored)
+
+
+@pytest.mark.parametrize(
+    "stored", ["v2:AAAA:AAAA", "v1::", "v1:AAAA", "-----BEGIN PRIVATE KEY-----", ""]
+)
+def test_a_key_not_stored_sealed_is_not_opened(stored: str) -> None:
+    with pytest.raises(ValueError, match="not stored sealed"):
+        KEYSTORE.open("k-1", stored)
+
+
+def plaintext_key(uow: UnitOfWork) -> tuple[str, Ed25519PrivateKey]:
+    """A signing key stored in clear, as the service stored them before they were sealed."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    kid = f"k-{uuid.uuid4().hex[:8]}"
+    with uow() as unit:
+        unit.session.add(SigningKey(kid=kid, private_key=pem, created_at=datetime.now(UTC)))
+    return kid, private
+
+
+def test_a_key_stored_in_clear_is_sealed_at_start_and_signs_on(uow: UnitOfWork) -> None:
+    kid, private = plaintext_key(uow)
+    email = email_of(uow, register(uow))
+    older_token = mint(private, kid, "someone", issuer=ISSUER, ttl=TTL)
+
+    start(uow)
+
+    assert list(signing_keys(uow)) == [kid], "the same key, not a new one"
+    with uow.read() as unit:
+        [stored] = unit.session.scalars(select(SigningKey.private_key)).all()
+    assert stored.startswith("v1:") and "PRIVATE KEY" not in stored
+    assert KEYSTORE.private_key(kid, stored).private_bytes_raw() == private.private_bytes_raw()
+    token = issue(uow, email)
+    assert segments(token)[0]["kid"] == kid
+    assert keyring(uow).verify(older_token, ISSUER).subject == "someone", "tokens live on"
+    start(uow)  # again: nothing left to seal
+    with uow.read() as unit:
+        assert unit.session.scalars(select(SigningKey.private_key)).all() == [stored]
+
+
+def test_a_start_with_the_wrong_encryption_key_fails_clearly_and_changes_nothing(
+    uow: UnitOfWork,
+) -> None:
+    start(uow)
+    with uow.read() as unit:
+        before = unit.session.scalars(select(SigningKey.private_key)).all()
+    wrong = Keystore(os.urandom(32), ANCHOR.key)
+    runtime = SimpleNamespace(
+        settings=UserSettings(), uow=uow, keys=KeyRing(lambda: trusted_keys(uow.sessions))
+    )
+
+    with pytest.raises(RuntimeError, match="USER_KEY_ENCRYPTION_KEY_FILE is not the key"):
+        main.start(runtime, wrong)  # type: ignore[arg-type]
+
+    with uow.read() as unit:
+        assert unit.session.scalars(select(SigningKey.private_key)).all() == before
+    assert len(published_sets(uow)) == 1, "nothing published"
 
 
 def test_rotation_signs_with_a_new_key_and_keeps_the_old_until_its_tokens_expire(
@@ -266,7 +417,7 @@ def test_rotation_signs_with_a_new_key_and_keeps_the_old_until_its_tokens_expire
     old_token = issue(uow, email)
 
     with uow() as unit:
-        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL)
+        new = tokens.rotate_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
 
     new_token = issue(uow, email)
     assert new != old
@@ -300,12 +451,20 @@ def test_a_new_key_signs_only_once_the_others_had_time_to_learn_it(uow: UnitOfWo
             .where(SigningKey.kid == old)
             .values(created_at=datetime.now(UTC) - timedelta(days=30))
         )
-        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL, propagation=propagation)
+        new = tokens.rotate_keys(
+            unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL, propagation=propagation
+        )
 
     def kid_now() -> str:
         with uow.read() as unit:
             token = tokens.issue_token(
-                unit, email, PASSWORD, issuer=ISSUER, ttl=TTL, propagation=propagation
+                unit,
+                email,
+                PASSWORD,
+                keystore=KEYSTORE,
+                issuer=ISSUER,
+                ttl=TTL,
+                propagation=propagation,
             )
         return str(segments(token)[0]["kid"])
 
@@ -330,7 +489,7 @@ def test_a_retired_key_is_dropped_by_a_publish_after_its_tokens_expired(
     start(uow)
     [old] = signing_keys(uow)
     with uow() as unit:
-        new = tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL)
+        new = tokens.rotate_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
     long_ago = datetime.now(UTC) - TTL - timedelta(seconds=1)
     with uow() as unit:  # as if the rotation was longer ago than a token lives
         unit.session.execute(
@@ -338,7 +497,7 @@ def test_a_retired_key_is_dropped_by_a_publish_after_its_tokens_expired(
         )
 
     with uow() as unit:
-        tokens.publish_keys(unit, issuer=ISSUER, ttl=TTL)
+        tokens.publish_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL)
 
     assert [k["jwk"]["kid"] for k in published_sets(uow)[-1]["keys"]] == [new]
     assert {k.kid for k in trusted_keys(uow.sessions)} == {new}
@@ -350,7 +509,7 @@ def test_two_rotations_keep_both_retired_keys_while_their_tokens_live(uow: UnitO
     kids = list(signing_keys(uow))
     for _ in range(2):
         with uow() as unit:
-            kids.append(tokens.rotate_keys(unit, issuer=ISSUER, ttl=TTL))
+            kids.append(tokens.rotate_keys(unit, keystore=KEYSTORE, issuer=ISSUER, ttl=TTL))
 
     latest = published_sets(uow)[-1]["keys"]
     assert [k["jwk"]["kid"] for k in latest] == kids
@@ -400,6 +559,7 @@ def app(uow: UnitOfWork) -> FastAPI:
     start(uow)
     settings = UserSettings()
     app = create_app(settings)
+    app.state.keystore = KEYSTORE  # what the lifespan would read
     app.state.runtime = SimpleNamespace(
         uow=uow,
         settings=settings,
@@ -461,8 +621,7 @@ def test_a_token_of_an_account_the_service_does_not_have_is_401(
 ) -> None:
     with uow.read() as unit:
         [key] = unit.session.scalars(select(SigningKey)).all()
-    private = serialization.load_pem_private_key(key.private_key.encode(), password=None)
-    assert isinstance(private, Ed25519PrivateKey)
+    private = KEYSTORE.private_key(key.kid, key.private_key)
 
     token = mint(private, key.kid, "no-such-user", issuer=app.state.settings.auth_issuer, ttl=TTL)
 
@@ -535,3 +694,79 @@ def test_logs_of_sign_in_and_of_bad_tokens_never_hold_a_token_or_a_password(
     logged = caplog.text + "".join(repr(record.args) for record in caplog.records)
     for secret in (PASSWORD, "a wrong password that must not be logged", token, signature, *bad):
         assert secret not in logged
+
+
+# The keystore's files, as the service reads them at start
+
+
+def key_files(folder: Path, encryption: bytes | None = None, signing: bytes | None = None) -> Any:
+    """The two files the service reads (fresh, valid keys unless given), and their paths."""
+    encryption_file, signing_file = folder / "key-encryption-key", folder / "keyset.pem"
+    encryption_file.write_bytes(
+        encryption
+        if encryption is not None
+        else base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=") + b"\n"
+    )
+    signing_file.write_bytes(
+        signing
+        if signing is not None
+        else ANCHOR.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(encryption_file), str(signing_file)
+
+
+def test_the_keystore_reads_both_keys_and_checks_the_anchor(tmp_path: Path) -> None:
+    encryption, signing = key_files(tmp_path)
+
+    keystore = Keystore.from_files(encryption, signing, f"{Anchor().public},{ANCHOR.public}")
+
+    assert anchor_text(keystore.keyset_signer) == ANCHOR.public
+    assert keystore.open("k-1", keystore.seal("k-1", b"pem")) == b"pem"
+    with pytest.raises(RuntimeError, match="not among AUTH_KEYSET_PUBLIC_KEY"):
+        Keystore.from_files(encryption, signing, Anchor().public)
+
+
+def rsa_pem() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"encryption": b"AAAA"}, "USER_KEY_ENCRYPTION_KEY_FILE must hold 32 random bytes"),
+        ({"encryption": b"A" * 42 + b"\x00"}, "USER_KEY_ENCRYPTION_KEY_FILE must hold 32"),
+        ({"encryption": b"A" * 100_000}, "USER_KEY_ENCRYPTION_KEY_FILE is too large"),
+        ({"encryption": b"\xff" * 43}, "USER_KEY_ENCRYPTION_KEY_FILE must hold 32"),
+        ({"signing": b"not a key"}, "USER_KEYSET_SIGNING_KEY_FILE is not a PEM private key"),
+        ({"signing": b""}, "USER_KEYSET_SIGNING_KEY_FILE is not a PEM private key"),
+        ({"signing": "rsa"}, "USER_KEYSET_SIGNING_KEY_FILE is not an Ed25519 key"),
+    ],
+)
+def test_a_malformed_key_file_stops_the_start_naming_its_setting(
+    tmp_path: Path, files: dict[str, Any], message: str
+) -> None:
+    if files.get("signing") == "rsa":
+        files["signing"] = rsa_pem()
+    encryption, signing = key_files(tmp_path, **files)
+
+    with pytest.raises(RuntimeError, match=message):
+        Keystore.from_files(encryption, signing)
+
+
+def test_a_missing_or_unreadable_key_file_stops_the_start(tmp_path: Path) -> None:
+    encryption, signing = key_files(tmp_path)
+
+    with pytest.raises(RuntimeError, match="USER_KEY_ENCRYPTION_KEY_FILE is not set"):
+        Keystore.from_files("", signing)
+    with pytest.raises(RuntimeError, match="USER_KEYSET_SIGNING_KEY_FILE is not set"):
+        Keystore.from_files(encryption, "")
+    with pytest.raises(RuntimeError, match="USER_KEYSET_SIGNING_KEY_FILE unreadable"):
+        Keystore.from_files(encryption, str(tmp_path / "nowhere.pem"))
+    with pytest.raises(RuntimeError, match="AUTH_KEYSET_PUBLIC_KEY"):
+        Keystore.from_files(encryption, signing, "not an anchor")

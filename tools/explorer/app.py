@@ -4,7 +4,7 @@
     GET  /api/snapshot         counters, recent orders, topics, groups, dead letters
     GET  /api/orders/{id}      one order's causal chain
     GET  /api/stream           `snapshot` events whenever something changed (at most 4/s)
-    POST /api/redrive          {"consumer": NAME}: the one write, the existing redrive
+    POST /api/redrive          {"consumer": NAME}: the one write, the redrive by reference
     GET  /health, /ready
 
 It reads only Kafka and serves on 127.0.0.1; it needs no token and holds no secret."""
@@ -25,8 +25,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from shared.messaging.deadletter import DEAD_LETTERS, redrive
+from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.producer import DeliveryError, EventProducer
+from shared.messaging.redrive import RedriveSummary, redrive
 from tools.explorer.config import ExplorerSettings
 from tools.explorer.kafka import Observer
 from tools.explorer.model import ShopView
@@ -100,19 +101,26 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
         topic = settings.topic_prefix + DEAD_LETTERS
         async with redrives:
             try:
-                count = await run_in_threadpool(_redrive, settings, topic, body.consumer)
+                summary = await run_in_threadpool(_redrive, settings, body.consumer)
             except (LookupError, TimeoutError, DeliveryError, KafkaException) as exc:
                 raise HTTPException(502, f"redrive failed: {exc}") from exc
-        return {"consumer": body.consumer, "topic": view.short(topic), "republished": count}
+        return {
+            "consumer": body.consumer,
+            "topic": view.short(topic),
+            "republished": summary.redriven,
+            "skipped": dict(sorted(summary.skipped.items())),
+        }
 
     return app
 
 
-def _redrive(settings: ExplorerSettings, topic: str, consumer: str) -> int:
+def _redrive(settings: ExplorerSettings, consumer: str) -> RedriveSummary:
     kafka = settings.redrive_kafka()
     producer = EventProducer(kafka)
     try:
-        return redrive(kafka, topic, producer, consumer=consumer, timeout=30)
+        return redrive(
+            kafka, producer, topic_prefix=settings.topic_prefix, consumer=consumer, timeout=30
+        )
     finally:
         producer.close()
 

@@ -235,7 +235,7 @@ function renderLetters(letters) {
   const busy = bar.querySelector("button:disabled");
   if (!busy) {
     bar.innerHTML = Object.entries(waiting).map(([consumer, count]) =>
-      `<button class="redrive" data-consumer="${esc(consumer)}" title="re-publish ${esc(consumer)}'s dead letters to their original topics">Redrive ${esc(consumer)} (${count})</button>`).join("");
+      `<button class="redrive" data-consumer="${esc(consumer)}" title="re-read ${esc(consumer)}'s dead-lettered records from their topics and re-publish them there">Redrive ${esc(consumer)} (${count})</button>`).join("");
   }
   $("letters").innerHTML = letters.map((l) => `
     <li class="letter${l.redriven ? " redriven" : ""}" data-consumer="${esc(l.consumer)}" data-where="${esc(l.where)}">
@@ -263,7 +263,9 @@ $("redrive-bar").addEventListener("click", async (event) => {
     });
     const body = await response.json();
     if (!response.ok) throw new Error(body.detail || response.statusText);
-    result.textContent = `re-published ${body.republished} dead-lettered event(s) of ${body.consumer} from ${body.topic}`;
+    const skipped = Object.entries(body.skipped || {}).map(([reason, count]) => `${count} ${reason}`);
+    result.textContent = `re-published ${body.republished} dead-lettered event(s) of ${body.consumer} from ${body.topic}` +
+      (skipped.length ? `; skipped, never published: ${skipped.join(", ")}` : "");
   } catch (error) {
     result.className = "redrive-result failed";
     result.textContent = String(error.message || error);
