@@ -31,8 +31,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging import deadletter
+from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.deadletter import (
     DEAD_LETTERS,
     H_CONSUMER,

@@ -34,13 +34,14 @@ from shared.messaging.deadletter import (
     H_OFFSET,
     H_PARTITION,
     H_REASON,
+    H_SOURCE,
     H_TOPIC,
     Reason,
 )
 from shared.messaging.envelope import H_ID, H_SPECVERSION, H_TYPE, Envelope, KafkaHeaders, dump_json
 from shared.messaging.events import Event
 from shared.messaging.producer import EventProducer, producer_config
-from shared.messaging.redrive import H_SOURCE, Skip
+from shared.messaging.redrive import Skip
 from shared.messaging.router import EventRouter
 from shared.messaging.topics import ensure_topics
 from shared.messaging.unit_of_work import Unit, UnitOfWork

@@ -32,13 +32,6 @@ pytestmark = pytest.mark.unit
 NAMES = [service.name for service in SERVICES]
 TOPOLOGY = Topology.of_registry()
 SECRET_ROOT = "/etc/shop/"
-PENDING_SETTINGS = {
-    "AUTH_KEYSET_PUBLIC_KEY",
-    "USER_KEYSET_SIGNING_KEY_FILE",
-    "USER_KEY_ENCRYPTION_KEY_FILE",
-}
-"""Settings the chart wires that other branches are adding to the settings classes; once
-they are merged every name here is read, and this set can go."""
 
 
 # -- the generated file, without Helm ----------------------------------------------------
@@ -390,7 +383,7 @@ def test_each_service_environment_is_read_by_its_settings(name: str) -> None:
     known = env_names(settings_class(name))
     outside = {"FORWARDED_ALLOW_IPS"}  # uvicorn's
     names = {k for k in env(name) if not k.startswith("OTEL_") and k not in outside}
-    unknown = sorted(names - set(known) - PENDING_SETTINGS)
+    unknown = sorted(names - set(known))
     assert not unknown, f"{settings_class(name).__name__} reads none of {unknown}"
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from shared.messaging.deadletter import H_CONSUMER, H_OFFSET, H_PARTITION, H_TOPIC
+from shared.messaging.deadletter import H_CONSUMER, H_OFFSET, H_PARTITION, H_SOURCE, H_TOPIC
 from shared.messaging.envelope import H_ID, KafkaHeaders
-from shared.messaging.redrive import H_SOURCE, Reference, Skip, _redrive_one, reference
+from shared.messaging.redrive import Reference, Skip, _redrive_one, reference
 
 pytestmark = pytest.mark.unit
 
