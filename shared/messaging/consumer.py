@@ -62,6 +62,7 @@ class ConsumerWorker:
         bootstrap: Bootstrap,
         topics: Sequence[str],
         owned_topics: Sequence[str] = (),
+        topic_prefix: str = "",
         router: EventRouter,
         uow: UnitOfWork,
         processed_model: type[ProcessedEventMixin],
@@ -80,6 +81,8 @@ class ConsumerWorker:
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)
         self._owned = frozenset(owned_topics)
+        self._prefix = topic_prefix
+        """An event is taken only from its own topic: `topic_prefix` + its model's topic."""
         self._router = router
         self._uow = uow
         self._processed = processed_model
@@ -177,7 +180,7 @@ class ConsumerWorker:
                 log.info("%s: %s", self.name, error)
                 continue
             topic = message.topic() or ""
-            decoded = decode(message, self._router, self._owned)
+            decoded = decode(message, self._router, self._owned, self._prefix)
             if isinstance(decoded, Received):
                 run.append(decoded)
                 counted = (topic, decoded.event.type)

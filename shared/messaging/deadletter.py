@@ -47,6 +47,8 @@ DROPPED = "key,value,headers"
 class Reason:
     INVALID_ENVELOPE = "invalid-envelope"
     UNKNOWN_TYPE = "unknown-type"
+    WRONG_TOPIC = "wrong-topic"
+    """An event type the service handles, on a topic other than its own."""
     INVALID_PAYLOAD = "invalid-payload"
     CONFLICT = "conflicting-duplicate"
     HANDLER_FAILED = "handler-failed"

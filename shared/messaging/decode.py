@@ -24,10 +24,13 @@ SKIPPED: Final = _Skipped()
 
 
 def decode(
-    message: Message, router: EventRouter, owned_topics: Collection[str]
+    message: Message, router: EventRouter, owned_topics: Collection[str], topic_prefix: str = ""
 ) -> Received[Any] | DeadLetter | _Skipped:
     """A type with no handler is skipped on a topic the service does not own (it is for
-    other readers) and dead-lettered on one it owns (nobody else will read it)."""
+    other readers) and dead-lettered on one it owns (nobody else will read it). A type it
+    handles is taken only from that type's own topic (`topic_prefix` + its model's): on any
+    other it is dead-lettered, since only the topic's owner may write it (a service may not
+    pass its own record off as another's event)."""
     try:
         event = Envelope.from_message(message, check_json=False)
     except InvalidEnvelope as exc:
@@ -39,6 +42,12 @@ def decode(
         if message.topic() not in owned_topics:
             return SKIPPED
         return DeadLetter(Reason.UNKNOWN_TYPE, f"unknown event type {event.type!r}")
+    if message.topic() != topic_prefix + route.model.topic:
+        return DeadLetter(
+            Reason.WRONG_TOPIC,
+            f"{event.type!r} belongs on {topic_prefix + route.model.topic!r},"
+            f" not {message.topic()!r}",
+        )
     try:
         payload = route.model.model_validate_json(event.data)
     except ValidationError as exc:

@@ -167,6 +167,7 @@ class ServiceRuntime:
                 bootstrap=kafka,
                 topics=[settings.topic(t) for t in spec.subscribes],
                 owned_topics=[settings.topic(t) for t in spec.owns],
+                topic_prefix=settings.topic_prefix,
                 router=spec.router,
                 uow=self.uow,
                 processed_model=spec.processed_model,

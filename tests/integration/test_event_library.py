@@ -116,6 +116,7 @@ def test_every_key_is_consumed_in_order_by_a_group_of_two(
             group_id=group,
             bootstrap=kafka_bootstrap,
             topics=[topic],
+            topic_prefix=topic.removesuffix(Tick.topic),
             router=router,
             uow=uow,
             processed_model=Processed,
@@ -180,7 +181,8 @@ CRASHING_CONSUMER = textwrap.dedent("""
 
     ConsumerWorker._settle = settle_or_die
     worker = ConsumerWorker(
-        name="crashy", group_id=group, bootstrap=bootstrap, topics=[topic], router=router,
+        name="crashy", group_id=group, bootstrap=bootstrap, topics=[topic],
+        topic_prefix=topic.removesuffix("ticks"), router=router,
         uow=UnitOfWork(make_sessions(engine), Outbox, "/tests"), processed_model=Processed,
         producer=EventProducer(bootstrap), dead_letter_topic=topic + "-dlq",
     )

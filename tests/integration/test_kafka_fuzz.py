@@ -159,13 +159,17 @@ class Fuzz:
         return self.kinds[kind]()
 
     def _m_random_bytes(self) -> Record:
-        headers = self.rng.choice(
-            [[], self.product_event().headers(), [(self.text(), self.rng.randbytes(20))]]
-        )
+        event_headers = self.product_event().headers()
+        headers = self.rng.choice([[], event_headers, [(self.text(), self.rng.randbytes(20))]])
         key = self.rng.choice([None, self.rng.randbytes(16), self.text().encode()])
         topic = self.rng.choice([self.products, self.orders])
         junk = self.junk(self.rng.randrange(4096))
-        return Record("random-bytes", topic, key, junk, headers, Reason.INVALID_ENVELOPE)
+        # a well-formed product-created envelope off its own topic is refused for the topic,
+        # before its value is read
+        readable_key = key is None or not _undecodable(key)
+        misplaced = headers is event_headers and topic != self.products and readable_key
+        reason = Reason.WRONG_TOPIC if misplaced else Reason.INVALID_ENVELOPE
+        return Record("random-bytes", topic, key, junk, headers, reason)
 
     def _m_no_headers(self) -> Record:
         record = self.envelope_record("no-headers", self.product_event(), Reason.INVALID_ENVELOPE)
@@ -541,3 +545,11 @@ def test_a_service_consumer_survives_malformed_records_and_applies_valid_ones_on
         f"dead-lettered, {len(skipped)} skipped; {VALID} valid and {REDELIVERED} redelivered "
         "applied once: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items()))
     )
+
+
+def _undecodable(key: bytes) -> bool:
+    try:
+        key.decode()
+    except UnicodeDecodeError:
+        return True
+    return False

@@ -71,6 +71,12 @@ class Tick(Event, type="tick", topic="ticks", key="seq"):
     seq: int
 
 
+class Tack(Event, type="tack", topic="others", key="seq"):
+    """An event of the topic another service owns, which this consumer also handles."""
+
+    seq: int
+
+
 class Boom(Tick, type="boom"):
     """A tick whose handler always raises."""
 
@@ -100,7 +106,7 @@ class Faults:
 def build_router(faults: Faults) -> EventRouter:
     router = EventRouter()
 
-    def record(unit: Unit, event: Envelope, payload: Tick) -> None:
+    def record(unit: Unit, event: Envelope, payload: Tick | Tack) -> None:
         unit.session.add(Applied(key=event.key, seq=payload.seq, event_id=event.id))
 
     @router.on
@@ -109,6 +115,10 @@ def build_router(faults: Faults) -> EventRouter:
         unit.session.flush()  # the row is written, then the failure rolls it back
         if faults.broken.is_set():
             raise RuntimeError("downstream is broken")
+
+    @router.on
+    def on_tack(unit: Unit, event: Envelope, payload: Tack) -> None:
+        record(unit, event, payload)
 
     @router.on
     def on_boom(unit: Unit, event: Envelope, payload: Boom) -> None:
@@ -202,7 +212,7 @@ def read_all(bootstrap: str, topic: str) -> list[Message]:
 @pytest.fixture
 def harness(kafka_bootstrap: str, database_url: str) -> Iterator[Harness]:
     prefix = unique("poison") + "-"
-    topic, foreign, dead_letters = prefix + Tick.topic, prefix + "others", prefix + DEAD_LETTERS
+    topic, foreign, dead_letters = prefix + Tick.topic, prefix + Tack.topic, prefix + DEAD_LETTERS
     ensure_topics(
         kafka_bootstrap, [topic, foreign, dead_letters, prefix + "elsewhere"], partitions=3
     )
@@ -216,6 +226,7 @@ def harness(kafka_bootstrap: str, database_url: str) -> Iterator[Harness]:
         bootstrap=kafka_bootstrap,
         topics=[topic, foreign],
         owned_topics=[topic],
+        topic_prefix=prefix,
         router=build_router(faults),
         uow=uow,
         processed_model=Processed,
@@ -363,10 +374,10 @@ def test_an_unknown_type_on_a_topic_another_service_owns_is_skipped_and_counted(
     harness: Harness,
 ):
     foreign = harness.foreign
-    partition, _ = harness.publish(tick("k", 1), foreign)
+    partition, _ = harness.publish(tick("k", 1, "tack"), foreign)
     for event_type in ("tock", "tick-v2"):
         harness.produce(*_valid(tick("k", 3, event_type)), partition, topic=foreign)
-    last = harness.publish(tick("k", 2), foreign)
+    last = harness.publish(tick("k", 2, "tack"), foreign)
     assert last[0] == partition, "same key, same partition"
 
     eventually(lambda: harness.applied("k") == [1, 2], message="the valid events applied")
@@ -384,7 +395,7 @@ def test_an_unknown_type_is_skipped_or_parked_by_the_topic_it_arrives_on(harness
     parked = harness.produce(*_valid(tick("own", 3, "tock")), 0)
     skipped = harness.produce(*_valid(tick("other", 4, "tock")), 0, topic=harness.foreign)
     harness.produce(*_valid(tick("own", 1)), 0)
-    harness.produce(*_valid(tick("other", 2)), 0, topic=harness.foreign)
+    harness.produce(*_valid(tick("other", 2, "tack")), 0, topic=harness.foreign)
 
     eventually(
         lambda: (harness.applied("own"), harness.applied("other")) == ([1], [2]),

@@ -131,6 +131,7 @@ def rig(kafka_bootstrap: str, database_url: str) -> Iterator[Rig]:
         bootstrap=kafka_bootstrap,
         topics=[topic],
         owned_topics=[topic],
+        topic_prefix=prefix,
         router=build_router(),
         uow=uow,
         processed_model=Processed,

@@ -159,18 +159,18 @@ class Harness:
         self.router.on(self._handle)
         self.consumer = FakeConsumer()
         self.producer = FakeProducer()
-        self.worker_options: dict[str, Any] = dict(
-            name=CONSUMER,
-            bootstrap="never-dialled:9092",
-            topics=[TOPIC],
-            owned_topics=owned_topics,
-            router=self.router,
-            uow=uow,
-            processed_model=Processed,
-            producer=self.producer,
-            dead_letter_topic=DLQ,
-            **{"backoff": 0, **worker_options},
-        )
+        self.worker_options: dict[str, Any] = {
+            "name": CONSUMER,
+            "bootstrap": "never-dialled:9092",
+            "topics": [TOPIC],
+            "owned_topics": owned_topics,
+            "router": self.router,
+            "uow": uow,
+            "processed_model": Processed,
+            "producer": self.producer,
+            "dead_letter_topic": DLQ,
+            "backoff": 0,
+        } | worker_options
         self.worker = ConsumerWorker(**self.worker_options)
 
     def _handle(self, unit: Unit, event: Envelope, payload: Tick) -> None:
@@ -334,6 +334,35 @@ def test_a_known_type_is_applied_whoever_owns_its_topic(uow: UnitOfWork, owned: 
 
     assert harness.applied() == [7]
     assert (harness.worker.applied, harness.worker.skipped) == (1, 0)
+
+
+@pytest.mark.parametrize("owned", [[], [TOCKS]], ids=["foreign", "owned"])
+def test_a_known_type_on_another_topic_is_dead_lettered_never_applied(
+    uow: UnitOfWork, owned: list[str]
+) -> None:
+    """Only the owner of `ticks` may write a `tick`: one on `tocks` is somebody passing
+    their own record off as it (a stolen password of the topic's writer, say)."""
+    harness = Harness(uow, owned_topics=owned, topics=[TOPIC, TOCKS])
+    forged, genuine = message(tick(7), offset=3, topic=TOCKS), message(tick(8), offset=4)
+
+    harness.worker._process_batch(harness.consumer, [forged, genuine])  # type: ignore[arg-type]
+
+    assert harness.applied() == [8]
+    assert harness.reasons() == [Reason.WRONG_TOPIC]
+    assert (
+        "'tick' belongs on 'ticks', not 'tocks'" in harness.producer.parked[0].headers["dlq_error"]
+    )
+    assert harness.consumer.stored == [forged, genuine]
+
+
+def test_a_known_type_is_taken_from_its_topic_under_the_stacks_prefix(uow: UnitOfWork) -> None:
+    harness = Harness(uow, topics=["p-" + TOPIC], topic_prefix="p-")
+
+    harness.process(message(tick(7), topic="p-" + TOPIC))
+    harness.process(message(tick(8), offset=1, topic=TOPIC))
+
+    assert harness.applied() == [7]
+    assert harness.reasons() == [Reason.WRONG_TOPIC]
 
 
 def test_skipping_is_decided_by_the_topic_of_each_record_in_a_batch(uow: UnitOfWork) -> None:
