@@ -20,7 +20,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.messaging import tracing
-from shared.messaging.envelope import new_id
+from shared.runtime import ids
 from shared.runtime.metrics import UNMATCHED
 
 
@@ -99,7 +99,8 @@ BODY_ERRORS: Responses = errors(
 
 class TracingMiddleware:
     """Continues the caller's `traceparent` (or starts a trace) and makes the request the
-    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`."""
+    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`. Every id it
+    reads is checked first (shared.runtime.ids): a malformed one is replaced or ignored."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -109,16 +110,20 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or new_id()
+        request_id = ids.request_id(headers.get("x-request-id"))
+        traceparent = ids.traceparent(headers.get("traceparent"))
+        tracestate = ids.tracestate(headers.get("tracestate")) if traceparent else None
         cause = tracing.Cause(
-            request_id, headers.get("x-correlation-id"), continued="traceparent" in headers
+            request_id,
+            ids.correlation_id(headers.get("x-correlation-id")),
+            continued=traceparent is not None,
         )
         method = scope["method"]
         with tracing.span(
             method,
             cause=cause,
-            traceparent=headers.get("traceparent"),
-            tracestate=headers.get("tracestate"),
+            traceparent=traceparent,
+            tracestate=tracestate,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
         ) as current:

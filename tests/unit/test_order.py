@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -945,6 +946,51 @@ def test_an_idempotency_key_used_by_another_user_is_409_over_http(
     assert (first.status_code, stolen.status_code, again.status_code) == (202, 409, 202)
     assert first.json()["id"] not in stolen.text
     assert again.json() == first.json()
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 256, b"two words", "cl\u00e9".encode(), b"a\x00b"])
+def test_an_invalid_idempotency_key_is_400_and_places_nothing(
+    order_app: FastAPI, uow: UnitOfWork, key: bytes
+) -> None:
+    ann, (lamp, _) = known(uow)
+
+    answer = signed_in(order_app, ann).post(
+        "/orders", json=items(lamp), headers={"Idempotency-Key": key}
+    )
+
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "detail": "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces"
+    }
+    assert count(uow, Order) == 0
+    assert emitted(uow) == []
+
+
+def test_the_idempotency_key_is_documented_with_its_400(order_app: FastAPI) -> None:
+    operation = order_app.openapi()["paths"]["/orders"]["post"]
+
+    assert "Idempotency-Key" in operation["responses"]["400"]["description"]
+    (header,) = [p for p in operation["parameters"] if p["name"] == "idempotency-key"]
+    assert "255 printable ASCII" in header["description"]
+
+
+@pytest.mark.parametrize(
+    "request_id", [b"r" * 10_000, b"abc\x00def", "r\u00e9quest".encode(), b""]
+)
+def test_an_order_with_a_hostile_request_id_is_placed_and_caused_by_a_fresh_id(
+    order_app: FastAPI, uow: UnitOfWork, request_id: bytes
+) -> None:
+    ann, (lamp, _) = known(uow)
+
+    answer = signed_in(order_app, ann).post(
+        "/orders", json=items(lamp), headers={"x-request-id": request_id}
+    )
+
+    assert answer.status_code == 202
+    echoed = answer.headers["x-request-id"]
+    assert re.fullmatch(r"[A-Za-z0-9._:/+=-]{1,64}", echoed) and echoed.encode() != request_id
+    [(_, created)] = emitted(uow, "order-created")
+    assert created.causation_id == echoed
 
 
 def test_placing_orders_too_fast_is_429_with_retry_after_per_user(

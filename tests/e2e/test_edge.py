@@ -1,0 +1,166 @@
+"""Values from outside, checked where they enter: hostile request ids, correlation ids and
+trace contexts against the real services; forged client addresses, floods of sign-in and
+registration attempts, and oversized headers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import RunningStack
+from tests.helpers import eventually, random_email, read_topic
+from tools.client import ShopClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
+TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+HOSTILE: dict[str, bytes] = {
+    "10 kB": b"r" * 10_000,
+    "non-ASCII (UTF-8)": "r\u00e9quest-\u2603".encode(),
+    "non-ASCII (Latin-1)": "r\u00e9quest".encode("latin-1"),
+    "empty": b"",
+    "spaces and quotes": b'a b "c"',
+}
+"""Header values a client may send; each must harm nothing but its own id."""
+
+
+def product_with_stock(shop: ShopClient, available: int) -> str:
+    product_id = shop.create_product("edge gear", 100)["id"]
+    shop.set_stock_eventually(product_id, available)
+    return str(product_id)
+
+
+def post_order(
+    running: RunningStack, customer: ShopClient, product_id: str, headers: dict[str, Any]
+) -> httpx.Response:
+    """One order with these extra headers (bytes values are sent as they are), retried
+    while the order service has not learnt the customer or the product yet."""
+    body = {"items": [{"product_id": product_id, "quantity": 1}]}
+    auth = {"Authorization": f"Bearer {customer.token}"}
+    url = running.stack.services["order"].url + "/orders"
+
+    def attempt() -> httpx.Response:
+        return customer.http.post(url, json=body, headers={**auth, **headers})
+
+    deadline = time.monotonic() + 30
+    response = attempt()
+    while _not_learnt(response) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        response = attempt()
+    return response
+
+
+def _not_learnt(response: httpx.Response) -> bool:
+    """The order service has not learnt the keys, the customer or the product yet."""
+    if response.status_code == 503:
+        return True
+    return response.status_code in (401, 422) and (
+        "unknown user" in response.text or "unknown product" in response.text
+    )
+
+
+@pytest.mark.parametrize("name", ["x-request-id", "x-correlation-id", "traceparent", "tracestate"])
+def test_an_order_with_a_hostile_id_header_completes_and_gets_a_fresh_request_id(
+    running: RunningStack, shop: ShopClient, name: str
+) -> None:
+    customer = shop.sign_up("Edge")
+    product_id = product_with_stock(shop, len(HOSTILE))
+    placed = {}
+    for case, value in HOSTILE.items():
+        response = post_order(running, customer, product_id, {name: value})
+        assert response.status_code == 202, (case, response.status_code, response.text[:300])
+        echoed = response.headers["x-request-id"]
+        assert VALID_ID.fullmatch(echoed), (case, echoed[:100])
+        assert echoed.encode() != value, case
+        placed[case] = (response.json()["id"], echoed)
+    for case, (order_id, echoed) in placed.items():
+        status = customer.wait_for_status(order_id)["status"]
+        assert status == "CONFIRMED", (name, case, status)
+        created = eventually(
+            lambda order_id=order_id: [
+                e for e in customer.order_events(order_id) if e["type"] == "order-created"
+            ],
+            message=f"order-created of the {case} order is filed with its place on Kafka",
+        )
+        assert created[0]["causation_id"] == echoed, case
+        traceparent = created[0]["traceparent"]
+        assert traceparent is None or TRACEPARENT.fullmatch(traceparent), (case, traceparent)
+
+
+def test_a_hostile_correlation_id_never_reaches_an_event(
+    running: RunningStack, shop: ShopClient
+) -> None:
+    url = running.stack.services["user"].url + "/users"
+    registered = {}
+    for case, value in {**HOSTILE, "valid": b"saga-7f1c2a9e"}.items():
+        email = random_email()
+        body = {"name": "Edge", "email": email, "password": "correct-horse-battery"}
+        response = shop.http.post(url, json=body, headers={"x-correlation-id": value})
+        assert response.status_code == 201, (case, response.status_code, response.text[:200])
+        registered[response.json()["id"]] = (case, value)
+    records = read_topic(
+        running.stack.bootstrap,
+        running.topic("users"),
+        until=lambda ms: set(registered) <= {m.key().decode() for m in ms if m.key()},
+    )
+    seen = {m.key().decode(): dict(m.headers() or []) for m in records if m.key()}
+    for user_id, (case, value) in registered.items():
+        correlation = seen[user_id]["ce_correlationid"].decode()
+        assert VALID_ID.fullmatch(correlation), (case, correlation[:100])
+        assert (correlation == value.decode("latin-1")) == (case == "valid"), case
+
+
+def test_a_valid_request_id_is_kept_and_echoed(running: RunningStack, shop: ShopClient) -> None:
+    customer = shop.sign_up("Edge")
+    product_id = product_with_stock(shop, 1)
+    chosen = "01HZX3J9Q7-req.42:a/b+c="
+    response = post_order(running, customer, product_id, {"x-request-id": chosen})
+    assert response.status_code == 202, response.text
+    assert response.headers["x-request-id"] == chosen
+    assert customer.wait_for_status(response.json()["id"])["status"] == "CONFIRMED"
+
+
+def test_a_nul_in_a_header_is_refused_by_the_server_before_the_app(
+    running: RunningStack, shop: ShopClient
+) -> None:
+    """RFC 9110 5.5: a field value holding NUL is invalid; the HTTP parser answers 400
+    before any route runs (the app replaces such an id anyway: tests/unit/test_ids.py)."""
+    customer = shop.sign_up("Edge")
+    before = len(customer.orders())
+    port = int(running.stack.services["order"].port)
+    request = (
+        b"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + str(customer.token).encode() + b"\r\n"
+        b"X-Request-Id: abc\x00def\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"
+        b'{"items":[]}'
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        status_line = sock.recv(200).split(b"\r\n")[0]
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+    assert len(customer.orders()) == before
+
+
+def test_an_invalid_idempotency_key_is_400_and_creates_nothing(
+    running: RunningStack, shop: ShopClient
+) -> None:
+    customer = shop.sign_up("Edge")
+    product_id = product_with_stock(shop, 5)
+    for case, value in {
+        "256 characters": b"k" * 256,
+        "a space": b"two words",
+        "non-ASCII": "cl\u00e9".encode(),
+        "empty": b"",
+    }.items():
+        response = post_order(running, customer, product_id, {"Idempotency-Key": value})
+        assert response.status_code == 400, (case, response.status_code, response.text[:200])
+        assert "Idempotency-Key" in response.json()["detail"], case
+    assert customer.orders() == []
+    fine = post_order(running, customer, product_id, {"Idempotency-Key": "k" * 255})
+    assert fine.status_code == 202, fine.text
