@@ -49,7 +49,7 @@ import httpx
 from services.registry import SERVICES
 from tools.certs import ADMIN, OBSERVER, REDRIVE
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
-from tools.haproxy_local import Backend, LocalProxy
+from tools.haproxy_local import PROXY_SOURCE, Backend, LocalProxy
 from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
 from tools.kafka_security import Topology, compose_env, principals, secure_stack
@@ -135,7 +135,22 @@ class ServiceProcess:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        command = [
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+
+    def command(self) -> list[str]:
+        """uvicorn serving the app factory; the app reads `X-Forwarded-For` itself, from
+        the peers its settings trust (shared.runtime.proxy), so uvicorn's reading is off."""
+        return [
             sys.executable,
             "-m",
             "uvicorn",
@@ -146,20 +161,10 @@ class ServiceProcess:
             "--port",
             str(self.port),
             "--no-access-log",
+            "--no-proxy-headers",
             "--workers",
             str(self.workers),
         ]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
 
     def ready(self) -> bool:
         try:
@@ -257,9 +262,15 @@ class Stack:
         self._shared_env = shared_env
         self.instances: dict[str, list[ServiceProcess]] = {}
         for name, port in ports.items():
-            # a service alone has no proxy in front: nothing to wait for before it stops
-            alone = {"SHUTDOWN_GRACE_SECONDS": "0"} if counts[name] == 1 else {}
-            each = {**alone, **self._env(name, shared_env)}
+            # a service alone has no proxy in front: nothing to wait for before it stops,
+            # and no peer whose X-Forwarded-For it trusts; behind the proxy, the proxy's
+            # connections (and only those) come from PROXY_SOURCE
+            alone = counts[name] == 1
+            each = {
+                **({"SHUTDOWN_GRACE_SECONDS": "0"} if alone else {}),
+                **self._env(name, shared_env),
+                "FORWARDED_ALLOW_IPS": "" if alone else PROXY_SOURCE,
+            }
             self.instances[name] = [
                 ServiceProcess(name, port, run_dir, each, (workers or {}).get(name, 1))
             ]

@@ -4,7 +4,7 @@ error envelope, and the /health, /ready and /metrics endpoints."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.messaging import tracing
 from shared.runtime import ids
 from shared.runtime.metrics import UNMATCHED
+from shared.runtime.proxy import ForwardedFor, Network
 
 
 class DomainError(Exception):
@@ -291,11 +292,13 @@ async def _unstorable(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [issue]}, status_code=422)
 
 
-def install(app: FastAPI, *, max_body_bytes: int) -> None:
-    """Add the middleware, the error handlers and the operational endpoints."""
+def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Network] = ()) -> None:
+    """Add the middleware, the error handlers and the operational endpoints.
+    `trusted_proxies`: the peers whose `X-Forwarded-For` names the client."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TracingMiddleware)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(ForwardedFor, trusted=trusted_proxies)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(DataError, _unstorable)
 

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.messaging.connection import SCRAM, KafkaConnection
+from shared.runtime.proxy import Network, parse_networks
 
 
 class KafkaSettings(BaseSettings):
@@ -101,11 +102,24 @@ class ServiceSettings(KafkaSettings):
     bursts of twice that."""
     rate_per_address: float = 1000.0
     """The same per client address."""
+    forwarded_allow_ips: str = Field("", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS"))
+    """The proxies whose `X-Forwarded-For` names the client (comma-separated addresses or
+    networks); empty: nobody's, the peer is the client (shared.runtime.proxy)."""
     shutdown_grace_seconds: float = Field(
         1.0, ge=0, validation_alias=AliasChoices("SHUTDOWN_GRACE_SECONDS")
     )
     """After SIGTERM, how long an instance keeps serving while `/ready` answers 503, so a
     load balancer takes it out of rotation before it stops accepting (shared.runtime.server)."""
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.forwarded_allow_ips)
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:

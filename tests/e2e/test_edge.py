@@ -7,14 +7,18 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import free_port, service_databases
 from tests.e2e.conftest import RunningStack
-from tests.helpers import eventually, random_email, read_topic
+from tests.helpers import eventually, random_email, read_topic, unique
 from tools.client import ShopClient
+from tools.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -164,3 +168,102 @@ def test_an_invalid_idempotency_key_is_400_and_creates_nothing(
     assert customer.orders() == []
     fine = post_order(running, customer, product_id, {"Idempotency-Key": "k" * 255})
     assert fine.status_code == 202, fine.text
+
+
+# --- client addresses: X-Forwarded-For, through the proxy and around it ------------------
+
+
+ADDRESS_BURST = 3
+
+
+@dataclass
+class Proxied:
+    """The user service as two instances behind HAProxy (as `make up SCALE=user=2` runs
+    it), on PostgreSQL."""
+
+    stack: Stack
+
+    @property
+    def proxy_url(self) -> str:
+        return self.stack.urls["user"]
+
+    def instance_url(self, n: int = 0) -> str:
+        return self.stack.instances["user"][n].url
+
+
+@pytest.fixture(scope="module")
+def proxied(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
+    folder = tmp_path_factory.mktemp("proxied")
+    with service_databases("postgres", folder, ["user"]) as databases:
+        prefix = unique("edge") + "-"
+        stack = Stack(
+            run_dir=folder,
+            ports={"user": free_port()},
+            env={
+                "TOPIC_PREFIX": prefix,
+                "USER_DATABASE_URL": databases["user"],
+                "USER_CONSUMER_GROUP": f"{prefix}user",
+                # sign-in attempts per address: few enough that a client alone meets them
+                "USER_TOKEN_RATE_PER_ADDRESS": "0.5",
+            },
+            bootstrap=kafka_bootstrap,
+            instances={"user": 2},
+            instance_ports={"user-1": free_port(), "user-2": free_port()},
+        )
+        try:
+            stack.up(timeout=120)
+            yield Proxied(stack)
+        finally:
+            stack.down()
+
+
+def client_from(source: str) -> httpx.Client:
+    """An HTTP client whose connections come from `source` (any 127.x.y.z is loopback)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30)
+
+
+def sign_in(
+    client: httpx.Client, url: str, email: str, password: str, **headers: str
+) -> httpx.Response:
+    return client.post(
+        f"{url}/token", data={"username": email, "password": password}, headers=headers
+    )
+
+
+def attempts_until_limited(
+    client: httpx.Client, url: str, most: int, forge: bool = True
+) -> int | None:
+    """Sign-in attempts for distinct unknown accounts, each with another forged
+    `X-Forwarded-For` if `forge`, until one is refused as too many: how many it took
+    (None if none was). Only the per-address limit can refuse them."""
+    for n in range(1, most + 1):
+        forged = {"X-Forwarded-For": f"203.0.113.{n % 250 + 1}"} if forge else {}
+        answer = sign_in(client, url, random_email(), "not-a-password", **forged)
+        assert answer.status_code in (401, 429), answer.text
+        if answer.status_code == 429:
+            return n
+    return None
+
+
+@pytest.mark.postgres
+def test_a_forged_forwarded_for_sent_straight_to_an_instance_is_not_believed(
+    proxied: Proxied,
+) -> None:
+    url = proxied.instance_url(0)
+    with client_from("127.0.0.1") as forger, client_from("127.0.0.11") as neighbour:
+        limited = attempts_until_limited(forger, url, most=ADDRESS_BURST + 20)
+        assert limited is not None, "every forged address had an allowance of its own"
+        fine = sign_in(neighbour, url, random_email(), "not-a-password")
+    assert fine.status_code == 401, "another address keeps its own allowance"
+
+
+@pytest.mark.postgres
+def test_through_the_proxy_the_real_source_address_is_what_counts(proxied: Proxied) -> None:
+    url = proxied.proxy_url
+    with client_from("127.0.0.1") as forger, client_from("127.0.0.12") as neighbour:
+        limited = attempts_until_limited(forger, url, most=2 * ADDRESS_BURST + 20)
+        assert limited is not None, "the proxy passed the forged address on"
+        fine = sign_in(
+            neighbour, url, random_email(), "not-a-password", **{"X-Forwarded-For": "127.0.0.1"}
+        )
+    assert fine.status_code == 401, "the proxy's own address is not everyone's key"

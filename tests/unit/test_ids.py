@@ -84,7 +84,9 @@ def test_whatever_the_bytes_of_a_header_the_ids_come_out_in_the_syntax(raw: byte
     assert VALID_ID.fullmatch(ids.request_id(value))
     assert ids.correlation_id(value) in (None, value)
     parent = ids.traceparent(value)
-    assert parent is None or re.fullmatch(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", parent)
+    assert parent is None or re.fullmatch(
+        r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", parent
+    )
     state = ids.tracestate(value)
     assert state is None or (len(state) <= 512 and state.isascii())
 
@@ -266,7 +268,9 @@ def test_a_hostile_traceparent_starts_a_new_trace_and_drops_the_tracestate(
 
 
 def test_an_oversized_tracestate_is_dropped_and_the_trace_continued(client: TestClient) -> None:
-    answer = client.get("/cause", headers={"traceparent": TRACEPARENT, "tracestate": "a=" + "x" * 600})
+    answer = client.get(
+        "/cause", headers={"traceparent": TRACEPARENT, "tracestate": "a=" + "x" * 600}
+    )
 
     seen = answer.json()
     assert seen["continued"] is True and answer.headers["x-trace-id"] == TRACE_ID

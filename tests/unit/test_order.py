@@ -974,9 +974,7 @@ def test_the_idempotency_key_is_documented_with_its_400(order_app: FastAPI) -> N
     assert "255 printable ASCII" in header["description"]
 
 
-@pytest.mark.parametrize(
-    "request_id", [b"r" * 10_000, b"abc\x00def", "r\u00e9quest".encode(), b""]
-)
+@pytest.mark.parametrize("request_id", [b"r" * 10_000, b"abc\x00def", "r\u00e9quest".encode(), b""])
 def test_an_order_with_a_hostile_request_id_is_placed_and_caused_by_a_fresh_id(
     order_app: FastAPI, uow: UnitOfWork, request_id: bytes
 ) -> None:
