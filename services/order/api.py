@@ -11,7 +11,7 @@ from shared.runtime import ids
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import AUTH_ERRORS, Caller
 from shared.runtime.http import BODY_ERRORS, Error, Responses, ValidationErrors, errors
-from shared.runtime.limits import LIMIT_ERRORS, enforce
+from shared.runtime.limits import LIMIT_ERRORS, client_address, enforce
 from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["orders"])
@@ -57,8 +57,7 @@ async def place_order(
 ) -> ORJSONResponse:
     """Accept an order of the signed-in user: it is PENDING until inventory answers. Orders
     that arrive together are committed together, and each is answered after that commit."""
-    client = request.client.host if request.client else "unknown"
-    enforce((runtime.per_subject, caller.subject), (runtime.per_address, client))
+    enforce((runtime.per_address, client_address(request)), (runtime.per_subject, caller.subject))
     response = await runtime.writes.submit(
         lambda unit: handlers.place_order(unit, body, caller.subject, key)
     )

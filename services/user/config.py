@@ -12,10 +12,20 @@ class UserSettings(service_settings("user", port=get("user").port)):  # type: ig
     key_propagation_seconds: float = 10
     """How long a new signing key is published before it signs: the time every service
     has to consume it."""
-    token_rate_per_account: float = 1.0
-    """Sign-in attempts per e-mail address and second, in bursts of ten."""
     token_rate_per_address: float = 10.0
-    """Sign-in attempts per client address and second, in bursts of five times that."""
+    """Sign-in attempts per client address and second, whatever their outcome..."""
+    token_address_burst: float = 50
+    """... in bursts of this many."""
+    token_failure_rate: float = 0.1
+    """Failed sign-ins per account and client address a second (one in ten seconds)...
+    Someone guessing an account's password from one address does not lock its owner out
+    from another."""
+    token_failure_burst: float = 10
+    """... in bursts of this many."""
+    register_rate_per_address: float = 1.0
+    """Accounts opened per client address a second (each costs an Argon2 hash)..."""
+    register_burst: float = 10
+    """... in bursts of this many."""
     operator_email: str = "operator@example.com"
     operator_password_file: str = ""
     """If set and the file exists, the operator account signs in with its contents."""

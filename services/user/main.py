@@ -58,7 +58,7 @@ _create_app = app_factory(SPEC, UserSettings, title="User service", routers=[api
 def create_app(settings: UserSettings | None = None) -> FastAPI:
     settings = settings or UserSettings()
     app = _create_app(settings)
-    app.state.token_limits = api.token_limits(settings)
+    app.state.user_limits = api.Limits.of(settings)
     app.state.known_subject = lambda runtime, subject: _known(runtime, subject)
     app.add_middleware(
         CORSMiddleware,

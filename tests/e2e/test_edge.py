@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import free_port, service_databases
@@ -173,7 +176,10 @@ def test_an_invalid_idempotency_key_is_400_and_creates_nothing(
 # --- client addresses: X-Forwarded-For, through the proxy and around it ------------------
 
 
-ADDRESS_BURST = 3
+ADDRESS_BURST = 10
+FLOODERS = 16
+"""Threads flooding registration, each from an address of its own."""
+OPERATOR = "operator@example.com"
 
 
 @dataclass
@@ -205,6 +211,7 @@ def proxied(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
                 "USER_CONSUMER_GROUP": f"{prefix}user",
                 # sign-in attempts per address: few enough that a client alone meets them
                 "USER_TOKEN_RATE_PER_ADDRESS": "0.5",
+                "USER_TOKEN_ADDRESS_BURST": str(ADDRESS_BURST),
             },
             bootstrap=kafka_bootstrap,
             instances={"user": 2},
@@ -267,3 +274,87 @@ def test_through_the_proxy_the_real_source_address_is_what_counts(proxied: Proxi
             neighbour, url, random_email(), "not-a-password", **{"X-Forwarded-For": "127.0.0.1"}
         )
     assert fine.status_code == 401, "the proxy's own address is not everyone's key"
+
+
+@pytest.mark.postgres
+def test_the_operator_signs_in_while_someone_elsewhere_guesses_the_password(
+    proxied: Proxied,
+) -> None:
+    url, password = proxied.proxy_url, proxied.stack.operator_password_file.read_text().strip()
+    with client_from("127.0.0.13") as attacker, client_from("127.0.0.14") as operator:
+        guesses, signed_in = [], []
+        for n in range(30):
+            guesses.append(sign_in(attacker, url, OPERATOR, f"guess-{n}").status_code)
+            if n % 5 == 4:
+                signed_in.append(sign_in(operator, url, OPERATOR, password).status_code)
+    assert 429 in guesses, "the guesses are limited"
+    assert set(guesses) <= {401, 429}
+    assert signed_in == [200] * 6, "the operator was never locked out"
+
+
+# --- floods: sign-in with long usernames, registration -----------------------------------
+
+
+def test_twenty_thousand_long_usernames_from_one_address_barely_grow_the_user_service(
+    running: RunningStack,
+) -> None:
+    """Sign-in attempts for 20,000 accounts that do not exist, from one address, half of
+    them with 4,000-character usernames and half with the longest e-mail allowed."""
+    process = psutil.Process(running.stack.services["user"].pid())
+    url = running.stack.services["user"].url
+
+    def attempts(first: int, count: int) -> set[int]:
+        statuses = set()
+        for n in range(first, first + count):
+            length = 4_000 if n % 2 else 254
+            username = f"{n:06d}" + "x" * (length - 6)
+            statuses.add(sign_in(flooder, url, username, "guess").status_code)
+        return statuses
+
+    with client_from("127.0.0.41") as flooder:
+        attempts(0, 1_000)  # the service's steady state: its buckets, caches, buffers
+        before = process.memory_info().rss
+        statuses = attempts(1_000, 20_000)
+        after = process.memory_info().rss
+    assert statuses <= {401, 422, 429}, statuses
+    grown = (after - before) / 2**20
+    print(f"user service RSS {before / 2**20:.1f} → {after / 2**20:.1f} MiB (+{grown:.1f})")
+    assert grown < 20, f"the user service grew by {grown:.1f} MiB"
+
+
+def test_sign_ins_keep_succeeding_while_many_addresses_flood_registration(
+    running: RunningStack, shop: ShopClient
+) -> None:
+    url = running.stack.services["user"].url
+    email, password = random_email(), "correct-horse-battery"
+    shop.register_user("Steady", email, password)
+    done = threading.Event()
+    outcomes: list[int] = []
+
+    def flood(worker: int) -> None:
+        with client_from(f"127.0.1.{worker + 1}") as flooder:
+            while not done.is_set():
+                body = {"name": "Flood", "email": random_email(), "password": "flood-password"}
+                outcomes.append(flooder.post(f"{url}/users", json=body).status_code)
+
+    with ThreadPoolExecutor(FLOODERS) as pool:
+        floods = [pool.submit(flood, n) for n in range(FLOODERS)]
+        try:
+            eventually(lambda: len(outcomes) >= 20, message="the flood is under way")
+            signed_in: list[int] = []
+            deadline = time.monotonic() + 60
+            with client_from("127.0.0.31") as steady:
+                # at least 20, and on until the flood has met a limit (or a minute passed)
+                while len(signed_in) < 20 or (
+                    all(status == 201 for status in outcomes) and time.monotonic() < deadline
+                ):
+                    signed_in.append(sign_in(steady, url, email, password).status_code)
+        finally:
+            done.set()
+        for each in floods:
+            each.result()
+    assert signed_in == [200] * 20
+    assert set(outcomes) <= {201, 429, 503}, set(outcomes)
+    refused = sum(status != 201 for status in outcomes)
+    print(f"registration flood: {len(outcomes)} requests, {refused} refused")
+    assert refused > 0, "the flood was not held back"
