@@ -25,9 +25,10 @@ page over the stack's topics; `down` stops it.
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead
 (`SCALE` becomes `--scale`).
 Each instance runs as `uvicorn <package>.main:create_app --factory` (it drains on
-SIGTERM: shared/runtime/drain.py), with its pid file in .run/pids and its log in .run/logs
-(`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
-.run/data."""
+SIGTERM: shared/runtime/drain.py), with the flags of `ServiceProcess.command` (request
+heads bounded, `X-Forwarded-For` left to the app), its pid file in .run/pids and its log
+in .run/logs (`order.log`, or `order-2.log` when scaled); its database defaults to SQLite
+under .run/data."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ from tools.zipkin_local import LocalZipkin
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
 EXPLORER_APP = "tools.explorer.app:create_app"
+HTTP_PROTOCOL = "shared.runtime.protocol:BoundedHttpToolsProtocol"
 SCALE_FILE = "scale"
 """In the run directory: the `SCALE` that `up` was given, for the later commands."""
 
@@ -148,8 +150,9 @@ class ServiceProcess:
         self.pid_file.write_text(f"{process.pid}\n")
 
     def command(self) -> list[str]:
-        """uvicorn serving the app factory; the app reads `X-Forwarded-For` itself, from
-        the peers its settings trust (shared.runtime.proxy), so uvicorn's reading is off."""
+        """uvicorn serving the app factory with the HTTP protocol that bounds request
+        heads (shared.runtime.protocol); the app reads `X-Forwarded-For` itself, from the
+        peers its settings trust (shared.runtime.proxy), so uvicorn's reading is off."""
         return [
             sys.executable,
             "-m",
@@ -162,6 +165,8 @@ class ServiceProcess:
             str(self.port),
             "--no-access-log",
             "--no-proxy-headers",
+            "--http",
+            HTTP_PROTOCOL,
             "--workers",
             str(self.workers),
         ]

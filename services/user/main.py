@@ -1,6 +1,7 @@
 """The user service: accounts and tokens, and notifications kept from order's events.
 
-Run: uvicorn services.user.main:create_app --factory"""
+Run: python -m services user. With uvicorn's own command line, give it the flags of
+tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
 
 from __future__ import annotations
 

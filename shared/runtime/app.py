@@ -103,10 +103,13 @@ def _point_token_url_at(app: FastAPI, token_url: str) -> None:
 
 
 def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
-    """Run one service with uvicorn on the host and port its settings name. The app reads
+    """Run one service with uvicorn on the host and port its settings name, with the HTTP
+    protocol that bounds request heads (shared.runtime.protocol). The app reads
     `X-Forwarded-For` itself, from the proxies its settings trust (shared.runtime.proxy),
     so uvicorn's own reading (which trusts 127.0.0.1) is off."""
     import uvicorn
+
+    from shared.runtime.protocol import BoundedHttpToolsProtocol
 
     uvicorn.run(
         create_app(settings),
@@ -114,4 +117,5 @@ def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> No
         port=settings.port,
         access_log=False,
         proxy_headers=False,
+        http=BoundedHttpToolsProtocol,
     )

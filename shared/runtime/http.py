@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.messaging import tracing
 from shared.runtime import ids
+from shared.runtime.headers import HeadLimitMiddleware
 from shared.runtime.metrics import UNMATCHED
 from shared.runtime.proxy import ForwardedFor, Network
 
@@ -297,6 +298,7 @@ def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Netw
     `trusted_proxies`: the peers whose `X-Forwarded-For` names the client."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(HeadLimitMiddleware)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(ForwardedFor, trusted=trusted_proxies)
     app.add_exception_handler(DomainError, _domain_error)
