@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from pydantic import model_validator
+
 from services.registry import get
 from shared.runtime.settings import service_settings
 
@@ -33,6 +35,16 @@ class UserSettings(service_settings("user", port=get("user").port)):  # type: ig
         f"http://{host}:{port}" for host in ("127.0.0.1", "localhost") for port in range(8001, 8010)
     ]
     """Pages that may ask for a token from a browser: every service's Swagger UI."""
+
+    @model_validator(mode="after")
+    def _tokens_are_accepted(self) -> UserSettings:
+        if self.token_ttl_minutes > self.auth_max_token_ttl_minutes:
+            raise ValueError(
+                f"USER_TOKEN_TTL_MINUTES ({self.token_ttl_minutes:g}) is over"
+                f" AUTH_MAX_TOKEN_TTL_MINUTES ({self.auth_max_token_ttl_minutes:g}):"
+                " every service would refuse the tokens"
+            )
+        return self
 
     @property
     def token_ttl(self) -> timedelta:

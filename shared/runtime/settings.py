@@ -8,6 +8,7 @@ else reads os.environ."""
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +94,10 @@ class ServiceSettings(KafkaSettings):
 
     auth_issuer: str = Field("event-driven-shop", validation_alias=AliasChoices("AUTH_ISSUER"))
     """The `iss` every token must carry."""
+    auth_max_token_ttl_minutes: float = Field(
+        60, gt=0, validation_alias=AliasChoices("AUTH_MAX_TOKEN_TTL_MINUTES")
+    )
+    """The longest a token may live (`exp - iat`); a longer one is refused."""
     token_url: str = Field(
         "http://127.0.0.1:8004/token", validation_alias=AliasChoices("AUTH_TOKEN_URL")
     )
@@ -120,6 +125,10 @@ class ServiceSettings(KafkaSettings):
     @property
     def trusted_proxies(self) -> tuple[Network, ...]:
         return parse_networks(self.forwarded_allow_ips)
+
+    @property
+    def max_token_lifetime(self) -> timedelta:
+        return timedelta(minutes=self.auth_max_token_ttl_minutes)
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:
