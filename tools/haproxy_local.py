@@ -30,6 +30,9 @@ RISE = 2
 COMPOSE_MOST = 10
 """The most containers of one service compose's proxy looks for."""
 COMPOSE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy" / "haproxy.cfg"
+PROXY_SOURCE = "127.0.0.2"
+"""The address the local proxy connects to the instances from, which no client uses (all of
+127.0.0.0/8 is loopback): the instances trust `X-Forwarded-For` from it alone."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ def haproxy_config(backends: Sequence[Backend], stats_socket: Path) -> str:
     lines = _common([f"    stats socket {stats_socket} mode 600 level admin"])
     for backend in backends:
         lines += _frontend_and_backend(backend.name, f"127.0.0.1:{backend.port}")
+        lines.append(f"    source {PROXY_SOURCE}")  # the one peer the instances trust
         lines += [
             f"    server {server} 127.0.0.1:{port} check"
             for server, port in backend.servers.items()
@@ -87,7 +91,6 @@ def _common(global_lines: list[str]) -> list[str]:
         "    log global",
         "    option httplog",
         "    option dontlog-normal",  # errors and state changes only, not every request
-        "    option forwardfor",  # X-Forwarded-For: the services trust it from the proxy
         # a new connection to the instance per request: a request never races an idle
         # keep-alive connection that the instance closes (its 5 s timeout, or its stop),
         # so every failure is a failed connect, which is safe to retry elsewhere
@@ -108,6 +111,9 @@ def _frontend_and_backend(name: str, bind: str) -> list[str]:
         "",
         f"frontend {name}",
         f"    bind {bind}",
+        # the client's address, overwriting whatever the client sent: the services trust
+        # this header from the proxy alone (shared.runtime.proxy)
+        "    http-request set-header X-Forwarded-For %[src]",
         f"    default_backend {name}",
         "",
         f"backend {name}",

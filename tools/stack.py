@@ -25,9 +25,10 @@ page over the stack's topics; `down` stops it.
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead
 (`SCALE` becomes `--scale`).
 Each instance runs as `uvicorn <package>.main:create_app --factory` (it drains on
-SIGTERM: shared/runtime/drain.py), with its pid file in .run/pids and its log in .run/logs
-(`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
-.run/data."""
+SIGTERM: shared/runtime/drain.py), with the flags of `ServiceProcess.command` (request
+heads bounded, `X-Forwarded-For` left to the app), its pid file in .run/pids and its log
+in .run/logs (`order.log`, or `order-2.log` when scaled); its database defaults to SQLite
+under .run/data."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ from tools.certs import (
     ensure_keyset_signing_key,
 )
 from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
-from tools.haproxy_local import Backend, LocalProxy
+from tools.haproxy_local import PROXY_SOURCE, Backend, LocalProxy
 from tools.kafka_cluster import LocalCluster, describe_cluster
 from tools.kafka_local import RUN_DIR, LocalBroker, port_open
 from tools.kafka_security import Topology, compose_env, principals, secure_stack
@@ -67,6 +68,7 @@ from tools.zipkin_local import LocalZipkin
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
 EXPLORER_APP = "tools.explorer.app:create_app"
+HTTP_PROTOCOL = "shared.runtime.protocol:BoundedHttpToolsProtocol"
 SCALE_FILE = "scale"
 """In the run directory: the `SCALE` that `up` was given, for the later commands."""
 USER_KEYS = "user-keys"
@@ -156,7 +158,23 @@ class ServiceProcess:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        command = [
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        self.pid_file.write_text(f"{process.pid}\n")
+
+    def command(self) -> list[str]:
+        """uvicorn serving the app factory with the HTTP protocol that bounds request
+        heads (shared.runtime.protocol); the app reads `X-Forwarded-For` itself, from the
+        peers its settings trust (shared.runtime.proxy), so uvicorn's reading is off."""
+        return [
             sys.executable,
             "-m",
             "uvicorn",
@@ -167,20 +185,12 @@ class ServiceProcess:
             "--port",
             str(self.port),
             "--no-access-log",
+            "--no-proxy-headers",
+            "--http",
+            HTTP_PROTOCOL,
             "--workers",
             str(self.workers),
         ]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
 
     def ready(self) -> bool:
         try:
@@ -284,9 +294,15 @@ class Stack:
         self._shared_env = shared_env
         self.instances: dict[str, list[ServiceProcess]] = {}
         for name, port in ports.items():
-            # a service alone has no proxy in front: nothing to wait for before it stops
-            alone = {"SHUTDOWN_GRACE_SECONDS": "0"} if counts[name] == 1 else {}
-            each = {**alone, **self._env(name, shared_env)}
+            # a service alone has no proxy in front: nothing to wait for before it stops,
+            # and no peer whose X-Forwarded-For it trusts; behind the proxy, the proxy's
+            # connections (and only those) come from PROXY_SOURCE
+            alone = counts[name] == 1
+            each = {
+                **({"SHUTDOWN_GRACE_SECONDS": "0"} if alone else {}),
+                **self._env(name, shared_env),
+                "FORWARDED_ALLOW_IPS": "" if alone else PROXY_SOURCE,
+            }
             self.instances[name] = [
                 ServiceProcess(name, port, run_dir, each, (workers or {}).get(name, 1))
             ]

@@ -1,6 +1,7 @@
 """The inventory service: owns stock, reserves it for orders and releases it on cancel.
 
-Run: uvicorn services.inventory.main:create_app --factory"""
+Run: python -m services inventory. With uvicorn's own command line, give it the flags of
+tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
 
 from __future__ import annotations
 

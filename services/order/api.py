@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import ORJSONResponse
 
 from services.order import handlers
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
+from shared.runtime import ids
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import AUTH_ERRORS, Caller
 from shared.runtime.http import BODY_ERRORS, Error, Responses, ValidationErrors, errors
-from shared.runtime.limits import LIMIT_ERRORS, enforce
+from shared.runtime.limits import LIMIT_ERRORS, client_address, enforce
 from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["orders"])
@@ -18,6 +19,7 @@ Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 UNKNOWN_ORDER = {**AUTH_ERRORS, **errors({404: "Unknown order (or another user's)"})}
 PLACE_ORDER_ERRORS: Responses = {
     **BODY_ERRORS,
+    **errors({400: "Request body unreadable (not UTF-8), or an invalid Idempotency-Key"}),
     **AUTH_ERRORS,
     **LIMIT_ERRORS,
     **errors({409: "Idempotency-Key already used with another request"}),
@@ -28,20 +30,36 @@ PLACE_ORDER_ERRORS: Responses = {
 }
 
 
+def idempotency_key(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Makes a retry safe: the same key and body return the first"
+            " response. 1 to 255 printable ASCII characters, no spaces; one key space per"
+            " user."
+        ),
+    ] = None,
+) -> str | None:
+    """The request's Idempotency-Key, checked (400 if it is not one)."""
+    try:
+        return ids.idempotency_key(idempotency_key)
+    except ids.InvalidIdempotencyKey as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 @router.post("/orders", status_code=202, response_model=OrderOut, responses=PLACE_ORDER_ERRORS)
 async def place_order(
     body: OrderIn,
     caller: Caller,
     request: Request,
     runtime: Runtime,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    key: Annotated[str | None, Depends(idempotency_key)],
 ) -> ORJSONResponse:
     """Accept an order of the signed-in user: it is PENDING until inventory answers. Orders
     that arrive together are committed together, and each is answered after that commit."""
-    client = request.client.host if request.client else "unknown"
-    enforce((runtime.per_subject, caller.subject), (runtime.per_address, client))
+    enforce((runtime.per_address, client_address(request)), (runtime.per_subject, caller.subject))
     response = await runtime.writes.submit(
-        lambda unit: handlers.place_order(unit, body, caller.subject, idempotency_key)
+        lambda unit: handlers.place_order(unit, body, caller.subject, key)
     )
     return ORJSONResponse(response, status_code=202)
 

@@ -82,10 +82,11 @@ def place_order(
 ) -> dict[str, Any]:
     """Record a PENDING order of `user_id` and emit `order-created`; return the response.
 
-    With an idempotency key, the key is claimed first (insert-first): a replay of the
-    same request by the same user gets the first response and creates nothing; the same
-    key with another request (or another user's) conflicts. Core statements only: this
-    runs once per order under load."""
+    With an idempotency key, the user's key is claimed first (insert-first): a replay of
+    the same request gets the first response and creates nothing; the same key with
+    another request conflicts. Each user has a key space of their own, so another user's
+    key is no concern of theirs. Core statements only: this runs once per order under
+    load."""
     session = unit.session
     order_id = str(uuid.uuid4())
     request_hash = ""
@@ -95,13 +96,20 @@ def place_order(
         ).hexdigest()
         claimed = session.execute(
             insert(session, _KEYS)
-            .values(key=idempotency_key, request_hash=request_hash, order_id=order_id)
+            .values(
+                user_id=user_id,
+                key=idempotency_key,
+                request_hash=request_hash,
+                order_id=order_id,
+            )
             .on_conflict_do_nothing()
             .returning(_KEYS.c.key)
         ).first()
         if claimed is None:
             first = session.execute(
-                select(_KEYS.c.request_hash, _KEYS.c.response).where(_KEYS.c.key == idempotency_key)
+                select(_KEYS.c.request_hash, _KEYS.c.response).where(
+                    _KEYS.c.user_id == user_id, _KEYS.c.key == idempotency_key
+                )
             ).first()
             if first is None or first.request_hash != request_hash or first.response is None:
                 raise IdempotencyKeyReused(idempotency_key)
@@ -144,7 +152,9 @@ def place_order(
     ).model_dump(mode="json")
     if idempotency_key is not None:
         session.execute(
-            update(_KEYS).where(_KEYS.c.key == idempotency_key).values(response=response)
+            update(_KEYS)
+            .where(_KEYS.c.user_id == user_id, _KEYS.c.key == idempotency_key)
+            .values(response=response)
         )
     return response
 

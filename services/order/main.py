@@ -1,6 +1,7 @@
 """The order service: accepts orders over REST and drives each through the saga.
 
-Run: uvicorn services.order.main:create_app --factory"""
+Run: python -m services order. With uvicorn's own command line, give it the flags of
+tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
 
 from __future__ import annotations
 

@@ -73,10 +73,12 @@ class KnownProduct(Base):
 
 
 class IdempotencyKey(Base):
-    """The first response to a POST /orders with an Idempotency-Key header."""
+    """The first response to a POST /orders with an Idempotency-Key header. Each user has
+    a key space of their own."""
 
     __tablename__ = "idempotency_keys"
 
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[str] = mapped_column(String(36))

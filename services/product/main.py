@@ -1,6 +1,7 @@
 """The product service: the catalogue, with availability kept from inventory's events.
 
-Run: uvicorn services.product.main:create_app --factory"""
+Run: python -m services product. With uvicorn's own command line, give it the flags of
+tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
 
 from __future__ import annotations
 

@@ -36,13 +36,14 @@ class EmailAlreadyRegistered(Conflict):
         self.email = email
 
 
-def register_user(unit: Unit, command: UserIn) -> User:
-    """Register a user; the unique key on email, not a prior lookup, rejects a second one."""
+def register_user(unit: Unit, command: UserIn, password_hash: str | None = None) -> User:
+    """Register a user; the unique key on email, not a prior lookup, rejects a second one.
+    `password_hash`: the password's, made before the transaction (else made here)."""
     user = User(
         id=str(uuid.uuid4()),
         name=command.name,
         email=command.email,
-        password_hash=hash_password(command.password),
+        password_hash=password_hash or hash_password(command.password),
     )
     try:
         with unit.session.begin_nested():

@@ -1,6 +1,7 @@
 """The user service: accounts and tokens, and notifications kept from order's events.
 
-Run: uvicorn services.user.main:create_app --factory"""
+Run: python -m services user. With uvicorn's own command line, give it the flags of
+tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def create_app(settings: UserSettings | None = None) -> FastAPI:
 
     spec = replace(SPEC, on_start=on_start)
     app = create_service_app(spec, settings, title="User service", routers=[api.router])
-    app.state.token_limits = api.token_limits(settings)
+    app.state.user_limits = api.Limits.of(settings)
     app.state.known_subject = lambda runtime, subject: _known(runtime, subject)
     app.add_middleware(
         CORSMiddleware,

@@ -64,7 +64,9 @@ def create_service_app(
 
     app = FastAPI(title=title, lifespan=lifespan, telemetry=http.TELEMETRY)
     app.state.settings = settings
-    http.install(app, max_body_bytes=settings.max_body_bytes)
+    http.install(
+        app, max_body_bytes=settings.max_body_bytes, trusted_proxies=settings.trusted_proxies
+    )
     for router in routers:
         app.include_router(router)
     _point_token_url_at(app, settings.token_url)
@@ -101,7 +103,19 @@ def _point_token_url_at(app: FastAPI, token_url: str) -> None:
 
 
 def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
-    """Run one service with uvicorn on the host and port its settings name."""
+    """Run one service with uvicorn on the host and port its settings name, with the HTTP
+    protocol that bounds request heads (shared.runtime.protocol). The app reads
+    `X-Forwarded-For` itself, from the proxies its settings trust (shared.runtime.proxy),
+    so uvicorn's own reading (which trusts 127.0.0.1) is off."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False)
+    from shared.runtime.protocol import BoundedHttpToolsProtocol
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        proxy_headers=False,
+        http=BoundedHttpToolsProtocol,
+    )

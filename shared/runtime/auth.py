@@ -12,7 +12,9 @@ tokens against them, so no service calls another.
     def set_stock(..., _: OperatorCaller) -> ...:                 # scope `operator`
 
 A request without a usable token gets 401 with `WWW-Authenticate: Bearer`; a service
-that has not learnt any key yet answers 503."""
+that has not learnt any key yet answers 503. A token that lives longer than
+`AUTH_MAX_TOKEN_TTL_MINUTES` (from `iat` to `exp`), or was issued more than a minute
+ahead of the service's clock, is refused even when its signature is good."""
 
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 OPERATOR = "operator"
+MAX_LIFETIME = timedelta(minutes=60)
+"""The longest a token may live (`AUTH_MAX_TOKEN_TTL_MINUTES`); the user service issues
+them for 15 minutes."""
+CLOCK_LEEWAY = timedelta(seconds=60)
+"""How far ahead of this service's clock the issuer's may be (`iat` in the future)."""
 
 bearer = OAuth2PasswordBearer(tokenUrl="/token", auto_error=False)
 """The OpenAPI security scheme; each app points its `tokenUrl` at the user service."""
@@ -76,10 +83,13 @@ class KeyRing:
         load: Callable[[], list[TrustedKey]],
         reload_every: float = 1.0,
         max_age: float = 30.0,
+        max_lifetime: timedelta = MAX_LIFETIME,
     ) -> None:
         """`max_age`: reload at least this often (seconds) anyway, so that a key dropped
-        from the set (a leaked one rotated out, say) stops being trusted."""
+        from the set (a leaked one rotated out, say) stops being trusted.
+        `max_lifetime`: refuse a token that lives longer (from `iat` to `exp`)."""
         self._load = load
+        self._max_lifetime = max_lifetime.total_seconds()
         self._reload_every = reload_every
         self._max_age = max_age
         self._keys: dict[str, TrustedKey] = {}
@@ -158,15 +168,22 @@ class KeyRing:
                 algorithms=[ALGORITHM],
                 issuer=issuer,
                 options={"require": ["exp", "iat", "iss", "sub"]},
+                leeway=CLOCK_LEEWAY,  # for `iat`; `exp` is judged below, strictly
             )
         except jwt.ExpiredSignatureError as exc:
             raise TokenRejected("token expired") from exc
         except jwt.InvalidIssuerError as exc:
             raise TokenRejected("wrong issuer") from exc
+        except jwt.ImmatureSignatureError as exc:  # `iat` ahead of this clock
+            raise TokenRejected("token issued in the future") from exc
         except jwt.PyJWTError as exc:
             raise TokenRejected("invalid token") from exc
         if claims["exp"] <= now.timestamp():  # PyJWT judges by the clock, not by `now`
             raise TokenRejected("token expired")
+        if claims["iat"] > now.timestamp() + CLOCK_LEEWAY.total_seconds():
+            raise TokenRejected("token issued in the future")
+        if claims["exp"] - claims["iat"] > self._max_lifetime:
+            raise TokenRejected("token lifetime too long")
         scope = claims.get("scope", "")
         if not isinstance(claims["sub"], str) or not isinstance(scope, str):
             raise TokenRejected("invalid claims")

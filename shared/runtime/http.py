@@ -4,7 +4,7 @@ error envelope, and the /health, /ready and /metrics endpoints."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -20,8 +20,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.messaging import tracing
-from shared.messaging.envelope import new_id
+from shared.runtime import ids
+from shared.runtime.headers import HeadLimitMiddleware
 from shared.runtime.metrics import UNMATCHED
+from shared.runtime.proxy import ForwardedFor, Network
 
 
 class DomainError(Exception):
@@ -99,7 +101,8 @@ BODY_ERRORS: Responses = errors(
 
 class TracingMiddleware:
     """Continues the caller's `traceparent` (or starts a trace) and makes the request the
-    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`."""
+    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`. Every id it
+    reads is checked first (shared.runtime.ids): a malformed one is replaced or ignored."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -109,16 +112,20 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = headers.get("x-request-id") or new_id()
+        request_id = ids.request_id(headers.get("x-request-id"))
+        traceparent = ids.traceparent(headers.get("traceparent"))
+        tracestate = ids.tracestate(headers.get("tracestate")) if traceparent else None
         cause = tracing.Cause(
-            request_id, headers.get("x-correlation-id"), continued="traceparent" in headers
+            request_id,
+            ids.correlation_id(headers.get("x-correlation-id")),
+            continued=traceparent is not None,
         )
         method = scope["method"]
         with tracing.span(
             method,
             cause=cause,
-            traceparent=headers.get("traceparent"),
-            tracestate=headers.get("tracestate"),
+            traceparent=traceparent,
+            tracestate=tracestate,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
         ) as current:
@@ -286,11 +293,14 @@ async def _unstorable(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": [issue]}, status_code=422)
 
 
-def install(app: FastAPI, *, max_body_bytes: int) -> None:
-    """Add the middleware, the error handlers and the operational endpoints."""
+def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Network] = ()) -> None:
+    """Add the middleware, the error handlers and the operational endpoints.
+    `trusted_proxies`: the peers whose `X-Forwarded-For` names the client."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(HeadLimitMiddleware)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(ForwardedFor, trusted=trusted_proxies)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(DataError, _unstorable)
 

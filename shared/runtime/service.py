@@ -101,7 +101,9 @@ class ServiceRuntime:
             settings.topic_prefix,
             read_sessions=self.read_sessions,
         )
-        self.keys = KeyRing(lambda: trusted_keys(self.read_sessions))
+        self.keys = KeyRing(
+            lambda: trusted_keys(self.read_sessions), max_lifetime=settings.max_token_lifetime
+        )
         """The public keys tokens are checked against (shared.runtime.keys)."""
         self.per_subject = RateLimiter(settings.rate_per_subject, 2 * settings.rate_per_subject)
         self.per_address = RateLimiter(settings.rate_per_address, 2 * settings.rate_per_address)

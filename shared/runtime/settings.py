@@ -9,14 +9,16 @@ Nothing else reads os.environ."""
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import URL, make_url
 
 from shared.messaging.connection import SCRAM, KafkaConnection
+from shared.runtime.proxy import Network, parse_networks
 
 
 class KafkaSettings(BaseSettings):
@@ -107,6 +109,10 @@ class ServiceSettings(KafkaSettings):
     `signing-keys` sets, base64url of the raw 32-byte Ed25519 key (several, comma-separated,
     while it is rotated). A service that learns keys from events does not start without
     it (shared.runtime.keys)."""
+    auth_max_token_ttl_minutes: float = Field(
+        60, gt=0, validation_alias=AliasChoices("AUTH_MAX_TOKEN_TTL_MINUTES")
+    )
+    """The longest a token may live (`exp - iat`); a longer one is refused."""
     token_url: str = Field(
         "http://127.0.0.1:8004/token", validation_alias=AliasChoices("AUTH_TOKEN_URL")
     )
@@ -116,6 +122,9 @@ class ServiceSettings(KafkaSettings):
     bursts of twice that."""
     rate_per_address: float = 1000.0
     """The same per client address."""
+    forwarded_allow_ips: str = Field("", validation_alias=AliasChoices("FORWARDED_ALLOW_IPS"))
+    """The proxies whose `X-Forwarded-For` names the client (comma-separated addresses or
+    networks); empty: nobody's, the peer is the client (shared.runtime.proxy)."""
     shutdown_grace_seconds: float = Field(
         1.0, ge=0, validation_alias=AliasChoices("SHUTDOWN_GRACE_SECONDS")
     )
@@ -156,6 +165,19 @@ def _one_password(raw: bytes, variable: str) -> str:
     if len(text) > MAX_PASSWORD:
         raise ValueError(f"{variable}: the password is longer than {MAX_PASSWORD} characters")
     return text
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.forwarded_allow_ips)
+
+    @property
+    def max_token_lifetime(self) -> timedelta:
+        return timedelta(minutes=self.auth_max_token_ttl_minutes)
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:

@@ -27,6 +27,7 @@ from tests.helpers import eventually, random_email, read_topic, unique
 pytestmark = pytest.mark.e2e
 
 ISSUER = "event-driven-shop"
+TOKEN_TTL = timedelta(minutes=15)
 
 
 @dataclass
@@ -216,6 +217,10 @@ def bad_tokens(running: RunningStack, ada: Person) -> dict[str, str | None]:
             [head, _b64(json.dumps(tampered_claims).encode()), ada.token.split(".")[2]]
         ),
         "unknown user": mint(key, kid, unique("nobody"), issuer=ISSUER, ttl=timedelta(minutes=5)),
+        "a lifetime over the maximum": mint(key, kid, ada.id, issuer=ISSUER, ttl=timedelta(days=1)),
+        "issued in the future": mint(
+            key, kid, ada.id, issuer=ISSUER, ttl=TOKEN_TTL, now=now + timedelta(minutes=10)
+        ),
     }
 
 

@@ -18,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from pydantic import ValidationError
 
 from services.order.config import OrderSettings
 from services.order.main import create_app
+from services.user.config import UserSettings
 from shared.runtime import http
 from shared.runtime.auth import (
     ALGORITHM,
@@ -130,6 +132,54 @@ def test_a_token_is_judged_at_the_time_it_is_verified() -> None:
 
     assert keys.verify(token, ISSUER, now=issued + TTL - timedelta(seconds=1)).subject
     rejected(KeyRing(lambda: [signer.trusted()]), token, "token expired", now=issued + TTL)
+
+
+def test_a_token_that_lives_longer_than_the_maximum_is_rejected() -> None:
+    """A leaked signing key, or a bug in the issuer, should not make tokens that live a
+    year: a service refuses any whose lifetime (exp - iat) is over its maximum."""
+    signer = Signer()
+    keys = KeyRing(lambda: [signer.trusted()], max_lifetime=timedelta(minutes=60))
+
+    assert keys.verify(signer.token(ttl=timedelta(minutes=60)), ISSUER).subject
+    for ttl in (timedelta(minutes=60, seconds=1), timedelta(days=365)):
+        rejected(keys, signer.token(ttl=ttl), "token lifetime too long")
+
+
+def test_a_token_issued_in_the_future_beyond_the_leeway_is_rejected() -> None:
+    signer = Signer()
+    keys, _ = ring(signer.trusted())
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    slightly_ahead = signer.token(now=now + timedelta(seconds=30), ttl=TTL)
+    assert keys.verify(slightly_ahead, ISSUER, now=now).subject, "a clock a little ahead"
+    rejected(
+        keys,
+        signer.token(now=now + timedelta(minutes=5), ttl=TTL),
+        "token issued in the future",
+        now=now,
+    )
+
+
+def test_a_tokens_lifetime_is_bounded_by_default_and_by_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert OrderSettings().auth_max_token_ttl_minutes == 60
+    monkeypatch.setenv("AUTH_MAX_TOKEN_TTL_MINUTES", "5")
+    settings = OrderSettings()
+    signer = Signer()
+    keys = KeyRing(lambda: [signer.trusted()], max_lifetime=settings.max_token_lifetime)
+
+    rejected(keys, signer.token(ttl=TTL), "token lifetime too long")
+
+
+def test_the_user_service_cannot_issue_tokens_longer_than_the_services_accept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("USER_TOKEN_TTL_MINUTES", "90")
+    with pytest.raises(ValidationError, match="AUTH_MAX_TOKEN_TTL_MINUTES"):
+        UserSettings()
+    monkeypatch.setenv("AUTH_MAX_TOKEN_TTL_MINUTES", "120")
+    assert UserSettings().token_ttl == timedelta(minutes=90)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import ast
 import base64
 import importlib
 import importlib.util
+import ipaddress
 import json
 import re
 import shlex
@@ -597,7 +598,7 @@ def test_service_environment_is_read_by_its_settings(
 ) -> None:
     settings = settings_class(name)
     known = env_names(settings)
-    env = {k: v for k, v in environment(name).items() if not k.startswith("OTEL_") and k != UVICORN}
+    env = {k: v for k, v in environment(name).items() if not k.startswith("OTEL_")}
     assert "KAFKA_BOOTSTRAP_SERVERS" in env
     assert f"{name.upper()}_DATABASE_URL" in env
     unknown = sorted(set(env) - set(known))
@@ -630,9 +631,6 @@ def test_jaeger_serves_its_ui_on_loopback_and_is_healthy_when_it_answers() -> No
 
 # --- the proxy in front of the services -------------------------------------------------
 
-UVICORN = "FORWARDED_ALLOW_IPS"
-"""Read by uvicorn (not the settings): the peers whose X-Forwarded-For it trusts."""
-
 
 def test_the_proxy_config_is_generated_from_the_registry() -> None:
     volumes = service(PROXY)["volumes"]
@@ -649,7 +647,8 @@ def test_the_proxy_finds_every_container_of_each_service_and_checks_ready() -> N
     config = haproxy_local.COMPOSE_CONFIG.read_text()
     assert "nameserver dns 127.0.0.11:53" in config, "Docker's embedded DNS"
     for name, port in PORTS.items():
-        assert f"frontend {name}\n    bind :{port}\n    default_backend {name}\n" in config
+        assert f"frontend {name}\n    bind :{port}\n" in config
+        assert f"    default_backend {name}\n" in config
         assert re.search(
             rf"server-template {name}- 1-\d+ {name}:{port} check resolvers docker", config
         )
@@ -671,10 +670,39 @@ def test_the_proxy_config_is_valid_for_haproxy() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def proxy_address() -> str:
+    """The proxy's fixed address on the default network."""
+    address = service(PROXY)["networks"]["default"]["ipv4_address"]
+    assert isinstance(address, str)
+    return address
+
+
+def test_the_proxy_has_a_fixed_address_docker_never_hands_to_another_container() -> None:
+    (pool,) = compose()["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    address = ipaddress.ip_address(proxy_address())
+    assert address in subnet
+    assert dynamic.subnet_of(subnet)  # type: ignore[arg-type]
+    assert address not in dynamic, "a container started before the proxy could take it"
+    assert address not in (subnet.network_address, subnet.network_address + 1), "the gateway"
+    for name, spec in compose()["services"].items():
+        if name != PROXY:
+            assert "networks" not in spec, (
+                f"{name} must be on the default network, no fixed address"
+            )
+
+
 @pytest.mark.parametrize("name", sorted(PORTS))
-def test_services_trust_forwarded_for_as_only_the_network_reaches_them(name: str) -> None:
-    assert environment(name)[UVICORN] == "*"
+def test_services_trust_forwarded_for_from_the_proxy_alone(name: str) -> None:
+    settings = settings_class(name)(forwarded_allow_ips=environment(name)["FORWARDED_ALLOW_IPS"])
+    assert [str(n) for n in settings.trusted_proxies] == [f"{proxy_address()}/32"]
     assert published_ports(name) == []
+
+
+def test_the_proxy_overwrites_forwarded_for_with_the_real_client() -> None:
+    config = haproxy_local.COMPOSE_CONFIG.read_text()
+    assert "option forwardfor" not in config, "it appends to whatever the client sent"
+    assert config.count("http-request set-header X-Forwarded-For %[src]") == len(PORTS)
 
 
 @pytest.mark.parametrize("name", sorted(PORTS))

@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 
 from shared.runtime import http
-from shared.runtime.limits import RateLimiter, enforce
+from shared.runtime.limits import RateLimiter, digest, enforce
 
 pytestmark = pytest.mark.unit
 
@@ -87,9 +87,9 @@ def test_enforce_passes_while_every_bucket_has_a_token() -> None:
     enforce()  # no checks, nothing to refuse
 
 
-def test_enforce_answers_429_with_the_longest_wait_rounded_up_as_retry_after() -> None:
+def test_enforce_answers_429_with_the_refusing_buckets_wait_rounded_up_as_retry_after() -> None:
     slow, fast = RateLimiter(rate=0.01, burst=1), RateLimiter(rate=1, burst=1)
-    enforce((slow, "ann"), (fast, "10.0.0.1"))
+    enforce((fast, "10.0.0.1"), (slow, "ann"))
 
     with pytest.raises(HTTPException) as caught:
         enforce((slow, "ann"), (fast, "10.0.0.1"))
@@ -98,6 +98,55 @@ def test_enforce_answers_429_with_the_longest_wait_rounded_up_as_retry_after() -
     assert caught.value.headers is not None
     retry_after = caught.value.headers["Retry-After"]
     assert retry_after.isdigit() and 99 <= int(retry_after) <= 100, "1/0.01 s, not 1/1 s"
+
+
+def test_a_refusal_stops_enforce_before_the_later_checks_make_a_bucket() -> None:
+    per_address, per_account = RateLimiter(rate=0.01, burst=1), RateLimiter(rate=1, burst=1)
+    enforce((per_address, "10.0.0.1"), (per_account, "ann"))
+
+    for n in range(100):
+        with pytest.raises(HTTPException):
+            enforce((per_address, "10.0.0.1"), (per_account, f"user-{n}"))
+
+    assert len(per_account) == 1, "only the one admitted request's account has a bucket"
+
+
+def test_a_refunded_token_can_be_taken_again() -> None:
+    limiter = RateLimiter(rate=0.01, burst=2)
+    limiter.wait("ann", now=0)
+    limiter.wait("ann", now=0)
+    assert limiter.wait("ann", now=0) > 0
+
+    limiter.refund("ann", now=0)
+
+    assert limiter.wait("ann", now=0) == 0
+    assert limiter.wait("ann", now=0) > 0
+    limiter.refund("nobody", now=0)  # nothing taken, nothing to give back
+    assert len(limiter) == 1
+
+
+def test_a_refund_never_fills_a_bucket_beyond_its_burst() -> None:
+    limiter = RateLimiter(rate=1, burst=2)
+    limiter.wait("ann", now=0)
+    for _ in range(5):
+        limiter.refund("ann", now=10)
+
+    assert [limiter.wait("ann", now=10) == 0 for _ in range(3)] == [True, True, False]
+
+
+def test_a_digest_is_16_bytes_whatever_its_input_and_tells_parts_apart() -> None:
+    assert len(digest("a" * 65_536)) == len(digest("")) == 16
+    assert digest("ann@example.com", "10.0.0.1") != digest("ann@example.com", "10.0.0.2")
+    assert digest("ab", "c") != digest("a", "bc")
+
+
+def test_a_limiter_remembers_at_most_max_keys() -> None:
+    limiter = RateLimiter(rate=1, burst=1, max_keys=1000)
+
+    for n in range(20_000):
+        limiter.wait(digest(str(n)), now=0)
+
+    assert len(limiter) == 1000
 
 
 def test_a_limited_route_answers_429_with_retry_after() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from services.order import handlers
 from services.order.config import OrderSettings
@@ -54,6 +55,8 @@ from shared.runtime.http import Conflict, NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
+from shared.storage.db import make_engine, make_sessions
+from shared.storage.migrations import alembic_config, upgrade
 from tests.unit.signing import Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -559,19 +562,82 @@ def test_the_owner_cancels_their_own_order(uow: UnitOfWork) -> None:
         assert handlers.order_events(unit, order_id, user_id) == []
 
 
-def test_the_same_key_from_another_user_conflicts_instead_of_replaying(uow: UnitOfWork) -> None:
+def test_the_same_key_from_another_user_places_that_users_own_order(uow: UnitOfWork) -> None:
+    """Each user has a key space of their own: nothing of ann's order reaches bob."""
     ann, (lamp, _) = known(uow)
     bob, _ = known(uow, products=0)
     first = place(uow, ann, command((lamp, 2)), "key-1")
 
-    with pytest.raises(handlers.IdempotencyKeyReused) as caught, uow() as unit:
-        handlers.place_order(unit, command((lamp, 2)), bob, "key-1")
+    bobs = place(uow, bob, command((lamp, 2)), "key-1")
 
-    assert caught.value.status_code == 409
-    assert first["id"] not in caught.value.message, "nothing of ann's order leaks to bob"
-    assert count(uow, Order) == 1
-    assert [e.key for _, e in emitted(uow)] == [first["id"]]
+    assert bobs["id"] != first["id"] and bobs["user_id"] == bob
+    assert count(uow, Order) == 2
     assert place(uow, ann, command((lamp, 2)), "key-1") == first
+    assert place(uow, bob, command((lamp, 2)), "key-1") == bobs
+    with pytest.raises(handlers.IdempotencyKeyReused), uow() as unit:
+        handlers.place_order(unit, command((lamp, 3)), bob, "key-1")
+
+
+@pytest.fixture
+def any_uow(database_url: str) -> Iterator[UnitOfWork]:
+    """The order service's schema on SQLite and on PostgreSQL."""
+    engine = make_engine(database_url)
+    upgrade(engine, SPEC.migrations)
+    yield UnitOfWork(make_sessions(engine), SPEC.outbox_model, "/services/order")
+    engine.dispose()
+
+
+def test_idempotency_keys_are_scoped_to_their_user_on_every_database(any_uow: UnitOfWork) -> None:
+    ann, (lamp, _) = known(any_uow)
+    bob, _ = known(any_uow, products=0)
+
+    first = place(any_uow, ann, command((lamp, 1)), "shared-key")
+    bobs = place(any_uow, bob, command((lamp, 1)), "shared-key")
+
+    assert first["id"] != bobs["id"]
+    assert place(any_uow, ann, command((lamp, 1)), "shared-key") == first
+    assert count(any_uow, Order) == 2
+
+
+IDEMPOTENCY_REVISION = "e7bb5d2824c6"
+"""The order service's revision that scopes idempotency keys to their user."""
+
+
+def test_the_migration_gives_each_stored_key_its_orders_user(database_url: str) -> None:
+    from alembic import command as alembic
+
+    engine = make_engine(database_url)
+    config = alembic_config(SPEC.migrations)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        alembic.upgrade(config, f"{IDEMPOTENCY_REVISION}-1")
+        now = datetime.now(UTC)
+        connection.execute(
+            text(
+                "INSERT INTO orders (id, user_id, status, created_at, updated_at)"
+                " VALUES ('o-1', 'ann', 'PENDING', :now, :now)"
+            ),
+            {"now": now},
+        )
+        for key, order_id in (("k-1", "o-1"), ("k-2", "o-gone")):
+            connection.execute(
+                text(
+                    "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)"
+                    " VALUES (:key, 'h', :order_id, :now)"
+                ),
+                {"key": key, "order_id": order_id, "now": now},
+            )
+        alembic.upgrade(config, "head")
+        rows = connection.execute(text("SELECT user_id, key FROM idempotency_keys")).all()
+        connection.execute(
+            text(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id, created_at)"
+                " VALUES ('bob', 'k-1', 'h', 'o-2', :now)"
+            ),
+            {"now": now},
+        )
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [("ann", "k-1")], "a key without its order is dropped"
 
 
 # The local views of users and products
@@ -931,7 +997,7 @@ def test_a_token_of_a_user_order_has_not_learnt_is_401_not_422(
     assert count(uow, Order) == 0
 
 
-def test_an_idempotency_key_used_by_another_user_is_409_over_http(
+def test_an_idempotency_key_another_user_used_places_their_own_order_over_http(
     order_app: FastAPI, uow: UnitOfWork
 ) -> None:
     ann, (lamp, _) = known(uow)
@@ -939,12 +1005,56 @@ def test_an_idempotency_key_used_by_another_user_is_409_over_http(
     key = {"Idempotency-Key": "shared-key"}
 
     first = signed_in(order_app, ann).post("/orders", json=items(lamp), headers=key)
-    stolen = signed_in(order_app, bob).post("/orders", json=items(lamp), headers=key)
+    bobs = signed_in(order_app, bob).post("/orders", json=items(lamp), headers=key)
     again = signed_in(order_app, ann).post("/orders", json=items(lamp), headers=key)
 
-    assert (first.status_code, stolen.status_code, again.status_code) == (202, 409, 202)
-    assert first.json()["id"] not in stolen.text
+    assert (first.status_code, bobs.status_code, again.status_code) == (202, 202, 202)
+    assert first.json()["id"] not in bobs.text
+    assert bobs.json()["user_id"] == bob
     assert again.json() == first.json()
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 256, b"two words", "cl\u00e9".encode(), b"a\x00b"])
+def test_an_invalid_idempotency_key_is_400_and_places_nothing(
+    order_app: FastAPI, uow: UnitOfWork, key: bytes
+) -> None:
+    ann, (lamp, _) = known(uow)
+
+    answer = signed_in(order_app, ann).post(
+        "/orders", json=items(lamp), headers={"Idempotency-Key": key}
+    )
+
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "detail": "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces"
+    }
+    assert count(uow, Order) == 0
+    assert emitted(uow) == []
+
+
+def test_the_idempotency_key_is_documented_with_its_400(order_app: FastAPI) -> None:
+    operation = order_app.openapi()["paths"]["/orders"]["post"]
+
+    assert "Idempotency-Key" in operation["responses"]["400"]["description"]
+    (header,) = [p for p in operation["parameters"] if p["name"] == "idempotency-key"]
+    assert "255 printable ASCII" in header["description"]
+
+
+@pytest.mark.parametrize("request_id", [b"r" * 10_000, b"abc\x00def", "r\u00e9quest".encode(), b""])
+def test_an_order_with_a_hostile_request_id_is_placed_and_caused_by_a_fresh_id(
+    order_app: FastAPI, uow: UnitOfWork, request_id: bytes
+) -> None:
+    ann, (lamp, _) = known(uow)
+
+    answer = signed_in(order_app, ann).post(
+        "/orders", json=items(lamp), headers={"x-request-id": request_id}
+    )
+
+    assert answer.status_code == 202
+    echoed = answer.headers["x-request-id"]
+    assert re.fullmatch(r"[A-Za-z0-9._:/+=-]{1,64}", echoed) and echoed.encode() != request_id
+    [(_, created)] = emitted(uow, "order-created")
+    assert created.causation_id == echoed
 
 
 def test_placing_orders_too_fast_is_429_with_retry_after_per_user(

@@ -103,6 +103,11 @@ def test_scaled_services_run_named_instances_behind_the_proxy(tmp_path: Path) ->
     # a proxied instance drains before it stops; one alone has nothing to wait for
     assert "SHUTDOWN_GRACE_SECONDS" not in order[0].env
     assert stack.services["user"].env["SHUTDOWN_GRACE_SECONDS"] == "0"
+    # a proxied instance trusts X-Forwarded-For from the proxy alone; one alone, from nobody
+    assert {p.env["FORWARDED_ALLOW_IPS"] for p in order} == {haproxy_local.PROXY_SOURCE}
+    assert stack.services["user"].env["FORWARDED_ALLOW_IPS"] == ""
+    for process in stack.processes().values():
+        assert "--no-proxy-headers" in process.command(), "uvicorn would trust 127.0.0.1"
     assert [p.id for p in stack.chosen("order")] == ["order-1", "order-2", "order-3"]
     assert [p.id for p in stack.chosen("order-2")] == ["order-2"]
 
@@ -139,11 +144,13 @@ def test_haproxy_config_has_a_frontend_and_a_checked_backend_per_scaled_service(
     for backend in BACKENDS:
         assert config[f"frontend {backend.name}"] == [
             f"bind 127.0.0.1:{backend.port}",
+            "http-request set-header X-Forwarded-For %[src]",
             f"default_backend {backend.name}",
         ]
         lines = config[f"backend {backend.name}"]
         assert "option httpchk GET /ready" in lines
         assert "http-check expect status 200" in lines
+        assert f"source {haproxy_local.PROXY_SOURCE}" in lines
         servers = [line.split() for line in lines if line.startswith("server ")]
         assert servers == [
             ["server", name, f"127.0.0.1:{port}", "check"] for name, port in backend.servers.items()
@@ -151,7 +158,6 @@ def test_haproxy_config_has_a_frontend_and_a_checked_backend_per_scaled_service(
     defaults = config["defaults"]
     for line in (
         "mode http",
-        "option forwardfor",
         "option redispatch 1",
         "retry-on conn-failure",
         "option http-server-close",
@@ -159,6 +165,14 @@ def test_haproxy_config_has_a_frontend_and_a_checked_backend_per_scaled_service(
     ):
         assert line in defaults, line
     assert "stats socket /run/stats.sock mode 600 level admin" in config["global"]
+    assert "option forwardfor" not in defaults, "it appends to what the client sent"
+
+
+def test_the_proxy_connects_from_an_address_no_client_uses() -> None:
+    """All of 127.0.0.0/8 is loopback: clients reach the instances from 127.0.0.1, the
+    proxy from another address, the only one whose X-Forwarded-For they trust."""
+    assert haproxy_local.PROXY_SOURCE != "127.0.0.1"
+    assert haproxy_local.PROXY_SOURCE.startswith("127.")
 
 
 def test_a_draining_instance_leaves_rotation_within_its_grace() -> None:

@@ -7,8 +7,10 @@ import base64
 import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ from sqlalchemy import select, update
 
 from services.order.main import SPEC as ORDER
 from services.user import handlers, main, passwords, tokens
+from services.user.api import Limits
 from services.user.config import UserSettings
 from services.user.keystore import Keystore, WrongKey
 from services.user.main import SPEC, create_app
@@ -602,9 +605,20 @@ def test_a_failed_sign_in_is_401_with_a_bearer_challenge(app: FastAPI) -> None:
         assert answer.json() == {"detail": "incorrect e-mail or password"}
 
 
-def test_sign_in_attempts_per_account_are_limited(app: FastAPI) -> None:
-    app.state.token_limits = (RateLimiter(rate=0.01, burst=2), RateLimiter(rate=100, burst=100))
-    client = TestClient(app)
+def from_address(app: FastAPI, address: str) -> TestClient:
+    """A client whose requests come from `address`."""
+    return TestClient(app, client=(address, 40_000))
+
+
+def limited(app: FastAPI, **settings: Any) -> FastAPI:
+    """`app` with the user service's limits built from these settings."""
+    app.state.user_limits = Limits.of(UserSettings(**settings))
+    return app
+
+
+def test_failed_sign_ins_are_limited_per_account_and_address(app: FastAPI) -> None:
+    limited(app, token_failure_rate=0.01, token_failure_burst=2)
+    client = from_address(app, "10.0.0.1")
     email = random_email()
 
     answers = [sign_in(client, email, "guess") for _ in range(3)]
@@ -614,6 +628,167 @@ def test_sign_in_attempts_per_account_are_limited(app: FastAPI) -> None:
     assert int(answers[2].headers["Retry-After"]) >= 1
     assert other.status_code == 401, "another account has its own bucket"
     assert sign_in(client, email.upper(), "guess").status_code == 429, "the same account"
+    assert sign_in(client, f"  {email} ", "guess").status_code == 429, "the same account"
+
+
+def test_the_owner_signs_in_while_someone_elsewhere_guesses_the_password(app: FastAPI) -> None:
+    limited(app, token_failure_rate=0.01, token_failure_burst=3)
+    email = random_email()
+    TestClient(app).post("/users", json={"name": "Op", "email": email, "password": PASSWORD})
+    attacker, owner = from_address(app, "203.0.113.66"), from_address(app, "198.51.100.7")
+
+    guesses = [sign_in(attacker, email, f"guess-{n}").status_code for n in range(10)]
+    signed_in = [sign_in(owner, email).status_code for _ in range(5)]
+
+    assert guesses == [401] * 3 + [429] * 7
+    assert signed_in == [200] * 5
+    assert sign_in(attacker, email, PASSWORD).status_code == 429, "even the right password"
+
+
+def test_successful_sign_ins_use_no_failure_allowance(app: FastAPI) -> None:
+    limited(app, token_failure_rate=0.01, token_failure_burst=2)
+    client = from_address(app, "10.0.0.1")
+    email = random_email()
+    client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+
+    assert [sign_in(client, email).status_code for _ in range(6)] == [200] * 6
+    assert [sign_in(client, email, "typo").status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_every_sign_in_counts_against_the_address_first(app: FastAPI) -> None:
+    limited(app, token_rate_per_address=0.01, token_address_burst=5)
+    client = from_address(app, "10.0.0.1")
+    failures = app.state.user_limits.failures
+
+    answers = [sign_in(client, f"user-{n}@example.com", "guess") for n in range(25)]
+
+    assert [a.status_code for a in answers] == [401] * 5 + [429] * 20
+    assert len(failures) == 5, "a refused attempt makes no per-account bucket"
+    assert sign_in(from_address(app, "10.0.0.2"), random_email(), "guess").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("username", "a" * 245 + "@example.com"),
+        ("username", "u" * 65_000),
+        ("password", "p" * 1025),
+    ],
+    ids=["255-character e-mail", "64 KiB username", "1025-character password"],
+)
+def test_an_oversized_username_or_password_is_422_before_any_limit_or_hash(
+    app: FastAPI, hasher: CountingHasher, field: str, value: str
+) -> None:
+    limits = limited(app).state.user_limits
+    form = {"username": random_email(), "password": "guess", field: value}
+
+    answer = from_address(app, "10.0.0.1").post("/token", data=form)
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["body", field]
+    assert (len(limits.sign_ins), len(limits.failures)) == (0, 0)
+    assert hasher.verified == []
+
+
+def test_the_longest_e_mail_and_a_long_password_are_still_checked(app: FastAPI) -> None:
+    client = from_address(app, "10.0.0.1")
+
+    longest = sign_in(client, "a" * 242 + "@example.com", "p" * 1024)
+
+    assert longest.status_code == 401
+
+
+def test_hundreds_of_long_usernames_from_one_address_leave_a_few_small_buckets(
+    app: FastAPI,
+) -> None:
+    """/token could be made to keep a 64 KiB key per username, 100,000 of them; now a
+    key is a 16-byte digest, and only attempts the address limit admits make one."""
+    limits = limited(app, token_rate_per_address=0.01, token_address_burst=20).state.user_limits
+    client = from_address(app, "10.0.0.1")
+    answers = [sign_in(client, f"{n:05d}" + "x" * 249, "guess") for n in range(300)]
+
+    assert [a.status_code for a in answers] == [401] * 20 + [429] * 280
+    assert len(limits.failures) == 20
+    assert len(limits.sign_ins) == 1
+
+
+def test_registering_is_limited_per_address_tightly(app: FastAPI) -> None:
+    limits = limited(app, register_rate_per_address=0.01, register_burst=3).state.user_limits
+    flooder, other = from_address(app, "10.0.0.1"), from_address(app, "10.0.0.2")
+
+    def register_from(client: TestClient) -> int:
+        body = {"name": "Ann", "email": random_email(), "password": PASSWORD}
+        status: int = client.post("/users", json=body).status_code
+        return status
+
+    assert [register_from(flooder) for _ in range(5)] == [201, 201, 201, 429, 429]
+    assert register_from(other) == 201
+    assert len(limits.registrations) == 2
+
+
+@contextmanager
+def registration_hashing(slots: passwords.HashingSlots) -> Iterator[None]:
+    """While inside, a registration holds one of `slots`' hashing slots (from a thread)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with slots.hashing_new():
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(30)
+
+
+def test_registrations_leave_a_hashing_slot_to_sign_ins() -> None:
+    slots = passwords.HashingSlots(slots=2, wait=0.01)
+    checked = threading.Event()
+
+    with registration_hashing(slots):
+        with pytest.raises(passwords.HashingBusy), slots.hashing_new():
+            pass
+        with slots.checking():  # a sign-in's password check gets the slot kept for it
+            checked.set()
+
+    assert checked.is_set()
+    with slots.hashing_new():  # and the registrations' slot is free again
+        pass
+
+
+def test_a_registration_that_finds_no_hashing_slot_is_503_with_retry_after(
+    app: FastAPI, uow: UnitOfWork, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slots = passwords.HashingSlots(slots=2, wait=0.01)
+    monkeypatch.setattr(passwords, "_slots", slots)
+    email, waiting = random_email(), random_email()
+    client = TestClient(app)
+    client.post("/users", json={"name": "Ann", "email": email, "password": PASSWORD})
+
+    with registration_hashing(slots):
+        busy = client.post("/users", json={"name": "Bo", "email": waiting, "password": PASSWORD})
+        signed_in = sign_in(client, email)
+
+    assert (busy.status_code, busy.headers["Retry-After"]) == (503, "1")
+    assert busy.json() == {"detail": "too many sign-ups at once: try again shortly"}
+    assert signed_in.status_code == 200
+    with uow.read() as unit:
+        assert unit.session.scalar(select(User).where(User.email == waiting)) is None
+    again = client.post("/users", json={"name": "Bo", "email": waiting, "password": PASSWORD})
+    assert again.status_code == 201
+
+
+def test_the_default_limits_are_the_documented_ones() -> None:
+    limits = Limits.of(UserSettings())
+
+    assert (limits.sign_ins.rate, limits.sign_ins.burst) == (10, 50)
+    assert (limits.failures.rate, limits.failures.burst) == (0.1, 10)
+    assert (limits.registrations.rate, limits.registrations.burst) == (1, 10)
 
 
 def test_a_token_of_an_account_the_service_does_not_have_is_401(
