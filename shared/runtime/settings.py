@@ -148,6 +148,20 @@ class ServiceSettings(KafkaSettings):
             raise RuntimeError(f"{variable} unreadable: {exc.strerror}") from None
         return url.set(password=_one_password(raw, variable))
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_proxies(self) -> tuple[Network, ...]:
+        return parse_networks(self.forwarded_allow_ips)
+
+    @property
+    def max_token_lifetime(self) -> timedelta:
+        return timedelta(minutes=self.auth_max_token_ttl_minutes)
+
 
 def _one_password(raw: bytes, variable: str) -> str:
     """The single line a password file holds (one trailing newline allowed)."""
@@ -165,19 +179,6 @@ def _one_password(raw: bytes, variable: str) -> str:
     if len(text) > MAX_PASSWORD:
         raise ValueError(f"{variable}: the password is longer than {MAX_PASSWORD} characters")
     return text
-    @field_validator("forwarded_allow_ips")
-    @classmethod
-    def _networks(cls, value: str) -> str:
-        parse_networks(value)
-        return value
-
-    @property
-    def trusted_proxies(self) -> tuple[Network, ...]:
-        return parse_networks(self.forwarded_allow_ips)
-
-    @property
-    def max_token_lifetime(self) -> timedelta:
-        return timedelta(minutes=self.auth_max_token_ttl_minutes)
 
 
 def service_settings(name: str, *, port: int) -> type[ServiceSettings]:
