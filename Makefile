@@ -34,17 +34,17 @@ lock: $(STAMP)
 		--custom-compile-command "make lock" -o requirements.lock
 
 jars: $(STAMP)
-	$(PY) -m tools.kafka_local fetch
+	$(PY) -m tools.local.kafka fetch
 
 # Several instances of a service behind HAProxy: make up SCALE="inventory=2 order=2"
 # (they share its PostgreSQL database: set <NAME>_DATABASE_URL; see docs/scale-out.md).
 up: $(STAMP)
 	@if [ -n "$(SCALE)" ] && ! command -v haproxy >/dev/null; then apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; fi
-	$(if $(SCALE),SCALE="$(SCALE)") $(PY) -m tools.stack up
+	$(if $(SCALE),SCALE="$(SCALE)") $(PY) -m tools.local.stack up
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m tools.stack down; fi
+	@if [ -x $(PY) ]; then $(PY) -m tools.local.stack down; fi
 	@$(PYTHON) -m tools.local.docker engine stop --quiet
 
 # A Docker engine (Debian's dockerd, started here when none answers; `make down` stops it)
@@ -60,10 +60,10 @@ images: engine
 	$(PYTHON) -m tools.local.images $(IMAGES)
 
 status: $(STAMP)
-	$(PY) -m tools.stack status
+	$(PY) -m tools.local.stack status
 
 demo: $(STAMP)
-	$(PY) -m tools.demo
+	$(PY) -m tools.ops.demo
 
 # Throughput and latency against the running stack (`make up` first), beside the limits.
 # Options: make bench BENCH_ARGS="--duration 60 --connections 32"; results/ gets the report.
@@ -95,7 +95,7 @@ format: $(STAMP)
 
 # The event contracts, AsyncAPI document and docs/events.md, from the services' models.
 contracts: $(STAMP)
-	$(PY) -m tools.contracts
+	$(PY) -m tools.dev.contracts
 
 # The Kubernetes chart (deploy/k8s), offline: its generated file current, helm lint, every
 # variant rendered and validated strictly by kubeconform against the vendored schemas. Helm
@@ -110,5 +110,5 @@ clean: down
 bench-postgres: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
-	bash tools/postgres_local.sh install
+	bash tools/local/postgres.sh install
 	$(PY) -m tools.bench --backend postgres $(BENCH_ARGS)

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from tools.kafka_cluster import LocalCluster, NodePorts
-from tools.kafka_local import LocalBroker
-from tools.stack import docker_engine
+from tools.local.cluster import LocalCluster, NodePorts
+from tools.local.kafka import LocalBroker
+from tools.local.stack import docker_engine
 
 
 @pytest.fixture(scope="session")
@@ -71,19 +71,19 @@ def free_port() -> int:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_LOCAL = ROOT / "tools" / "postgres_local.sh"
+POSTGRES_LOCAL = ROOT / "tools" / "local" / "postgres.sh"
 
 
 @dataclass(frozen=True)
 class LocalPostgres:
-    """A server tools/postgres_local.sh runs: its port, data and password files."""
+    """A server tools/local/postgres.sh runs: its port, data and password files."""
 
     port: int
     data: Path
     credentials: Path
 
     def script(self, command: str) -> str:
-        """`tools/postgres_local.sh COMMAND` for this server; its standard output."""
+        """`tools/local/postgres.sh COMMAND` for this server; its standard output."""
         env = {
             **os.environ,
             "PG_PORT": str(self.port),
@@ -94,11 +94,11 @@ class LocalPostgres:
             ["bash", str(POSTGRES_LOCAL), command], env=env, capture_output=True, text=True
         )
         if done.returncode != 0:
-            raise RuntimeError(f"postgres_local.sh {command}: {done.stderr}")
+            raise RuntimeError(f"postgres.sh {command}: {done.stderr}")
         return done.stdout
 
     def exports(self) -> dict[str, str]:
-        """What `eval "$(tools/postgres_local.sh env)"` exports."""
+        """What `eval "$(tools/local/postgres.sh env)"` exports."""
         exports = {}
         for line in self.script("env").splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
@@ -116,12 +116,12 @@ def postgres_installed() -> bool:
 
 @pytest.fixture(scope="session")
 def local_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    """A PostgreSQL of its own on a free port, set up by tools/postgres_local.sh as a
+    """A PostgreSQL of its own on a free port, set up by tools/local/postgres.sh as a
     developer's is: a role and a database per service, SCRAM over TCP, the passwords in
     files. Its data lives in a temporary directory the server's OS user can reach;
     stopped and removed after the session. Skips without PostgreSQL's binaries."""
     if not postgres_installed():
-        pytest.skip("PostgreSQL is not installed (tools/postgres_local.sh install)")
+        pytest.skip("PostgreSQL is not installed (tools/local/postgres.sh install)")
     server = LocalPostgres(
         free_port(),
         Path(tempfile.gettempdir()) / f"shop-test-pg-{uuid.uuid4().hex[:8]}",

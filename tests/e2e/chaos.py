@@ -17,7 +17,7 @@ from confluent_kafka import Message
 
 from shared.messaging.connection import Bootstrap
 from tests.helpers import eventually, read_topic
-from tools.client import ShopClient, not_learnt_yet, retry_after
+from tools.ops.client import ShopClient, not_learnt_yet, retry_after
 
 RETRYABLE = (httpx.TransportError,)
 

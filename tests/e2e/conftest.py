@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import free_port, service_databases
 from tests.helpers import unique
-from tools.client import ShopClient
-from tools.kafka_cluster import LocalCluster
-from tools.stack import PORTS, Stack
+from tools.local.cluster import LocalCluster
+from tools.local.stack import PORTS, Stack
+from tools.ops.client import ShopClient
 
 
 @dataclass

@@ -30,9 +30,9 @@ from tests.conftest import service_databases
 from tests.e2e.chaos import Catalogue, LoadResult, check_invariants, make_catalogue
 from tests.e2e.conftest import RunningStack, start_stack
 from tests.helpers import eventually, metric_total, read_topic
-from tools.certs import ADMIN
-from tools.kafka_cluster import ClusterNode, LocalCluster
-from tools.stack import PORTS, ServiceProcess
+from tools.local.certs import ADMIN
+from tools.local.cluster import ClusterNode, LocalCluster
+from tools.local.stack import PORTS, ServiceProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from tests.conftest import free_port, service_databases
 from tests.e2e.chaos import check_invariants, make_catalogue, run_load
 from tests.e2e.conftest import RunningStack, start_stack
 from tests.helpers import eventually, unique
-from tools.client import ShopClient
-from tools.kafka_local import LocalBroker
-from tools.stack import PORTS, ServiceProcess, Stack
+from tools.local.kafka import LocalBroker
+from tools.local.stack import PORTS, ServiceProcess, Stack
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -20,8 +20,8 @@ import pytest
 from tests.conftest import free_port, service_databases
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, random_email, read_topic, unique
-from tools.client import ShopClient
-from tools.stack import Stack
+from tools.local.stack import Stack
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import service_databases
 from tests.e2e.conftest import RunningStack, start_stack
-from tools.stack import PORTS
+from tools.local.stack import PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

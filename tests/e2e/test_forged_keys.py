@@ -44,10 +44,10 @@ from shared.runtime.auth import OPERATOR, mint, public_jwk
 from tests.conftest import service_databases
 from tests.e2e.conftest import RunningStack, start_stack
 from tests.helpers import eventually, read_topic
-from tools.certs import ADMIN, REDRIVE
-from tools.kafka_cluster import LocalCluster
-from tools.kafka_security import Topology
-from tools.stack import PORTS
+from tools.local.certs import ADMIN, REDRIVE
+from tools.local.cluster import LocalCluster
+from tools.local.kafka_security import Topology
+from tools.local.stack import PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -158,7 +158,7 @@ class Shop:
     def redrive(self, consumer: str) -> str:
         """The routine redrive of `consumer`'s dead letters, as the `redrive` principal."""
         done = subprocess.run(
-            [sys.executable, "-m", "tools.redrive", "--topic-prefix", self.prefix]
+            [sys.executable, "-m", "tools.ops.redrive", "--topic-prefix", self.prefix]
             + ["--consumer", consumer],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **self.cluster.client_env(REDRIVE)},

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.e2e.conftest import RunningStack
 from tests.helpers import random_email, unique
-from tools.client import ShopClient
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

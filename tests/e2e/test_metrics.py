@@ -17,8 +17,8 @@ from shared.messaging.producer import EventProducer
 from tests.conftest import free_port
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, metric_total, unique
-from tools.client import ShopClient
-from tools.stack import PORTS, Stack
+from tools.local.stack import PORTS, Stack
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,8 +14,8 @@ from confluent_kafka.admin import AdminClient
 from tests.conftest import free_port
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, read_topic, unique
-from tools.client import ShopClient
-from tools.stack import ServiceProcess
+from tools.local.stack import ServiceProcess
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

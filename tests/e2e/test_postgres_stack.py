@@ -1,6 +1,6 @@
-"""The README's PostgreSQL path: `eval "$(bash tools/postgres_local.sh env)"`, then `make
+"""The README's PostgreSQL path: `eval "$(bash tools/local/postgres.sh env)"`, then `make
 up`. The stack reads the exported URLs and password files from its environment, as `make
-up` does (tools/stack.py), here on free ports and the test broker; an order placed over
+up` does (tools/local/stack.py), here on free ports and the test broker; an order placed over
 HTTP is then a row in the order service's PostgreSQL database, read as the order role."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from services.order.config import OrderSettings
 from shared.storage.db import make_engine
 from tests.conftest import LocalPostgres, free_port
 from tests.helpers import unique
-from tools.client import ShopClient
-from tools.stack import PORTS, Stack, describe_database
+from tools.local.stack import PORTS, Stack, describe_database
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 

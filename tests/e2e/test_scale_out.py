@@ -19,8 +19,8 @@ from shared.messaging.fetch import consumer_config
 from tests.conftest import free_port, service_databases
 from tests.e2e.chaos import Catalogue, LoadResult, check_invariants, make_catalogue
 from tests.helpers import eventually, unique
-from tools.client import ShopClient
-from tools.stack import PORTS, ServiceProcess, Stack
+from tools.local.stack import PORTS, ServiceProcess, Stack
+from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 

@@ -12,9 +12,9 @@ from confluent_kafka.admin import AdminClient
 
 from tests.conftest import service_databases
 from tests.e2e.conftest import RunningStack, start_stack
-from tools.certs import ADMIN
-from tools.kafka_cluster import LocalCluster, describe_cluster
-from tools.stack import PORTS
+from tools.local.certs import ADMIN
+from tools.local.cluster import LocalCluster, describe_cluster
+from tools.local.stack import PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import free_port, service_databases
 from tests.e2e.conftest import RunningStack, start_stack
 from tests.helpers import eventually
-from tools.stack import PORTS
-from tools.zipkin_local import LocalZipkin
+from tools.local.stack import PORTS
+from tools.local.zipkin import LocalZipkin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from shared.storage.db import make_engine, make_sessions
 from tests.conftest import free_port
 from tests.helpers import eventually, read_topic, unique
 from tests.schema import Base, Outbox, Processed
-from tools.kafka_local import LocalBroker
+from tools.local.kafka import LocalBroker
 
 pytestmark = pytest.mark.integration
 

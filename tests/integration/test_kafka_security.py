@@ -20,10 +20,10 @@ from shared.messaging.envelope import H_ID, Envelope
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.redrive import redrive
 from tests.helpers import eventually, read_topic, unique
-from tools import kafka_security
-from tools.certs import ADMIN, OBSERVER, REDRIVE
-from tools.kafka_cluster import LocalCluster
-from tools.kafka_security import Topology, principals, secure_stack
+from tools.local import kafka_security
+from tools.local.certs import ADMIN, OBSERVER, REDRIVE
+from tools.local.cluster import LocalCluster
+from tools.local.kafka_security import Topology, principals, secure_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -252,7 +252,7 @@ def test_the_observer_sees_the_committed_offsets_of_any_group(
 def test_the_brokers_certificate_sets_up_a_stack_as_composes_kafka_init_does(
     secure_cluster: LocalCluster, tmp_path: Path, producers: list[EventProducer]
 ) -> None:
-    """`python -m tools.kafka_security` signs in by mutual TLS on the inter-broker listener
+    """`python -m tools.local.kafka_security` signs in by mutual TLS on the inter-broker listener
     (the broker principal, a super user) and makes every credential, the admin's too."""
     secrets = tmp_path / "secrets"
     secrets.mkdir()

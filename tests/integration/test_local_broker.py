@@ -1,4 +1,4 @@
-"""The local Kafka broker launcher (tools/kafka_local.py) against a real broker process.
+"""The local Kafka broker launcher (tools/local/kafka.py) against a real broker process.
 
 Uses its own LocalBroker on free ports in a temporary home, never the shared one on 9092.
 """
@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from tools.kafka_local import ROOT, LocalBroker, port_open
+from tools.local.kafka import ROOT, LocalBroker, port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,7 +80,7 @@ def _status(b: LocalBroker) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "tools.kafka_local",
+        "tools.local.kafka",
         "status",
         "--home",
         str(b.home),

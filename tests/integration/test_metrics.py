@@ -14,7 +14,7 @@ from shared.messaging.topics import ensure_topics
 from shared.runtime.lag import LagCollector
 from tests.conftest import free_port
 from tests.helpers import eventually, metric_total, unique
-from tools.stack import ServiceProcess
+from tools.local.stack import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

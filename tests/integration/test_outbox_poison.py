@@ -11,7 +11,7 @@ One outbox holds good rows and one row the relay cannot finish:
 The good rows are published and marked sent within seconds, each exactly once on the
 topic; the bad row is parked alone with its reason, counted, and announced on the
 dead-letter topic; rows committed after it flow on; the relay stays healthy. Once the
-cause is fixed, `tools.outbox retry` finishes the parked row without publishing anything
+cause is fixed, `tools.ops.outbox retry` finishes the parked row without publishing anything
 twice."""
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class Rig:
 
     def outbox_command(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tools.outbox", SERVICE, *args]
+            [sys.executable, "-m", "tools.ops.outbox", SERVICE, *args]
             + ["--database-url", self.database_url],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},

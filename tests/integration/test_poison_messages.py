@@ -451,7 +451,7 @@ def run_redrive(harness: Harness, consumer: str) -> int:
 def redrive_summary(harness: Harness, consumer: str) -> tuple[int, dict[str, int]]:
     """Run the redrive command; how many it re-published, and how many it skipped why."""
     done = subprocess.run(
-        [sys.executable, "-m", "tools.redrive", "--topic-prefix", harness.prefix]
+        [sys.executable, "-m", "tools.ops.redrive", "--topic-prefix", harness.prefix]
         + ["--consumer", consumer, "--bootstrap", harness.bootstrap],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -1,6 +1,6 @@
 """Each service signs in to PostgreSQL as its own role, which owns its database and
 nothing else: with one service's credentials another's tables stay out of reach, and
-every password is checked. On a server tools/postgres_local.sh sets up, as a developer's."""
+every password is checked. On a server tools/local/postgres.sh sets up, as a developer's."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from services.registry import SERVICES, get, load
 from shared.storage.db import make_engine
 from shared.storage.migrations import upgrade
 from tests.conftest import LocalPostgres
-from tools import pginit
+from tools.local import pginit
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 
@@ -175,7 +175,7 @@ def test_setting_up_again_keeps_every_password_and_what_each_role_owns(
 def test_compose_s_form_sets_the_passwords_it_is_given(
     local_postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """`python -m tools.pginit URL --password-file F --secrets DIR`, as compose's pginit."""
+    """`python -m tools.local.pginit URL --password-file F --secrets DIR`, as compose's pginit."""
     secrets = tmp_path_factory.mktemp("secrets")
     for name in NAMES:
         (secrets / f"{pginit.SECRET_PREFIX}{name}").write_text(f"given-{name}-password\n")

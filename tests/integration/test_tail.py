@@ -1,4 +1,4 @@
-"""`python -m tools.tail` against a real broker: one order's saga, another order, a
+"""`python -m tools.ops.tail` against a real broker: one order's saga, another order, a
 malformed record and a dead letter on a stack of its own (a unique topic prefix)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shared.messaging.envelope import Envelope, KafkaHeaders, dump_json, utcnow
 from shared.messaging.producer import EventProducer
 from shared.messaging.topics import ensure_topics
 from tests.helpers import unique
-from tools.tail import main, stack_topics
+from tools.ops.tail import main, stack_topics
 
 pytestmark = pytest.mark.integration
 
@@ -222,7 +222,7 @@ def test_a_missing_topic_is_an_error_and_nothing_is_ever_committed(
 def test_follow_prints_the_retained_story_then_new_events_until_ctrl_c(
     stack: Stack, places: dict[str, str]
 ) -> None:
-    command = [sys.executable, "-m", "tools.tail", "--follow", "--order", stack.order]
+    command = [sys.executable, "-m", "tools.ops.tail", "--follow", "--order", stack.order]
     command += ["--topic-prefix", stack.prefix, "--bootstrap", stack.bootstrap]
     child = subprocess.Popen(
         command,

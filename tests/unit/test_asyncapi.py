@@ -18,7 +18,7 @@ from services import registry
 from shared.messaging import contracts
 from shared.messaging.envelope import REQUIRED_HEADERS
 from shared.runtime.service import ServiceSpec
-from tools.contracts import ASYNCAPI, CONTRACTS, ROOT, specs
+from tools.dev.contracts import ASYNCAPI, CONTRACTS, ROOT, specs
 
 pytestmark = pytest.mark.unit
 

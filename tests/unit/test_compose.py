@@ -5,8 +5,8 @@ has a healthcheck, the services wait for healthy Kafka and PostgreSQL and for th
 databases (the one-shot `pginit`), compose runs exactly the services of
 services/registry.py on their ports, each gets the environment its settings class actually
 reads, the user service gets the operator's password as a compose secret that `make up`
-writes, and the host sees the same addresses as in the local process mode (tools/stack.py,
-tools/kafka_local.py)."""
+writes, and the host sees the same addresses as in the local process mode (tools/local/stack.py,
+tools/local/kafka.py)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ from services.registry import SERVICES, get, load
 from shared.messaging.tracing import span_exporters
 from shared.runtime.keys import anchor_text
 from shared.runtime.settings import ServiceSettings
-from tools import haproxy_local, pginit
-from tools.certs import ADMIN
-from tools.kafka_cluster import LocalCluster, default_ports
-from tools.kafka_security import Topology, principals
+from tools.local import haproxy, pginit
+from tools.local.certs import ADMIN
+from tools.local.cluster import LocalCluster, default_ports
+from tools.local.kafka_security import Topology, principals
 
 pytestmark = pytest.mark.unit
 
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-POM = ROOT / "tools" / "kafka" / "pom.xml"
+POM = ROOT / "tools" / "local" / "kafka-broker" / "pom.xml"
 INFRA = ("postgres",)
 KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
 KAFKA_INIT = "kafka-init"
@@ -65,7 +65,7 @@ OBSERVERS = ("jaeger",)
 """What watches the services; nothing waits for it."""
 INIT = "pginit"
 EXPLORER = "explorer"
-"""The event explorer (tools/explorer): reads Kafka only."""
+"""The event explorer (tools/ops/explorer): reads Kafka only."""
 MONITORING = ("prometheus", "grafana")
 """Checked in tests/unit/test_dashboards.py."""
 PROXY = "haproxy"
@@ -260,7 +260,7 @@ def test_depends_on_names_defined_services() -> None:
 
 def test_the_explorer_reads_kafka_only_on_its_loopback_port() -> None:
     spec = service(EXPLORER)
-    assert spec["command"][:3] == ["python", "-m", "tools.explorer"]
+    assert spec["command"][:3] == ["python", "-m", "tools.ops.explorer"]
     assert published_ports(EXPLORER) == [("127.0.0.1", "8090", "8090")]
     env = environment(EXPLORER)
     assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -290,7 +290,7 @@ def kafka_properties(name: str) -> dict[str, str]:
 
 
 def local_node_properties(run_dir: Path) -> dict[str, str]:
-    """What tools/kafka_cluster.py gives a node of a three-node cluster."""
+    """What tools/local/cluster.py gives a node of a three-node cluster."""
     cluster = LocalCluster(run_dir / "kafka", nodes=3, run_dir=run_dir)
     text = cluster.nodes[1]._properties()
     lines = [line for line in text.splitlines() if "=" in line and not line.startswith("#")]
@@ -397,7 +397,7 @@ def test_kafka_init_secures_the_cluster_once_every_node_is_healthy() -> None:
     assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
     assert spec["depends_on"] == {n: {"condition": "service_healthy"} for n in KAFKA_NODES}
     command = command_of(spec)
-    assert command[:3] == ["python", "-m", "tools.kafka_security"]
+    assert command[:3] == ["python", "-m", "tools.local.kafka_security"]
     args = dict(zip(command[3::2], command[4::2], strict=True))
     internal = [
         "{}:{}".format(*listeners(environment(n)["KAFKA_ADVERTISED_LISTENERS"])["INTERNAL"])
@@ -428,7 +428,7 @@ def test_each_service_signs_in_to_kafka_as_itself(name: str) -> None:
 def test_make_up_hands_compose_every_kafka_secret_it_made_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
     run_dir = tmp_path / ".run"
     monkeypatch.setattr(stack, "RUN_DIR", run_dir)
     monkeypatch.setattr(stack, "docker_engine", lambda: True)
@@ -500,7 +500,7 @@ def test_pginit_runs_once_the_server_is_healthy_and_sets_up_each_service_s_role(
     assert str(spec.get("restart", "no")) == "no", "a one-shot must not be restarted"
     assert spec["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     command = command_of(spec)
-    assert command[:3] == ["python", "-m", "tools.pginit"], command
+    assert command[:3] == ["python", "-m", "tools.local.pginit"], command
     assert_superuser_url(command[3])
     options = dict(zip(command[4::2], command[5::2], strict=True))
     mounted = mounted_secrets(INIT)
@@ -637,14 +637,14 @@ def test_the_proxy_config_is_generated_from_the_registry() -> None:
     source, target, mode = volumes[0].split(":")
     assert (target, mode) == ("/usr/local/etc/haproxy/haproxy.cfg", "ro")
     mounted = (ROOT / source).resolve()
-    assert mounted == haproxy_local.COMPOSE_CONFIG
-    assert mounted.read_text() == haproxy_local.compose_config(PORTS), (
-        "stale: python -m tools.haproxy_local compose"
+    assert mounted == haproxy.COMPOSE_CONFIG
+    assert mounted.read_text() == haproxy.compose_config(PORTS), (
+        "stale: python -m tools.local.haproxy compose"
     )
 
 
 def test_the_proxy_finds_every_container_of_each_service_and_checks_ready() -> None:
-    config = haproxy_local.COMPOSE_CONFIG.read_text()
+    config = haproxy.COMPOSE_CONFIG.read_text()
     assert "nameserver dns 127.0.0.11:53" in config, "Docker's embedded DNS"
     for name, port in PORTS.items():
         assert f"frontend {name}\n    bind :{port}\n" in config
@@ -665,7 +665,7 @@ def test_the_proxy_config_is_valid_for_haproxy() -> None:
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy is not installed")
     done = subprocess.run(
-        ["haproxy", "-c", "-f", str(haproxy_local.COMPOSE_CONFIG)], capture_output=True, text=True
+        ["haproxy", "-c", "-f", str(haproxy.COMPOSE_CONFIG)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
 
@@ -700,7 +700,7 @@ def test_services_trust_forwarded_for_from_the_proxy_alone(name: str) -> None:
 
 
 def test_the_proxy_overwrites_forwarded_for_with_the_real_client() -> None:
-    config = haproxy_local.COMPOSE_CONFIG.read_text()
+    config = haproxy.COMPOSE_CONFIG.read_text()
     assert "option forwardfor" not in config, "it appends to whatever the client sent"
     assert config.count("http-request set-header X-Forwarded-For %[src]") == len(PORTS)
 
@@ -784,7 +784,7 @@ def test_the_operator_password_stays_out_of_the_image() -> None:
 def test_make_up_writes_the_operator_password_before_docker_compose_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
     run_dir = tmp_path / ".run"
     monkeypatch.setattr(stack, "RUN_DIR", run_dir)
     monkeypatch.setattr(stack, "docker_engine", lambda: True)
@@ -947,7 +947,7 @@ def test_dockerignore_lets_in_every_tool_compose_runs_with_what_it_imports() -> 
     """The explorer, kafka-init's and pginit's tools run in the services' image: each module
     they reach, and each package's files (the explorer's static page), must be in it."""
     modules = tools_compose_runs()
-    assert {"tools.explorer", "tools.kafka_security", "tools.pginit"} <= modules
+    assert {"tools.ops.explorer", "tools.local.kafka_security", "tools.local.pginit"} <= modules
     for module in modules:
         path = module_file(module)
         assert path is not None
@@ -955,7 +955,7 @@ def test_dockerignore_lets_in_every_tool_compose_runs_with_what_it_imports() -> 
         for parent in path.relative_to(ROOT).parents:
             if str(parent) != ".":
                 assert in_image(f"{parent}/__init__.py"), f"{parent} is no package in the image"
-    for path in repo_files("tools/explorer"):
+    for path in repo_files("tools/ops/explorer"):
         assert in_image(path), f"{path} is left out of the image"
 
 
@@ -968,9 +968,14 @@ def test_dockerignore_keeps_out_local_state_tests_and_the_dev_tools() -> None:
         "requirements-dev.lock",
         "services/order/__pycache__/api.cpython-311.pyc",
         "shared/runtime/app.pyc",
-        *repo_files("tests", "docs", "deploy", "tools/bench", "tools/local"),
-        "tools/stack.py",
-        "tools/demo.py",
+        *repo_files("tests", "docs", "deploy", "tools/bench", "tools/dev"),
+        *repo_files("tools/local/kafka-broker"),
+        "tools/local/stack.py",
+        "tools/local/docker.py",
+        "tools/local/images.py",
+        "tools/local/postgres.sh",
+        "tools/ops/demo.py",
+        "tools/ops/tail.py",
         "compose.yaml",
         "Dockerfile",
         "README.md",

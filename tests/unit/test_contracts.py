@@ -1,5 +1,5 @@
 """Consumer-driven contract tests. Each publisher's JSON Schema of its events is committed
-in `contracts/` (`python -m tools.contracts` writes it); every consumer's own model of an
+in `contracts/` (`python -m tools.dev.contracts` writes it); every consumer's own model of an
 event is checked against that file, never against the publisher's Python class:
 
 - the publisher's examples are payloads the consumer accepts;
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from shared.messaging import compat, contracts
 from shared.messaging.events import Event
 from tests.json_strategies import from_schema
-from tools.contracts import ASYNCAPI, CONTRACTS, ROOT, differences, specs
+from tools.dev.contracts import ASYNCAPI, CONTRACTS, ROOT, differences, specs
 
 pytestmark = pytest.mark.unit
 

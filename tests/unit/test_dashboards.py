@@ -18,7 +18,7 @@ from services.registry import SERVICES, load
 from shared.runtime.service import ServiceRuntime
 from tests.conftest import free_port
 from tests.unit.test_compose import COMPOSE_FILE, ROOT, compose, healthcheck_text, service
-from tools import stack
+from tools.local import stack
 
 pytestmark = pytest.mark.unit
 

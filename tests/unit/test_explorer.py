@@ -14,11 +14,11 @@ from fastapi.testclient import TestClient
 
 from shared.messaging.envelope import Envelope, KafkaHeaders
 from tests.helpers import ConsumedRecord
-from tools.explorer.app import create_app
-from tools.explorer.config import ExplorerSettings
-from tools.explorer.kafka import ours, topic_pattern
-from tools.explorer.model import ShopView
-from tools.stack import Stack
+from tools.local.stack import Stack
+from tools.ops.explorer.app import create_app
+from tools.ops.explorer.config import ExplorerSettings
+from tools.ops.explorer.kafka import ours, topic_pattern
+from tools.ops.explorer.model import ShopView
 
 pytestmark = pytest.mark.unit
 
@@ -402,7 +402,7 @@ def test_a_parked_outbox_row_is_listed_with_its_retry_command_and_never_offered_
     for notice in (unrecorded, unpublishable):
         assert notice["outbox"] and not notice["redriven"]
         assert notice["consumer"] == "order-outbox" and notice["type"] == "order-created"
-        assert notice["retry"] == f"python -m tools.outbox order retry {notice['event_id']}"
+        assert notice["retry"] == f"python -m tools.ops.outbox order retry {notice['event_id']}"
     assert unpublishable["event_id"] == "event-1"
     assert not letter["outbox"] and letter["redriven"] and letter["retry"] == ""
     assert snapshot["counters"]["dead_letters"] == 1

@@ -23,7 +23,7 @@ from shared.runtime.headers import MAX_HEADER_BYTES, MAX_URL_BYTES
 from shared.runtime.protocol import BoundedHttpToolsProtocol
 from tests.conftest import free_port
 from tests.unit.served_app import plain_app
-from tools.stack import HTTP_PROTOCOL, ServiceProcess
+from tools.local.stack import HTTP_PROTOCOL, ServiceProcess
 
 pytestmark = pytest.mark.unit
 

@@ -25,7 +25,7 @@ from shared.runtime.groupcommit import GroupCommit
 from shared.runtime.settings import ServiceSettings
 from tests.unit.test_compose import env_names, settings_class
 from tools.dev import gotools, k8s, k8s_values
-from tools.kafka_security import Topology, acl_plan
+from tools.local.kafka_security import Topology, acl_plan
 
 pytestmark = pytest.mark.unit
 

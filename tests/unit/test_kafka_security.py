@@ -16,10 +16,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.messaging.connection import KafkaConnection, client_config
 from shared.runtime.settings import ServiceSettings
-from tools.certs import BROKER_PRINCIPAL, ensure_password, ensure_tls
-from tools.kafka_cluster import LocalCluster, NodePorts, min_insync_for
-from tools.kafka_security import Grant, Topology, acl_plan, principals
-from tools.stack import Stack
+from tools.local.certs import BROKER_PRINCIPAL, ensure_password, ensure_tls
+from tools.local.cluster import LocalCluster, NodePorts, min_insync_for
+from tools.local.kafka_security import Grant, Topology, acl_plan, principals
+from tools.local.stack import Stack
 
 pytestmark = pytest.mark.unit
 

@@ -153,7 +153,7 @@ def test_the_kafka_image_starts_through_kafkas_own_docker_wrapper() -> None:
     for config in ("server.properties", "log4j2.yaml", "tools-log4j2.yaml"):
         assert (images.IMAGES_DIR / "kafka" / "docker" / config).is_file(), config
     pom = (images.IMAGES_DIR / "kafka" / "pom.xml").read_text()
-    assert "<relativePath>../../../tools/kafka/pom.xml</relativePath>" in pom
+    assert "<relativePath>../../../tools/local/kafka-broker/pom.xml</relativePath>" in pom
     assert "<version>${kafka.version}</version>" in pom
 
 

@@ -30,7 +30,7 @@ from shared.runtime.metrics import UNMATCHED, OutboxCollector, ServiceMetrics
 from shared.storage.db import make_sessions
 from tests.conftest import free_port
 from tests.schema import Base, Outbox
-from tools import stack
+from tools.local import stack
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""`python -m tools.outbox`: an operator lists the rows a service's relay parked, with
+"""`python -m tools.ops.outbox`: an operator lists the rows a service's relay parked, with
 why, and hands them back once the cause is fixed, on the service's own database. A row
 that was published before it was parked is recorded on retry, never published again."""
 
@@ -19,7 +19,7 @@ from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.service import ServiceSpec
 from tests.helpers import sqlite_varchar_check
 from tests.unit.test_outbox_relay import FakeProducer
-from tools import outbox
+from tools.ops import outbox
 
 pytestmark = pytest.mark.unit
 

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from shared.runtime import http
 from shared.runtime.drain import Drain
 from shared.runtime.settings import ServiceSettings
-from tools import haproxy_local
-from tools.haproxy_local import Backend, check_config, haproxy_config
-from tools.stack import PORTS, Stack, instance_port, parse_scale, remembered_scale
+from tools.local import haproxy
+from tools.local.haproxy import Backend, check_config, haproxy_config
+from tools.local.stack import PORTS, Stack, instance_port, parse_scale, remembered_scale
 
 pytestmark = pytest.mark.unit
 
@@ -104,7 +104,7 @@ def test_scaled_services_run_named_instances_behind_the_proxy(tmp_path: Path) ->
     assert "SHUTDOWN_GRACE_SECONDS" not in order[0].env
     assert stack.services["user"].env["SHUTDOWN_GRACE_SECONDS"] == "0"
     # a proxied instance trusts X-Forwarded-For from the proxy alone; one alone, from nobody
-    assert {p.env["FORWARDED_ALLOW_IPS"] for p in order} == {haproxy_local.PROXY_SOURCE}
+    assert {p.env["FORWARDED_ALLOW_IPS"] for p in order} == {haproxy.PROXY_SOURCE}
     assert stack.services["user"].env["FORWARDED_ALLOW_IPS"] == ""
     for process in stack.processes().values():
         assert "--no-proxy-headers" in process.command(), "uvicorn would trust 127.0.0.1"
@@ -150,7 +150,7 @@ def test_haproxy_config_has_a_frontend_and_a_checked_backend_per_scaled_service(
         lines = config[f"backend {backend.name}"]
         assert "option httpchk GET /ready" in lines
         assert "http-check expect status 200" in lines
-        assert f"source {haproxy_local.PROXY_SOURCE}" in lines
+        assert f"source {haproxy.PROXY_SOURCE}" in lines
         servers = [line.split() for line in lines if line.startswith("server ")]
         assert servers == [
             ["server", name, f"127.0.0.1:{port}", "check"] for name, port in backend.servers.items()
@@ -171,13 +171,13 @@ def test_haproxy_config_has_a_frontend_and_a_checked_backend_per_scaled_service(
 def test_the_proxy_connects_from_an_address_no_client_uses() -> None:
     """All of 127.0.0.0/8 is loopback: clients reach the instances from 127.0.0.1, the
     proxy from another address, the only one whose X-Forwarded-For they trust."""
-    assert haproxy_local.PROXY_SOURCE != "127.0.0.1"
-    assert haproxy_local.PROXY_SOURCE.startswith("127.")
+    assert haproxy.PROXY_SOURCE != "127.0.0.1"
+    assert haproxy.PROXY_SOURCE.startswith("127.")
 
 
 def test_a_draining_instance_leaves_rotation_within_its_grace() -> None:
     """The proxy sees FALL failed checks before the instance stops accepting."""
-    removal_ms = haproxy_local.FALL * haproxy_local.CHECK_INTERVAL_MS
+    removal_ms = haproxy.FALL * haproxy.CHECK_INTERVAL_MS
     assert removal_ms < 1000 * ServiceSettings().shutdown_grace_seconds / 1.5
 
 
@@ -261,7 +261,7 @@ def test_drain_installs_over_the_handlers_only_in_the_main_thread() -> None:
 def test_make_up_with_scale_on_sqlite_refuses_clearly_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
     monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
     monkeypatch.setattr(stack, "docker_engine", lambda: False)
     monkeypatch.setenv("SCALE", "order=2")
@@ -277,7 +277,7 @@ def test_make_up_with_scale_on_sqlite_refuses_clearly_and_starts_nothing(
 def test_with_docker_scale_becomes_compose_scale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
     monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
     monkeypatch.setattr(stack, "docker_engine", lambda: True)
     monkeypatch.setenv("SCALE", "inventory=2 order=3")

@@ -24,8 +24,9 @@ from services.registry import SERVICES, get, load, names
 from shared.runtime.keys import anchor_text
 from shared.runtime.settings import ServiceSettings, service_settings
 from shared.storage.migrations import upgrade
-from tools import makemigration, pginit
-from tools.stack import Stack
+from tools.dev import makemigration
+from tools.local import pginit
+from tools.local.stack import Stack
 
 pytestmark = pytest.mark.unit
 
@@ -247,9 +248,9 @@ def test_pginit_makes_each_password_once_owner_only(tmp_path: Path) -> None:
 
 
 def test_pginit_script_form_needs_only_the_standard_library(tmp_path: Path) -> None:
-    """tools/postgres_local.sh runs it with the system's python3, before any virtualenv."""
+    """tools/local/postgres.sh runs it with the system's python3, before any virtualenv."""
     probe = (
-        "import sys, tools.pginit as p; "
+        "import sys, tools.local.pginit as p; "
         f"p.main(['--psql', '--superuser', 'shop', '--credentials', {str(tmp_path)!r}]); "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'pydantic', "
         "'shared', 'alembic', 'psycopg'}))"

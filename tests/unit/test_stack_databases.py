@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tools.stack import PORTS, ServiceProcess
+from tools.local.stack import PORTS, ServiceProcess
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +21,7 @@ EXPORTED = "postgresql+psycopg://order@127.0.0.1:5433/order"
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
     """The environment each process of the stack would be started with, by its name."""
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
     seen: dict[str, dict[str, str]] = {}
     pids = iter(range(4_000_000, 5_000_000))
 
@@ -64,8 +64,8 @@ def test_the_stack_s_own_setting_wins_over_the_exported_one(
 def make_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: dict[str, dict[str, str]]
 ) -> Any:
-    """`python -m tools.stack up` in local process mode, with nothing really started."""
-    stack = importlib.import_module("tools.stack")
+    """`python -m tools.local.stack up` in local process mode, with nothing really started."""
+    stack = importlib.import_module("tools.local.stack")
     monkeypatch.setattr(stack, "RUN_DIR", tmp_path)
     monkeypatch.setattr(stack, "docker_engine", lambda: False)
     monkeypatch.setattr(stack.LocalCluster, "start", lambda self: None)
@@ -119,7 +119,7 @@ def test_make_up_with_scale_uses_the_exported_postgresql_for_every_instance(
     monkeypatch.setenv("ORDER_DATABASE_URL", EXPORTED)
     ports = {"18001": "order-1", "18011": "order-2"}
     seen: dict[str, str] = {}
-    stack = importlib.import_module("tools.stack")
+    stack = importlib.import_module("tools.local.stack")
 
     def popen(command: list[str], env: dict[str, str], **_: Any) -> SimpleNamespace:
         port = command[command.index("--port") + 1]

@@ -1,4 +1,4 @@
-"""`python -m tools.tail` without a broker: records in, lines out."""
+"""`python -m tools.ops.tail` without a broker: records in, lines out."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from shared.messaging.deadletter import (
 )
 from shared.messaging.envelope import Envelope, KafkaHeaders, dump_json, format_time, new_id
 from tests.helpers import ConsumedRecord
-from tools.tail import UNDECODABLE, WIDEST, View, since, stack_topics
+from tools.ops.tail import UNDECODABLE, WIDEST, View, since, stack_topics
 
 pytestmark = pytest.mark.unit
 

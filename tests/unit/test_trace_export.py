@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope
 from shared.runtime.http import TELEMETRY, TracingMiddleware
-from tools.stack import Stack
+from tools.local.stack import Stack
 
 pytestmark = pytest.mark.unit
 

@@ -20,9 +20,9 @@ from tools.bench.pg_stack import Target
 from tools.bench.plot import plot_run
 from tools.bench.report import cpu_headline, evaluate_targets, ratio, render, write_json
 from tools.bench.wrk import WrkMissing, require_wrk
-from tools.certs import ADMIN
-from tools.client import ShopClient
-from tools.kafka_cluster import sign_in_locally
+from tools.local.certs import ADMIN
+from tools.local.cluster import sign_in_locally
+from tools.ops.client import ShopClient
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
@@ -323,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument(
         "--database-url",
         help="PostgreSQL server (a superuser URL; the bench creates and drops its databases) "
-        "for --backend postgres and the relay benchmark (default: tools/postgres_local.sh's; "
+        "for --backend postgres and the relay benchmark (default: tools/local/postgres.sh's; "
         "the relay benchmark alone defaults to SQLite)",
     )
     main.add_argument(

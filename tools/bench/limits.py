@@ -36,7 +36,7 @@ from shared.messaging.topics import ensure_topics
 from tools.bench.procs import Sampler
 from tools.bench.report import cpu_summary
 from tools.bench.wrk import OrderMix, run_wrk
-from tools.stack import ServiceProcess
+from tools.local.stack import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -42,7 +42,7 @@ from tools.bench.report import (
     summarize,
 )
 from tools.bench.wrk import OrderMix, run_wrk
-from tools.client import ShopClient
+from tools.ops.client import ShopClient
 
 CREATED = "order-created"
 ANSWERS = ("stock-reserved", "stock-shortage")

@@ -1,6 +1,6 @@
 """A second stack of the registered services on PostgreSQL, for `python -m tools.bench
 --backend postgres`: its own run directory (.run/bench-pg), each service's port plus 100
-(8101-8104), fresh databases on the local PostgreSQL server (tools/postgres_local.sh,
+(8101-8104), fresh databases on the local PostgreSQL server (tools/local/postgres.sh,
 started if need be), a fresh topic prefix and consumer groups on the given broker, and
 `workers` uvicorn workers per service (each a consumer-group member with its own outbox
 relay). Stopped, and its databases dropped, on the way out. The local server's processes
@@ -22,9 +22,9 @@ from sqlalchemy import make_url, text
 from services.registry import SERVICES
 from shared.messaging.connection import Bootstrap, KafkaConnection, client_config
 from shared.storage.db import make_engine
-from tools.client import DEFAULT_URLS, OPERATOR_PASSWORD_FILE
-from tools.kafka_cluster import LocalCluster
-from tools.stack import Stack
+from tools.local.cluster import LocalCluster
+from tools.local.stack import Stack
+from tools.ops.client import DEFAULT_URLS, OPERATOR_PASSWORD_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTS = {service.name: service.port + 100 for service in SERVICES}
@@ -44,7 +44,7 @@ class Target:
 
 
 def local_server_pid() -> int | None:
-    """The postmaster of tools/postgres_local.sh's server (its backends are its children)."""
+    """The postmaster of tools/local/postgres.sh's server (its backends are its children)."""
     try:
         return int((ROOT / ".run" / "postgres" / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -52,8 +52,8 @@ def local_server_pid() -> int | None:
 
 
 def local_server_url() -> str:
-    """The superuser URL of tools/postgres_local.sh's server, started if it is not running."""
-    script = ROOT / "tools" / "postgres_local.sh"
+    """The superuser URL of tools/local/postgres.sh's server, started if it is not running."""
+    script = ROOT / "tools" / "local" / "postgres.sh"
     subprocess.run(["bash", str(script), "start"], check=True, capture_output=True, text=True)
     return subprocess.run(
         ["bash", str(script), "url"], check=True, capture_output=True, text=True

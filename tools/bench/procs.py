@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psutil
 
-from tools.kafka_local import RUN_DIR
-from tools.stack import Stack, local_stack
+from tools.local.kafka import RUN_DIR
+from tools.local.stack import Stack, local_stack
 
 Sample = tuple[float, str, float, float]
 """(wall-clock time, process name, CPU%, RSS bytes)"""

@@ -4,7 +4,7 @@ chart (`files/registry.yaml`) that its templates read:
 - **services**: every service of services/registry.py with its port, env prefix, consumer
   group, the topics it owns and subscribes to, and the public path prefixes of its API
   (from its OpenAPI document, less the `ops` routes), which the HTTPRoute sends to it;
-- **topics**: every topic of the stack (tools.kafka_security.Topology) with its
+- **topics**: every topic of the stack (tools.local.kafka_security.Topology) with its
   partitions, replicas and configuration, from `topic_spec`, the one place they come from;
 - **kafkaUsers**: one per principal with its ACLs, exactly `acl_plan` (the local
   cluster's plan), grouped by resource as Strimzi's KafkaUser writes them. A name the
@@ -27,7 +27,7 @@ from services.registry import SERVICES, load
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.health import derived_min_insync
 from shared.messaging.topics import DEFAULT_PARTITIONS, MAX_REPLICATION
-from tools.kafka_security import Grant, Topology, acl_plan, principals
+from tools.local.kafka_security import Grant, Topology, acl_plan, principals
 
 TOPIC_RETENTION = timedelta(days=7)
 """How long a record stays on a topic. A consumer's processed ids must outlive it plus a

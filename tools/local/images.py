@@ -47,7 +47,7 @@ from tools.local import gomod
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = ROOT / "deploy" / "images"
 WORK_DIR = ROOT / ".run" / "images"
-KAFKA_POM = ROOT / "tools" / "kafka" / "pom.xml"
+KAFKA_POM = ROOT / "tools" / "local" / "kafka-broker" / "pom.xml"
 CA_DIR = Path("/usr/local/share/ca-certificates")
 INPUTS_LABEL = "org.event-driven-shop.inputs"
 
@@ -61,7 +61,8 @@ JAEGER_VERSION = "2.12.0"
 
 
 def kafka_version() -> str:
-    """Kafka's version: kafka.version in tools/kafka/pom.xml (the local broker's too)."""
+    """Kafka's version: kafka.version in tools/local/kafka-broker/pom.xml (the local
+    broker's too)."""
     namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(KAFKA_POM).getroot().find("m:properties/m:kafka.version", namespace)
     if node is None or not node.text:

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from shared.messaging.connection import Bootstrap, client_config
-from tools.explorer.model import REDRIVE_GROUP, ShopView
+from tools.ops.explorer.model import REDRIVE_GROUP, ShopView
 
 log = logging.getLogger(__name__)
 

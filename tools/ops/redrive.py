@@ -2,7 +2,7 @@
 
 Run it once the cause that parked them is fixed:
 
-    python -m tools.redrive --topic-prefix P (--consumer NAME | --all) [--bootstrap HOST:PORT]
+    python -m tools.ops.redrive --topic-prefix P (--consumer NAME | --all) [--bootstrap HOST:PORT]
 
 Redrive goes by reference (shared/messaging/redrive.py): each dead letter names the
 record it parked, which is re-read from its topic and re-published exactly as its
@@ -12,7 +12,7 @@ offset) is skipped and counted by reason, never published.
 
 On a secured cluster it signs in as the settings say; give it the `redrive` principal,
 the one that may read dead letters and the topics they came from and put records back:
-`eval "$(python -m tools.kafka_cluster env redrive)"` sets those variables for `make up`'s.
+`eval "$(python -m tools.local.cluster env redrive)"` sets those variables for `make up`'s.
 
 Redrives what is parked when it starts and commits its progress, so running it again
 re-publishes only what was parked since. Consumers drop a redriven event that was already
@@ -30,15 +30,15 @@ from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.redrive import redrive
 from shared.runtime.settings import KafkaSettings
-from tools.certs import REDRIVE
-from tools.kafka_cluster import sign_in_locally
+from tools.local.certs import REDRIVE
+from tools.local.cluster import sign_in_locally
 
 
 def main(argv: list[str] | None = None) -> int:
     sign_in_locally(REDRIVE)
     settings = KafkaSettings()
     parser = argparse.ArgumentParser(
-        prog="python -m tools.redrive", description=__doc__.splitlines()[0]
+        prog="python -m tools.ops.redrive", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--topic-prefix",

@@ -1,6 +1,6 @@
 """A real Zipkin server on this machine, to receive and show the services' traces.
 
-    python -m tools.zipkin_local {fetch,start,stop,status} [--port N] [--home DIR]
+    python -m tools.local.zipkin {fetch,start,stop,status} [--port N] [--home DIR]
 
 Zipkin's one executable jar comes from Maven Central (fetched once into .run/zipkin, like
 Kafka's jars); it keeps traces in memory and serves its UI and API on port 9411. The
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tools.kafka_local import RUN_DIR, port_open
+from tools.local.kafka import RUN_DIR, port_open
 
 ARTIFACT = "io.zipkin:zipkin-server:3.5.1:jar:exec"
 JAR = "zipkin-server-3.5.1-exec.jar"
@@ -138,7 +138,7 @@ def _java() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.zipkin_local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.local.zipkin", description=__doc__)
     parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
     parser.add_argument("--port", type=int, default=9411)
     parser.add_argument("--home", type=Path, default=RUN_DIR / "zipkin")

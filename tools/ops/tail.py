@@ -1,6 +1,6 @@
 """Show the stack's events, decoded: one line per record, like `kcat -C` but readable.
 
-    python -m tools.tail [--topic T ...] [--order ID] [--since 15m] [--follow]
+    python -m tools.ops.tail [--topic T ...] [--order ID] [--since 15m] [--follow]
                          [--json] [--payload] [--color auto|always|never]
                          [--topic-prefix P] [--bootstrap HOST:PORT]
 
@@ -41,8 +41,8 @@ from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.deadletter import DEAD_LETTERS, OUTBOX_SOURCE
 from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
 from shared.runtime.settings import KafkaSettings
-from tools.certs import OBSERVER
-from tools.kafka_cluster import sign_in_locally
+from tools.local.certs import OBSERVER
+from tools.local.cluster import sign_in_locally
 
 UNDECODABLE = "UNDECODABLE"
 WIDEST = 48
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parser(settings: KafkaSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.tail", description=__doc__.splitlines()[0]
+        prog="python -m tools.ops.tail", description=__doc__.splitlines()[0]
     )
     add = parser.add_argument
     add(

@@ -1,8 +1,8 @@
 """List and retry the outbox rows a service's relay parked.
 
-    python -m tools.outbox SERVICE list
-    python -m tools.outbox SERVICE retry EVENT_ID [EVENT_ID ...]
-    python -m tools.outbox SERVICE retry --all
+    python -m tools.ops.outbox SERVICE list
+    python -m tools.ops.outbox SERVICE retry EVENT_ID [EVENT_ID ...]
+    python -m tools.ops.outbox SERVICE retry --all
 
 SERVICE is a registered service (services/registry.py); the database is the one the
 service uses (`<NAME>_DATABASE_URL`), unless --database-url names another.
@@ -75,7 +75,9 @@ def list_parked(session: Session, model: type[OutboxMixin], args: argparse.Names
         print(f"no parked row in the outbox of {args.service}")
         return 0
     print(table(rows))
-    print(f"\n{len(rows)} parked row(s); retry with: python -m tools.outbox {args.service} retry")
+    print(
+        f"\n{len(rows)} parked row(s); retry with: python -m tools.ops.outbox {args.service} retry"
+    )
     return 0
 
 
@@ -102,7 +104,7 @@ COMMANDS: dict[str, Callable[[Session, type[OutboxMixin], argparse.Namespace], i
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.outbox",
+        prog="python -m tools.ops.outbox",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

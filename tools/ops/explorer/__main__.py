@@ -8,21 +8,21 @@ from pathlib import Path
 
 import uvicorn
 
-from tools.certs import OBSERVER, REDRIVE
-from tools.explorer.app import create_app
-from tools.explorer.config import ExplorerSettings
-from tools.kafka_cluster import sign_in_locally
+from tools.local.certs import OBSERVER, REDRIVE
+from tools.local.cluster import sign_in_locally
+from tools.ops.explorer.app import create_app
+from tools.ops.explorer.config import ExplorerSettings
 
 
 def main(argv: list[str] | None = None) -> None:
     sign_in_locally(OBSERVER)
     signed_in = os.environ.get("KAFKA_SASL_PASSWORD_FILE")
     if signed_in and os.environ.get("KAFKA_SASL_USERNAME") == OBSERVER:
-        redrive = Path(signed_in).with_name(REDRIVE)  # beside it, as tools/certs keeps them
+        redrive = Path(signed_in).with_name(REDRIVE)  # beside it, as tools/local/certs keeps them
         if redrive.is_file():
             os.environ.setdefault("EXPLORER_REDRIVE_PASSWORD_FILE", str(redrive))
     defaults = ExplorerSettings()
-    parser = argparse.ArgumentParser(prog="python -m tools.explorer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.ops.explorer", description=__doc__)
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument(
         "--host", default=defaults.host, help="default 127.0.0.1 (0.0.0.0 in a container)"

@@ -1,25 +1,25 @@
 """The whole stack on this machine: the Kafka cluster, the services of services/registry.py
 and, for `up`, a Zipkin server that receives their traces.
 
-    python -m tools.stack up        start what is not running, wait until every /ready is 200
-    python -m tools.stack down      stop everything, free the ports
-    python -m tools.stack status
-    python -m tools.stack kill SERVICE|INSTANCE|kafka|kafka-ID   SIGKILL, as a crash would
-    python -m tools.stack stop SERVICE|INSTANCE          SIGTERM: drain, then stop
-    python -m tools.stack start SERVICE|INSTANCE|kafka|kafka-ID
-    python -m tools.stack restart SERVICE|INSTANCE       stop, start, back in rotation
+    python -m tools.local.stack up        start what is not running, wait until every /ready is 200
+    python -m tools.local.stack down      stop everything, free the ports
+    python -m tools.local.stack status
+    python -m tools.local.stack kill SERVICE|INSTANCE|kafka|kafka-ID   SIGKILL, as a crash would
+    python -m tools.local.stack stop SERVICE|INSTANCE          SIGTERM: drain, then stop
+    python -m tools.local.stack start SERVICE|INSTANCE|kafka|kafka-ID
+    python -m tools.local.stack restart SERVICE|INSTANCE       stop, start, back in rotation
 
 Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
-machine): tools/kafka_cluster.py. `up` creates the stack's topics, one SCRAM principal
-per service and the ACLs (tools/kafka_security.py) as the admin, and hands each service
+machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM principal
+per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each service
 its own identity; `status` lists the brokers and each topic's leaders and in-sync replicas.
 
 `SCALE="inventory=2 order=2"` runs that many instances of a service (order-1, order-2, ...)
 on ports of their own, sharing its PostgreSQL database (`<NAME>_DATABASE_URL`) and its
-consumer group, behind one HAProxy on the service's usual port (tools/haproxy_local.py);
+consumer group, behind one HAProxy on the service's usual port (tools/local/haproxy.py);
 `up` remembers it for the other commands until `down`. See docs/scale-out.md.
 
-`up` also starts the event explorer (tools/explorer, http://127.0.0.1:8090), a read-only
+`up` also starts the event explorer (tools/ops/explorer, http://127.0.0.1:8090), a read-only
 page over the stack's topics; `down` stops it.
 
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead
@@ -50,24 +50,24 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from services.registry import SERVICES
-from tools import pginit
-from tools.certs import (
+from tools.local import pginit
+from tools.local.certs import (
     ADMIN,
     OBSERVER,
     REDRIVE,
     ensure_key_encryption_key,
     ensure_keyset_signing_key,
 )
-from tools.explorer.config import DEFAULT_PORT as EXPLORER_PORT
-from tools.haproxy_local import PROXY_SOURCE, Backend, LocalProxy
-from tools.kafka_cluster import LocalCluster, describe_cluster
-from tools.kafka_local import RUN_DIR, LocalBroker, port_open
-from tools.kafka_security import Topology, compose_env, principals, secure_stack
-from tools.zipkin_local import LocalZipkin
+from tools.local.cluster import LocalCluster, describe_cluster
+from tools.local.haproxy import PROXY_SOURCE, Backend, LocalProxy
+from tools.local.kafka import RUN_DIR, LocalBroker, port_open
+from tools.local.kafka_security import Topology, compose_env, principals, secure_stack
+from tools.local.zipkin import LocalZipkin
+from tools.ops.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 
 PORTS = {service.name: service.port for service in SERVICES}
 APPS = {service.name: service.app for service in SERVICES}
-EXPLORER_APP = "tools.explorer.app:create_app"
+EXPLORER_APP = "tools.ops.explorer.app:create_app"
 HTTP_PROTOCOL = "shared.runtime.protocol:BoundedHttpToolsProtocol"
 SCALE_FILE = "scale"
 """In the run directory: the `SCALE` that `up` was given, for the later commands."""
@@ -166,7 +166,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                cwd=Path(__file__).resolve().parent.parent,
+                cwd=Path(__file__).resolve().parents[2],
             )
         self.pid_file.write_text(f"{process.pid}\n")
 
@@ -565,7 +565,7 @@ def write_prometheus_config(path: Path, services: Mapping[str, ServiceProcess]) 
     targets = ", ".join(f'"127.0.0.1:{service.port}"' for service in services.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# Written by `python -m tools.stack up`: the services of this machine.\n"
+        "# Written by `python -m tools.local.stack up`: the services of this machine.\n"
         "global:\n  scrape_interval: 5s\n"
         f"scrape_configs:\n  - job_name: shop\n    static_configs:\n      - targets: [{targets}]\n"
     )
@@ -631,7 +631,7 @@ OPERATOR_HINT = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.stack",
+        prog="python -m tools.local.stack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "docker",
         "compose",
         "-f",
-        str(Path(__file__).resolve().parent.parent / "compose.yaml"),
+        str(Path(__file__).resolve().parents[2] / "compose.yaml"),
     ]
     try:
         scale = remembered_scale(RUN_DIR, os.environ.get("SCALE"), args.command)
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         if stack.cluster is not None:
             size = len(stack.cluster.nodes)
             print(f"             {size} node(s), SASL_SSL; to sign in as a read-only observer:")
-            print('             eval "$(python -m tools.kafka_cluster env observer)"')
+            print('             eval "$(python -m tools.local.cluster env observer)"')
         for name, url in stack.urls.items():
             behind = len(stack.instances[name])
             proxied = f", {behind} instances behind haproxy" if behind > 1 else ""

@@ -1,8 +1,8 @@
 """Autogenerate a migration from a service's models (`<package>.models.Base`).
 
-    python -m tools.makemigration order "add reason column"
-    python -m tools.makemigration some.pkg "initial schema" --migrations DIR
-    python -m tools.makemigration order --check     exit 1 if the models differ from head
+    python -m tools.dev.makemigration order "add reason column"
+    python -m tools.dev.makemigration some.pkg "initial schema" --migrations DIR
+    python -m tools.dev.makemigration order --check     exit 1 if the models differ from head
 
 SERVICE is a registered name (services/registry.py) or a package that is not registered
 yet (or a module holding `Base`, for a service written in one file); its versions go to
@@ -74,7 +74,7 @@ def makemigration(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.makemigration",
+        prog="python -m tools.dev.makemigration",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

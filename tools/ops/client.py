@@ -26,13 +26,13 @@ from typing import Any
 import httpx
 import jwt
 
-from tools.stack import PORTS, RUN_DIR
+from tools.local.stack import PORTS, RUN_DIR
 
 DEFAULT_URLS = {name: f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
 FINAL = {"CONFIRMED", "REJECTED", "CANCELLED"}
 OPERATOR_EMAIL = "operator@example.com"
 OPERATOR_PASSWORD_FILE = RUN_DIR / "operator-password"
-"""Where `make up` (tools/stack.py) writes the operator's password."""
+"""Where `make up` (tools/local/stack.py) writes the operator's password."""
 
 
 class ShopClient:

@@ -1,9 +1,9 @@
 """A local KRaft cluster of N nodes, each both broker and controller, secured as in
-production, run from the same Maven jars as tools/kafka_local.py.
+production, run from the same Maven jars as tools/local/kafka.py.
 
-    python -m tools.kafka_cluster {start,stop,status} [--nodes N]
-    python -m tools.kafka_cluster {start,stop,kill} --node ID
-    python -m tools.kafka_cluster env PRINCIPAL     shell variables to sign in as PRINCIPAL
+    python -m tools.local.cluster {start,stop,status} [--nodes N]
+    python -m tools.local.cluster {start,stop,kill} --node ID
+    python -m tools.local.cluster env PRINCIPAL     shell variables to sign in as PRINCIPAL
 
 Listeners per node: CLIENT (SASL_SSL, SCRAM-SHA-512) for clients, INTERNAL (SSL, mutual
 TLS) between brokers and CONTROLLER (SSL, mutual TLS) for the quorum. The brokers
@@ -13,7 +13,7 @@ the size: three copies and two in sync for a write from three nodes on, else one
 
 Each node has its home under .run/kafka/node-<id> (config, data, log, pid) and can be
 stopped, killed (SIGKILL) and started on its own; the certificates live in
-.run/kafka-tls and the SCRAM passwords in .run/kafka-credentials (tools/certs.py)."""
+.run/kafka-tls and the SCRAM passwords in .run/kafka-credentials (tools/local/certs.py)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,16 @@ from confluent_kafka.admin import AdminClient
 
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.topics import replication_for
-from tools.certs import ADMIN, BROKER_PRINCIPAL, OBSERVER, TlsFiles, ensure_password, ensure_tls
-from tools.kafka_local import RUN_DIR, LocalBroker, wait_for_broker
-from tools.kafka_security import upsert_credentials
+from tools.local.certs import (
+    ADMIN,
+    BROKER_PRINCIPAL,
+    OBSERVER,
+    TlsFiles,
+    ensure_password,
+    ensure_tls,
+)
+from tools.local.kafka import RUN_DIR, LocalBroker, wait_for_broker
+from tools.local.kafka_security import upsert_credentials
 
 HEAP_MB = 384
 CLIENT_PORT = 19091
@@ -197,7 +204,7 @@ class LocalCluster:
 
     def cluster_id(self) -> str:
         """One id for every node, kept in the cluster's home."""
-        path = self.home / "nodes-cluster-id"  # not the single broker's (kafka_local)
+        path = self.home / "nodes-cluster-id"  # not the single broker's (tools/local/kafka.py)
         if not path.is_file():
             self.home.mkdir(parents=True, exist_ok=True)
             path.write_text(
@@ -327,7 +334,7 @@ def describe_cluster(admin: KafkaConnection, prefix: str = "", timeout: float = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.kafka_cluster",
+        prog="python -m tools.local.cluster",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

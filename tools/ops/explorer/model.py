@@ -260,6 +260,7 @@ class ShopView:
         else:
             origin = f"{topic} (not published)"
         consumer, event_id = headers.get(dlq.H_CONSUMER, ""), headers.get("ce_id", "")
+        service = consumer.removesuffix("-outbox")
         self.letters.append(
             {
                 "where": self._where(record),
@@ -276,9 +277,7 @@ class ShopView:
                 "dropped": headers.get(dlq.H_DROPPED, ""),
                 "outbox": outbox,
                 "retry": (
-                    f"python -m tools.outbox {consumer.removesuffix('-outbox')} retry {event_id}"
-                    if outbox
-                    else ""
+                    f"python -m tools.ops.outbox {service} retry {event_id}" if outbox else ""
                 ),
             }
         )
@@ -400,7 +399,7 @@ class ShopView:
 
     def _letter_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """A dead letter, with whether a redrive of its consumer has passed it (a parked
-        outbox row is retried with `tools.outbox`, never redriven)."""
+        outbox row is retried with `tools.ops.outbox`, never redriven)."""
         position = (self.dead_letter_topic, row["partition"])
         redriven = not row["outbox"] and any(
             self.groups.get(REDRIVE_GROUP + name, {}).get("offsets", {}).get(position, -1)

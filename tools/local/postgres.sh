@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for tests and local development.
 #
-#   tools/postgres_local.sh install   install the server (apt) unless initdb/pg_ctl exist
-#   tools/postgres_local.sh start     init (once) and start it; idempotent
-#   tools/postgres_local.sh stop      pg_ctl stop -m fast; idempotent
-#   tools/postgres_local.sh status    exit 0 if running, 3 if not
-#   tools/postgres_local.sh url       print the SQLAlchemy URL of the superuser role
-#   tools/postgres_local.sh env       print the exports that point each service at its
+#   tools/local/postgres.sh install   install the server (apt) unless initdb/pg_ctl exist
+#   tools/local/postgres.sh start     init (once) and start it; idempotent
+#   tools/local/postgres.sh stop      pg_ctl stop -m fast; idempotent
+#   tools/local/postgres.sh status    exit 0 if running, 3 if not
+#   tools/local/postgres.sh url       print the SQLAlchemy URL of the superuser role
+#   tools/local/postgres.sh env       print the exports that point each service at its
 #                                     database as its own role: eval "$(... env)"; make up
 #
 # Listens on 127.0.0.1:${PG_PORT:-5433}, data in .run/postgres. Over TCP every role signs in
@@ -14,14 +14,14 @@
 # only its owner (and root) reach it, and this script sets up through it. Each registered
 # service gets a database owned by a login role of its name that may connect to no other,
 # with a random password in .run/postgres-credentials/<service> (owner-only; `python -m
-# tools.pginit --psql`, stdlib only). Role `shop` is a superuser for tests (they CREATE
+# tools.local.pginit --psql`, stdlib only). Role `shop` is a superuser for tests (they CREATE
 # DATABASE their own) and administration; its password is .run/postgres-credentials/shop.
 # PG_CREDENTIALS names another folder for these files.
 # Tuned for tests, not for durability (fsync off): never keep data you care about here.
 # Root cannot run the server: as root it runs as the `postgres` OS user (created if missing).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PG_PORT="${PG_PORT:-5433}"
 PG_OS_USER="${PG_OS_USER:-postgres}"
 if [[ -z "${PG_DATA:-}" ]]; then
@@ -54,8 +54,8 @@ find_bin() {  # directory holding initdb and pg_ctl, newest major version first
 
 install() {
   if find_bin >/dev/null; then return 0; fi
-  [[ "$(id -u)" == 0 ]] || { echo "postgres_local: PostgreSQL is missing; run as root to install" >&2; exit 1; }
-  echo "postgres_local: installing PostgreSQL (apt-get)"
+  [[ "$(id -u)" == 0 ]] || { echo "postgres.sh: PostgreSQL is missing; run as root to install" >&2; exit 1; }
+  echo "postgres.sh: installing PostgreSQL (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends postgresql postgresql-client >/dev/null
@@ -68,15 +68,15 @@ as_pg() {  # run a command as the server's OS user
 
 url() {
   [[ -f "$PG_CREDENTIALS/$PG_ROLE" ]] ||
-    { echo "postgres_local: no $PG_CREDENTIALS/$PG_ROLE; run '$0 start' first" >&2; exit 1; }
+    { echo "postgres.sh: no $PG_CREDENTIALS/$PG_ROLE; run '$0 start' first" >&2; exit 1; }
   echo "postgresql+psycopg://$PG_ROLE:$(<"$PG_CREDENTIALS/$PG_ROLE")@127.0.0.1:$PG_PORT/postgres"
 }
 
-pginit() { (cd "$ROOT" && "$PYTHON" -m tools.pginit --credentials "$PG_CREDENTIALS" "$@"); }
+pginit() { (cd "$ROOT" && "$PYTHON" -m tools.local.pginit --credentials "$PG_CREDENTIALS" "$@"); }
 
 write_hba() {  # TCP by password only; the socket, in the closed data directory, for set-up
   as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<'HBA'
-# Written by tools/postgres_local.sh on every start.
+# Written by tools/local/postgres.sh on every start.
 # TYPE  DATABASE  USER  ADDRESS       METHOD
 local   all       all                 trust
 host    all       all   127.0.0.1/32  scram-sha-256
@@ -99,22 +99,22 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; }
 
 start() {
   local bin
-  bin="$(find_bin)" || { echo "postgres_local: no initdb/pg_ctl; run '$0 install'" >&2; exit 1; }
+  bin="$(find_bin)" || { echo "postgres.sh: no initdb/pg_ctl; run '$0 install'" >&2; exit 1; }
   if [[ "$(id -u)" == 0 ]] && ! id "$PG_OS_USER" >/dev/null 2>&1; then
     useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_OS_USER"
   fi
   local socket="$PG_DATA/.s.PGSQL.$PG_PORT"
   if ((${#socket} > 107)); then
-    echo "postgres_local: $socket is too long for a Unix socket; set PG_DATA to a shorter path" >&2
+    echo "postgres.sh: $socket is too long for a Unix socket; set PG_DATA to a shorter path" >&2
     exit 1
   fi
   if ! is_running; then
-    if port_open; then echo "postgres_local: port $PG_PORT is taken by another process" >&2; exit 1; fi
+    if port_open; then echo "postgres.sh: port $PG_PORT is taken by another process" >&2; exit 1; fi
     mkdir -p "$PG_DATA"
     if [[ "$(id -u)" == 0 ]]; then chown "$PG_OS_USER" "$PG_DATA"; fi
     chmod 700 "$PG_DATA"
     if ! as_pg test -w "$PG_DATA"; then
-      echo "postgres_local: user $PG_OS_USER cannot reach $PG_DATA (a parent dir is closed);" \
+      echo "postgres.sh: user $PG_OS_USER cannot reach $PG_DATA (a parent dir is closed);" \
         "set PG_DATA to a directory it can reach" >&2
       exit 1
     fi
@@ -137,7 +137,7 @@ start() {
   # Idempotent: the roles, their passwords and the databases are (re)asserted every start.
   pginit --psql --superuser "$PG_ROLE" |
     "$bin/psql" -h "$PG_DATA" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null
-  echo "postgres_local: PostgreSQL running on 127.0.0.1:$PG_PORT (superuser $PG_ROLE: '$0 url';" \
+  echo "postgres.sh: PostgreSQL running on 127.0.0.1:$PG_PORT (superuser $PG_ROLE: '$0 url';" \
     "each service's role: '$0 env')"
 }
 
@@ -146,7 +146,7 @@ stop() {
   if is_running; then
     bin="$(find_bin)"
     as_pg "$bin/pg_ctl" stop -D "$PG_DATA" -m fast -w -t 60 >/dev/null
-    echo "postgres_local: stopped"
+    echo "postgres.sh: stopped"
   fi
 }
 

@@ -2,14 +2,14 @@
 one login role of the service's name, which may connect to that database and no other.
 Idempotent: run it on every start.
 
-    python -m tools.pginit --psql [--credentials DIR] | psql -h HOST -U shop -d postgres
-    python -m tools.pginit postgresql+psycopg://shop@postgres:5432/shop \\
+    python -m tools.local.pginit --psql [--credentials DIR] | psql -h HOST -U shop -d postgres
+    python -m tools.local.pginit postgresql+psycopg://shop@postgres:5432/shop \\
         --password-file /run/secrets/postgres_password_shop --secrets /run/secrets
 
-The first form prints a psql script (tools/postgres_local.sh, which adds `--superuser
+The first form prints a psql script (tools/local/postgres.sh, which adds `--superuser
 shop`: its administrator), the second connects and does the same (compose's one-shot
 `pginit`), both as a superuser; `--env HOST:PORT` prints the exports that point each
-service at its database (`tools/postgres_local.sh env`). Each role is LOGIN
+service at its database (`tools/local/postgres.sh env`). Each role is LOGIN
 NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS and a member of no other
 role; its password is set as a SCRAM-SHA-256 verifier computed here, so neither the
 server nor its log ever sees the password. Each database is owned by its role, with
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from services.registry import SERVICES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = ROOT / ".run" / "postgres-credentials"
 """Where the local set-up keeps each role's password, one file per role."""
 SUPERUSER = "shop"
@@ -251,7 +251,7 @@ def create(url: str, passwords: Mapping[str, str], admin_password: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.pginit",
+        prog="python -m tools.local.pginit",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

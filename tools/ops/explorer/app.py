@@ -28,9 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.redrive import RedriveSummary, redrive
-from tools.explorer.config import ExplorerSettings
-from tools.explorer.kafka import Observer
-from tools.explorer.model import ShopView
+from tools.ops.explorer.config import ExplorerSettings
+from tools.ops.explorer.kafka import Observer
+from tools.ops.explorer.model import ShopView
 
 STATIC = Path(__file__).resolve().parent / "static"
 PUSH_INTERVAL = 0.25

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.messaging.connection import Bootstrap
 from shared.runtime.settings import KafkaSettings
-from tools.certs import REDRIVE
+from tools.local.certs import REDRIVE
 
 DEFAULT_PORT = 8090
 

@@ -1,7 +1,7 @@
 """Write the event contracts kept in git, generated from the services' event models:
 
-    python -m tools.contracts            # write them (and remove contracts nobody publishes)
-    python -m tools.contracts --check    # exit 1, with a summary of what differs, if stale
+    python -m tools.dev.contracts            # write them (and remove contracts nobody publishes)
+    python -m tools.dev.contracts --check    # exit 1, with a summary of what differs, if stale
 
 `contracts/<topic>/<type>.json` is the JSON Schema of each event from its publisher's
 model, `contracts/asyncapi.json` the AsyncAPI 3.0 document of the whole system and
@@ -22,7 +22,7 @@ from shared.messaging import asyncapi, contracts, eventdocs
 from shared.runtime.service import ServiceSpec
 from shared.runtime.settings import ServiceSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = "contracts"
 ASYNCAPI = f"{CONTRACTS}/asyncapi.json"
 PAGE = "docs/events.md"
@@ -109,7 +109,7 @@ def write(root: Path = ROOT) -> list[Difference]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.contracts", description=__doc__.splitlines()[0]
+        prog="python -m tools.dev.contracts", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if stale")
     parser.add_argument("--diff-lines", type=int, default=40, help="diff lines shown per file")

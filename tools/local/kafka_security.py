@@ -15,7 +15,7 @@ WRITE on a topic also allows the idempotent producer's IDEMPOTENT_WRITE (Kafka 3
 KIP-679), so services need no cluster-level right. `acl_plan` is pure; `secure_stack`
 applies it to a running cluster.
 
-    python -m tools.kafka_security --bootstrap HOSTS --ca CA.pem --client-pem BROKER.pem \
+    python -m tools.local.kafka_security --bootstrap HOSTS --ca CA.pem --client-pem BROKER.pem \
         --secrets DIR [--prefix P]
 
 does the same once from outside (compose's one-shot `kafka-init`): it signs in with the
@@ -47,7 +47,7 @@ from services.registry import SERVICES, load
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.topics import ensure_topics
-from tools.certs import ADMIN, OBSERVER, REDRIVE, ensure_password, ensure_tls
+from tools.local.certs import ADMIN, OBSERVER, REDRIVE, ensure_password, ensure_tls
 
 SCRAM_ITERATIONS = 8192
 
@@ -186,7 +186,9 @@ def compose_env(run_dir: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.kafka_security", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.local.kafka_security", description=__doc__
+    )
     parser.add_argument("--bootstrap", required=True, help="the brokers' SSL listeners")
     parser.add_argument("--ca", required=True, help="the CA certificate (PEM)")
     parser.add_argument("--client-pem", required=True, help="key and certificate (PEM)")

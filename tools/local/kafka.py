@@ -1,11 +1,12 @@
 """A real single-node Apache Kafka broker (KRaft, broker+controller) run from Maven jars.
 
-    python -m tools.kafka_local {fetch,start,stop,kill,status} [--port N] [--controller-port N]
+    python -m tools.local.kafka {fetch,start,stop,kill,status} [--port N] [--controller-port N]
                                 [--home DIR]
 
-The jars come from tools/kafka/pom.xml (fetched once into .run/kafka/libs); each broker keeps
-its config, pid file, log and data under its own home directory (default .run/kafka).
-tools/kafka_cluster.py builds a secured multi-node cluster from the same `LocalBroker`.
+The jars come from tools/local/kafka-broker/pom.xml (fetched once into .run/kafka/libs);
+each broker keeps its config, pid file, log and data under its own home directory (default
+.run/kafka).
+tools/local/cluster.py builds a secured multi-node cluster from the same `LocalBroker`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from confluent_kafka.admin import AdminClient
 
 from shared.messaging.connection import Bootstrap, client_config, connection
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run"
-POM = ROOT / "tools" / "kafka" / "pom.xml"
-LOG4J_CONFIG = ROOT / "tools" / "kafka" / "log4j2.properties"
+POM = ROOT / "tools" / "local" / "kafka-broker" / "pom.xml"
+LOG4J_CONFIG = ROOT / "tools" / "local" / "kafka-broker" / "log4j2.properties"
 LIBS_DIR = RUN_DIR / "kafka" / "libs"
 # The flags of Kafka's bin/kafka-run-class.sh; the heap is set per broker.
 JVM_FLAGS = (
@@ -255,7 +256,7 @@ class LocalBroker:
         if self.log_file.is_file() and self.log_file.stat().st_size > 20_000_000:
             self.log_file.replace(self.log_file.with_suffix(".log.1"))  # keep one old log
         with open(self.log_file, "ab") as log:
-            log.write(f"=== kafka_local: starting broker at {time.ctime()} ===\n".encode())
+            log.write(f"=== tools.local.kafka: starting broker at {time.ctime()} ===\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 self._java_cmd(libs, "kafka.Kafka", str(config)),
@@ -326,7 +327,7 @@ class LocalBroker:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.kafka_local",
+        prog="python -m tools.local.kafka",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """The order story, told against the running stack (`make up` first).
 
-    python -m tools.demo
+    python -m tools.ops.demo
 
 The operator signs in (with the password `make up` wrote to .run/operator-password) and
 creates two products with a little stock; a customer registers with a password, gets a
@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tools.client import OPERATOR_EMAIL, ShopClient
+from tools.ops.client import OPERATOR_EMAIL, ShopClient
 
 
 def say(text: str = "") -> None:

@@ -1,5 +1,5 @@
 """The event explorer: a read-only page that watches the shop's Kafka topics live.
 
-    python -m tools.explorer [--port 8090] [--bootstrap HOST:PORT] [--topic-prefix P]
+    python -m tools.ops.explorer [--port 8090] [--bootstrap HOST:PORT] [--topic-prefix P]
 
 See docs/explorer.md."""
