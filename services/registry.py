@@ -1,10 +1,10 @@
 """Every service of the shop, listed once: its name, its port and its package.
 
 The stack runner, the image (`python -m services NAME`), the PostgreSQL set-up
-(`tools.pginit`), the migration tool and the compose test all read this list. A package
+(`tools.local.pginit`), the migration tool and the compose test all read this list. A package
 holds `main.py` with `create_app` and `config.py` with `<Name>Settings`.
 
-Standard library only: `tools.pginit --psql` imports it before any virtualenv exists."""
+Standard library only: `tools.local.pginit --psql` imports it before any virtualenv exists."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The inventory service: owns stock, reserves it for orders and releases it on cancel.
 
-Run: python -m services inventory. With uvicorn's own command line, give it the flags of
-tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
+Run: `python -m services inventory` (services/__main__.py: host, port, workers)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The order service: accepts orders over REST and drives each through the saga.
 
-Run: python -m services order. With uvicorn's own command line, give it the flags of
-tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
+Run: `python -m services order` (services/__main__.py: host, port, workers)."""
 
 from __future__ import annotations
 

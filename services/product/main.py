@@ -1,7 +1,6 @@
 """The product service: the catalogue, with availability kept from inventory's events.
 
-Run: python -m services product. With uvicorn's own command line, give it the flags of
-tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
+Run: `python -m services product` (services/__main__.py: host, port, workers)."""
 
 from __future__ import annotations
 

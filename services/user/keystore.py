@@ -6,7 +6,7 @@
 - the key-set signing key (`USER_KEYSET_SIGNING_KEY_FILE`, an Ed25519 PKCS#8 PEM): the
   trust anchor's private half, which signs every published `signing-keys` set.
 
-`make up` makes both on first start (tools/certs.py). Without either the service does not
+`make up` makes both on first start (tools/local/certs.py). Without either the service does not
 start: it would store private keys in clear, or publish sets no service trusts."""
 
 from __future__ import annotations

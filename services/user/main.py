@@ -1,7 +1,6 @@
 """The user service: accounts and tokens, and notifications kept from order's events.
 
-Run: python -m services user. With uvicorn's own command line, give it the flags of
-tools/stack.py's `ServiceProcess.command` (request heads bounded, no proxy headers)."""
+Run: `python -m services user` (services/__main__.py: host, port, workers)."""
 
 from __future__ import annotations
 

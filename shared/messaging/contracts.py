@@ -3,7 +3,7 @@ one service that publishes it, kept in git as `contracts/<topic>/<type>.json`.
 
 A consumer keeps its own model of an event (only the fields it reads); a test checks
 that model against the committed contract (`shared.messaging.compat`), so the copies
-cannot drift. `python -m tools.contracts` writes the files; `--check` says what is stale."""
+cannot drift. `python -m tools.dev.contracts` writes the files; `--check` says what is stale."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from shared.messaging.router import EventRouter
 Schema = dict[str, Any]
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
-REGENERATE = "python -m tools.contracts"
+REGENERATE = "python -m tools.dev.contracts"
 GENERATED = f"Generated from the publisher's model by `{REGENERATE}`: do not edit."
 
 

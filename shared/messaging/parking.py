@@ -5,7 +5,7 @@ published but not recorded, because the relay's `on_published` hook failed on it
 A parked row stays in its outbox with `parked_at` and `parked_reason`; the relay passes
 over it, counts it (`outbox_parked_total`, `outbox_parked_events`), logs it and announces
 it with a notice on the dead-letter topic, so that the explorer lists it without reading
-any database. `unpark` (`python -m tools.outbox SERVICE retry`) hands it back: the relay
+any database. `unpark` (`python -m tools.ops.outbox SERVICE retry`) hands it back: the relay
 publishes it, or, when it is on Kafka already (it kept its partition and offset), only
 records it. Broker outages and timeouts are never a reason to park: those rows wait."""
 
@@ -160,7 +160,7 @@ def announce(producer: EventProducer, topic: str, parked: Sequence[Parking], sou
             log.warning("outbox: no notice of parked event %s: %s", p.event_id, where.error)
 
 
-# -- the operator's side (tools.outbox) ---------------------------------------------------
+# -- the operator's side (tools.ops.outbox) ---------------------------------------------------
 
 
 def parked(session: Session, model: type[OutboxMixin]) -> list[OutboxMixin]:

@@ -236,7 +236,7 @@ class OutboxCollector:
             ),
             GaugeMetricFamily(
                 "outbox_parked_events",
-                "Outbox rows parked, waiting for `python -m tools.outbox SERVICE retry`",
+                "Outbox rows parked, waiting for `python -m tools.ops.outbox SERVICE retry`",
                 labels=["service"],
             ),
         )

@@ -3,13 +3,13 @@
 A service sees the proxy's address as its peer; the proxy names the client in
 `X-Forwarded-For`. Anyone can send that header, so it is read only when the peer is one
 of the configured proxies (`FORWARDED_ALLOW_IPS`: addresses or networks; empty: nobody).
-The proxies of this project (tools/haproxy_local.py, deploy/haproxy) overwrite the header
+The proxies of this project (tools/local/haproxy.py, deploy/haproxy) overwrite the header
 with the address they were connected from, so it holds one address; a chain of trusted
 proxies that append is read from the right, the first address that is not a trusted
 proxy being the client. A header that holds anything but addresses is ignored.
 
 This replaces uvicorn's own handling (`--proxy-headers`, on by default and trusting
-127.0.0.1), which the service's launchers switch off (`serve`, tools/stack.py)."""
+127.0.0.1), which `serve` (`python -m services NAME`) switches off."""
 
 from __future__ import annotations
 

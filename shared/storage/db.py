@@ -155,7 +155,7 @@ class OutboxMixin:
     The relay publishes rows that are neither sent nor parked. A row it cannot publish
     (the broker refuses the record for good) or cannot record (the `on_published` hook
     fails on its values) is parked: `parked_at` and `parked_reason` say when and why, and
-    it waits for `python -m tools.outbox SERVICE retry`. A row parked after publishing
+    it waits for `python -m tools.ops.outbox SERVICE retry`. A row parked after publishing
     keeps `sent_at`, `partition` and `offset`: it is on Kafka, and a retry only records it."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
