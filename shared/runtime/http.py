@@ -3,6 +3,7 @@ error envelope, and the /health, /ready and /metrics endpoints."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -305,9 +306,11 @@ def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Netw
     app.add_exception_handler(DataError, _unstorable)
 
     @app.get("/health", tags=["ops"])
-    def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    def health(request: Request) -> dict[str, Any]:
+        """Liveness: the process answers, naming its service and its pid (a launcher
+        checks that the process answering on the port is the one it started)."""
+        spec = getattr(getattr(request.app.state, "runtime", None), "spec", None)
+        return {"status": "ok", "service": getattr(spec, "name", ""), "pid": os.getpid()}
 
     @app.get(
         "/ready",

@@ -12,6 +12,7 @@ It reads only Kafka and serves on 127.0.0.1; it needs no token and holds no secr
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -69,8 +70,9 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> dict[str, Any]:
+        """The process answers, naming itself and its pid (as the services do)."""
+        return {"status": "ok", "service": "explorer", "pid": os.getpid()}
 
     @app.get("/ready")
     def ready() -> JSONResponse:
