@@ -17,25 +17,16 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from tools.local.kafka import ROOT, LocalBroker, port_open
+from tests.conftest import free_port
+from tools.local.kafka import ROOT, LocalBroker
+from tools.local.process import port_open
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    port, controller_port = _free_ports(2)
+    port, controller_port = free_port(), free_port()
     b = LocalBroker(
         tmp_path_factory.mktemp("kafka"), port=port, controller_port=controller_port, heap_mb=256
     )
@@ -158,7 +149,7 @@ def test_start_refuses_a_port_taken_by_another_process(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        (controller_port,) = _free_ports(1)
+        controller_port = free_port()
         b = LocalBroker(tmp_path / "kafka", port=taken, controller_port=controller_port)
         with pytest.raises(RuntimeError, match="taken"):
             b.start(timeout=10)

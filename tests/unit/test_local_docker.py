@@ -85,7 +85,7 @@ def test_the_engine_it_starts_adds_no_firewall_rules_and_forwards_nothing(
         return Started()
 
     monkeypatch.setattr(docker.subprocess, "Popen", popen)
-    assert docker._spawn_dockerd("/usr/sbin/dockerd") == 4242
+    assert docker._spawn_dockerd("/usr/sbin/dockerd").pid_file == state / "engine.pid"
     [cmd] = started
     assert {"--iptables=false", "--ip6tables=false", "--ip-forward=false"} <= set(cmd)
     assert cmd[cmd.index("-H") + 1] == f"unix://{docker.DEFAULT_SOCKET}"

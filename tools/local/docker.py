@@ -24,13 +24,13 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tools.local import gomod
+from tools.local.process import ManagedProcess, alive
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_DIR = ROOT / ".run" / "docker"
@@ -104,23 +104,16 @@ def engine_version(timeout: float = 15) -> str | None:
     return version if done.returncode == 0 and version else None
 
 
-def _alive(pid: int, name: bytes) -> bool:
-    """A live (not zombie) process with this pid whose command line holds `name`."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X") and name in cmdline
+def engine() -> ManagedProcess:
+    """The dockerd this checkout starts: its command line names its own pid file."""
+    return ManagedProcess(
+        "dockerd", PID_FILE, LOG_FILE, marker=("--pidfile", str(DOCKERD_PID_FILE))
+    )
 
 
 def started_engine() -> int | None:
     """The pid of the dockerd this checkout started, if it still runs."""
-    try:
-        pid = int(PID_FILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _alive(pid, b"dockerd") else None
+    return engine().pid()
 
 
 def _other_dockerd() -> int | None:
@@ -179,66 +172,54 @@ def start_engine(timeout: float = 90) -> str:
     other = _other_dockerd()
     if other is not None:  # starting up (or stuck): wait for it rather than start a second
         print(f"waiting for the dockerd that runs already (pid {other})", flush=True)
-        pid, what = other, f"the dockerd already running (pid {other})"
+        while (version := engine_version(timeout=5)) is None:
+            if not alive(other):
+                raise RuntimeError(f"the dockerd already running (pid {other}) exited")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no Docker engine answers after {timeout:.0f}s")
+            time.sleep(0.5)
     else:
         reason = _can_start_engine()
         if reason is not None:
             raise RuntimeError(f"no Docker engine answers, and none can be started: {reason}")
-        pid, what = _spawn_dockerd(_install_dockerd()), "dockerd"
-    while (version := engine_version(timeout=5)) is None:
-        if not _alive(pid, b"dockerd"):
-            raise RuntimeError(f"{what} exited:\n{_log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no Docker engine answers after {timeout:.0f}s:\n{_log_tail()}")
-        time.sleep(0.5)
+        process = _spawn_dockerd(_install_dockerd())
+        answer: list[str] = []
+        process.wait_until(lambda: _answers(answer), timeout, "answering", every=0.5)
+        version = answer[0]
     print(f"docker engine {version} answers", flush=True)
     return version
 
 
-def _spawn_dockerd(dockerd: str) -> int:
-    """Start dockerd in the background, its pid file and log under .run/docker. Its pid."""
+def _answers(version: list[str]) -> bool:
+    """Whether an engine answers; its version appended to `version` when one does."""
+    found = engine_version(timeout=5)
+    if found is not None:
+        version.append(found)
+    return found is not None
+
+
+def _spawn_dockerd(dockerd: str) -> ManagedProcess:
+    """Start dockerd in the background, its pid file and log under .run/docker."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     # No firewall rules and no forwarding: containers reach each other (bridge) and the host
     # reaches their published ports (docker-proxy on 127.0.0.1); nothing else.
     cmd = [dockerd, "--iptables=false", "--ip6tables=false", "--ip-forward=false"]
     cmd += ["--pidfile", str(DOCKERD_PID_FILE), "-H", f"unix://{DEFAULT_SOCKET}"]
-    with open(LOG_FILE, "ab") as log:
-        process = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    PID_FILE.write_text(f"{process.pid}\n")
-    print(f"started dockerd (pid {process.pid}, log {LOG_FILE})", flush=True)
-    return process.pid
+    process = engine()
+    pid = process.start(cmd)
+    print(f"started dockerd (pid {pid}, log {LOG_FILE})", flush=True)
+    return process
 
 
 def stop_engine(timeout: float = 60) -> bool:
     """Stop the dockerd this checkout started (it stops its containers first). True if it ran."""
-    pid = started_engine()
+    process = engine()
+    pid = process.pid()
+    process.stop(timeout)  # drops a stale pid file too
     if pid is None:
-        PID_FILE.unlink(missing_ok=True)
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid, b"dockerd") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid, b"dockerd"):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    PID_FILE.unlink(missing_ok=True)
     print(f"stopped dockerd (pid {pid})", flush=True)
     return True
-
-
-def _log_tail(lines: int = 30) -> str:
-    try:
-        return "\n".join(LOG_FILE.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,18 +9,16 @@ too). Debian's `haproxy` package; logs to .run/logs/haproxy.log, the stats socke
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.local.kafka import RUN_DIR, port_open
+from tools.local.kafka import RUN_DIR
+from tools.local.process import ManagedProcess, port_open
 
 CHECK_INTERVAL_MS = 250
 FALL = 2
@@ -137,16 +135,15 @@ class LocalProxy:
         self.folder = run_dir / "haproxy"
         self.config_file = self.folder / "haproxy.cfg"
         self.stats_socket = self.folder / "stats.sock"
-        self.pid_file = run_dir / "pids" / "haproxy.pid"
-        self.log_file = run_dir / "logs" / "haproxy.log"
+        self.process = ManagedProcess(
+            "haproxy",
+            run_dir / "pids" / "haproxy.pid",
+            run_dir / "logs" / "haproxy.log",
+            marker=(str(self.config_file),),
+        )
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid
+        return self.process.pid()
 
     def start(self, timeout: float = 10) -> None:
         if self.pid() is not None:
@@ -157,38 +154,16 @@ class LocalProxy:
             if port_open("127.0.0.1", backend.port):
                 raise RuntimeError(f"port {backend.port} for {backend.name} is taken")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(haproxy_config(self.backends, self.stats_socket))
         if problem := check_config(self.config_file):
             raise RuntimeError(f"{self.config_file} is not valid:\n{problem}")
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                ["haproxy", "-db", "-f", str(self.config_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
-        deadline = time.monotonic() + timeout
-        while not all(port_open("127.0.0.1", b.port) for b in self.backends):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"haproxy did not start; see {self.log_file}")
-            time.sleep(0.05)
+        self.process.start(["haproxy", "-db", "-f", str(self.config_file)])
+        for backend in self.backends:
+            self.process.wait_for_port("127.0.0.1", backend.port, timeout)
 
     def stop(self, timeout: float = 10) -> None:
         """A soft stop (SIGUSR1: finish the requests under way), then SIGKILL if needed."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGUSR1)
-            deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        self.process.stop(timeout, sig=signal.SIGUSR1, ports=[b.port for b in self.backends])
 
     def servers(self) -> dict[str, str]:
         """Each instance's state as HAProxy sees it (`UP`, `DOWN`, ...), by instance name."""
@@ -216,17 +191,6 @@ class LocalProxy:
         except OSError:
             return ""
         return b"".join(chunks).decode(errors="replace")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

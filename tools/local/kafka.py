@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +27,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from shared.messaging.connection import Bootstrap, client_config, connection
+from tools.local.process import ManagedProcess, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run"
@@ -77,15 +75,6 @@ broker.session.timeout.ms=4000
 """
 
 
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def ensure_jars() -> Path:
     """Copy the broker's runtime classpath into .run/kafka/libs (once per pom version)."""
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
@@ -130,26 +119,10 @@ def wait_for_broker(bootstrap: Bootstrap, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _java() -> str:
+def java() -> str:
+    """The java of `JAVA_HOME`, else the one on PATH."""
     java_home = os.environ.get("JAVA_HOME")
     return str(Path(java_home) / "bin" / "java") if java_home else "java"
-
-
-def _pid_alive(pid: int) -> bool:
-    """A live (not zombie) Kafka java process with this pid."""
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X") and b"java" in cmdline and b"kafka.Kafka" in cmdline
-    try:  # no procfs (macOS): signal 0 only tells that the pid exists
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 class LocalBroker:
@@ -166,10 +139,24 @@ class LocalBroker:
         self.port = port
         self.controller_port = controller_port
         self.heap_mb = heap_mb
-        self.pid_file = self.home / "broker.pid"
-        self.log_file = self.home / "broker.log"
         self.data_dir = self.home / "data"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.config_file = self.home / "server.properties"
+        self.process = ManagedProcess(
+            "Kafka broker",
+            self.home / "broker.pid",
+            self.home / "broker.log",
+            marker=("kafka.Kafka", str(self.config_file)),
+            log_lines=60,
+        )
+        """Its java process: believed only while that runs Kafka on this home's config."""
+
+    @property
+    def pid_file(self) -> Path:
+        return self.process.pid_file
+
+    @property
+    def log_file(self) -> Path:
+        return self.process.log_file
 
     @property
     def bootstrap(self) -> str:
@@ -186,27 +173,18 @@ class LocalBroker:
 
     def pid(self) -> int | None:
         """Pid of the live broker process named by the pid file, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if self._proc is not None and self._proc.pid == pid:
-            self._proc.poll()  # reap our own child so a killed broker is not a zombie
-        return pid if _pid_alive(pid) else None
+        return self.process.pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None and port_open("127.0.0.1", self.port)
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no broker log)"
+        return self.process.tail(lines)
 
     def _java_cmd(self, libs: Path, *args: str) -> list[str]:
         heap = [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m"]
         props = [f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.home}"]
-        return [_java(), *heap, *JVM_FLAGS, *props, "-cp", f"{libs}/*", *args]
+        return [java(), *heap, *JVM_FLAGS, *props, "-cp", f"{libs}/*", *args]
 
     def _properties(self) -> str:
         return SERVER_PROPERTIES.format(
@@ -217,9 +195,8 @@ class LocalBroker:
         return ["format", "-t", self._cluster_id(), "-c", str(config), "--standalone"]
 
     def _write_config(self) -> Path:
-        path = self.home / "server.properties"
-        path.write_text(self._properties())
-        return path
+        self.config_file.write_text(self._properties())
+        return self.config_file
 
     def _cluster_id(self) -> str:
         path = self.home / "cluster-id"
@@ -255,74 +232,28 @@ class LocalBroker:
                 raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
         if self.log_file.is_file() and self.log_file.stat().st_size > 20_000_000:
             self.log_file.replace(self.log_file.with_suffix(".log.1"))  # keep one old log
-        with open(self.log_file, "ab") as log:
-            log.write(f"=== tools.local.kafka: starting broker at {time.ctime()} ===\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                self._java_cmd(libs, "kafka.Kafka", str(config)),
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid_file.write_text(f"{self._proc.pid}\n")
+        command = self._java_cmd(libs, "kafka.Kafka", str(config))
+        self.process.start(command, cwd=self.home, banner="tools.local.kafka: starting broker")
         return True
 
     def wait_started(self, timeout: float = 60) -> None:
         """Wait until the process launch() started serves metadata; raise if it exits."""
-        assert self._proc is not None, "launch() first"
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise RuntimeError(
-                    f"Kafka broker exited with code {self._proc.returncode}; "
-                    f"{self.log_file} ends with:\n{self.log_tail()}"
-                )
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"Kafka broker not ready after {timeout:.0f}s; "
-                    f"{self.log_file} ends with:\n{self.log_tail()}"
-                )
-            try:
-                wait_for_broker(self.probe, min(1.0, max(0.1, deadline - time.monotonic())))
-                return
-            except TimeoutError:
-                pass
+        self.process.wait_until(self._serves, timeout, every=0)
 
-    def _signal_and_wait(self, pid: int, sig: signal.Signals, timeout: float) -> bool:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while self.pid() == pid:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+    def _serves(self) -> bool:
+        try:
+            wait_for_broker(self.probe, 1.0)
+        except TimeoutError:
+            return False
         return True
-
-    def _wait_ports_free(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while any(port_open("127.0.0.1", port) for port in self.ports):
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"ports {self.ports} still open")
-            time.sleep(0.05)
 
     def stop(self, timeout: float = 30) -> None:
         """Clean shutdown (SIGTERM); SIGKILL if it has not exited after `timeout` seconds."""
-        pid = self.pid()
-        if pid is not None and not self._signal_and_wait(pid, signal.SIGTERM, timeout):
-            self._signal_and_wait(pid, signal.SIGKILL, 10)
-        self.pid_file.unlink(missing_ok=True)
-        self._wait_ports_free(10)
+        self.process.stop(timeout, ports=self.ports)
 
     def kill(self) -> None:
         """SIGKILL at once, like a crash; the next start() recovers the same data dir."""
-        pid = self.pid()
-        if pid is not None:
-            self._signal_and_wait(pid, signal.SIGKILL, 10)
-        self.pid_file.unlink(missing_ok=True)
-        self._wait_ports_free(10)
+        self.process.kill(ports=self.ports)
 
 
 def main(argv: list[str] | None = None) -> int:

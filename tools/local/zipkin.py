@@ -9,18 +9,16 @@ services send spans to it when `OTEL_TRACES_EXPORTER=zipkin` (`make up` sets tha
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tools.local.kafka import RUN_DIR, port_open
+from tools.local.kafka import RUN_DIR, java
+from tools.local.process import ManagedProcess, port_open
 
 ARTIFACT = "io.zipkin:zipkin-server:3.5.1:jar:exec"
 JAR = "zipkin-server-3.5.1-exec.jar"
@@ -34,8 +32,9 @@ class LocalZipkin:
     def __init__(self, home: Path = RUN_DIR / "zipkin", port: int = 9411) -> None:
         self.home = Path(home).resolve()
         self.port = port
-        self.pid_file = self.home / "zipkin.pid"
-        self.log_file = self.home / "zipkin.log"
+        self.process = ManagedProcess(
+            "Zipkin", self.home / "zipkin.pid", self.home / "zipkin.log", marker=(str(JARS / JAR),)
+        )
 
     @property
     def url(self) -> str:
@@ -65,13 +64,7 @@ class LocalZipkin:
         return jar
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if JAR.encode() in cmdline and state not in ("Z", "X") else None
+        return self.process.pid()
 
     def ready(self) -> bool:
         try:
@@ -93,48 +86,12 @@ class LocalZipkin:
                 "STORAGE_TYPE": "mem",
                 "MEM_MAX_SPANS": "50000",
             }
-            with open(self.log_file, "ab") as log:
-                process = subprocess.Popen(
-                    [_java(), "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-jar", str(jar)],
-                    cwd=self.home,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.pid_file.write_text(f"{process.pid}\n")
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.pid() is None:
-                raise RuntimeError(f"Zipkin exited; {self.log_file} ends with:\n{self._tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Zipkin not ready after {timeout:.0f}s:\n{self._tail()}")
-            time.sleep(0.2)
+            command = [java(), "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-jar", str(jar)]
+            self.process.start(command, env=env, cwd=self.home)
+        self.process.wait_until(self.ready, timeout)
 
     def stop(self, timeout: float = 20) -> None:
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.pid() == pid and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.pid() == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-
-    def _tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    return str(Path(java_home) / "bin" / "java") if java_home else "java"
+        self.process.stop(timeout, ports=[self.port])
 
 
 def main(argv: list[str] | None = None) -> int:
