@@ -64,10 +64,21 @@ def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCl
         cluster.stop()
 
 
+GIVEN_PORTS: set[int] = set()
+"""Every port `free_port` handed out in this session."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, and that no other caller in this session was
+    given: two services of one test stack never get the same one, even when the system
+    hands the same free port out twice (it does once the first is closed again)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in GIVEN_PORTS:
+            GIVEN_PORTS.add(port)
+            return port
 
 
 ROOT = Path(__file__).resolve().parent.parent

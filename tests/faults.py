@@ -1,6 +1,6 @@
 """Fault injection for the crash tests, kept out of the services' code.
 
-`python -m uvicorn tests.faults:create_app --factory` serves the service named by
+`python -m services tests.faults:create_app --port PORT` serves the service named by
 `FAULT_SERVICE` with faults armed from the environment (0 or unset = off):
 
 - `FAULT_CRASH_AFTER_COMMITS=N`: the process exits abruptly after its consumer's N-th

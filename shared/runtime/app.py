@@ -102,19 +102,23 @@ def _point_token_url_at(app: FastAPI, token_url: str) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def serve(create_app: Callable[[Any], FastAPI], settings: ServiceSettings) -> None:
-    """Run one service with uvicorn on the host and port its settings name, with the HTTP
-    protocol that bounds request heads (shared.runtime.protocol). The app reads
-    `X-Forwarded-For` itself, from the proxies its settings trust (shared.runtime.proxy),
-    so uvicorn's own reading (which trusts 127.0.0.1) is off."""
+def serve(app: str, *, host: str, port: int, workers: int = 1) -> None:
+    """Run the app factory `app` (`module:function`, called with no arguments in each of
+    `workers` processes: the app reads its settings from the environment) with uvicorn on
+    host:port, with the HTTP protocol that bounds request heads (shared.runtime.protocol).
+    The app reads `X-Forwarded-For` itself, from the proxies its settings trust
+    (shared.runtime.proxy), so uvicorn's own reading (which trusts 127.0.0.1) is off.
+    `python -m services NAME` is how a service is started (services/__main__.py)."""
     import uvicorn
 
     from shared.runtime.protocol import BoundedHttpToolsProtocol
 
     uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        app,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
         access_log=False,
         proxy_headers=False,
         http=BoundedHttpToolsProtocol,

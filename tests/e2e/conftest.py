@@ -52,8 +52,7 @@ def start_stack(
         run_dir=folder,
         ports=ports,
         env=env,
-        bootstrap=None if cluster else kafka_bootstrap,
-        cluster=cluster,
+        kafka=cluster or kafka_bootstrap,
         explorer_port=free_port() if explorer else None,
     )
     stack.up(timeout=120)

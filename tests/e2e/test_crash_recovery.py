@@ -45,7 +45,7 @@ def stack_on(broker: LocalBroker, folder: Path, faults: dict[str, dict[str, str]
         run_dir=folder,
         ports={name: free_port() for name in PORTS},
         env={"TOPIC_PREFIX": prefix},
-        broker=broker,
+        kafka=broker,
     )
     for name, armed in faults.items():
         service = stack.services[name]

@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import free_port, service_databases
 from tests.e2e.conftest import RunningStack
 from tests.helpers import eventually, random_email, read_topic, unique
-from tools.local.stack import Stack
+from tools.local.stack import Layout, Stack
 from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -213,9 +213,11 @@ def proxied(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
                 "USER_TOKEN_RATE_PER_ADDRESS": "0.5",
                 "USER_TOKEN_ADDRESS_BURST": str(ADDRESS_BURST),
             },
-            bootstrap=kafka_bootstrap,
-            instances={"user": 2},
-            instance_ports={"user-1": free_port(), "user-2": free_port()},
+            kafka=kafka_bootstrap,
+            layout=Layout(
+                instances={"user": 2},
+                instance_ports={"user-1": free_port(), "user-2": free_port()},
+            ),
         )
         try:
             stack.up(timeout=120)

@@ -40,7 +40,7 @@ def held(
         run_dir=tmp_path,
         ports={name: free_port() for name in PORTS},
         env=env,
-        bootstrap=kafka_bootstrap,
+        kafka=kafka_bootstrap,
     )
     inventory = stack.services["inventory"]
     inventory.env = {

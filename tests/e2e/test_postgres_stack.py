@@ -35,7 +35,7 @@ def test_make_up_with_exported_urls_keeps_the_orders_in_postgresql(
         run_dir=tmp_path,
         ports={name: free_port() for name in PORTS},
         env={"TOPIC_PREFIX": prefix, **groups},
-        bootstrap=kafka_bootstrap,
+        kafka=kafka_bootstrap,
     )
     assert stack.databases == {n: exported[f"{n.upper()}_DATABASE_URL"] for n in PORTS}
     for name, each in stack.instances.items():

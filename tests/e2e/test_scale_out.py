@@ -19,7 +19,7 @@ from shared.messaging.fetch import consumer_config
 from tests.conftest import free_port, service_databases
 from tests.e2e.chaos import Catalogue, LoadResult, check_invariants, make_catalogue
 from tests.helpers import eventually, unique
-from tools.local.stack import PORTS, ServiceProcess, Stack
+from tools.local.stack import PORTS, Layout, ServiceProcess, Stack
 from tools.ops.client import ShopClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
@@ -51,11 +51,13 @@ def scaled(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Scaled]:
             run_dir=tmp_path,
             ports={name: free_port() for name in PORTS},
             env=env,
-            bootstrap=kafka_bootstrap,
-            instances=dict.fromkeys(PORTS, INSTANCES),
-            instance_ports={
-                f"{name}-{i}": free_port() for name in PORTS for i in range(1, INSTANCES + 1)
-            },
+            kafka=kafka_bootstrap,
+            layout=Layout(
+                instances=dict.fromkeys(PORTS, INSTANCES),
+                instance_ports={
+                    f"{name}-{i}": free_port() for name in PORTS for i in range(1, INSTANCES + 1)
+                },
+            ),
         )
         try:
             stack.up(timeout=120)

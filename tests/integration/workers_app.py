@@ -19,7 +19,10 @@ def create_app() -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = ServiceMetrics("workers", os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         app.state.runtime = SimpleNamespace(
-            instruments=metrics, metrics=metrics.registry, readiness=lambda: {"started": True}
+            spec=SimpleNamespace(name="workers"),
+            instruments=metrics,
+            metrics=metrics.registry,
+            readiness=lambda: {"started": True},
         )
         yield
         metrics.close()

@@ -1,5 +1,5 @@
 """A bare app with the services' HTTP plumbing, served by tests/unit/test_headers.py as
-`uvicorn tests.unit.served_app:app`."""
+`python -m services tests.unit.served_app:plain_app --port PORT`."""
 
 from __future__ import annotations
 

@@ -348,8 +348,8 @@ def test_redrive_takes_only_a_consumer_name(app_client: Any) -> None:
 
 
 def test_the_stack_runs_the_explorer_only_when_given_its_port(tmp_path: Path) -> None:
-    assert Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1").explorer is None
-    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1", explorer_port=18090)
+    assert Stack(run_dir=tmp_path, kafka="127.0.0.1:1").explorer is None
+    stack = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", explorer_port=18090)
     assert stack.explorer is not None
     assert stack.explorer.url == "http://127.0.0.1:18090"
     assert stack.explorer.pid_file == tmp_path / "pids" / "explorer.pid"

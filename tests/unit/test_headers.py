@@ -5,6 +5,7 @@ process never buffers a huge header."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,12 +19,12 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.runtime import app as service_app
+import services.__main__ as services_main
 from shared.runtime.headers import MAX_HEADER_BYTES, MAX_URL_BYTES
 from shared.runtime.protocol import BoundedHttpToolsProtocol
 from tests.conftest import free_port
 from tests.unit.served_app import plain_app
-from tools.local.stack import HTTP_PROTOCOL, ServiceProcess
+from tools.local.service import ServiceProcess
 
 pytestmark = pytest.mark.unit
 
@@ -66,7 +67,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, psut
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not _accepts(port):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
@@ -151,22 +152,84 @@ def test_a_header_that_never_ends_is_refused_before_the_server_holds_much_of_it(
     assert grown < 10, f"the server grew by {grown:.1f} MiB"
 
 
-def test_the_stack_and_serve_run_the_bounded_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    command = ServiceProcess("order", 1).command()
-    assert command[command.index("--http") + 1] == HTTP_PROTOCOL
-    module, name = HTTP_PROTOCOL.split(":")
-    assert getattr(sys.modules[module], name) is BoundedHttpToolsProtocol
-
+@pytest.fixture
+def uvicorn_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What `python -m services` hands uvicorn.run, and the environment it runs in (the
+    service's variables restored after the test)."""
     import uvicorn
 
+    monkeypatch.setenv("ORDER_HOST", "127.0.0.1")
+    monkeypatch.setenv("ORDER_PORT", "8001")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     ran: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(options))
-    settings = SimpleSettings()
-    service_app.serve(lambda _: plain_app(), settings)  # type: ignore[arg-type]
-    assert ran["http"] is BoundedHttpToolsProtocol
-    assert ran["proxy_headers"] is False
+
+    def run(app: str, **options: Any) -> None:
+        ran.update(options, app=app, env=dict(os.environ))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    return ran
 
 
-class SimpleSettings:
-    host = "127.0.0.1"
-    port = 1
+def test_the_stack_serves_each_service_with_python_m_services() -> None:
+    command = ServiceProcess("order", 8123, workers=2).command()
+    assert command[:4] == [sys.executable, "-m", "services", "order"]
+    assert command[command.index("--port") + 1] == "8123"
+    assert command[command.index("--workers") + 1] == "2"
+
+
+def test_python_m_services_runs_the_bounded_protocol_without_proxy_headers(
+    uvicorn_run: dict[str, Any],
+) -> None:
+    """Every worker builds the app from the environment: the factory by its import
+    string, the address exported for it, the workers' metrics in one folder."""
+    services_main.main(["order", "--port", "8123", "--workers", "2"])
+
+    assert uvicorn_run["app"] == "services.order.main:create_app"
+    assert uvicorn_run["factory"] is True
+    assert uvicorn_run["http"] is BoundedHttpToolsProtocol
+    assert uvicorn_run["proxy_headers"] is False
+    assert (uvicorn_run["host"], uvicorn_run["port"], uvicorn_run["workers"]) == (
+        "127.0.0.1",
+        8123,
+        2,
+    )
+    env = uvicorn_run["env"]
+    assert (env["ORDER_HOST"], env["ORDER_PORT"]) == ("127.0.0.1", "8123")
+    folder = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    assert not folder.exists(), "the workers' temporary metrics folder is removed after"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_python_m_services_serves_an_app_outside_the_registry_the_same_way(
+    uvicorn_run: dict[str, Any],
+) -> None:
+    services_main.main(["tests.unit.served_app:plain_app", "--port", "8124"])
+
+    assert uvicorn_run["app"] == "tests.unit.served_app:plain_app"
+    assert (uvicorn_run["host"], uvicorn_run["port"], uvicorn_run["workers"]) == (
+        "127.0.0.1",
+        8124,
+        1,
+    )
+    assert uvicorn_run["http"] is BoundedHttpToolsProtocol
+    assert "PROMETHEUS_MULTIPROC_DIR" not in uvicorn_run["env"], "one worker counts in memory"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nothing"],
+        ["order", "--port", "0"],
+        ["order", "--port", "65536"],
+        ["order", "--port", "eighty"],
+        ["order", "--workers", "0"],
+        ["tests.unit.served_app:plain_app"],
+    ],
+)
+def test_python_m_services_refuses_what_it_cannot_serve(
+    argv: list[str], uvicorn_run: dict[str, Any]
+) -> None:
+    with pytest.raises(SystemExit):
+        services_main.main(argv)
+    assert uvicorn_run == {}

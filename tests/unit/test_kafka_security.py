@@ -262,7 +262,7 @@ def test_a_stack_on_a_cluster_gives_each_service_its_principal_and_group(tmp_pat
     ports_of_nodes = [NodePorts(i, i + 1, i + 2) for i in (1, 4, 7)]
     cluster = LocalCluster(tmp_path / "kafka", 3, ports_of_nodes, run_dir=tmp_path)
     ports = {"order": 1, "user": 2}
-    stack = Stack(run_dir=tmp_path, ports=ports, env={"TOPIC_PREFIX": "p-"}, cluster=cluster)
+    stack = Stack(run_dir=tmp_path, ports=ports, env={"TOPIC_PREFIX": "p-"}, kafka=cluster)
     assert stack.broker is None and stack.bootstrap == cluster.bootstrap
     for name, service in stack.services.items():
         env = service.env

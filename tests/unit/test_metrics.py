@@ -30,7 +30,7 @@ from shared.runtime.metrics import UNMATCHED, OutboxCollector, ServiceMetrics
 from shared.storage.db import make_sessions
 from tests.conftest import free_port
 from tests.schema import Base, Outbox
-from tools.local import stack
+from tools.local import service, stack
 
 pytestmark = pytest.mark.unit
 
@@ -192,7 +192,7 @@ def test_a_service_of_several_workers_gets_an_emptied_multiprocess_directory_of_
         started.append(env)
         return SimpleNamespace(pid=2**22 + len(started))
 
-    monkeypatch.setattr(stack, "port_open", lambda host, port: False)
+    monkeypatch.setattr(service, "port_open", lambda host, port: False)
     monkeypatch.setattr(stack.subprocess, "Popen", popen)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "inherited"))
     several = stack.ServiceProcess("order", free_port(), tmp_path, workers=2)

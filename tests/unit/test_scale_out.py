@@ -21,7 +21,14 @@ from shared.runtime.drain import Drain
 from shared.runtime.settings import ServiceSettings
 from tools.local import haproxy
 from tools.local.haproxy import Backend, check_config, haproxy_config
-from tools.local.stack import PORTS, Stack, instance_port, parse_scale, remembered_scale
+from tools.local.stack import (
+    PORTS,
+    Layout,
+    Stack,
+    instance_port,
+    parse_scale,
+    remembered_scale,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -67,17 +74,20 @@ def test_up_remembers_the_scale_for_the_later_commands(tmp_path: Path) -> None:
 def test_several_instances_need_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ORDER_DATABASE_URL", raising=False)
     with pytest.raises(ValueError, match="ORDER_DATABASE_URL to PostgreSQL"):
-        Stack(tmp_path, bootstrap="127.0.0.1:1", instances={"order": 2}).up()
+        Stack(tmp_path, kafka="127.0.0.1:1", layout=Layout(instances={"order": 2})).up()
     sqlite = {"ORDER_DATABASE_URL": f"sqlite:///{tmp_path}/order.db"}
     with pytest.raises(ValueError, match="SQLite"):
-        Stack(tmp_path, bootstrap="127.0.0.1:1", env=sqlite, instances={"order": 2}).up()
+        Stack(tmp_path, kafka="127.0.0.1:1", env=sqlite, layout=Layout(instances={"order": 2})).up()
     assert not (tmp_path / "pids").exists(), "nothing started"
-    assert Stack(tmp_path, bootstrap="127.0.0.1:1", env=sqlite).proxy is None
+    assert Stack(tmp_path, kafka="127.0.0.1:1", env=sqlite).proxy is None
 
 
 def test_scaled_services_run_named_instances_behind_the_proxy(tmp_path: Path) -> None:
     stack = Stack(
-        tmp_path, bootstrap="127.0.0.1:1", env=POSTGRES, instances={"inventory": 2, "order": 3}
+        tmp_path,
+        kafka="127.0.0.1:1",
+        env=POSTGRES,
+        layout=Layout(instances={"inventory": 2, "order": 3}),
     )
     assert list(stack.processes()) == [
         "order-1",
@@ -106,8 +116,8 @@ def test_scaled_services_run_named_instances_behind_the_proxy(tmp_path: Path) ->
     # a proxied instance trusts X-Forwarded-For from the proxy alone; one alone, from nobody
     assert {p.env["FORWARDED_ALLOW_IPS"] for p in order} == {haproxy.PROXY_SOURCE}
     assert stack.services["user"].env["FORWARDED_ALLOW_IPS"] == ""
-    for process in stack.processes().values():
-        assert "--no-proxy-headers" in process.command(), "uvicorn would trust 127.0.0.1"
+    for process in stack.processes().values():  # serve: no proxy headers (test_headers)
+        assert process.command()[1:3] == ["-m", "services"]
     assert [p.id for p in stack.chosen("order")] == ["order-1", "order-2", "order-3"]
     assert [p.id for p in stack.chosen("order-2")] == ["order-2"]
 

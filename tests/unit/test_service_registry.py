@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import importlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -145,23 +146,29 @@ def test_a_new_package_gets_its_first_migration_from_the_library(
 def test_python_m_services_serves_the_named_service_on_its_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    served: list[tuple[Any, Any]] = []
-    monkeypatch.setattr(
-        serve_by_name, "serve", lambda app, settings: served.append((app, settings))
-    )
+    """The service's settings decide where it listens unless a flag says otherwise; the
+    address chosen is exported for the app factory that each worker runs."""
+    served: list[dict[str, Any]] = []
+
+    def serve(app: str, **where: Any) -> None:
+        served.append({"app": app, **where, "env": os.environ["INVENTORY_HOST"]})
+
+    monkeypatch.setattr(serve_by_name, "serve", serve)
     monkeypatch.setenv("INVENTORY_HOST", "127.0.0.9")
+    monkeypatch.setenv("INVENTORY_PORT", "8002")
     serve_by_name.main(["inventory"])
-    serve_by_name.main(["inventory", "--host", "0.0.0.0"])
-    (app, settings), (_, opened) = served
-    assert app is load(get("inventory").app)
-    assert type(settings) is load(get("inventory").settings)
-    assert (settings.host, settings.port, opened.host) == ("127.0.0.9", 8002, "0.0.0.0")
+    serve_by_name.main(["inventory", "--host", "0.0.0.0", "--port", "9002"])
+    settled, opened = served
+    assert settled["app"] == get("inventory").app == "services.inventory.main:create_app"
+    assert (settled["host"], settled["port"], settled["workers"]) == ("127.0.0.9", 8002, 1)
+    assert (opened["host"], opened["port"], opened["env"]) == ("0.0.0.0", 9002, "0.0.0.0")
+    assert os.environ["INVENTORY_PORT"] == "9002"
     with pytest.raises(SystemExit):
         serve_by_name.main(["nowhere"])
 
 
 def test_the_stack_runs_the_registered_services(tmp_path: Path) -> None:
-    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
+    stack = Stack(run_dir=tmp_path, kafka="127.0.0.1:1")
     assert {name: s.port for name, s in stack.services.items()} == {
         s.name: s.port for s in SERVICES
     }
@@ -170,9 +177,9 @@ def test_the_stack_runs_the_registered_services(tmp_path: Path) -> None:
 def test_the_stack_gives_every_service_the_anchor_and_only_user_its_private_keys(
     tmp_path: Path,
 ) -> None:
-    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
-    again = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1")
-    elsewhere = Stack(run_dir=tmp_path / "other", bootstrap="127.0.0.1:1")
+    stack = Stack(run_dir=tmp_path, kafka="127.0.0.1:1")
+    again = Stack(run_dir=tmp_path, kafka="127.0.0.1:1")
+    elsewhere = Stack(run_dir=tmp_path / "other", kafka="127.0.0.1:1")
 
     private = {"USER_KEYSET_SIGNING_KEY_FILE", "USER_KEY_ENCRYPTION_KEY_FILE"}
     user = stack.services["user"].env

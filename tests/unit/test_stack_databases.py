@@ -22,6 +22,7 @@ EXPORTED = "postgresql+psycopg://order@127.0.0.1:5433/order"
 def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
     """The environment each process of the stack would be started with, by its name."""
     stack = importlib.import_module("tools.local.stack")
+    service = importlib.import_module("tools.local.service")
     seen: dict[str, dict[str, str]] = {}
     pids = iter(range(4_000_000, 5_000_000))
 
@@ -32,7 +33,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, str]]:
         return SimpleNamespace(pid=next(pids))
 
     monkeypatch.setattr(stack.subprocess, "Popen", popen)
-    monkeypatch.setattr(stack, "port_open", lambda host, port: False)
+    monkeypatch.setattr(service, "port_open", lambda host, port: False)
     monkeypatch.setattr(ServiceProcess, "pid", lambda self: None)
     return seen
 

@@ -225,15 +225,15 @@ def test_the_stack_sends_spans_to_its_zipkin_unless_the_user_chose_an_exporter(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    stack = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1", traces=True)
+    stack = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", traces=True)
     assert stack.zipkin is not None
     env = stack.services["order"].env
     assert env["OTEL_TRACES_EXPORTER"] == "zipkin"
     assert env["OTEL_EXPORTER_ZIPKIN_ENDPOINT"] == "http://127.0.0.1:9411/api/v2/spans"
 
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
-    chosen = Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1", traces=True)
+    chosen = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", traces=True)
     assert chosen.zipkin is None
     assert "OTEL_TRACES_EXPORTER" not in chosen.services["order"].env
 
-    assert Stack(run_dir=tmp_path, bootstrap="127.0.0.1:1").zipkin is None
+    assert Stack(run_dir=tmp_path, kafka="127.0.0.1:1").zipkin is None

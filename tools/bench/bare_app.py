@@ -1,12 +1,15 @@
 """The HTTP ceiling: FastAPI endpoints that do nothing, served like the services are.
 
-    uvicorn tools.bench.bare_app:create_app --factory
+    python -m services tools.bench.bare_app:create_app --port 8199
 
 `POST /orders` is an `async def` that answers 202 at once (FastAPI + uvicorn and nothing
 else); `POST /orders-sync` is a plain `def`, which FastAPI runs in its threadpool, as it
 does the order service's `place_order`. Neither reads the body."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 from fastapi import FastAPI, Response
 
@@ -21,6 +24,10 @@ def create_app() -> FastAPI:
     @app.post("/orders-sync", status_code=202)
     def accept_in_threadpool() -> Response:
         return Response(status_code=202)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "service": "bare", "pid": os.getpid()}
 
     @app.get("/ready")
     async def ready() -> Response:

@@ -23,7 +23,7 @@ from services.registry import SERVICES
 from shared.messaging.connection import Bootstrap, KafkaConnection, client_config
 from shared.storage.db import make_engine
 from tools.local.cluster import LocalCluster
-from tools.local.stack import Stack
+from tools.local.stack import Layout, Stack
 from tools.ops.client import DEFAULT_URLS, OPERATOR_PASSWORD_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,9 +111,8 @@ def postgres_stack(
             run_dir=ROOT / ".run" / "bench-pg",
             ports=PORTS,
             env=env,
-            bootstrap=None if cluster else str(bootstrap),
-            workers=dict.fromkeys(PORTS, workers),
-            cluster=cluster,
+            kafka=cluster or str(bootstrap),
+            layout=Layout(workers=dict.fromkeys(PORTS, workers)),
         )
         stack.down(kafka=False)  # a stack a previous run left behind
         say(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import os
 import shlex
 import signal
@@ -287,9 +286,7 @@ class LocalCluster:
         """SIGTERM to every node at once (one by one, the last ones would wait for a
         quorum that is gone), then wait for each."""
         for node in self.nodes.values():
-            if (pid := node.pid()) is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+            node.process.send(signal.SIGTERM)
         for node in self.nodes.values():
             node.stop(timeout)
 

@@ -1,53 +1,45 @@
 """The whole stack on this machine: the Kafka cluster, the services of services/registry.py
 and, for `up`, a Zipkin server that receives their traces.
 
-    python -m tools.local.stack up        start what is not running, wait until every /ready is 200
-    python -m tools.local.stack down      stop everything, free the ports
-    python -m tools.local.stack status
-    python -m tools.local.stack kill SERVICE|INSTANCE|kafka|kafka-ID   SIGKILL, as a crash would
-    python -m tools.local.stack stop SERVICE|INSTANCE          SIGTERM: drain, then stop
-    python -m tools.local.stack start SERVICE|INSTANCE|kafka|kafka-ID
-    python -m tools.local.stack restart SERVICE|INSTANCE       stop, start, back in rotation
+    python -m tools.local.stack up | down | status
+    python -m tools.local.stack kill|start SERVICE|INSTANCE|kafka|kafka-ID
+    python -m tools.local.stack stop|restart SERVICE|INSTANCE
+
+(`python -m tools.local.stack --help` says what each command does: `COMMANDS` below.)
 
 Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
 machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM principal
-per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each service
-its own identity; `status` lists the brokers and each topic's leaders and in-sync replicas.
+per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each
+service its own identity; `status` lists the brokers and each topic's leaders and in-sync
+replicas.
 
 `SCALE="inventory=2 order=2"` runs that many instances of a service (order-1, order-2, ...)
 on ports of their own, sharing its PostgreSQL database (`<NAME>_DATABASE_URL`) and its
 consumer group, behind one HAProxy on the service's usual port (tools/local/haproxy.py);
 `up` remembers it for the other commands until `down`. See docs/scale-out.md.
 
-`up` also starts the event explorer (tools/ops/explorer, http://127.0.0.1:8090), a read-only
-page over the stack's topics; `down` stops it.
+`up` also starts the event explorer (tools/ops/explorer, http://127.0.0.1:8090), a
+read-only page over the stack's topics; `down` stops it.
 
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead
 (`SCALE` becomes `--scale`).
-Each instance runs as `uvicorn <package>.main:create_app --factory` (it drains on
-SIGTERM: shared/runtime/drain.py), with the flags of `ServiceProcess.command` (request
-heads bounded, `X-Forwarded-For` left to the app), its pid file in .run/pids and its log
-in .run/logs (`order.log`, or `order-2.log` when scaled); its database defaults to SQLite
-under .run/data."""
+Each instance runs as `python -m services NAME --port PORT --workers N` (it drains on
+SIGTERM: shared/runtime/drain.py), its pid file in .run/pids and its log in .run/logs
+(`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
+.run/data (tools/local/service.py)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
-from sqlalchemy import URL, make_url
-from sqlalchemy.exc import ArgumentError
 
 from services.registry import SERVICES
 from tools.local import pginit
@@ -60,20 +52,26 @@ from tools.local.certs import (
 )
 from tools.local.cluster import LocalCluster, describe_cluster
 from tools.local.haproxy import PROXY_SOURCE, Backend, LocalProxy
-from tools.local.kafka import RUN_DIR, LocalBroker, port_open
+from tools.local.kafka import ROOT, RUN_DIR, LocalBroker
 from tools.local.kafka_security import Topology, compose_env, principals, secure_stack
+from tools.local.service import (
+    ServiceProcess,
+    describe_database,
+    require_shared_databases,
+)
 from tools.local.zipkin import LocalZipkin
 from tools.ops.explorer.config import DEFAULT_PORT as EXPLORER_PORT
 
 PORTS = {service.name: service.port for service in SERVICES}
-APPS = {service.name: service.app for service in SERVICES}
-EXPLORER_APP = "tools.ops.explorer.app:create_app"
-HTTP_PROTOCOL = "shared.runtime.protocol:BoundedHttpToolsProtocol"
+EXPLORER_MODULE = "tools.ops.explorer"
 SCALE_FILE = "scale"
 """In the run directory: the `SCALE` that `up` was given, for the later commands."""
 USER_KEYS = "user-keys"
 """In the run directory: the user service's key-set signing key and key-encryption key."""
 USER_KEY_SETTINGS = ("USER_KEYSET_SIGNING_KEY_FILE", "USER_KEY_ENCRYPTION_KEY_FILE")
+
+Kafka = LocalBroker | LocalCluster | str
+"""The stack's Kafka: a broker or a cluster it runs, or the bootstrap address of another."""
 
 
 def docker_engine() -> bool:
@@ -84,166 +82,44 @@ def docker_engine() -> bool:
     return result.returncode == 0
 
 
-@dataclass
-class ServiceProcess:
-    """One service as a background uvicorn process with a pid file and a log."""
+@dataclass(frozen=True)
+class Layout:
+    """How each service runs: `instances` of it (1 when not named; see `parse_scale`),
+    behind HAProxy when more than one, each with `workers` uvicorn processes (1 when not
+    named); an instance's port from `instance_ports` by its name (`order-2`), else
+    `instance_port`."""
 
-    name: str
-    port: int
-    run_dir: Path = RUN_DIR
-    env: Mapping[str, str] = field(default_factory=dict)
-    workers: int = 1
-    app: str = ""
-    """The uvicorn app factory; defaults to the registered service's (else
-    `services.<name>.main:create_app`)."""
-    instance: str = ""
-    """Its name among several instances of the service (`order-2`); '' when alone."""
+    instances: Mapping[str, int] = field(default_factory=dict)
+    workers: Mapping[str, int] = field(default_factory=dict)
+    instance_ports: Mapping[str, int] = field(default_factory=dict)
 
-    @property
-    def id(self) -> str:
-        """The instance's name, or the service's when it runs alone."""
-        return self.instance or self.name
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.run_dir / "pids" / f"{self.id}.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.run_dir / "logs" / f"{self.id}.log"
-
-    @property
-    def metrics_dir(self) -> Path:
-        """Where its workers keep their metrics, when it runs several (prometheus_client's
-        multiprocess mode); emptied at every start."""
-        return self.run_dir / "metrics" / self.id
-
-    def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
-        return pid if _not_zombie(pid) else None
-
-    def environment(self) -> dict[str, str]:
-        """What the process starts with: this process's environment (what the user
-        exported), then what the stack sets for it; its database is SQLite under the run
-        directory unless one of them names another (`<NAME>_DATABASE_URL`)."""
-        prefix = self.name.upper() + "_"
-        env = {**os.environ, **self.env}
-        env[f"{prefix}DATABASE_URL"] = database_url(self.name, env, self.run_dir)
-        env[f"{prefix}PORT"] = str(self.port)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        return env
-
-    @property
-    def database(self) -> str:
-        """The URL of its database, as the process gets it."""
-        return self.environment()[f"{self.name.upper()}_DATABASE_URL"]
-
-    def start(self) -> None:
-        if self.pid() is not None:
-            return
-        if port_open("127.0.0.1", self.port):
-            raise RuntimeError(f"port {self.port} for {self.id} is taken by another process")
-        env = self.environment()
-        if self.workers > 1:
-            shutil.rmtree(self.metrics_dir, ignore_errors=True)
-            self.metrics_dir.mkdir(parents=True)
-            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(
-                self.command(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=Path(__file__).resolve().parents[2],
-            )
-        self.pid_file.write_text(f"{process.pid}\n")
-
-    def command(self) -> list[str]:
-        """uvicorn serving the app factory with the HTTP protocol that bounds request
-        heads (shared.runtime.protocol); the app reads `X-Forwarded-For` itself, from the
-        peers its settings trust (shared.runtime.proxy), so uvicorn's reading is off."""
+    def processes(
+        self, name: str, port: int, run_dir: Path, env: Mapping[str, str]
+    ) -> list[ServiceProcess]:
+        """The processes of service `name` (its usual `port`), each started with `env`."""
+        count, workers = self.instances.get(name, 1), self.workers.get(name, 1)
+        if count == 1:
+            return [ServiceProcess(name, port, run_dir, env, workers)]
         return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            self.app or APPS.get(self.name, f"services.{self.name}.main:create_app"),
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--no-proxy-headers",
-            "--http",
-            HTTP_PROTOCOL,
-            "--workers",
-            str(self.workers),
+            ServiceProcess(
+                name,
+                self.instance_ports.get(f"{name}-{i}") or instance_port(port, i),
+                run_dir,
+                env,
+                workers,
+                instance=f"{name}-{i}",
+            )
+            for i in range(1, count + 1)
         ]
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/ready", timeout=3).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.pid() is None:
-                raise RuntimeError(
-                    f"{self.id} exited; {self.log_file} ends with:\n" + _tail(self.log_file)
-                )
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.id} not ready after {timeout:.0f}s:\n" + _tail(self.log_file)
-                )
-            time.sleep(0.2)
-
-    def stop(self, timeout: float = 40) -> None:
-        """SIGTERM to the process alone (uvicorn's supervisor tells its workers): it
-        drains, finishes its requests, commits, leaves its group and flushes; SIGKILL to
-        its whole session after `timeout`."""
-        self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL, 10)
-
-    def _signal(self, sig: signal.Signals, timeout: float) -> None:
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig) if sig == signal.SIGTERM else os.killpg(pid, sig)
-            deadline = time.monotonic() + timeout
-            while self.pid() == pid and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.pid() == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                while self.pid() == pid:
-                    time.sleep(0.05)
-        self.pid_file.unlink(missing_ok=True)
-        deadline = time.monotonic() + 10
-        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 class Stack:
-    """The broker (unless an external one is given) and the services (all registered ones
-    unless `ports` names others), each alone on its port or, when `instances` says so,
-    several instances behind HAProxy on that port. With a `cluster`, the stack runs on
-    that secured cluster, each service signed in as its own principal. The user
+    """Kafka, and the services (all registered ones unless `ports` names others), each
+    alone on its port or, as `layout` says, several instances behind HAProxy on that
+    port. `kafka`: a broker of its own unless given (`Kafka`); on a `LocalCluster` each
+    service signs in as its own principal. `traces`: run a local Zipkin and send the
+    services' spans to it, unless the environment already chooses an exporter
+    (`OTEL_TRACES_EXPORTER`). `explorer_port`: also run the event explorer there. The user
     service's keys are made under `run_dir/user-keys` on first use (`user_keys`): every
     service gets the trust anchor's public half, the user service alone the key files."""
 
@@ -252,72 +128,26 @@ class Stack:
         run_dir: Path = RUN_DIR,
         ports: Mapping[str, int] = PORTS,
         env: Mapping[str, str] | None = None,
-        broker: LocalBroker | None = None,
-        bootstrap: str | None = None,
-        workers: Mapping[str, int] | None = None,
+        kafka: Kafka | None = None,
+        layout: Layout | None = None,
         traces: bool = False,
         explorer_port: int | None = None,
-        cluster: LocalCluster | None = None,
-        instances: Mapping[str, int] | None = None,
-        instance_ports: Mapping[str, int] | None = None,
     ) -> None:
-        """`workers`: uvicorn worker processes per service name (1 when not named).
-        `traces`: run a local Zipkin and send the services' spans to it, unless the
-        environment already chooses an exporter (`OTEL_TRACES_EXPORTER`).
-        `explorer_port`: also run the event explorer there.
-        `instances`: instances per service name (1 when not named; see `parse_scale`);
-        `instance_ports`: their ports by instance name (`order-2`), else `instance_port`."""
+        kafka = LocalBroker() if kafka is None else kafka
+        layout = layout or Layout()
         self.run_dir = run_dir
-        self.cluster = cluster if bootstrap is None else None
-        self.broker = broker if bootstrap is None and cluster is None else None
-        if self.broker is None and self.cluster is None and bootstrap is None:
-            self.broker = LocalBroker()
-        self.bootstrap = bootstrap or (self.cluster or self.broker).bootstrap  # type: ignore[union-attr]
+        self.broker = kafka if isinstance(kafka, LocalBroker) else None
+        self.cluster = kafka if isinstance(kafka, LocalCluster) else None
+        self.bootstrap = kafka if isinstance(kafka, str) else kafka.bootstrap
         self.services_env = {**os.environ, **(env or {})}
         self.topic_prefix = self.services_env.get("TOPIC_PREFIX", "")
         self.operator_password_file = run_dir / "operator-password"
-        keys = user_keys(run_dir)
-        shared_env = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "USER_OPERATOR_PASSWORD_FILE": str(self.operator_password_file),
-            "AUTH_KEYSET_PUBLIC_KEY": keys["AUTH_KEYSET_PUBLIC_KEY"],
-            **(env or {}),
-        }
-        self._user_env = {name: keys[name] for name in USER_KEY_SETTINGS}
-        """Only the user service is given the paths of its private keys."""
-        self.zipkin: LocalZipkin | None = None
-        if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared_env}:
-            self.zipkin = LocalZipkin(run_dir / "zipkin")
-            shared_env |= trace_defaults(self.zipkin)
         self.ports = dict(ports)
-        counts = {name: (instances or {}).get(name, 1) for name in ports}
-        self._shared_env = shared_env
-        self.instances: dict[str, list[ServiceProcess]] = {}
-        for name, port in ports.items():
-            # a service alone has no proxy in front: nothing to wait for before it stops,
-            # and no peer whose X-Forwarded-For it trusts; behind the proxy, the proxy's
-            # connections (and only those) come from PROXY_SOURCE
-            alone = counts[name] == 1
-            each = {
-                **({"SHUTDOWN_GRACE_SECONDS": "0"} if alone else {}),
-                **self._env(name, shared_env),
-                "FORWARDED_ALLOW_IPS": "" if alone else PROXY_SOURCE,
-            }
-            self.instances[name] = [
-                ServiceProcess(name, port, run_dir, each, (workers or {}).get(name, 1))
-            ]
-            if counts[name] > 1:
-                self.instances[name] = [
-                    ServiceProcess(
-                        name,
-                        (instance_ports or {}).get(f"{name}-{i}") or instance_port(port, i),
-                        run_dir,
-                        each,
-                        (workers or {}).get(name, 1),
-                        instance=f"{name}-{i}",
-                    )
-                    for i in range(1, counts[name] + 1)
-                ]
+        shared_env = self._shared_env(env or {}, traces)
+        self.instances = {
+            name: layout.processes(name, port, run_dir, self._env(name, shared_env, layout))
+            for name, port in ports.items()
+        }
         self.services = {name: each[0] for name, each in self.instances.items()}
         """Each service's process, or the first of its instances."""
         scaled = [
@@ -326,28 +156,52 @@ class Stack:
             if len(each) > 1
         ]
         self.proxy = LocalProxy(scaled, run_dir) if scaled else None
-        # its page holds a Server-Sent Events stream open: stop waiting for it after 2 s
-        explorer_env = {**shared_env, "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN": "2"}
-        if self.cluster is not None:  # it reads as the observer; its button redrives
-            explorer_env |= self.cluster.client_env(OBSERVER)
-            explorer_env["EXPLORER_REDRIVE_PASSWORD_FILE"] = str(
-                self.cluster.password_file(REDRIVE)
-            )
-        self.explorer = (
-            ServiceProcess("explorer", explorer_port, run_dir, explorer_env, app=EXPLORER_APP)
-            if explorer_port
-            else None
-        )
+        self.explorer = self._explorer(explorer_port, shared_env) if explorer_port else None
 
-    def _env(self, name: str, shared: dict[str, str]) -> dict[str, str]:
-        """The user service's key files to the user service; on a cluster, the service's
-        own principal and the consumer group its ACL names."""
+    def _shared_env(self, env: Mapping[str, str], traces: bool) -> dict[str, str]:
+        """What every process gets: Kafka, the operator's password file, the trust
+        anchor, what the caller gives, and the span export to a Zipkin of its own."""
+        keys = user_keys(self.run_dir)
+        self._user_env = {name: keys[name] for name in USER_KEY_SETTINGS}
+        """Only the user service is given the paths of its private keys."""
+        shared = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "USER_OPERATOR_PASSWORD_FILE": str(self.operator_password_file),
+            "AUTH_KEYSET_PUBLIC_KEY": keys["AUTH_KEYSET_PUBLIC_KEY"],
+            **env,
+        }
+        self.zipkin: LocalZipkin | None = None
+        if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared}:
+            self.zipkin = LocalZipkin(self.run_dir / "zipkin")
+            shared |= trace_defaults(self.zipkin)
+        return shared
+
+    def _env(self, name: str, shared: dict[str, str], layout: Layout) -> dict[str, str]:
+        """What service `name`'s processes get. Alone it has no proxy in front: nothing
+        to wait for before it stops, and no peer whose X-Forwarded-For it trusts; behind
+        the proxy, the proxy's connections (and only those) come from PROXY_SOURCE. The
+        user service gets its key files; on a cluster, each service its own principal and
+        the consumer group its ACL names."""
+        alone = layout.instances.get(name, 1) == 1
         if name == "user":
             shared = {**self._user_env, **shared}
-        if self.cluster is None:
-            return shared
-        group = f"{name.upper()}_CONSUMER_GROUP"
-        return {group: self.topic_prefix + name, **shared, **self.cluster.client_env(name)}
+        if self.cluster is not None:
+            group = f"{name.upper()}_CONSUMER_GROUP"
+            shared = {group: self.topic_prefix + name, **shared, **self.cluster.client_env(name)}
+        return {
+            **({"SHUTDOWN_GRACE_SECONDS": "0"} if alone else {}),
+            **shared,
+            "FORWARDED_ALLOW_IPS": "" if alone else PROXY_SOURCE,
+        }
+
+    def _explorer(self, port: int, shared: dict[str, str]) -> ServiceProcess:
+        """The explorer's process: on a cluster it reads as the observer, and its button
+        redrives as `redrive`."""
+        env = dict(shared)
+        if self.cluster is not None:
+            env |= self.cluster.client_env(OBSERVER)
+            env["EXPLORER_REDRIVE_PASSWORD_FILE"] = str(self.cluster.password_file(REDRIVE))
+        return ServiceProcess("explorer", port, self.run_dir, env, module=EXPLORER_MODULE)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -411,10 +265,14 @@ class Stack:
                 single.stop()
 
     def chosen(self, name: str) -> list[ServiceProcess]:
-        """The processes `name` means: a service's instances, one instance, the explorer."""
+        """The processes `name` means: a service's instances, one instance, the explorer;
+        a ValueError naming the choices when it means none."""
         if name in self.instances:
             return self.instances[name]
-        return [self.processes()[name]]
+        every = self.processes()
+        if name not in every:
+            raise ValueError(f"no service or instance {name!r}: {', '.join(every)}")
+        return [every[name]]
 
     def restart(self, name: str, timeout: float = 90) -> None:
         """Stop gracefully and start again each process `name` means, one at a time, each
@@ -468,14 +326,21 @@ class Stack:
         return states
 
 
-def local_stack(run_dir: Path = RUN_DIR, instances: Mapping[str, int] | None = None) -> Stack:
-    """The stack `make up` runs here: KAFKA_NODES secured nodes (3 unless it says 1), the
-    services (`instances` of each, behind HAProxy when more than one), the explorer and a
-    Zipkin."""
+def local_cluster(run_dir: Path = RUN_DIR) -> LocalCluster:
+    """The cluster `make up` runs here: KAFKA_NODES secured nodes (3 unless it says 1)."""
     nodes = int(os.environ.get("KAFKA_NODES", "3"))
-    cluster = LocalCluster(run_dir / "kafka", nodes=nodes, run_dir=run_dir)
+    return LocalCluster(run_dir / "kafka", nodes=nodes, run_dir=run_dir)
+
+
+def local_stack(run_dir: Path = RUN_DIR, instances: Mapping[str, int] | None = None) -> Stack:
+    """The stack `make up` runs here: the local cluster, the services (`instances` of
+    each, behind HAProxy when more than one), the explorer and a Zipkin."""
     return Stack(
-        run_dir, traces=True, explorer_port=EXPLORER_PORT, cluster=cluster, instances=instances
+        run_dir,
+        kafka=local_cluster(run_dir),
+        layout=Layout(instances=instances or {}),
+        traces=True,
+        explorer_port=EXPLORER_PORT,
     )
 
 
@@ -503,51 +368,17 @@ def parse_scale(text: str, known: Iterable[str] = PORTS) -> dict[str, int]:
     return scale
 
 
-def database_url(name: str, env: Mapping[str, str], run_dir: Path) -> str:
-    """The database of service `name`: its `<NAME>_DATABASE_URL` in `env` when set, else
-    an SQLite file under `run_dir`."""
-    return env.get(f"{name.upper()}_DATABASE_URL") or f"sqlite:///{run_dir}/data/{name}.db"
-
-
-def parse_database(name: str, url: str) -> URL:
-    """`url` parsed, or a ValueError naming the variable (never its value: it may hold a
-    password)."""
-    variable = f"{name.upper()}_DATABASE_URL"
-    try:
-        parsed = make_url(url)
-        parsed.get_backend_name()
-        parsed.port  # noqa: B018 - a port that is no number fails here
-    except (ArgumentError, ValueError):
-        raise ValueError(f"{variable} is not a database URL") from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ValueError(f"{variable} names neither SQLite nor PostgreSQL")
-    return parsed
-
-
-def require_shared_databases(counts: Mapping[str, int], databases: Mapping[str, str]) -> None:
-    """Every database URL readable, and several instances of a service share its
-    database: PostgreSQL, never SQLite."""
-    for name, url in databases.items():
-        parsed = parse_database(name, url)
-        count = counts.get(name, 1)
-        if count > 1 and parsed.get_backend_name() != "postgresql":
-            raise ValueError(
-                f"{count} instances of {name} share one database: set"
-                f" {name.upper()}_DATABASE_URL to PostgreSQL (SQLite is one process's)"
-            )
-
-
-def describe_database(process: ServiceProcess) -> str:
-    """Where a service keeps its data, for people: the URL with its password masked (or
-    SQLite's file), and the file its password is read from."""
-    env = process.environment()
-    url = parse_database(process.name, env[f"{process.name.upper()}_DATABASE_URL"])
-    if url.get_backend_name() == "sqlite":
-        return f"SQLite {url.database}"
-    shown = f"PostgreSQL {url.render_as_string(hide_password=True)}"
-    if password_file := env.get(f"{process.name.upper()}_DATABASE_PASSWORD_FILE"):
-        shown += f"  (password: {password_file})"
-    return shown
+def remembered_scale(run_dir: Path, given: str | None, command: str) -> dict[str, int]:
+    """The instances per service: `SCALE` as given to `up` (and remembered in the run
+    directory), else what the last `up` was given."""
+    remembered = run_dir / SCALE_FILE
+    if given is None:
+        given = remembered.read_text() if remembered.exists() else ""
+    scale = parse_scale(given)
+    if command == "up":
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(given.strip() + "\n")
+    return scale
 
 
 def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
@@ -608,25 +439,174 @@ def operator_password(path: Path) -> str:
     return path.read_text().strip()
 
 
-def _not_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return False
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 OPERATOR_HINT = (
     "an operator token (for stock and products):\n"
     "  curl -s -X POST 127.0.0.1:8004/token -d username=operator@example.com \\\n"
     '       --data-urlencode "password=$(cat .run/operator-password)"'
 )
+
+
+# --- the command line: one function per command -------------------------------------------
+
+
+def compose_up_or_down(command: str, scale: Mapping[str, int]) -> int:
+    """`up` or `down` through `docker compose`, with every secret it needs in its
+    environment (made here first) and `SCALE` as `--scale`."""
+    password = operator_password(RUN_DIR / "operator-password") if command == "up" else ""
+    scaled = [f"--scale={name}={count}" for name, count in scale.items()]
+    extra = ["up", "-d", "--wait", *scaled] if command == "up" else ["down"]
+    env = {
+        **os.environ,
+        "SHOP_OPERATOR_PASSWORD": password,
+        **compose_env(RUN_DIR),
+        **pginit.compose_env(RUN_DIR),
+        **compose_user_keys(RUN_DIR),
+    }
+    if command == "up":
+        for name in (n for n in PORTS if f"{n.upper()}_DATABASE_URL" in os.environ):
+            print(
+                f"{name.upper()}_DATABASE_URL is not used with Docker: compose runs"
+                " each service on its own database in its PostgreSQL",
+                file=sys.stderr,
+            )
+    compose = ["docker", "compose", "-f", str(ROOT / "compose.yaml")]
+    code = subprocess.call(compose + extra, env=env)
+    if code == 0 and command == "up":
+        print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
+        print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
+        print("databases: compose's PostgreSQL on 127.0.0.1:5432, a database and a role")
+        print("  per service; passwords in .run/postgres-credentials/ (superuser: shop)")
+    return code
+
+
+def up(scale: Mapping[str, int], names: list[str]) -> int:
+    if docker_engine():
+        return compose_up_or_down("up", scale)
+    stack = local_stack(RUN_DIR, instances=scale)
+    began = time.monotonic()
+    stack.up()
+    scraping = RUN_DIR / "prometheus.yml"
+    every = {p.id: p for each in stack.instances.values() for p in each}
+    write_prometheus_config(scraping, every)  # each instance, not the proxy
+    print(f"stack ready in {time.monotonic() - began:.1f}s")
+    say_where(stack)
+    print(f"metrics: each service's /metrics; prometheus --config.file={scraping}")
+    return 0
+
+
+def say_where(stack: Stack) -> None:
+    """Where each part of a stack that is up is reached, and where it keeps its data."""
+    print(f"  kafka      {stack.bootstrap}")
+    if stack.cluster is not None:
+        size = len(stack.cluster.nodes)
+        print(f"             {size} node(s), SASL_SSL; to sign in as a read-only observer:")
+        print('             eval "$(python -m tools.local.cluster env observer)"')
+    for name, url in stack.urls.items():
+        behind = len(stack.instances[name])
+        proxied = f", {behind} instances behind haproxy" if behind > 1 else ""
+        print(f"  {name:<10} {url}  (docs: {url}/docs{proxied})")
+    print("databases:")
+    for name, each in stack.instances.items():
+        print(f"  {name:<10} {describe_database(each[0])}")
+    if stack.explorer is not None:
+        print(f"  {'explorer':<10} {stack.explorer.url}")
+    if stack.zipkin is not None:
+        print(f"  {'traces':<10} {stack.zipkin.url}  (Zipkin)")
+    print(OPERATOR_HINT)
+
+
+def down(scale: Mapping[str, int], names: list[str]) -> int:
+    if docker_engine():
+        return compose_up_or_down("down", scale)
+    local_stack(RUN_DIR, instances=scale).down()
+    (RUN_DIR / SCALE_FILE).unlink(missing_ok=True)
+    print("stack stopped")
+    return 0
+
+
+def status(scale: Mapping[str, int], names: list[str]) -> int:
+    stack = local_stack(RUN_DIR, instances=scale)
+    states = stack.status()
+    for name, state in states.items():
+        print(f"  {name:<12} {state}")
+    if stack.cluster is not None and any(s.startswith("pid") for s in states.values()):
+        print(describe_cluster(stack.cluster.connection(ADMIN), stack.topic_prefix))
+    return 0 if all(not s.startswith("down") for s in states.values()) else 3
+
+
+def brokers(stack: Stack, name: str) -> list[LocalBroker]:
+    """The brokers `name` means (`kafka`: all of them, `kafka-2`: one node), or []."""
+    if stack.cluster is not None and (name == "kafka" or name.startswith("kafka-")):
+        nodes = stack.cluster.nodes
+        return list(nodes.values()) if name == "kafka" else [nodes[int(name[6:])]]
+    return [stack.broker] if name == "kafka" and stack.broker is not None else []
+
+
+def kill(scale: Mapping[str, int], names: list[str]) -> int:
+    stack = local_stack(RUN_DIR, instances=scale)
+    for name in names:
+        for process in brokers(stack, name) or stack.chosen(name):
+            process.kill()
+    return 0
+
+
+def stop(scale: Mapping[str, int], names: list[str]) -> int:
+    stack = local_stack(RUN_DIR, instances=scale)
+    for name in names:
+        if name == "kafka" and stack.cluster is not None:
+            stack.cluster.stop()  # together: a node alone waits for a quorum
+        else:
+            for process in brokers(stack, name) or stack.chosen(name):
+                process.stop()
+    return 0
+
+
+def start(scale: Mapping[str, int], names: list[str]) -> int:
+    stack = local_stack(RUN_DIR, instances=scale)
+    for name in names:
+        if name == "kafka" and stack.cluster is not None:
+            stack.cluster.start()  # together: a node alone waits for a quorum
+        elif kafka := brokers(stack, name):
+            for broker in kafka:
+                broker.start()
+        else:
+            for process in stack.chosen(name):
+                process.start()
+                process.wait_ready()
+                stack.wait_in_rotation(process)
+    return 0
+
+
+def restart(scale: Mapping[str, int], names: list[str]) -> int:
+    stack = local_stack(RUN_DIR, instances=scale)
+    for name in names:
+        stack.restart(name)
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of the stack's command line: what it does, and whether it takes
+    names (services, instances such as `order-2`, `explorer`, `kafka` or `kafka-ID`)."""
+
+    run: Callable[[Mapping[str, int], list[str]], int]
+    help: str
+    names: str = ""
+    """What its names may be ('' when it takes none)."""
+
+
+ANY = "SERVICE|INSTANCE|explorer|kafka|kafka-ID"
+COMMANDS = {
+    "up": Command(up, "start what is not running, wait until every /ready is 200"),
+    "down": Command(down, "stop everything, free the ports"),
+    "status": Command(status, "each process, ready or not; the brokers and partitions"),
+    "kill": Command(kill, "SIGKILL, as a crash would", ANY),
+    "stop": Command(stop, "SIGTERM: drain (a service), then stop", ANY),
+    "start": Command(start, "start, wait until ready and in rotation", ANY),
+    "restart": Command(
+        restart, "stop, start, back in rotation, one instance at a time", "SERVICE|INSTANCE"
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,124 +615,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "command", choices=["up", "down", "status", "kill", "stop", "start", "restart"]
-    )
-    parser.add_argument("names", nargs="*", help="services, instances (order-2), kafka or explorer")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        if command.names:
+            sub.add_argument("names", nargs="+", metavar="NAME", help=command.names)
     args = parser.parse_args(argv)
-    compose = [
-        "docker",
-        "compose",
-        "-f",
-        str(Path(__file__).resolve().parents[2] / "compose.yaml"),
-    ]
     try:
         scale = remembered_scale(RUN_DIR, os.environ.get("SCALE"), args.command)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    password = operator_password(RUN_DIR / "operator-password") if args.command == "up" else ""
-    if args.command in ("up", "down") and docker_engine():
-        scaled = [f"--scale={name}={count}" for name, count in scale.items()]
-        extra = ["up", "-d", "--wait", *scaled] if args.command == "up" else ["down"]
-        env = {
-            **os.environ,
-            "SHOP_OPERATOR_PASSWORD": password,
-            **compose_env(RUN_DIR),
-            **pginit.compose_env(RUN_DIR),
-            **compose_user_keys(RUN_DIR),
-        }
-        if args.command == "up":
-            for name in (n for n in PORTS if f"{n.upper()}_DATABASE_URL" in os.environ):
-                print(
-                    f"{name.upper()}_DATABASE_URL is not used with Docker: compose runs"
-                    " each service on its own database in its PostgreSQL",
-                    file=sys.stderr,
-                )
-        code = subprocess.call(compose + extra, env=env)
-        if code == 0 and args.command == "up":
-            print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
-            print(f"  {'traces':<10} http://127.0.0.1:16686  (Jaeger)")
-            print("databases: compose's PostgreSQL on 127.0.0.1:5432, a database and a role")
-            print("  per service; passwords in .run/postgres-credentials/ (superuser: shop)")
-        return code
-    stack = local_stack(RUN_DIR, instances=scale)
-    began = time.monotonic()
-    if args.command == "up":
-        try:
-            stack.up()
-        except ValueError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        scraping = RUN_DIR / "prometheus.yml"
-        every = {p.id: p for each in stack.instances.values() for p in each}
-        write_prometheus_config(scraping, every)  # each instance, not the proxy
-        print(f"stack ready in {time.monotonic() - began:.1f}s")
-        print(f"  kafka      {stack.bootstrap}")
-        if stack.cluster is not None:
-            size = len(stack.cluster.nodes)
-            print(f"             {size} node(s), SASL_SSL; to sign in as a read-only observer:")
-            print('             eval "$(python -m tools.local.cluster env observer)"')
-        for name, url in stack.urls.items():
-            behind = len(stack.instances[name])
-            proxied = f", {behind} instances behind haproxy" if behind > 1 else ""
-            print(f"  {name:<10} {url}  (docs: {url}/docs{proxied})")
-        print("databases:")
-        for name, each in stack.instances.items():
-            print(f"  {name:<10} {describe_database(each[0])}")
-        if stack.explorer is not None:
-            print(f"  {'explorer':<10} {stack.explorer.url}")
-        if stack.zipkin is not None:
-            print(f"  {'traces':<10} {stack.zipkin.url}  (Zipkin)")
-        print(OPERATOR_HINT)
-        print(f"metrics: each service's /metrics; prometheus --config.file={scraping}")
-    elif args.command == "down":
-        stack.down()
-        (RUN_DIR / SCALE_FILE).unlink(missing_ok=True)
-        print("stack stopped")
-    elif args.command == "status":
-        states = stack.status()
-        for name, state in states.items():
-            print(f"  {name:<12} {state}")
-        if stack.cluster is not None and any(s.startswith("pid") for s in states.values()):
-            print(describe_cluster(stack.cluster.connection(ADMIN), stack.topic_prefix))
-        return 0 if all(not s.startswith("down") for s in states.values()) else 3
-    else:
-        for name in args.names:
-            if name.startswith("kafka") and stack.cluster is not None:
-                nodes = stack.cluster.nodes
-                if name == "kafka" and args.command == "start":
-                    stack.cluster.start()  # together: a node alone waits for a quorum
-                for node in nodes.values() if name == "kafka" else [nodes[int(name[6:])]]:
-                    node.kill() if args.command == "kill" else node.start()
-            elif name == "kafka" and stack.broker is not None:
-                stack.broker.kill() if args.command == "kill" else stack.broker.start()
-            elif args.command == "restart":
-                stack.restart(name)
-            else:
-                for process in stack.chosen(name):
-                    if args.command == "kill":
-                        process.kill()
-                    elif args.command == "stop":
-                        process.stop()
-                    else:
-                        process.start()
-                        process.wait_ready()
-                        stack.wait_in_rotation(process)
-    return 0
-
-
-def remembered_scale(run_dir: Path, given: str | None, command: str) -> dict[str, int]:
-    """The instances per service: `SCALE` as given to `up` (and remembered in the run
-    directory), else what the last `up` was given."""
-    remembered = run_dir / SCALE_FILE
-    if given is None:
-        given = remembered.read_text() if remembered.exists() else ""
-    scale = parse_scale(given)
-    if command == "up":
-        remembered.parent.mkdir(parents=True, exist_ok=True)
-        remembered.write_text(given.strip() + "\n")
-    return scale
+    try:
+        return COMMANDS[args.command].run(scale, getattr(args, "names", []))
+    except ValueError as exc:  # a name that means nothing, a database URL it cannot read
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

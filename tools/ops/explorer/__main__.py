@@ -8,6 +8,7 @@ from pathlib import Path
 
 import uvicorn
 
+from shared.runtime.protocol import BoundedHttpToolsProtocol
 from tools.local.certs import OBSERVER, REDRIVE
 from tools.local.cluster import sign_in_locally
 from tools.ops.explorer.app import create_app
@@ -39,11 +40,15 @@ def main(argv: list[str] | None = None) -> None:
         }
     )
     print(f"event explorer on http://{settings.host}:{settings.port}", flush=True)
+    # as the services serve (shared.runtime.app.serve): request heads bounded, no proxy
+    # headers; its page holds a Server-Sent Events stream open: stop waiting after 2 s
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         access_log=False,
+        proxy_headers=False,
+        http=BoundedHttpToolsProtocol,
         timeout_graceful_shutdown=2,
     )
 
