@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean contracts k8s engine images lock
+.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make down      stop everything"
+	@echo "make clean-kafka  after make down: remove the Kafka cluster's data, to change KAFKA_NODES"
 	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
 	@echo "make engine    a Docker engine and the compose plugin (installed here if missing)"
 	@echo "make images    build every image of compose.yaml on this machine (compose.images.yaml)"
@@ -105,6 +106,11 @@ k8s: $(STAMP)
 
 clean: down
 	rm -rf .run
+
+# The local cluster's data (its nodes' folders, id and size), after `make down`: the next
+# `make up` formats a new cluster, of KAFKA_NODES nodes. Jars, certificates and passwords stay.
+clean-kafka: $(STAMP)
+	$(PY) -m tools.local.stack reset-kafka
 
 # The same on a PostgreSQL stack of its own (ports 8101-8104, 2 workers per service).
 bench-postgres: $(STAMP)

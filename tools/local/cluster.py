@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
+import re
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -51,6 +54,8 @@ CLIENT_PORT = 19091
 INTERNAL_PORT + i and the quorum on CONTROLLER_PORT + i."""
 INTERNAL_PORT = 19191
 CONTROLLER_PORT = 19291
+CLUSTER_ID = "nodes-cluster-id"
+"""In the cluster's home: its id (not the single broker's `cluster-id`, tools/local/kafka.py)."""
 
 NODE_PROPERTIES = """\
 process.roles=broker,controller
@@ -114,6 +119,22 @@ def default_ports(nodes: int) -> list[NodePorts]:
         NodePorts(CLIENT_PORT + i, INTERNAL_PORT + i, CONTROLLER_PORT + i)
         for i in range(1, nodes + 1)
     ]
+
+
+def configured_ports(config: Path) -> NodePorts | None:
+    """The ports of a node's `listeners` in its server.properties, or None without them."""
+    try:
+        lines = config.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("listeners="):
+            found = dict(re.findall(r"(\w+)://[^,]*:(\d+)", line))
+            with contextlib.suppress(KeyError):
+                return NodePorts(
+                    int(found["CLIENT"]), int(found["INTERNAL"]), int(found["CONTROLLER"])
+                )
+    return None
 
 
 def min_insync_for(nodes: int) -> int:
@@ -203,7 +224,7 @@ class LocalCluster:
 
     def cluster_id(self) -> str:
         """One id for every node, kept in the cluster's home."""
-        path = self.home / "nodes-cluster-id"  # not the single broker's (tools/local/kafka.py)
+        path = self.home / CLUSTER_ID
         if not path.is_file():
             self.home.mkdir(parents=True, exist_ok=True)
             path.write_text(
@@ -251,7 +272,7 @@ class LocalCluster:
     def start(self, timeout: float = 120) -> None:
         """Launch every node that is down, then wait until each serves."""
         self.tls  # noqa: B018 - made before any node reads it
-        self._check_size()
+        self.check_size()
         launched = [node for node in self.nodes.values() if node.launch()]
         for node in self.nodes.values():
             if node in launched:
@@ -268,26 +289,67 @@ class LocalCluster:
         for node in self.nodes.values():
             wait_for_broker(self.connection(ADMIN, bootstrap=node.bootstrap), timeout)
 
-    def _check_size(self) -> None:
+    def check_size(self) -> None:
         """The nodes' data belongs to a quorum of a fixed size: refuse to start it as
-        another (KAFKA_NODES changed) rather than fail obscurely."""
-        stamp = self.home / "cluster-size"
-        if not stamp.is_file():
+        another (KAFKA_NODES changed) rather than fail obscurely, and say how to switch."""
+        stamp = self.size_stamp
+        formatted_nodes = list(self.home.glob("node-*/data/meta.properties"))
+        if not stamp.is_file() or not formatted_nodes:  # no data: any size will do
             self.home.mkdir(parents=True, exist_ok=True)
             stamp.write_text(f"{len(self.nodes)}\n")
         formatted = int(stamp.read_text())
         if formatted != len(self.nodes):
             raise RuntimeError(
-                f"{self.home} holds a {formatted}-node cluster, not {len(self.nodes)}: "
-                "run `make down` with the old KAFKA_NODES, then remove its node-* folders"
+                f"{self.home} holds a {formatted}-node cluster, not {len(self.nodes)}: to"
+                " switch, run `make down`, then `make clean-kafka` (python -m"
+                " tools.local.stack reset-kafka: it removes the cluster's data), then"
+                f" `KAFKA_NODES={len(self.nodes)} make up`"
             )
+
+    @property
+    def size_stamp(self) -> Path:
+        """The size of the cluster whose data the nodes' folders hold."""
+        return self.home / "cluster-size"
+
+    def every_node(self) -> list[ClusterNode]:
+        """Its nodes, and those of a cluster of another size whose folders are under the
+        home (on the ports their configuration names): what `stop` and `reset` must not
+        miss after KAFKA_NODES changed."""
+        others = []
+        for folder in sorted(self.home.glob("node-*")):
+            node_id = folder.name.removeprefix("node-")
+            if node_id.isdigit() and int(node_id) not in self.nodes:
+                ports = configured_ports(folder / "server.properties")
+                if ports is not None:  # else it never started
+                    others.append(ClusterNode(self, int(node_id), ports))
+        return [*self.nodes.values(), *others]
+
+    def reset(self) -> list[Path]:
+        """Remove the cluster's data: every node's folder, the cluster's id and its size,
+        so that it starts afresh at any size. Its certificates and passwords, and the
+        jars, stay. RuntimeError while a node runs. What it removed."""
+        running = [broker.home.name for broker in self.every_node() if broker.pid() is not None]
+        if running:
+            raise RuntimeError(
+                f"{', '.join(running)} still run{'s' if len(running) == 1 else ''}:"
+                " stop the cluster first (`make down`)"
+            )
+        removed = [path for path in self.home.glob("node-*") if path.is_dir()]
+        for folder in removed:
+            shutil.rmtree(folder)
+        for path in (self.size_stamp, self.home / CLUSTER_ID):
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        return sorted(removed)
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to every node at once (one by one, the last ones would wait for a
         quorum that is gone), then wait for each."""
-        for node in self.nodes.values():
+        every = self.every_node()  # a node of another KAFKA_NODES too
+        for node in every:
             node.process.send(signal.SIGTERM)
-        for node in self.nodes.values():
+        for node in every:
             node.stop(timeout)
 
     def is_running(self) -> bool:

@@ -4,6 +4,7 @@ and, for `up`, a Zipkin server that receives their traces.
     python -m tools.local.stack up | down | status
     python -m tools.local.stack kill|start SERVICE|INSTANCE|kafka|kafka-ID
     python -m tools.local.stack stop|restart SERVICE|INSTANCE
+    python -m tools.local.stack reset-kafka
 
 (`python -m tools.local.stack --help` says what each command does: `COMMANDS` below.)
 
@@ -11,7 +12,8 @@ Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
 machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM principal
 per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each
 service its own identity; `status` lists the brokers and each topic's leaders and in-sync
-replicas.
+replicas. The nodes' data belongs to a cluster of one size: to change KAFKA_NODES, run
+`down`, then `reset-kafka` (`make clean-kafka`), then `up` with the new size.
 
 `SCALE="inventory=2 order=2"` runs that many instances of a service (order-1, order-2, ...)
 on ports of their own, sharing its PostgreSQL database (`<NAME>_DATABASE_URL`) and its
@@ -584,6 +586,16 @@ def restart(scale: Mapping[str, int], names: list[str]) -> int:
     return 0
 
 
+def reset_kafka(scale: Mapping[str, int], names: list[str]) -> int:
+    try:
+        removed = local_cluster(RUN_DIR).reset()
+    except RuntimeError as exc:  # a node still runs
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"removed {', '.join(str(p) for p in removed) or 'nothing: no cluster data'}")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     """One command of the stack's command line: what it does, and whether it takes
@@ -605,6 +617,10 @@ COMMANDS = {
     "start": Command(start, "start, wait until ready and in rotation", ANY),
     "restart": Command(
         restart, "stop, start, back in rotation, one instance at a time", "SERVICE|INSTANCE"
+    ),
+    "reset-kafka": Command(
+        reset_kafka,
+        "after `down`: remove the cluster's data and its size (for another KAFKA_NODES)",
     ),
 }
 
