@@ -121,11 +121,34 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result: dict[str, Any] = {}
     shop = ShopClient(target.urls)
+    catalogue = make_catalogue(args, target, shop)
+    sampler = procs.Sampler(target.pids).start()
+    e2e = EndToEnd(args, target, shop, catalogue, sampler, stamp)
+    try:
+        main_run = attempt(result, "e2e", e2e.step("e2e", args.duration, args.rate))
+        if e2e.recordings:
+            result["profiles"] = profile.finish(e2e.recordings, ROOT)
+        if not args.no_paced:
+            half = (main_run or {}).get("completed_per_s") or 0.0
+            rate = args.paced_rate or half / 2
+            if rate >= 1:
+                duration = args.paced_duration or args.duration
+                attempt(result, "paced", e2e.step("paced", duration, rate))
+            else:
+                result["paced_error"] = "the unpaced run completed no orders to pace against"
+        run_the_others(args, target, sampler, result)
+    finally:
+        sampler.stop()
+        shop.close()
+    return finish(args, result, target, e2e.series, stamp)
+
+
+def make_catalogue(args: argparse.Namespace, target: Target, shop: ShopClient) -> load.Catalogue:
     say(
         f"catalogue: {args.users} users, {args.products} products with stock"
         f" {args.ample_stock}, {args.scarce} scarce with stock {args.scarce_stock}"
     )
-    catalogue = load.setup_catalogue(
+    return load.setup_catalogue(
         shop,
         shop.as_operator(password_file=target.operator_password_file),
         users=args.users,
@@ -135,78 +158,91 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
         scarce_stock=args.scarce_stock,
         say=say,
     )
-    sampler = procs.Sampler(target.pids).start()
-    recordings: list[profile.Recording] = []
-    profile_for = int(min(args.profile_duration, args.duration - args.warmup))
-    series: dict[str, Any] = {}
 
-    def on_load_tick(elapsed: float) -> None:
-        if args.profile and not recordings and elapsed >= args.warmup and profile_for > 0:
-            say(f"  py-spy: recording order and inventory for {profile_for}s")
-            recordings.extend(
-                profile.start(target.pids, ["order", "inventory"], profile_for, RESULTS, stamp)
+
+class EndToEnd:
+    """The end-to-end runs of one suite: each `step` drives the load once; the first also
+    profiles order and inventory with py-spy once warm (`--profile`)."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        target: Target,
+        shop: ShopClient,
+        catalogue: load.Catalogue,
+        sampler: procs.Sampler,
+        stamp: str,
+    ) -> None:
+        self.args, self.target, self.shop, self.catalogue = args, target, shop, catalogue
+        self.sampler, self.stamp = sampler, stamp
+        self.recordings: list[profile.Recording] = []
+        self.series: dict[str, Any] = {}
+        """Each run's raw per-order series, by its key."""
+        self.profile_for = int(min(args.profile_duration, args.duration - args.warmup))
+
+    def on_load_tick(self, elapsed: float) -> None:
+        args = self.args
+        warm = elapsed >= args.warmup and self.profile_for > 0
+        if args.profile and not self.recordings and warm:
+            say(f"  py-spy: recording order and inventory for {self.profile_for}s")
+            self.recordings.extend(
+                profile.start(
+                    self.target.pids, ["order", "inventory"], self.profile_for, RESULTS, self.stamp
+                )
             )
 
-    def e2e(key: str, duration: float, rate: float | None) -> Callable[[], dict[str, Any]]:
-        def step() -> dict[str, Any]:
+    def step(self, key: str, duration: float, rate: float | None) -> Callable[[], dict[str, Any]]:
+        args = self.args
+
+        def run() -> dict[str, Any]:
             say(
                 f"load: wrk -t{args.threads} -c{args.connections} -d{duration:.0f}s POST /orders"
                 + (f", paced to <= {rate:.0f}/s" if rate else ", unpaced")
             )
-            summary, series[key] = load.run_e2e(
+            summary, self.series[key] = load.run_e2e(
                 bootstrap=args.bootstrap,
-                shop=shop,
-                catalogue=catalogue,
-                sampler=sampler,
-                duration=duration,
-                connections=args.connections,
-                threads=args.threads,
-                rate_limit=rate,
-                scarce_share=args.scarce_share,
-                warmup=args.warmup,
-                drain_timeout=args.drain,
+                shop=self.shop,
+                catalogue=self.catalogue,
+                sampler=self.sampler,
+                load=load.Load(
+                    duration=duration,
+                    connections=args.connections,
+                    threads=args.threads,
+                    rate_limit=rate,
+                    scarce_share=args.scarce_share,
+                    warmup=args.warmup,
+                    drain_timeout=args.drain,
+                ),
                 say=say,
-                on_load_tick=on_load_tick if key == "e2e" else None,
-                topic_prefix=target.topic_prefix,
+                on_load_tick=self.on_load_tick if key == "e2e" else None,
+                topic_prefix=self.target.topic_prefix,
             )
             return summary
 
-        return step
+        return run
 
-    try:
-        main_run = attempt(result, "e2e", e2e("e2e", args.duration, args.rate))
-        if recordings:
-            result["profiles"] = profile.finish(recordings, ROOT)
-        if not args.no_paced:
-            half = (main_run or {}).get("completed_per_s") or 0.0
-            rate = args.paced_rate or half / 2
-            if rate >= 1:
-                attempt(result, "paced", e2e("paced", args.paced_duration or args.duration, rate))
-            else:
-                result["paced_error"] = "the unpaced run completed no orders to pace against"
-        if not args.no_consumer:
-            say(f"consumer benchmark: {args.events} events per kind")
-            attempt(
-                result, "consumer", lambda: consumer_bench.run(args.bootstrap, args.events, say=say)
-            )
-        if not args.no_relay:
-            relay_url = args.database_url or (
-                pg_stack.local_server_url() if target.backend == "postgresql" else None
-            )
-            attempt(
-                result,
-                "relay",
-                lambda: relay_bench.run(
-                    args.bootstrap, args.rows, relay_url, args.batch_size, say=say
-                ),
-            )
-        if not args.no_limits:
-            attempt(result, "limits", lambda: run_limits(args, sampler))
-            result["ratios"] = ratios(main_run, result.get("limits"))
-    finally:
-        sampler.stop()
-        shop.close()
-    return finish(args, result, target, series, stamp)
+
+def run_the_others(
+    args: argparse.Namespace, target: Target, sampler: procs.Sampler, result: dict[str, Any]
+) -> None:
+    """The consumer and relay benchmarks and the ceilings, unless told to skip them."""
+    if not args.no_consumer:
+        say(f"consumer benchmark: {args.events} events per kind")
+        attempt(
+            result, "consumer", lambda: consumer_bench.run(args.bootstrap, args.events, say=say)
+        )
+    if not args.no_relay:
+        relay_url = args.database_url or (
+            pg_stack.local_server_url() if target.backend == "postgresql" else None
+        )
+        attempt(
+            result,
+            "relay",
+            lambda: relay_bench.run(args.bootstrap, args.rows, relay_url, args.batch_size, say=say),
+        )
+    if not args.no_limits:
+        attempt(result, "limits", lambda: run_limits(args, sampler))
+        result["ratios"] = ratios(result.get("e2e"), result.get("limits"))
 
 
 def finish(
@@ -299,6 +335,8 @@ def command_consumer(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """Every option of every command, in groups. It is long because it is a list, one
+    add_argument per option: split, it would only scatter the options."""
     main = argparse.ArgumentParser(
         prog="python -m tools.bench",
         description=sys.modules["tools.bench"].__doc__,

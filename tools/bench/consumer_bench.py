@@ -215,12 +215,14 @@ def run(
     say: Callable[[str], None] = print,
     direct_seconds: float = 5.0,
 ) -> dict[str, Any]:
+    """The inventory service's consumer on `events` product-created then order-created
+    events of topics of its own, then raw consume loops over the same records, then the
+    handler with no Kafka at all; the rate of each phase."""
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench-{run_id}-"
     topics = [prefix + t for t in {*SPEC.subscribes, *SPEC.owns, DEAD_LETTERS}]
     ensure_topics(bootstrap, topics, partitions=3)
     producer = EventProducer(bootstrap)
-    phases = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-consumer-") as tmp:
             settings = InventorySettings(
@@ -236,53 +238,13 @@ def run(
             producer.send(
                 [(prefix + "products", product_created(p, n)) for n, p in enumerate(product_ids)]
             )
-            runtime = ServiceRuntime(SPEC, settings)
-            runtime.start()
-            try:
-                worker = runtime.consumer
-                assert worker is not None
-                say("ConsumerWorker: product-created")
-                phases.append(
-                    _phase(
-                        "worker: product-created",
-                        *_wait_applied(worker, events, timeout, say),
-                    )
-                )
-                with runtime.engine.begin() as connection:
-                    connection.execute(update(Stock).values(available=1_000_000))
-                say(f"producing {events} order-created events to {prefix}orders")
-                producer.send([(prefix + "orders", order_created(p)) for p in product_ids])
-                say("ConsumerWorker: order-created (reserve stock, two outbox rows)")
-                phases.append(
-                    _phase(PHASE_WORKER_ORDERS, *_wait_applied(worker, 2 * events, timeout, say))
-                )
-                dead = worker.dead_lettered
-            finally:
-                runtime.stop()
+            phases, dead = _worker_phases(settings, producer, product_ids, prefix, timeout, say)
             say("raw consume loops over the same records")
-            products_s, _ = _read_back(bootstrap, prefix + "products", events, None)
-            orders_s, _ = _read_back(bootstrap, prefix + "orders", events, None)
-            phases.append(_phase("raw consume (count only)", 2 * events, products_s + orders_s))
-            model_products = SPEC.router.routes["product-created"].model
-            model_orders = SPEC.router.routes["order-created"].model
-            products_s, products = _read_back(
-                bootstrap, prefix + "products", events, _decode(model_products)
-            )
-            orders_s, orders = _read_back(
-                bootstrap, prefix + "orders", events, _decode(model_orders)
-            )
-            phases.append(_phase(PHASE_RAW_DECODE, 2 * events, products_s + orders_s))
+            raw, products, orders = _raw_phases(bootstrap, prefix, events)
+            phases += raw
             worker_rate = phases[1]["events_per_s"] or 0.0
             direct = max(min(500, events), min(events, round(worker_rate * direct_seconds)))
-            for name, batch, savepoints in (
-                ("no kafka: order-created, 1 txn/event", 1, False),
-                ("no kafka: order-created, 1 txn/200, savepoints", 200, True),
-                ("no kafka: order-created, 1 txn/200", 200, False),
-            ):
-                say(f"{name} ({direct} events)")
-                database = Path(tmp) / f"direct-{batch}-{savepoints}.db"
-                seconds = _apply_direct(database, products, orders[:direct], batch, savepoints)
-                phases.append(_phase(name, direct, seconds))
+            phases += _direct_phases(Path(tmp), products, orders[:direct], say)
     finally:
         producer.close()
         admin = AdminClient(client_config(bootstrap))
@@ -290,3 +252,70 @@ def run(
             for future in admin.delete_topics(topics, operation_timeout=30).values():
                 future.result(30)
     return {"events": events, "dead_lettered": dead, "phases": phases}
+
+
+def _worker_phases(
+    settings: InventorySettings,
+    producer: EventProducer,
+    product_ids: list[str],
+    prefix: str,
+    timeout: float,
+    say: Callable[[str], None],
+) -> tuple[list[dict[str, Any]], int]:
+    """The service's ConsumerWorker on the product-created events, then on as many
+    order-created events (each reserves stock and writes two outbox rows); the phases and
+    how many events it dead-lettered."""
+    events = len(product_ids)
+    runtime = ServiceRuntime(SPEC, settings)
+    runtime.start()
+    try:
+        worker = runtime.consumer
+        assert worker is not None
+        say("ConsumerWorker: product-created")
+        phases = [_phase("worker: product-created", *_wait_applied(worker, events, timeout, say))]
+        with runtime.engine.begin() as connection:
+            connection.execute(update(Stock).values(available=1_000_000))
+        say(f"producing {events} order-created events to {prefix}orders")
+        producer.send([(prefix + "orders", order_created(p)) for p in product_ids])
+        say("ConsumerWorker: order-created (reserve stock, two outbox rows)")
+        applied = _wait_applied(worker, 2 * events, timeout, say)
+        phases.append(_phase(PHASE_WORKER_ORDERS, *applied))
+        return phases, worker.dead_lettered
+    finally:
+        runtime.stop()
+
+
+def _raw_phases(
+    bootstrap: Bootstrap, prefix: str, events: int
+) -> tuple[list[dict[str, Any]], list[Any], list[Any]]:
+    """Consume loops over the same records, counting only and then decoding; the phases
+    and the decoded product-created and order-created events."""
+    products_s, _ = _read_back(bootstrap, prefix + "products", events, None)
+    orders_s, _ = _read_back(bootstrap, prefix + "orders", events, None)
+    phases = [_phase("raw consume (count only)", 2 * events, products_s + orders_s)]
+    model_products = SPEC.router.routes["product-created"].model
+    model_orders = SPEC.router.routes["order-created"].model
+    products_s, products = _read_back(
+        bootstrap, prefix + "products", events, _decode(model_products)
+    )
+    orders_s, orders = _read_back(bootstrap, prefix + "orders", events, _decode(model_orders))
+    phases.append(_phase(PHASE_RAW_DECODE, 2 * events, products_s + orders_s))
+    return phases, products, orders
+
+
+def _direct_phases(
+    folder: Path, products: list[Any], orders: list[Any], say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """The order-created handler with no Kafka, one transaction per event and per 200
+    (with and without savepoints)."""
+    phases = []
+    for name, batch, savepoints in (
+        ("no kafka: order-created, 1 txn/event", 1, False),
+        ("no kafka: order-created, 1 txn/200, savepoints", 200, True),
+        ("no kafka: order-created, 1 txn/200", 200, False),
+    ):
+        say(f"{name} ({len(orders)} events)")
+        database = folder / f"direct-{batch}-{savepoints}.db"
+        seconds = _apply_direct(database, products, orders, batch, savepoints)
+        phases.append(_phase(name, len(orders), seconds))
+    return phases

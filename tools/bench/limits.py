@@ -128,6 +128,65 @@ def kafka_ceiling(
                 future.result(30)
 
 
+class _Reader(threading.Thread):
+    """Consumes `topic` from the start of every partition until it counted `messages`
+    records or is stopped; `last` is when it consumed its last batch."""
+
+    def __init__(self, bootstrap: Bootstrap, topic: str, messages: int) -> None:
+        super().__init__(name="bench-raw-consumer", daemon=True)
+        self.consumer = Consumer(
+            client_config(
+                bootstrap,
+                **{
+                    "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 100,
+                },
+            )
+        )
+        partitions = self.consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.messages, self.consumed, self.last = messages, 0, 0.0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while self.consumed < self.messages and not self.stopped.is_set():
+            for message in self.consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    self.consumed += 1
+            self.last = time.monotonic()
+
+    def finish(self, timeout: float) -> None:
+        self.join(timeout)
+        self.stopped.set()
+        self.join(5)
+        self.consumer.close()
+
+
+def _produce(
+    bootstrap: Bootstrap, topic: str, value: bytes, messages: int, timeout: float
+) -> list[KafkaError]:
+    """`messages` records of `value` with distinct keys, with the services' producer
+    settings, flushed; the delivery errors."""
+    producer = Producer(producer_config(bootstrap, log_level=5))  # no info-level noise
+    errors: list[KafkaError] = []
+
+    def on_delivery(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    for key in (f"{i:032x}".encode() for i in range(messages)):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(max(1.0, timeout))
+    return errors
+
+
 def _produce_and_consume(
     bootstrap: Bootstrap,
     topic: str,
@@ -136,60 +195,19 @@ def _produce_and_consume(
     timeout: float,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    consumer = Consumer(
-        client_config(
-            bootstrap,
-            **{
-                "group.id": f"bench-raw-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
-            },
-        )
-    )
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    consumed = 0
-    last_consumed = 0.0
-    stop = threading.Event()
-
-    def consume() -> None:
-        nonlocal consumed, last_consumed
-        while consumed < messages and not stop.is_set():
-            for message in consumer.consume(1000, 0.5):
-                if message.error() is None:
-                    consumed += 1
-            last_consumed = time.monotonic()
-
-    reader = threading.Thread(target=consume, name="bench-raw-consumer", daemon=True)
-    producer = Producer(producer_config(bootstrap, log_level=5))  # no info-level noise
-    errors: list[KafkaError] = []
-
-    def on_delivery(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            errors.append(error)
-
+    reader = _Reader(bootstrap, topic, messages)
     value = (b'{"order_id":"' + b"x" * max(value_size - 16, 0) + b'"}')[:value_size]
-    keys = [f"{i:032x}".encode() for i in range(messages)]
     deadline = time.monotonic() + timeout
     began = time.monotonic()
     reader.start()
-    for key in keys:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    producer.flush(max(1.0, deadline - time.monotonic()))
+    errors = _produce(bootstrap, topic, value, messages, deadline - time.monotonic())
     produced = time.monotonic()
     say(f"  kafka: produced {messages} in {produced - began:.1f}s, consuming...")
-    reader.join(max(1.0, deadline - time.monotonic()))
-    stop.set()
-    reader.join(5)
-    consumer.close()
-    if consumed < messages:
-        raise RuntimeError(f"kafka ceiling: consumed {consumed} of {messages} before timeout")
+    reader.finish(max(1.0, deadline - time.monotonic()))
+    if reader.consumed < messages:
+        raise RuntimeError(
+            f"kafka ceiling: consumed {reader.consumed} of {messages} before timeout"
+        )
     if errors:
         raise RuntimeError(f"kafka ceiling: {len(errors)} delivery errors, first {errors[0]}")
     return {
@@ -197,7 +215,7 @@ def _produce_and_consume(
         "value_bytes": len(value),
         "produce_s": produced - began,
         "produce_per_s": messages / (produced - began),
-        "roundtrip_s": last_consumed - began,
-        "roundtrip_per_s": messages / (last_consumed - began),
+        "roundtrip_s": reader.last - began,
+        "roundtrip_per_s": messages / (reader.last - began),
         "producer": "services' producer_config: idempotent, acks=all, lz4, linger.ms=2",
     }

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -260,19 +260,106 @@ def kafka_records(
         consumer.close()
 
 
+@dataclass(frozen=True)
+class Load:
+    """How hard and how long `run_e2e` drives the order service."""
+
+    duration: float
+    connections: int
+    threads: int
+    rate_limit: float | None
+    scarce_share: float
+    warmup: float
+    drain_timeout: float
+
+
+class Progress:
+    """One line a second while the load runs and drains: what the collector saw since the
+    last line, and the CPU of the processes that matter."""
+
+    def __init__(
+        self, collector: OutcomeCollector, sampler: Sampler, say: Callable[[str], None]
+    ) -> None:
+        self.collector, self.sampler, self.say = collector, sampler, say
+        self.created = self.outcomes = 0
+
+    def __call__(self, elapsed: float, label: str) -> None:
+        created, outcomes = len(self.collector.created), len(self.collector.outcomes)
+        recent = [
+            (stamp - made) * 1000
+            for made, _, stamp, _ in self.collector.finished().values()
+            if stamp > time.time() - 1
+        ]
+        cpu = self.sampler.latest
+        self.say(
+            f"  [{elapsed:4.0f}s] {label} order-created {created - self.created:4d}/s"
+            f"  outcomes {outcomes - self.outcomes:4d}/s  in flight {created - outcomes:5d}"
+            f"  latency p50 {summarize(recent)['p50'] or 0:7.0f} ms"
+            f"  CPU order {cpu.get('order', 0):3.0f}% inventory {cpu.get('inventory', 0):3.0f}%"
+            f" kafka {cpu.get('kafka', 0):3.0f}% wrk {cpu.get('wrk', 0):3.0f}%"
+            f" others {cpu.get('others', 0):3.0f}%"
+        )
+        self.created, self.outcomes = created, outcomes
+
+
+def drain(
+    collector: OutcomeCollector,
+    expected: int,
+    timeout: float,
+    progress: Callable[[], None],
+    say: Callable[[str], None],
+) -> float:
+    """Until every accepted order has its outcome, or `timeout` s, or 15 s without one
+    more; the seconds it took."""
+    began = time.monotonic()
+    last_progress, last_count = began, 0
+    while True:
+        done = len(collector.finished())
+        if done >= expected and len(collector.created) >= expected:
+            break
+        now = time.monotonic()
+        if done != last_count:
+            last_progress, last_count = now, done
+        if now - began > timeout or now - last_progress > 15:
+            say(f"  drain stopped: {expected - done} accepted orders without an outcome")
+            break
+        time.sleep(1)
+        progress()
+    return time.monotonic() - began
+
+
+@dataclass
+class Run:
+    """What one end-to-end run saw: the load's wrk result and times, every order's
+    creation and outcome (the collector's), and the records written meanwhile."""
+
+    wrk: dict[str, Any]
+    load_start: float
+    load_end: float
+    drain_s: float
+    collector: OutcomeCollector
+    records: int = 0
+    finished: dict[str, tuple[float, str, float, float]] = field(default_factory=dict)
+    """By order: (created, outcome, outcome's timestamp, received), once the collector
+    stopped."""
+
+    @property
+    def expected(self) -> int:
+        """The orders accepted (202): each should have an outcome."""
+        return int(self.wrk["statuses"].get("202", 0))
+
+    @property
+    def last_outcome(self) -> float:
+        return max((v[2] for v in self.finished.values()), default=self.load_end)
+
+
 def run_e2e(
     *,
     bootstrap: Bootstrap,
     shop: ShopClient,
     catalogue: Catalogue,
     sampler: Sampler,
-    duration: float,
-    connections: int,
-    threads: int,
-    rate_limit: float | None,
-    scarce_share: float,
-    warmup: float,
-    drain_timeout: float,
+    load: Load,
     say: Callable[[str], None] = print,
     on_load_tick: Callable[[float], None] | None = None,
     topic_prefix: str = "",
@@ -280,29 +367,55 @@ def run_e2e(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Drive the load, wait for the outcomes; return (summary, raw per-order series).
     The customers sign in first, so their tokens outlive the load."""
-    tokens = bearer_tokens(shop, catalogue.accounts, lasting=duration + 60)
+    tokens = bearer_tokens(shop, catalogue.accounts, lasting=load.duration + 60)
+    mix = OrderMix(tokens, catalogue.ample, catalogue.scarce, load.scarce_share)
     records_before = kafka_records(bootstrap, prefix=topic_prefix)
     collector = OutcomeCollector(bootstrap, prefix=topic_prefix).start()
-    mix = OrderMix(tokens, catalogue.ample, catalogue.scarce, scarce_share)
-    seen = {"created": 0, "outcomes": 0}
+    try:
+        run = drive(shop, mix, collector, sampler, load, say, on_load_tick)
+    finally:
+        collector.stop()
+    run.finished = collector.finished()
+    run.records = kafka_records(bootstrap, prefix=topic_prefix) - records_before
+    window = steady_window(run.load_start, run.load_end, load.warmup)
+    summary = {
+        "load": {
+            "duration_s": run.wrk["seconds"],
+            "connections": load.connections,
+            "threads": run.wrk["threads"],
+            "rate": load.rate_limit,
+            "scarce_share": load.scarce_share,
+            "users": len(tokens),
+            "products": len(catalogue.ample),
+            "scarce_products": len(catalogue.scarce),
+        },
+        **throughput(run, window),
+        **latencies(run, window),
+        **correctness(run),
+        "services": list(services),
+        "processes": costs(run, sampler, window),
+    }
+    series = {
+        "load_start": run.load_start,
+        "load_end": run.load_end,
+        "window": window,
+        "orders": sorted(run.finished.values()),
+    }
+    return summary, series
 
-    def progress(elapsed: float, label: str) -> None:
-        created, outcomes = len(collector.created), len(collector.outcomes)
-        recent = [
-            (stamp - made) * 1000
-            for made, _, stamp, _ in collector.finished().values()
-            if stamp > time.time() - 1
-        ]
-        cpu = sampler.latest
-        say(
-            f"  [{elapsed:4.0f}s] {label} order-created {created - seen['created']:4d}/s"
-            f"  outcomes {outcomes - seen['outcomes']:4d}/s  in flight {created - outcomes:5d}"
-            f"  latency p50 {summarize(recent)['p50'] or 0:7.0f} ms"
-            f"  CPU order {cpu.get('order', 0):3.0f}% inventory {cpu.get('inventory', 0):3.0f}%"
-            f" kafka {cpu.get('kafka', 0):3.0f}% wrk {cpu.get('wrk', 0):3.0f}%"
-            f" others {cpu.get('others', 0):3.0f}%"
-        )
-        seen.update(created=created, outcomes=outcomes)
+
+def drive(
+    shop: ShopClient,
+    mix: OrderMix,
+    collector: OutcomeCollector,
+    sampler: Sampler,
+    load: Load,
+    say: Callable[[str], None],
+    on_load_tick: Callable[[float], None] | None,
+) -> Run:
+    """wrk on POST /orders as `load` says, sampled as it runs, then the drain: until the
+    collector saw an outcome for every accepted order (or gave up)."""
+    progress = Progress(collector, sampler, say)
 
     def tick(elapsed: float) -> None:
         progress(elapsed, "load ")
@@ -310,104 +423,93 @@ def run_e2e(
             on_load_tick(elapsed)
 
     load_start = time.time()
-    try:
-        wrk = run_wrk(
-            shop.urls["order"],
-            mix,
-            duration=duration,
-            connections=connections,
-            threads=threads,
-            rate=rate_limit,
-            on_tick=tick,
-            on_start=lambda p: sampler.add("wrk", p.pid),
-        )
-        load_end = load_start + wrk["seconds"]
-        sampler.remove("wrk")
-        expected = wrk["statuses"].get("202", 0)
-        drain_start = time.monotonic()
-        last_progress, last_count = drain_start, 0
-        while True:
-            done = len(collector.finished())
-            if done >= expected and len(collector.created) >= expected:
-                break
-            now = time.monotonic()
-            if done != last_count:
-                last_progress, last_count = now, done
-            if now - drain_start > drain_timeout or now - last_progress > 15:
-                say(f"  drain stopped: {expected - done} accepted orders without an outcome")
-                break
-            time.sleep(1)
-            progress(time.time() - load_start, "drain")
-        drain_s = time.monotonic() - drain_start
-    finally:
-        collector.stop()
-    finished = collector.finished()
-    doubled = collector.doubled()
-    records = kafka_records(bootstrap, prefix=topic_prefix) - records_before
-    window = steady_window(load_start, load_end, warmup)
-    in_window = {k: v for k, v in finished.items() if window[0] <= v[0] < window[1]}
-    latency = [(stamp - made) * 1000 for made, _, stamp, _ in in_window.values()]
-    seen_latency = [(got - made) * 1000 for made, _, _, got in in_window.values()]
-    outcomes: dict[str, int] = {}
-    for _, outcome, _, _ in finished.values():
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    last_outcome = max((v[2] for v in finished.values()), default=load_end)
-    seconds = int(max(last_outcome, load_end) - load_start) + 1
-    processes = cpu_summary(sampler.samples, *window)
-    spent = cpu_seconds(sampler.samples, load_start, last_outcome, sampler.interval)
-    for name, proc in processes.items():
-        if len(finished) and name != "system":
-            proc["cpu_ms_per_order"] = spent.get(name, 0.0) * 1000 / len(finished)
-    summary = {
-        "load": {
-            "duration_s": wrk["seconds"],
-            "connections": connections,
-            "threads": wrk["threads"],
-            "rate": rate_limit,
-            "scarce_share": scarce_share,
-            "users": len(tokens),
-            "products": len(catalogue.ample),
-            "scarce_products": len(catalogue.scarce),
-        },
+    wrk = run_wrk(
+        shop.urls["order"],
+        mix,
+        duration=load.duration,
+        connections=load.connections,
+        threads=load.threads,
+        rate=load.rate_limit,
+        on_tick=tick,
+        on_start=lambda p: sampler.add("wrk", p.pid),
+    )
+    sampler.remove("wrk")
+    expected = wrk["statuses"].get("202", 0)
+    drain_s = drain(
+        collector,
+        expected,
+        load.drain_timeout,
+        lambda: progress(time.time() - load_start, "drain"),
+        say,
+    )
+    return Run(wrk, load_start, load_start + wrk["seconds"], drain_s, collector)
+
+
+def throughput(run: Run, window: tuple[float, float]) -> dict[str, Any]:
+    """Orders and records per second: in the steady `window`, overall, second by second."""
+    finished, load_start, load_end = run.finished, run.load_start, run.load_end
+    seconds = int(max(run.last_outcome, load_end) - load_start) + 1
+    return {
         "window_s": window[1] - window[0],
         "completed_per_s": rate((v[2] for v in finished.values()), *window),
-        "completed_per_s_overall": ratio(len(finished), last_outcome - load_start),
+        "completed_per_s_overall": ratio(len(finished), run.last_outcome - load_start),
         "backlog_at_load_end": sum(1 for v in finished.values() if v[0] < load_end <= v[2])
-        + max(expected - len(finished), 0),
-        "accepted_per_s": rate(collector.created.values(), *window),
+        + max(run.expected - len(finished), 0),
+        "accepted_per_s": rate(run.collector.created.values(), *window),
+        "drain_s": run.drain_s,
+        "kafka_records": run.records,
+        "kafka_records_per_s": run.records / (load_end - load_start + run.drain_s),
+        "records_per_order": ratio(run.records, len(finished)),
+        "wrk": run.wrk,
+        "per_second": {
+            "accepted": per_second(run.collector.created.values(), load_start, seconds),
+            "completed": per_second((v[2] for v in finished.values()), load_start, seconds),
+        },
+    }
+
+
+def latencies(run: Run, window: tuple[float, float]) -> dict[str, Any]:
+    """Request to outcome of the orders created in the steady `window` (and of all), and
+    the time each spent in each stage of the saga."""
+    in_window = {k: v for k, v in run.finished.items() if window[0] <= v[0] < window[1]}
+    latency = [(stamp - made) * 1000 for made, _, stamp, _ in in_window.values()]
+    seen_latency = [(got - made) * 1000 for made, _, _, got in in_window.values()]
+    everything = [(v[2] - v[0]) * 1000 for v in run.finished.values()]
+    return {
         "latency_ms": summarize(latency),
         "seen_latency_ms": summarize(seen_latency),
-        "latency_ms_all_orders": summarize([(v[2] - v[0]) * 1000 for v in finished.values()]),
+        "latency_ms_all_orders": summarize(everything),
         "stages_ms": {
-            stage: summarize(values) for stage, values in collector.stages(in_window).items()
-        },
-        "outcomes": outcomes,
-        "accepted": expected,
-        "unfinished": max(expected - len(finished), 0),
-        "errors": wrk["non_202"] + wrk["socket_errors"],
-        "lost": max(expected - len(finished), 0),
-        "doubled": len(doubled),
-        "doubled_orders": doubled[:20],
-        "services": list(services),
-        "drain_s": drain_s,
-        "kafka_records": records,
-        "kafka_records_per_s": records / (load_end - load_start + drain_s),
-        "records_per_order": ratio(records, len(finished)),
-        "wrk": wrk,
-        "processes": processes,
-        "per_second": {
-            "accepted": per_second(collector.created.values(), load_start, seconds),
-            "completed": per_second((v[2] for v in finished.values()), load_start, seconds),
+            stage: summarize(values) for stage, values in run.collector.stages(in_window).items()
         },
         "latency_definition": (
             "order-created ce_time (stamped in the POST /orders handler) to the outcome "
             "record's Kafka CreateTime (stamped when the order service's relay produces it)"
         ),
     }
-    series = {
-        "load_start": load_start,
-        "load_end": load_end,
-        "window": window,
-        "orders": sorted(finished.values()),
+
+
+def correctness(run: Run) -> dict[str, Any]:
+    """Outcomes by kind; errors, orders lost (accepted, no outcome) and doubled."""
+    outcomes = Counter(outcome for _, outcome, _, _ in run.finished.values())
+    doubled = run.collector.doubled()
+    missing = max(run.expected - len(run.finished), 0)
+    return {
+        "outcomes": dict(outcomes),
+        "accepted": run.expected,
+        "unfinished": missing,
+        "errors": run.wrk["non_202"] + run.wrk["socket_errors"],
+        "lost": missing,
+        "doubled": len(doubled),
+        "doubled_orders": doubled[:20],
     }
-    return summary, series
+
+
+def costs(run: Run, sampler: Sampler, window: tuple[float, float]) -> dict[str, Any]:
+    """Each process's CPU and memory in the steady `window`, and its CPU per order."""
+    processes = cpu_summary(sampler.samples, *window)
+    spent = cpu_seconds(sampler.samples, run.load_start, run.last_outcome, sampler.interval)
+    for name, process in processes.items():
+        if run.finished and name != "system":
+            process["cpu_ms_per_order"] = spent.get(name, 0.0) * 1000 / len(run.finished)
+    return processes

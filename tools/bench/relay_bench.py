@@ -160,6 +160,8 @@ def run(
     timeout: float = 600,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """`rows` unsent outbox rows published by the services' OutboxRelay, beside the same
+    events from a raw producer; the rates, and whether every row went out once."""
     prefix = f"bench-relay-{uuid.uuid4().hex[:8]}-"
     relay_topic, raw_topic = prefix + "orders", prefix + "raw"
     ensure_topics(bootstrap, [relay_topic, raw_topic], partitions=3)
@@ -174,23 +176,9 @@ def run(
                 say(f"relay: {rows} unsent rows in a {backend} outbox ({fill_s:.1f}s to insert)")
                 raw_s = produce_raw(bootstrap, raw_topic, events)
                 say(f"  raw producer: {rows / raw_s:,.0f} events/s")
-                sessions = make_sessions(engine)
-                producer = EventProducer(bootstrap)
-                options = {} if batch_size is None else {"batch_size": batch_size}
-                relay = OutboxRelay(sessions, BenchOutbox, producer, **options)
-                quiet_garbage_collector()  # as a service does once it has started
-                try:
-                    relay_s, calls = drain(relay, timeout)
-                finally:
-                    relay.stop()
-                    producer.close()
+                relay_s, calls = relay_all(engine, bootstrap, batch_size, timeout)
                 say(f"  OutboxRelay: {rows / relay_s:,.0f} events/s ({calls} relay_once calls)")
-                with engine.connect() as connection:
-                    table = BenchOutbox.__table__
-                    unsent = connection.scalar(
-                        select(func.count()).select_from(table).where(table.c.sent_at.is_(None))
-                    )
-                    total = connection.scalar(select(func.count()).select_from(table))
+                unsent, total = outbox_counts(engine)
             finally:
                 engine.dispose()
         published = topic_records(bootstrap, relay_topic)
@@ -223,3 +211,29 @@ def run(
         "verified": not problems,
         "problem": "; ".join(problems) or None,
     }
+
+
+def relay_all(
+    engine: Engine, bootstrap: Bootstrap, batch_size: int | None, timeout: float
+) -> tuple[float, int]:
+    """The services' OutboxRelay over the outbox until it is empty: (seconds, calls)."""
+    producer = EventProducer(bootstrap)
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    relay = OutboxRelay(make_sessions(engine), BenchOutbox, producer, **options)
+    quiet_garbage_collector()  # as a service does once it has started
+    try:
+        return drain(relay, timeout)
+    finally:
+        relay.stop()
+        producer.close()
+
+
+def outbox_counts(engine: Engine) -> tuple[int, int]:
+    """(unsent rows, all rows) of the outbox."""
+    table = BenchOutbox.__table__
+    with engine.connect() as connection:
+        unsent = connection.scalar(
+            select(func.count()).select_from(table).where(table.c.sent_at.is_(None))
+        )
+        total = connection.scalar(select(func.count()).select_from(table))
+    return int(unsent or 0), int(total or 0)

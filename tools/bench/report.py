@@ -478,68 +478,64 @@ def render(result: Mapping[str, Any]) -> str:
 
 
 def _render_e2e(title: str, e2e: Mapping[str, Any]) -> list[str]:
-    out: list[str] = []
-    if e2e:
-        load = e2e["load"]
+    if not e2e:
+        return []
+    load, wrk = e2e["load"], e2e["wrk"]
+    out = [
+        f"{title}: {load['duration_s']:.0f}s, {load['connections']} connections, "
+        f"{load['threads']} wrk thread(s)"
+        + (f", paced to <= {load['rate']:.0f}/s" if load.get("rate") else ", unpaced")
+        + f"; steady window {e2e['window_s']:.1f}s",
+        f"  completed orders/s   {_rate(e2e['completed_per_s'])}  in the steady window; "
+        f"{e2e['completed_per_s_overall'] or 0:.1f}/s from load start to the last outcome",
+        f"  backlog at load end  {e2e['backlog_at_load_end']:9d}  accepted, no outcome yet",
+        f"  accepted requests/s  {_rate(e2e['accepted_per_s'])}  (202s seen on Kafka)",
+        f"  wrk requests/s       {_rate(wrk['requests_per_s'])}  "
+        f"(202/s {wrk['accepted_per_s']:.1f}; non-202 {wrk['non_202']}, "
+        f"socket errors {wrk['socket_errors']})",
+        f"  outcomes             {e2e['outcomes']}",
+    ]
+    out += _render_latency(e2e)
+    out.append(
+        f"  errors {e2e.get('errors', '-')}, lost {e2e.get('lost', e2e['unfinished'])}, "
+        f"doubled {e2e.get('doubled', '-')}  (drain {e2e['drain_s']:.1f}s)"
+    )
+    out.append(
+        f"  kafka records/s      {_rate(e2e['kafka_records_per_s'])}  "
+        f"({e2e['records_per_order']:.2f} per order)"
+        if e2e.get("records_per_order")
+        else f"  kafka records/s      {_rate(e2e.get('kafka_records_per_s'))}"
+    )
+    return out + _render_processes(e2e["processes"])
+
+
+def _render_latency(e2e: Mapping[str, Any]) -> list[str]:
+    lat, http = e2e["latency_ms"], e2e["wrk"]["latency_us"]
+    out = [
+        "  latency (ms)             p50      p95      p99      max",
+        "  request->outcome    "
+        + " ".join(_ms(lat[k]) for k in ("p50", "p95", "p99", "max"))
+        + f"   (n={lat['count']})",
+    ]
+    for number, (stage, values) in enumerate(e2e.get("stages_ms", {}).items(), 1):
         out.append(
-            f"{title}: {load['duration_s']:.0f}s, {load['connections']} connections, "
-            f"{load['threads']} wrk thread(s)"
-            + (f", paced to <= {load['rate']:.0f}/s" if load.get("rate") else ", unpaced")
-            + f"; steady window {e2e['window_s']:.1f}s"
+            f"    stage {number}         "
+            + " ".join(_ms(values[k]) for k in ("p50", "p95", "p99", "max"))
+            + f"   {stage}"
         )
+    wrk = " ".join(_ms(http[k] / 1000) for k in ("p50", "p95", "p99", "max"))
+    out.append("  HTTP (wrk)          " + wrk)
+    return out
+
+
+def _render_processes(processes: Mapping[str, Any]) -> list[str]:
+    out = ["  process        CPU% mean   CPU% max   peak RSS MiB   CPU ms/order (load + drain)"]
+    for name, proc in processes.items():
+        per_order = proc.get("cpu_ms_per_order")
         out.append(
-            f"  completed orders/s   {_rate(e2e['completed_per_s'])}  in the steady window; "
-            f"{e2e['completed_per_s_overall'] or 0:.1f}/s from load start to the last outcome"
+            f"  {name:<14}{proc['cpu_mean']:9.0f}  {proc['cpu_max']:9.0f}  "
+            f"{proc['rss_peak_mib']:12.0f}   " + ("" if per_order is None else f"{per_order:10.2f}")
         )
-        out.append(
-            f"  backlog at load end  {e2e['backlog_at_load_end']:9d}  accepted, no outcome yet"
-        )
-        out.append(f"  accepted requests/s  {_rate(e2e['accepted_per_s'])}  (202s seen on Kafka)")
-        wrk = e2e["wrk"]
-        out.append(
-            f"  wrk requests/s       {_rate(wrk['requests_per_s'])}  "
-            f"(202/s {wrk['accepted_per_s']:.1f}; non-202 {wrk['non_202']}, "
-            f"socket errors {wrk['socket_errors']})"
-        )
-        out.append(f"  outcomes             {e2e['outcomes']}")
-        lat = e2e["latency_ms"]
-        http = wrk["latency_us"]
-        out.append("  latency (ms)             p50      p95      p99      max")
-        out.append(
-            "  request->outcome    "
-            + " ".join(_ms(lat[k]) for k in ("p50", "p95", "p99", "max"))
-            + f"   (n={lat['count']})"
-        )
-        for number, (stage, values) in enumerate(e2e.get("stages_ms", {}).items(), 1):
-            out.append(
-                f"    stage {number}         "
-                + " ".join(_ms(values[k]) for k in ("p50", "p95", "p99", "max"))
-                + f"   {stage}"
-            )
-        out.append(
-            "  HTTP (wrk)          "
-            + " ".join(_ms(http[k] / 1000) for k in ("p50", "p95", "p99", "max"))
-        )
-        out.append(
-            f"  errors {e2e.get('errors', '-')}, lost {e2e.get('lost', e2e['unfinished'])}, "
-            f"doubled {e2e.get('doubled', '-')}  (drain {e2e['drain_s']:.1f}s)"
-        )
-        out.append(
-            f"  kafka records/s      {_rate(e2e['kafka_records_per_s'])}  "
-            f"({e2e['records_per_order']:.2f} per order)"
-            if e2e.get("records_per_order")
-            else f"  kafka records/s      {_rate(e2e.get('kafka_records_per_s'))}"
-        )
-        out.append(
-            "  process        CPU% mean   CPU% max   peak RSS MiB   CPU ms/order (load + drain)"
-        )
-        for name, proc in e2e["processes"].items():
-            per_order = proc.get("cpu_ms_per_order")
-            out.append(
-                f"  {name:<14}{proc['cpu_mean']:9.0f}  {proc['cpu_max']:9.0f}  "
-                f"{proc['rss_peak_mib']:12.0f}   "
-                + ("" if per_order is None else f"{per_order:10.2f}")
-            )
     return out
 
 
@@ -547,67 +543,67 @@ def _render_rest(result: Mapping[str, Any], out: list[str]) -> None:
     for key in ("consumer", "relay", "limits"):
         if result.get(f"{key}_error"):
             out.append(f"{key}: failed: {result[f'{key}_error']}")
-    limits = result.get("limits")
-    if limits:
-        out.append("ceilings")
-        for name, http in limits.get("http", {}).items():
-            lat = http["latency_us"]
-            out.append(
-                f"  HTTP {name:<16} {_rate(http['requests_per_s'])} req/s  "
-                f"p50 {lat['p50'] / 1000:.1f} ms  p99 {lat['p99'] / 1000:.1f} ms"
-            )
-        kafka = limits.get("kafka")
-        if kafka:
-            out.append(
-                f"  Kafka produce+consume {_rate(kafka['roundtrip_per_s'])} msg/s  "
-                f"(produce alone {kafka['produce_per_s']:.0f} msg/s, {kafka['messages']} msgs)"
-            )
-    ratios = result.get("ratios")
-    if ratios:
+    if result.get("limits"):
+        out += _render_limits(result["limits"])
+    if result.get("ratios"):
         out.append("ours against the ceilings")
-        for name, value in ratios.items():
+        for name, value in result["ratios"].items():
             out.append(f"  {name:<44} {_pct(value)}")
-    consumer = result.get("consumer")
-    if consumer:
+    if consumer := result.get("consumer"):
         out.append(f"consumer: inventory's ConsumerWorker, {consumer['events']} events per kind")
         for phase in consumer["phases"]:
             out.append(
                 f"  {phase['name']:<46} {_rate(phase['events_per_s'])} events/s  "
                 f"({phase['us_per_event']:.0f} us/event, {phase['events']} events)"
             )
-    relay = result.get("relay")
-    if relay:
+    if result.get("relay"):
+        out += _render_relay(result["relay"])
+    for service, prof in (result.get("profiles") or {}).items():
+        out += _render_profile(service, prof)
+
+
+def _render_limits(limits: Mapping[str, Any]) -> list[str]:
+    out = ["ceilings"]
+    for name, http in limits.get("http", {}).items():
+        lat = http["latency_us"]
         out.append(
-            f"outbox relay: {relay['rows']} rows on {relay['backend']}, "
-            f"OutboxRelay.relay_once() until none pending, against a raw producer loop"
+            f"  HTTP {name:<16} {_rate(http['requests_per_s'])} req/s  "
+            f"p50 {lat['p50'] / 1000:.1f} ms  p99 {lat['p99'] / 1000:.1f} ms"
         )
+    if kafka := limits.get("kafka"):
         out.append(
-            f"  OutboxRelay          {_rate(relay['relay_per_s'])} events/s  "
-            f"({relay['relay_s']:.2f}s, {relay['batches']} batches)"
+            f"  Kafka produce+consume {_rate(kafka['roundtrip_per_s'])} msg/s  "
+            f"(produce alone {kafka['produce_per_s']:.0f} msg/s, {kafka['messages']} msgs)"
         )
-        out.append(
-            f"  raw producer         {_rate(relay['raw_per_s'])} events/s  "
-            f"({relay['raw_s']:.2f}s); relay/raw {_pct(relay['ratio'])}"
-        )
-        out.append(
-            f"  check: relay topic holds {relay['relay_topic_records']}, "
-            f"unsent rows {relay['unsent_after']}"
-            + (f"; {relay['problem']}" if relay.get("problem") else ": all there")
-        )
-    profiles = result.get("profiles")
-    if profiles:
-        for service, prof in profiles.items():
-            if "roles" not in prof:
-                out.append(f"profile {service}: {prof.get('error')}")
-                continue
-            out.append(f"profile {service}: {prof['samples']} samples (wall clock, per thread)")
-            for role, info in prof["roles"].items():
-                out.append(f"  {role} ({info['threads']} thread(s), {info['samples']} samples)")
-                for kind, share in list(info["categories"].items())[:6]:
-                    out.append(f"    {share * 100:5.1f}%  {kind}")
-            out.append("  not idle, by deepest frame of ours:")
-            for function, share in prof["ours"][:10]:
-                out.append(f"    {share * 100:5.1f}%  {function}")
+    return out
+
+
+def _render_relay(relay: Mapping[str, Any]) -> list[str]:
+    return [
+        f"outbox relay: {relay['rows']} rows on {relay['backend']}, "
+        f"OutboxRelay.relay_once() until none pending, against a raw producer loop",
+        f"  OutboxRelay          {_rate(relay['relay_per_s'])} events/s  "
+        f"({relay['relay_s']:.2f}s, {relay['batches']} batches)",
+        f"  raw producer         {_rate(relay['raw_per_s'])} events/s  "
+        f"({relay['raw_s']:.2f}s); relay/raw {_pct(relay['ratio'])}",
+        f"  check: relay topic holds {relay['relay_topic_records']}, "
+        f"unsent rows {relay['unsent_after']}"
+        + (f"; {relay['problem']}" if relay.get("problem") else ": all there"),
+    ]
+
+
+def _render_profile(service: str, prof: Mapping[str, Any]) -> list[str]:
+    if "roles" not in prof:
+        return [f"profile {service}: {prof.get('error')}"]
+    out = [f"profile {service}: {prof['samples']} samples (wall clock, per thread)"]
+    for role, info in prof["roles"].items():
+        out.append(f"  {role} ({info['threads']} thread(s), {info['samples']} samples)")
+        for kind, share in list(info["categories"].items())[:6]:
+            out.append(f"    {share * 100:5.1f}%  {kind}")
+    out.append("  not idle, by deepest frame of ours:")
+    for function, share in prof["ours"][:10]:
+        out.append(f"    {share * 100:5.1f}%  {function}")
+    return out
 
 
 def write_json(result: Mapping[str, Any], path: Path) -> None:

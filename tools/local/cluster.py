@@ -26,7 +26,6 @@ import shlex
 import shutil
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,8 +44,9 @@ from tools.local.certs import (
     ensure_password,
     ensure_tls,
 )
-from tools.local.kafka import RUN_DIR, LocalBroker, wait_for_broker
+from tools.local.kafka import RUN_DIR, SMALL_MACHINE, LocalBroker, wait_for_broker
 from tools.local.kafka_security import upsert_credentials
+from tools.local.process import SERVER_COMMANDS, server_command
 
 HEAP_MB = 384
 CLIENT_PORT = 19091
@@ -57,7 +57,8 @@ CONTROLLER_PORT = 19291
 CLUSTER_ID = "nodes-cluster-id"
 """In the cluster's home: its id (not the single broker's `cluster-id`, tools/local/kafka.py)."""
 
-NODE_PROPERTIES = """\
+NODE_PROPERTIES = (
+    """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
@@ -98,13 +99,9 @@ transaction.state.log.min.isr={min_isr}
 share.coordinator.state.topic.num.partitions=1
 share.coordinator.state.topic.replication.factor={replication}
 share.coordinator.state.topic.min.isr={min_isr}
-group.initial.rebalance.delay.ms=0
-log.cleaner.dedupe.buffer.size=2097152
-num.network.threads=2
-num.io.threads=2
-broker.heartbeat.interval.ms=1000
-broker.session.timeout.ms=4000
 """
+    + SMALL_MACHINE
+)
 
 
 @dataclass(frozen=True)
@@ -397,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["start", "stop", "kill", "status", "env"])
+    parser.add_argument("command", choices=[*SERVER_COMMANDS, "env"])
     parser.add_argument("principal", nargs="?", default=OBSERVER, help="for env")
     parser.add_argument("--nodes", type=int, default=int(os.environ.get("KAFKA_NODES", "3")))
     parser.add_argument("--node", type=int, help="one node's id")
@@ -407,21 +404,17 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in cluster.client_env(args.principal).items():
             print(f"export {key}={shlex.quote(value)}")
         return 0
-    chosen = [cluster.nodes[args.node]] if args.node else list(cluster.nodes.values())
-    began = time.monotonic()
-    if args.command == "start":
-        if args.node:
-            chosen[0].start()
-        else:
-            cluster.start()
-        print(f"kafka ready at {cluster.bootstrap} in {time.monotonic() - began:.1f}s")
-    elif args.command in ("stop", "kill"):
-        for node in chosen:
-            node.stop() if args.command == "stop" else node.kill()
-    for node in chosen:
-        state = f"pid {node.pid()}" if node.is_running() else "down"
-        print(f"  kafka-{node.node_id}  {node.bootstrap:<16} {state}")
-    return 0
+    if args.node:  # one node, as a server of its own
+        node = cluster.nodes[args.node]
+        return server_command(args.command, node, f"kafka-{args.node} at {node.bootstrap}")
+    if args.command in ("start", "stop"):  # together: a node alone waits for a quorum
+        getattr(cluster, args.command)()
+    command = "kill" if args.command == "kill" else "status"
+    codes = [
+        server_command(command, node, f"kafka-{node_id} at {node.bootstrap}")
+        for node_id, node in cluster.nodes.items()
+    ]
+    return max(codes) if args.command == "status" else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.local.kafka import RUN_DIR
-from tools.local.process import ManagedProcess, port_open
+from tools.local.process import ManagedProcess, RunsAProcess, port_open
 
 CHECK_INTERVAL_MS = 250
 FALL = 2
@@ -127,7 +127,7 @@ def check_config(path: Path) -> str:
     return "" if done.returncode == 0 else (done.stderr or done.stdout)
 
 
-class LocalProxy:
+class LocalProxy(RunsAProcess):
     """One HAProxy process in the foreground of its own session, with a pid file."""
 
     def __init__(self, backends: Sequence[Backend], run_dir: Path = RUN_DIR) -> None:
@@ -141,9 +141,6 @@ class LocalProxy:
             run_dir / "logs" / "haproxy.log",
             marker=(str(self.config_file),),
         )
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def start(self, timeout: float = 10) -> None:
         if self.pid() is not None:

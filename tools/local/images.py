@@ -280,53 +280,65 @@ def build_base(image: Image, refresh: bool) -> bool:
             log = rootfs / "debootstrap" / "debootstrap.log"
             detail = log.read_text(errors="replace")[-3000:] if log.is_file() else done.stderr
             raise RuntimeError(f"debootstrap failed ({done.returncode}):\n{detail}")
-        sources = [f"deb {archive} {SUITE} main", f"deb {archive} {SUITE}-updates main"]
-        if security:
-            sources.append(f"deb {security} {SUITE}-security main")
-        (rootfs / "etc/apt/sources.list").write_text("\n".join(sources) + "\n")
-        (rootfs / "etc/dpkg/dpkg.cfg.d/slim").write_text(SLIM_DPKG)
-        (rootfs / "etc/apt/apt.conf.d/slim").write_text(APT_CONF)
-        for cert in _certificates():
-            shutil.copyfile(cert, rootfs / "usr/local/share/ca-certificates" / cert.name)
-        subprocess.run(
-            ["chroot", str(rootfs), "update-ca-certificates"], check=True, capture_output=True
-        )
-        for pattern in (
-            "var/cache/apt/archives/*.deb",
-            "var/cache/apt/*.bin",
-            "var/lib/apt/lists/*",
-            "var/log/*.log",
-            "var/log/apt/*",
-            "usr/share/man/*",
-            "usr/share/info/*",
-            "usr/share/lintian/*",
-        ):
-            for path in rootfs.glob(pattern):
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        _slim_tree(rootfs / "usr/share/doc", keep="copyright")
-        _slim_tree(rootfs / "usr/share/locale", keep="locale.alias")
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "-C", str(rootfs), "--exclude=./dev/*", "-c", "."],
-            stdout=subprocess.PIPE,
-        )
-        changes = [
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ENV LANG=C.UTF-8",
-            f"LABEL {INPUTS_LABEL}={inputs}",
-            'CMD ["bash"]',
-        ]
-        args = [arg for change in changes for arg in ("--change", change)]
-        imported = subprocess.run(
-            ["docker", "import", *args, "-", image.ref],
-            stdin=tar.stdout,
-            capture_output=True,
-            text=True,
-        )
-        assert tar.stdout is not None
-        tar.stdout.close()
-        if tar.wait() != 0 or imported.returncode != 0:
-            raise RuntimeError(f"docker import of the root filesystem failed:\n{imported.stderr}")
+        _configure_rootfs(rootfs, archive, security)
+        _slim_rootfs(rootfs)
+        _import_rootfs(rootfs, image.ref, inputs)
     return True
+
+
+def _configure_rootfs(rootfs: Path, archive: str, security: str | None) -> None:
+    """Its apt sources, dpkg and apt kept slim, and this machine's CAs trusted."""
+    sources = [f"deb {archive} {SUITE} main", f"deb {archive} {SUITE}-updates main"]
+    if security:
+        sources.append(f"deb {security} {SUITE}-security main")
+    (rootfs / "etc/apt/sources.list").write_text("\n".join(sources) + "\n")
+    (rootfs / "etc/dpkg/dpkg.cfg.d/slim").write_text(SLIM_DPKG)
+    (rootfs / "etc/apt/apt.conf.d/slim").write_text(APT_CONF)
+    for cert in _certificates():
+        shutil.copyfile(cert, rootfs / "usr/local/share/ca-certificates" / cert.name)
+    update = ["chroot", str(rootfs), "update-ca-certificates"]
+    subprocess.run(update, check=True, capture_output=True)
+
+
+def _slim_rootfs(rootfs: Path) -> None:
+    """Without apt's caches and lists, logs, manuals, and docs and locales but their
+    copyrights and aliases."""
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/cache/apt/*.bin",
+        "var/lib/apt/lists/*",
+        "var/log/*.log",
+        "var/log/apt/*",
+        "usr/share/man/*",
+        "usr/share/info/*",
+        "usr/share/lintian/*",
+    ):
+        for path in rootfs.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    _slim_tree(rootfs / "usr/share/doc", keep="copyright")
+    _slim_tree(rootfs / "usr/share/locale", keep="locale.alias")
+
+
+def _import_rootfs(rootfs: Path, ref: str, inputs: str) -> None:
+    """`docker import` of the root filesystem as `ref`, labelled with its `inputs`."""
+    tar = subprocess.Popen(
+        ["tar", "--numeric-owner", "-C", str(rootfs), "--exclude=./dev/*", "-c", "."],
+        stdout=subprocess.PIPE,
+    )
+    changes = [
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ENV LANG=C.UTF-8",
+        f"LABEL {INPUTS_LABEL}={inputs}",
+        'CMD ["bash"]',
+    ]
+    args = [arg for change in changes for arg in ("--change", change)]
+    imported = subprocess.run(
+        ["docker", "import", *args, "-", ref], stdin=tar.stdout, capture_output=True, text=True
+    )
+    assert tar.stdout is not None
+    tar.stdout.close()
+    if tar.wait() != 0 or imported.returncode != 0:
+        raise RuntimeError(f"docker import of the root filesystem failed:\n{imported.stderr}")
 
 
 def _slim_tree(folder: Path, keep: str) -> None:

@@ -27,7 +27,13 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from shared.messaging.connection import Bootstrap, client_config, connection
-from tools.local.process import ManagedProcess, port_open
+from tools.local.process import (
+    SERVER_COMMANDS,
+    ManagedProcess,
+    RunsAProcess,
+    port_open,
+    server_command,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run"
@@ -63,6 +69,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
+"""
+SMALL_MACHINE = """\
 group.initial.rebalance.delay.ms=0
 # The 128 MiB default is allocated at start-up and breaks small heaps.
 log.cleaner.dedupe.buffer.size=2097152
@@ -73,6 +81,9 @@ num.io.threads=2
 broker.heartbeat.interval.ms=1000
 broker.session.timeout.ms=4000
 """
+"""What every local broker sets, alone or in a cluster: sized for a small machine, and
+back within seconds after a crash."""
+SERVER_PROPERTIES += SMALL_MACHINE
 
 
 def ensure_jars() -> Path:
@@ -125,7 +136,7 @@ def java() -> str:
     return str(Path(java_home) / "bin" / "java") if java_home else "java"
 
 
-class LocalBroker:
+class LocalBroker(RunsAProcess):
     """One local Kafka broker process with its own home directory (config, data, log, pid)."""
 
     def __init__(
@@ -151,14 +162,6 @@ class LocalBroker:
         """Its java process: believed only while that runs Kafka on this home's config."""
 
     @property
-    def pid_file(self) -> Path:
-        return self.process.pid_file
-
-    @property
-    def log_file(self) -> Path:
-        return self.process.log_file
-
-    @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
@@ -170,10 +173,6 @@ class LocalBroker:
     @property
     def ports(self) -> tuple[int, ...]:
         return (self.port, self.controller_port)
-
-    def pid(self) -> int | None:
-        """Pid of the live broker process named by the pid file, else None."""
-        return self.process.pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None and port_open("127.0.0.1", self.port)
@@ -262,35 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["fetch", "start", "stop", "kill", "status"])
+    parser.add_argument("command", choices=["fetch", *SERVER_COMMANDS])
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--controller-port", type=int, default=9093)
     parser.add_argument("--home", type=Path, default=RUN_DIR / "kafka")
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args(argv)
-    broker = LocalBroker(args.home, args.port, args.controller_port)
-    began = time.monotonic()
     if args.command == "fetch":
+        began = time.monotonic()
         print(f"jars in {ensure_jars()} ({time.monotonic() - began:.1f}s)")
-    elif args.command == "start":
-        broker.start(args.timeout)
-        print(
-            f"kafka broker ready at {broker.bootstrap} (pid {broker.pid()}) "
-            f"in {time.monotonic() - began:.1f}s"
-        )
-    elif args.command == "stop":
-        broker.stop(args.timeout)
-        print(f"kafka broker on {broker.bootstrap} stopped ({time.monotonic() - began:.1f}s)")
-    elif args.command == "kill":
-        broker.kill()
-        print(f"kafka broker on {broker.bootstrap} killed")
-    else:
-        if broker.is_running():
-            print(f"running: pid {broker.pid()} at {broker.bootstrap}")
-            return 0
-        print(f"not running ({broker.bootstrap})")
-        return 3
-    return 0
+        return 0
+    broker = LocalBroker(args.home, args.port, args.controller_port)
+    where = f"kafka broker at {broker.bootstrap}"
+    return server_command(args.command, broker, where, args.timeout)
 
 
 if __name__ == "__main__":

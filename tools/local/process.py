@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 POLL = 0.05
 """Seconds between two looks at a process or a port."""
@@ -239,6 +240,54 @@ class ManagedProcess:
     def wait_for_port(self, host: str, port: int, timeout: float) -> None:
         """Until the process accepts connections on host:port (see `wait_until`)."""
         self.wait_until(lambda: port_open(host, port), timeout, f"listening on :{port}", POLL)
+
+
+class RunsAProcess:
+    """What a local server shows of its one process (`self.process`): the pid while it
+    runs, the pid file, the log."""
+
+    process: ManagedProcess
+
+    def pid(self) -> int | None:
+        return self.process.pid()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.process.pid_file
+
+    @property
+    def log_file(self) -> Path:
+        return self.process.log_file
+
+
+class LocalServer(Protocol):
+    """What the command line of one local server (the broker, Zipkin) drives."""
+
+    def start(self, timeout: float = ...) -> None: ...
+    def stop(self, timeout: float = ...) -> None: ...
+    def kill(self) -> None: ...
+    def pid(self) -> int | None: ...
+
+
+SERVER_COMMANDS = ("start", "stop", "kill", "status")
+
+
+def server_command(
+    command: str, server: LocalServer, where: str, timeout: float | None = None
+) -> int:
+    """`command` (one of SERVER_COMMANDS) on `server` (`start` and `stop` within
+    `timeout` when given), said in a line with `where` it serves; the exit code: 3 for
+    the status of a server that is down."""
+    began = time.monotonic()
+    if command in ("start", "stop"):
+        action = getattr(server, command)
+        action() if timeout is None else action(timeout)
+    elif command == "kill":
+        server.kill()
+    pid = server.pid()
+    took = f" in {time.monotonic() - began:.1f}s" if command != "status" else ""
+    print(f"{where}: " + (f"running, pid {pid}" if pid else "down") + took)
+    return 3 if command == "status" and pid is None else 0
 
 
 def _signal(pid: int, sig: signal.Signals, group: bool) -> None:

@@ -17,11 +17,11 @@ from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from tools.local.kafka import ROOT, RUN_DIR
-from tools.local.process import ManagedProcess, port_open
+from tools.local.process import ManagedProcess, RunsAProcess, port_open
 
 
 @dataclass
-class ServiceProcess:
+class ServiceProcess(RunsAProcess):
     """One service (or the explorer) as a background process with a pid file and a log."""
 
     name: str
@@ -57,21 +57,10 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def pid_file(self) -> Path:
-        return self.process.pid_file
-
-    @property
-    def log_file(self) -> Path:
-        return self.process.log_file
-
-    @property
     def metrics_dir(self) -> Path:
         """Where its workers keep their metrics, when it runs several (prometheus_client's
         multiprocess mode); emptied at every start."""
         return self.run_dir / "metrics" / self.id
-
-    def pid(self) -> int | None:
-        return self.process.pid()
 
     def environment(self) -> dict[str, str]:
         """What the process starts with: this process's environment (what the user

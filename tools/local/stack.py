@@ -1,12 +1,12 @@
 """The whole stack on this machine: the Kafka cluster, the services of services/registry.py
 and, for `up`, a Zipkin server that receives their traces.
 
-    python -m tools.local.stack up | down | status
-    python -m tools.local.stack kill|start SERVICE|INSTANCE|kafka|kafka-ID
-    python -m tools.local.stack stop|restart SERVICE|INSTANCE
-    python -m tools.local.stack reset-kafka
+    python -m tools.local.stack up | down | status | reset-kafka
+    python -m tools.local.stack kill|stop|start NAME...   a service, an instance (order-2),
+                                                          explorer, kafka or kafka-ID
+    python -m tools.local.stack restart SERVICE|INSTANCE
 
-(`python -m tools.local.stack --help` says what each command does: `COMMANDS` below.)
+(`--help` says what each command does: `COMMANDS` in the code.)
 
 Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
 machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM principal
@@ -544,46 +544,35 @@ def brokers(stack: Stack, name: str) -> list[LocalBroker]:
     return [stack.broker] if name == "kafka" and stack.broker is not None else []
 
 
-def kill(scale: Mapping[str, int], names: list[str]) -> int:
-    stack = local_stack(RUN_DIR, instances=scale)
-    for name in names:
-        for process in brokers(stack, name) or stack.chosen(name):
-            process.kill()
-    return 0
-
-
-def stop(scale: Mapping[str, int], names: list[str]) -> int:
-    stack = local_stack(RUN_DIR, instances=scale)
-    for name in names:
-        if name == "kafka" and stack.cluster is not None:
-            stack.cluster.stop()  # together: a node alone waits for a quorum
-        else:
-            for process in brokers(stack, name) or stack.chosen(name):
-                process.stop()
-    return 0
-
-
-def start(scale: Mapping[str, int], names: list[str]) -> int:
-    stack = local_stack(RUN_DIR, instances=scale)
-    for name in names:
-        if name == "kafka" and stack.cluster is not None:
-            stack.cluster.start()  # together: a node alone waits for a quorum
-        elif kafka := brokers(stack, name):
-            for broker in kafka:
-                broker.start()
-        else:
-            for process in stack.chosen(name):
-                process.start()
+def act(stack: Stack, name: str, action: str) -> None:
+    """`action` (start, stop, kill, restart) on what `name` means. The cluster starts and
+    stops as a whole (a node alone waits for a quorum); a service's process, started, is
+    waited for until it is ready and in rotation."""
+    if name == "kafka" and stack.cluster is not None and action in ("start", "stop"):
+        getattr(stack.cluster, action)()
+    elif action == "restart":
+        stack.restart(name)
+    elif kafka := brokers(stack, name):
+        for broker in kafka:
+            getattr(broker, action)()
+    else:
+        for process in stack.chosen(name):
+            getattr(process, action)()
+            if action == "start":
                 process.wait_ready()
                 stack.wait_in_rotation(process)
-    return 0
 
 
-def restart(scale: Mapping[str, int], names: list[str]) -> int:
-    stack = local_stack(RUN_DIR, instances=scale)
-    for name in names:
-        stack.restart(name)
-    return 0
+def on_names(action: str) -> Callable[[Mapping[str, int], list[str]], int]:
+    """The command that does `action` to each process its names mean."""
+
+    def run(scale: Mapping[str, int], names: list[str]) -> int:
+        stack = local_stack(RUN_DIR, instances=scale)
+        for name in names:
+            act(stack, name, action)
+        return 0
+
+    return run
 
 
 def reset_kafka(scale: Mapping[str, int], names: list[str]) -> int:
@@ -612,11 +601,13 @@ COMMANDS = {
     "up": Command(up, "start what is not running, wait until every /ready is 200"),
     "down": Command(down, "stop everything, free the ports"),
     "status": Command(status, "each process, ready or not; the brokers and partitions"),
-    "kill": Command(kill, "SIGKILL, as a crash would", ANY),
-    "stop": Command(stop, "SIGTERM: drain (a service), then stop", ANY),
-    "start": Command(start, "start, wait until ready and in rotation", ANY),
+    "kill": Command(on_names("kill"), "SIGKILL, as a crash would", ANY),
+    "stop": Command(on_names("stop"), "SIGTERM: drain (a service), then stop", ANY),
+    "start": Command(on_names("start"), "start, wait until ready and in rotation", ANY),
     "restart": Command(
-        restart, "stop, start, back in rotation, one instance at a time", "SERVICE|INSTANCE"
+        on_names("restart"),
+        "stop, start, back in rotation, one instance at a time",
+        "SERVICE|INSTANCE",
     ),
     "reset-kafka": Command(
         reset_kafka,

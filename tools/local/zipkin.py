@@ -18,7 +18,13 @@ from pathlib import Path
 import httpx
 
 from tools.local.kafka import RUN_DIR, java
-from tools.local.process import ManagedProcess, port_open
+from tools.local.process import (
+    SERVER_COMMANDS,
+    ManagedProcess,
+    RunsAProcess,
+    port_open,
+    server_command,
+)
 
 ARTIFACT = "io.zipkin:zipkin-server:3.5.1:jar:exec"
 JAR = "zipkin-server-3.5.1-exec.jar"
@@ -26,7 +32,7 @@ JARS = RUN_DIR / "zipkin"
 """Where the jar is kept: one copy for every server (`make up`'s and the tests')."""
 
 
-class LocalZipkin:
+class LocalZipkin(RunsAProcess):
     """One Zipkin server process with its own home directory (pid file, log)."""
 
     def __init__(self, home: Path = RUN_DIR / "zipkin", port: int = 9411) -> None:
@@ -63,9 +69,6 @@ class LocalZipkin:
                 )
         return jar
 
-    def pid(self) -> int | None:
-        return self.process.pid()
-
     def ready(self) -> bool:
         try:
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
@@ -93,26 +96,21 @@ class LocalZipkin:
     def stop(self, timeout: float = 20) -> None:
         self.process.stop(timeout, ports=[self.port])
 
+    def kill(self) -> None:
+        self.process.kill(ports=[self.port])
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.local.zipkin", description=__doc__)
-    parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
+    parser.add_argument("command", choices=["fetch", *SERVER_COMMANDS])
     parser.add_argument("--port", type=int, default=9411)
     parser.add_argument("--home", type=Path, default=RUN_DIR / "zipkin")
     args = parser.parse_args(argv)
     zipkin = LocalZipkin(args.home, args.port)
     if args.command == "fetch":
         print(zipkin.fetch())
-    elif args.command == "start":
-        zipkin.start()
-        print(f"zipkin ready at {zipkin.url} (pid {zipkin.pid()})")
-    elif args.command == "stop":
-        zipkin.stop()
-    else:
-        running = zipkin.pid() is not None and zipkin.ready()
-        print(f"zipkin {'ready at ' + zipkin.url if running else 'down'}")
-        return 0 if running else 3
-    return 0
+        return 0
+    return server_command(args.command, zipkin, f"zipkin at {zipkin.url}")
 
 
 if __name__ == "__main__":

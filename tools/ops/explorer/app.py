@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
     settings = settings or ExplorerSettings()
     view = ShopView(settings.topic_prefix, max_orders=settings.max_orders)
     observer = Observer(view, settings.kafka(), settings.topic_prefix, tail=settings.tail)
-    redrives = asyncio.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +63,13 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
     app.state.view = view
     app.state.stopping = asyncio.Event()
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _page_routes(app, lambda: not observe or observer.connected.is_set())
+    _api_routes(app, view, settings)
+    return app
+
+
+def _page_routes(app: FastAPI, connected: Callable[[], bool]) -> None:
+    """The page, and the process's liveness and readiness (`connected` to Kafka)."""
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -76,8 +82,13 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
 
     @app.get("/ready")
     def ready() -> JSONResponse:
-        ok = not observe or observer.connected.is_set()
+        ok = connected()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+def _api_routes(app: FastAPI, view: ShopView, settings: ExplorerSettings) -> None:
+    """What the page reads (snapshots, one order, the stream) and its one write."""
+    redrives = asyncio.Lock()
 
     @app.get("/api/snapshot")
     def snapshot() -> Response:
@@ -112,8 +123,6 @@ def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -
             "republished": summary.redriven,
             "skipped": dict(sorted(summary.skipped.items())),
         }
-
-    return app
 
 
 def _redrive(settings: ExplorerSettings, consumer: str) -> RedriveSummary:
