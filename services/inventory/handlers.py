@@ -31,7 +31,8 @@ from services.inventory.events import (
 )
 from services.inventory.models import Order, OrderStatus, Reservation, Stock
 from services.inventory.schemas import StockIn
-from shared.messaging.envelope import Envelope, utcnow
+from shared.clock import utcnow
+from shared.messaging.envelope import Envelope
 from shared.messaging.unit_of_work import Unit
 from shared.runtime.http import NotFound
 from shared.storage.db import insert

@@ -32,8 +32,9 @@ from services.order.models import (
     OrderStatus,
 )
 from services.order.schemas import OrderIn, OrderOut
+from shared.clock import utcnow
 from shared.messaging import tracing
-from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.envelope import Envelope
 from shared.messaging.producer import Delivery
 from shared.messaging.unit_of_work import Unit
 from shared.runtime.http import Conflict, DomainError, NotFound

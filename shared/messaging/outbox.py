@@ -26,8 +26,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, event, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.messaging import parking, tracing
-from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.envelope import Envelope
 from shared.messaging.observe import IGNORED_RELAY, RelayObserver
 from shared.messaging.producer import EventProducer, Placed
 from shared.messaging.recording import Hook, Outcome, Recorder, row_to_envelope

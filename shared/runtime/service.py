@@ -19,10 +19,10 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.messaging import tracing
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
-from shared.messaging.envelope import utcnow
 from shared.messaging.events import Event
 from shared.messaging.health import KafkaHealth, KafkaHealthCheck
 from shared.messaging.outbox import OutboxRelay

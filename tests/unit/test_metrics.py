@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from sqlalchemy import Engine, update
 
-from shared.messaging.envelope import KafkaHeaders, utcnow
+from shared.clock import utcnow
+from shared.messaging.envelope import KafkaHeaders
 from shared.messaging.events import Event
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Placed
