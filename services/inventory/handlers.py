@@ -30,11 +30,10 @@ from services.inventory.events import (
     StockShortage,
 )
 from services.inventory.models import Order, OrderStatus, Reservation, Stock
-from services.inventory.schemas import StockIn
 from shared.clock import utcnow
+from shared.errors import NotFound
 from shared.messaging.envelope import Envelope
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import NotFound
 from shared.storage.db import insert
 
 log = logging.getLogger(__name__)
@@ -156,12 +155,12 @@ def release_stock(unit: Unit, cancellation: OrderCancelled) -> None:
     )
 
 
-def set_stock(unit: Unit, product_id: str, command: StockIn) -> Stock:
+def set_stock(unit: Unit, product_id: str, available: int) -> Stock:
     """Set how many items are available (what is reserved stays reserved)."""
     stock = _lock_stock(unit.session, [product_id]).get(product_id)
     if stock is None:
         raise StockNotFound(product_id)
-    stock.available = command.available
+    stock.available = available
     _record_change(unit, stock)
     return stock
 

@@ -6,9 +6,8 @@ from sqlalchemy import bindparam, select, update
 
 from services.product.events import ProductCreated, StockChanged
 from services.product.models import Product
-from services.product.schemas import ProductIn
+from shared.errors import NotFound
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import NotFound
 
 
 class ProductNotFound(NotFound):
@@ -17,11 +16,11 @@ class ProductNotFound(NotFound):
         self.product_id = product_id
 
 
-def create_product(unit: Unit, command: ProductIn) -> Product:
+def create_product(unit: Unit, name: str, price_cents: int) -> Product:
     product = Product(
         id=str(uuid.uuid4()),
-        name=command.name,
-        price_cents=command.price_cents,
+        name=name,
+        price_cents=price_cents,
         in_stock=False,
         stock_version=0,
     )

@@ -31,12 +31,11 @@ from services.inventory.events import (
 )
 from services.inventory.main import SPEC
 from services.inventory.models import OutboxMessage, Reservation, Stock
-from services.inventory.schemas import StockIn
+from shared.errors import NotFound
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.runtime import http
 from shared.runtime.auth import OPERATOR
-from shared.runtime.http import NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
@@ -75,7 +74,7 @@ def add_product(uow: UnitOfWork, available: int = 0) -> str:
         handlers.register_product(unit, ProductCreated(product_id=product_id))
     if available:
         with uow() as unit:
-            handlers.set_stock(unit, product_id, StockIn(available=available))
+            handlers.set_stock(unit, product_id, available)
     return product_id
 
 
@@ -130,7 +129,7 @@ def stock_events(uow: UnitOfWork, order_id: str) -> list[tuple[str, Any]]:
 def test_product_created_opens_an_empty_stock_row_once(uow: UnitOfWork) -> None:
     product_id = add_product(uow)
     with uow() as unit:
-        handlers.set_stock(unit, product_id, StockIn(available=4))
+        handlers.set_stock(unit, product_id, 4)
     with uow() as unit:
         handlers.register_product(unit, ProductCreated(product_id=product_id))
 
@@ -347,7 +346,7 @@ def test_set_stock_emits_stock_changed_with_increasing_versions(uow: UnitOfWork)
 
     for available in (7, 3, 3):
         with uow() as unit:
-            handlers.set_stock(unit, lamp, StockIn(available=available))
+            handlers.set_stock(unit, lamp, available)
 
     assert emitted(uow, "stock-changed") == [
         ("stock-changes", lamp, {"product_id": lamp, "available": a, "version": v})
@@ -360,7 +359,7 @@ def test_set_stock_leaves_what_is_reserved_reserved(uow: UnitOfWork) -> None:
     place(uow, order((lamp, 2)))
 
     with uow() as unit:
-        handlers.set_stock(unit, lamp, StockIn(available=10))
+        handlers.set_stock(unit, lamp, 10)
 
     assert stock(uow, lamp) == (10, 2)
 
@@ -368,7 +367,7 @@ def test_set_stock_leaves_what_is_reserved_reserved(uow: UnitOfWork) -> None:
 def test_unknown_product_is_not_found_and_carries_its_id(uow: UnitOfWork) -> None:
     unknown = random_id()
     calls: list[Callable[[Unit], Stock]] = [
-        lambda unit: handlers.set_stock(unit, unknown, StockIn(available=1)),
+        lambda unit: handlers.set_stock(unit, unknown, 1),
         lambda unit: handlers.get_stock(unit, unknown),
     ]
     for call in calls:

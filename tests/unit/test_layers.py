@@ -163,3 +163,42 @@ def test_an_arrow_along_the_layers_passes(module: str, source: str, tmp_path: Pa
     (tmp_path / "services" / "order").mkdir(parents=True, exist_ok=True)
 
     assert back_arrows(path, tmp_path) == []
+
+
+EDGE = ("api.py", "main.py", "schemas.py")
+"""A service's HTTP edge: its routes, its app, its HTTP bodies."""
+HTTP = ("fastapi", "starlette", "shared.runtime.http", "shared.runtime.errors")
+"""What speaks HTTP (shared.runtime.auth's dependencies and limits' 429 are for routes)."""
+
+
+def rule_modules() -> list[Path]:
+    """Every module of every service but its HTTP edge: handlers, consumers, events,
+    models and the rest."""
+    return [
+        path
+        for path in sources("services")
+        if service_of(module_name(path, ROOT), ROOT) is not None
+        and path.name not in EDGE
+        and "migrations" not in path.parts
+    ]
+
+
+def test_the_rules_speak_no_http() -> None:
+    """Handlers take and return domain values: no FastAPI, Starlette, HTTP schema or
+    HTTP plumbing; status codes and challenges belong to api.py and shared/runtime/."""
+    modules = rule_modules()
+    assert {path.name for path in modules} >= {"handlers.py", "consumers.py", "tokens.py"}
+    spoken = []
+    for path in modules:
+        lines = set()
+        for line, target in imported(path, ROOT):
+            http = any(within(target, http) for http in HTTP) or target.endswith(".schemas")
+            if http and line not in lines:
+                lines.add(line)
+                spoken.append(f"{path.relative_to(ROOT)}:{line}: imports {target}")
+        text = path.read_text()
+        for word in ("WWW-Authenticate", "status_code", "Retry-After", "HTTPException"):
+            if word in text:
+                spoken.append(f"{path.relative_to(ROOT)}: says {word}")
+
+    assert spoken == [], "\n".join(spoken)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import threading
@@ -11,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import event as sql_event
 from sqlalchemy import func, select, text
 
 from services.order import handlers
@@ -22,6 +25,7 @@ from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import (
     PUBLISHES,
+    Line,
     OrderCancelled,
     OrderConfirmed,
     OrderCreated,
@@ -35,6 +39,7 @@ from services.order.events import (
 )
 from services.order.main import SPEC, create_app
 from services.order.models import (
+    IdempotencyKey,
     KnownProduct,
     KnownUser,
     Order,
@@ -42,7 +47,8 @@ from services.order.models import (
     OrderStatus,
     OutboxMessage,
 )
-from services.order.schemas import LineIn, OrderIn
+from services.order.schemas import LineIn, OrderIn, OrderOut
+from shared.errors import Conflict, NotFound
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.events import Event
@@ -50,8 +56,8 @@ from shared.messaging.outbox import row_to_envelope
 from shared.messaging.router import Received
 from shared.messaging.tracing import Cause
 from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.errors import answer_to
 from shared.runtime.groupcommit import GroupCommit
-from shared.runtime.http import Conflict, NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
@@ -101,13 +107,17 @@ def known(uow: UnitOfWork, products: int = 2) -> tuple[str, list[str]]:
     return user_id, product_ids
 
 
-def command(*lines: tuple[str, int]) -> OrderIn:
-    return OrderIn(items=[LineIn(product_id=p, quantity=q) for p, q in lines])
+def command(*lines: tuple[str, int]) -> list[Line]:
+    return [Line(product_id=p, quantity=q) for p, q in lines]
 
 
-def place(uow: UnitOfWork, user_id: str, body: OrderIn, key: str | None = None) -> dict[str, Any]:
+def place(
+    uow: UnitOfWork, user_id: str, lines: list[Line], key: str | None = None
+) -> dict[str, Any]:
+    """What POST /orders answers (services.order.api) for the order placed."""
     with uow() as unit:
-        return handlers.place_order(unit, body, user_id, key)
+        placed = handlers.place_order(unit, lines, user_id, key)
+    return OrderOut.model_validate(placed).model_dump(mode="json")
 
 
 def pending_order(uow: UnitOfWork) -> str:
@@ -213,9 +223,10 @@ def test_an_order_of_an_unknown_user_is_refused_and_emits_nothing(uow: UnitOfWor
         handlers.place_order(unit, command((lamp, 1)), ghost)
 
     assert caught.value.user_id == ghost
-    assert caught.value.status_code == 401, "the token names no user order knows"
-    assert caught.value.headers is not None
-    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert answer_to(caught.value) == (
+        401,  # the token names no user order knows
+        {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="unknown user"'},
+    )
     assert ghost in caught.value.message
     assert emitted(uow) == []
     assert count(uow, Order) == 0
@@ -231,7 +242,7 @@ def test_an_order_of_unknown_products_is_refused_naming_each_and_emits_nothing(
         handlers.place_order(unit, command((ghosts[1], 1), (lamp, 1), (ghosts[0], 2)), user_id)
 
     assert caught.value.product_ids == ghosts
-    assert caught.value.status_code == 422
+    assert answer_to(caught.value) == (422, None)
     assert all(ghost in caught.value.message for ghost in ghosts)
     assert lamp not in caught.value.message
     assert emitted(uow) == []
@@ -271,6 +282,71 @@ def test_the_replay_answers_the_first_response_even_after_the_order_moved_on(
 
     assert again == first
     assert again["status"] == "PENDING"
+
+
+def test_a_key_stored_by_the_previous_version_replays_its_stored_response(
+    uow: UnitOfWork,
+) -> None:
+    """Before, the key kept the response body itself (OrderOut as JSON, `Z` times) and
+    hashed the request body as OrderIn dumped it: both still answer a replay."""
+    user_id, (lamp, _) = known(uow)
+    stored = {
+        "id": random_id(),
+        "user_id": user_id,
+        "items": [{"product_id": lamp, "quantity": 2}],
+        "status": "PENDING",
+        "reason": None,
+        "created_at": "2025-03-04T05:06:07.089000Z",
+    }
+    body = OrderIn(items=[LineIn(product_id=lamp, quantity=2)])
+    request_hash = hashlib.sha256(
+        orjson.dumps([user_id, body.model_dump()], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    with uow() as unit:
+        unit.session.add(
+            IdempotencyKey(
+                user_id=user_id,
+                key="old-key",
+                request_hash=request_hash,
+                order_id=stored["id"],
+                response=stored,
+            )
+        )
+
+    assert place(uow, user_id, command((lamp, 2)), "old-key") == stored
+    assert count(uow, Order) == 0
+
+
+def statements_of(uow: UnitOfWork, do: Callable[[Any], object]) -> list[str]:
+    """The SQL statements `do(unit)` runs (the unit's own commit and outbox insert aside)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split()[0])
+
+    with uow() as unit:
+        engine = unit.session.connection().engine  # the transaction has begun
+        sql_event.listen(engine, "before_cursor_execute", note)
+        try:
+            do(unit)
+        finally:
+            sql_event.remove(engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_placing_an_order_takes_one_statement_more_with_a_key_than_without(
+    uow: UnitOfWork,
+) -> None:
+    """The hot path of POST /orders: the key's claim keeps the order as placed in the
+    same insert; the user and products are checked, the order and its lines inserted."""
+    user_id, (lamp, desk) = known(uow)
+    lines = command((lamp, 1), (desk, 2))
+
+    plain = statements_of(uow, lambda unit: handlers.place_order(unit, lines, user_id))
+    keyed = statements_of(uow, lambda unit: handlers.place_order(unit, lines, user_id, "k-1"))
+
+    assert plain == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    assert keyed == ["INSERT", *plain]
 
 
 def test_the_same_key_with_another_request_conflicts_and_adds_nothing(uow: UnitOfWork) -> None:

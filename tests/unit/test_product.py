@@ -19,12 +19,12 @@ from services.product.events import PUBLISHES, ProductCreated, StockChanged
 from services.product.main import SPEC
 from services.product.models import OutboxMessage, Product
 from services.product.schemas import ProductIn, ProductOut
+from shared.errors import NotFound
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime import http
 from shared.runtime.auth import OPERATOR
-from shared.runtime.http import NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.service import ServiceSpec
 from tests.unit.signing import ISSUER, Signer, ring
@@ -45,7 +45,7 @@ def emitted(uow: UnitOfWork) -> list[tuple[str, Envelope]]:
 
 def create(uow: UnitOfWork, name: str = "Lamp", price_cents: int = 1999) -> str:
     with uow() as unit:
-        return handlers.create_product(unit, ProductIn(name=name, price_cents=price_cents)).id
+        return handlers.create_product(unit, name, price_cents).id
 
 
 def read(uow: UnitOfWork, product_id: str) -> tuple[bool, int]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope
-from shared.runtime.http import TELEMETRY, TracingMiddleware
+from shared.runtime.middleware import TELEMETRY, TracingMiddleware
 from tools.stack import Stack
 
 pytestmark = pytest.mark.unit

@@ -20,12 +20,13 @@ from services.user.events import (
     Shortage,
 )
 from services.user.main import SPEC
-from services.user.models import Notification, OutboxMessage
+from services.user.models import Notification, OutboxMessage, User
+from services.user.passwords import hash_password
 from services.user.schemas import NotificationOut, UserIn, UserOut
+from shared.errors import Conflict, NotFound
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
-from shared.messaging.unit_of_work import UnitOfWork
-from shared.runtime.http import Conflict, NotFound
+from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
 
@@ -57,10 +58,15 @@ def emitted(uow: UnitOfWork) -> list[tuple[str, Envelope]]:
         return [(row.topic, row_to_envelope(row)) for row in rows]
 
 
+def register_body(unit: Unit, body: UserIn) -> User:
+    """As POST /users does with its body: the schema normalised the e-mail."""
+    return handlers.register_user(unit, body.name, body.email, hash_password(body.password))
+
+
 def register(uow: UnitOfWork, name: str = "Ann", email: str | None = None) -> str:
     with uow() as unit:
-        command = UserIn(name=name, email=email or random_email(), password=PASSWORD)
-        return handlers.register_user(unit, command).id
+        body = UserIn(name=name, email=email or random_email(), password=PASSWORD)
+        return register_body(unit, body).id
 
 
 def notifications(uow: UnitOfWork, user_id: str) -> list[NotificationOut]:
@@ -102,7 +108,7 @@ def test_registering_a_taken_email_is_a_conflict_and_emits_nothing(
     first = register(uow, "Ann", email)
 
     with pytest.raises(handlers.EmailAlreadyRegistered) as caught, uow() as unit:
-        handlers.register_user(unit, UserIn(name="Bob", email=transform(email), password=PASSWORD))
+        register_body(unit, UserIn(name="Bob", email=transform(email), password=PASSWORD))
 
     assert isinstance(caught.value, Conflict)
     assert caught.value.email == email
