@@ -56,7 +56,7 @@ def register_product(unit: Unit, product: ProductCreated) -> None:
 
 
 def reserve_stock(
-    unit: Unit, *orders: OrderCreated, causes: Sequence[Envelope | None] = ()
+    unit: Unit, orders: Sequence[OrderCreated], causes: Sequence[Envelope] = ()
 ) -> None:
     """Hold every line of each new order, or hold nothing of it and report what is short;
     orders are served in the order given, each from what the ones before it left.

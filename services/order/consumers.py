@@ -25,7 +25,7 @@ def on_stock_reserved(
     handlers.file_events(
         unit.session, [(e, a.order_id) for e, a in zip(causes, answers, strict=True)]
     )
-    handlers.confirm_order(unit, *answers, causes=causes)
+    handlers.confirm_order(unit, answers, causes)
 
 
 @events.on

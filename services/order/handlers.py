@@ -237,7 +237,7 @@ def cancel_order(unit: Unit, order_id: str, owner: str | None = None) -> Order:
 
 
 def confirm_order(
-    unit: Unit, *answers: StockReserved, causes: Sequence[Envelope | None] = ()
+    unit: Unit, answers: Sequence[StockReserved], causes: Sequence[Envelope] = ()
 ) -> None:
     """Stock is held: a PENDING order is confirmed. A cancelled one stays cancelled (its
     `order-cancelled` follows `order-created` on one partition, so inventory releases).

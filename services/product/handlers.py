@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy import bindparam, select, update
 
@@ -42,7 +43,7 @@ def list_products(unit: Unit) -> list[Product]:
     return list(unit.session.scalars(select(Product).order_by(Product.created_at, Product.id)))
 
 
-def apply_stock_changed(unit: Unit, *changes: StockChanged) -> None:
+def apply_stock_changed(unit: Unit, changes: Sequence[StockChanged]) -> None:
     """Keep `in_stock` from inventory's events, ignoring any older than what we hold; a run
     of changes is one statement, with the newest change of each product."""
     newest: dict[str, StockChanged] = {}

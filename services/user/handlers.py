@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -73,7 +73,7 @@ def list_notifications(unit: Unit, user_id: str) -> list[Notification]:
     )
 
 
-def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
+def notify_order_confirmed(unit: Unit, confirmed: Sequence[OrderConfirmed]) -> None:
     """One notification per confirmed order, for a whole run of events in one insert."""
     _notify_all(
         unit,
@@ -84,7 +84,7 @@ def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
                 "type": OrderConfirmed.event_type,
                 "message": f"Order {event.order_id} is confirmed.",
             }
-            for event in events
+            for event in confirmed
         ],
     )
 

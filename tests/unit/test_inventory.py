@@ -39,6 +39,7 @@ from shared.runtime.auth import OPERATOR
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
+from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -87,7 +88,7 @@ def order(*lines: tuple[str, int], order_id: str | None = None) -> OrderCreated:
 
 def place(uow: UnitOfWork, created: OrderCreated) -> None:
     with uow() as unit:
-        handlers.reserve_stock(unit, created)
+        handlers.reserve_stock(unit, [created])
 
 
 def cancel(uow: UnitOfWork, order_id: str) -> None:
@@ -510,7 +511,7 @@ def test_a_run_of_orders_delivered_through_the_router_reserves_each_in_turn(
     first, second, third = order((lamp, 2)), order((lamp, 2)), order((lamp, 1))
 
     with uow() as unit:
-        delivered = events.deliver(unit, first, second, third)
+        delivered = deliver(events, unit, first, second, third)
 
     assert stock(uow, lamp) == (0, 3)
     assert [stock_events(uow, o.order_id)[0][0] for o in (first, second, third)] == [

@@ -63,6 +63,7 @@ from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import alembic_config, upgrade
+from tests.helpers import deliver
 from tests.unit.signing import Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -132,7 +133,7 @@ def status(uow: UnitOfWork, order_id: str) -> OrderStatus:
 
 def reserve(uow: UnitOfWork, order_id: str) -> None:
     with uow() as unit:
-        handlers.confirm_order(unit, StockReserved(order_id=order_id, items=[]))
+        handlers.confirm_order(unit, [StockReserved(order_id=order_id, items=[])])
 
 
 def short(uow: UnitOfWork, order_id: str, *shortages: Shortage) -> None:
@@ -446,7 +447,7 @@ def test_the_answer_of_inventory_is_caused_by_and_correlated_with_its_event(
     )
 
     with tracing.consuming(reserved), uow() as unit:
-        handlers.confirm_order(unit, reserved.payload(StockReserved))
+        handlers.confirm_order(unit, [reserved.payload(StockReserved)])
 
     [(_, confirmed)] = emitted(uow, "order-confirmed")
     assert (confirmed.causation_id, confirmed.correlation_id) == (reserved.id, order_id)
@@ -513,7 +514,7 @@ def test_an_answer_for_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
     ghost = random_id()
 
     with pytest.raises(handlers.OrderNotFound) as caught, uow() as unit:
-        handlers.confirm_order(unit, StockReserved(order_id=ghost, items=[]))
+        handlers.confirm_order(unit, [StockReserved(order_id=ghost, items=[])])
 
     assert isinstance(caught.value, NotFound)
     assert caught.value.order_id == ghost
@@ -979,7 +980,8 @@ def test_users_and_products_delivered_through_the_router_are_remembered(uow: Uni
     user_id, product_id = random_id(), random_id()
 
     with uow() as unit:
-        events.deliver(
+        deliver(
+            events,
             unit,
             UserRegistered(user_id=user_id, version=2),
             ProductCreated(product_id=product_id, name="Lamp", version=3),

@@ -27,6 +27,7 @@ from shared.runtime import http
 from shared.runtime.auth import OPERATOR
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.service import ServiceSpec
+from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -58,7 +59,7 @@ def read(uow: UnitOfWork, product_id: str) -> tuple[bool, int]:
 def change(uow: UnitOfWork, product_id: str, available: int, version: int) -> None:
     with uow() as unit:
         handlers.apply_stock_changed(
-            unit, StockChanged(product_id=product_id, available=available, version=version)
+            unit, [StockChanged(product_id=product_id, available=available, version=version)]
         )
 
 
@@ -196,7 +197,8 @@ def test_a_run_of_changes_delivered_through_the_router_keeps_the_newest_version(
     lamp, desk = create(uow), create(uow)
 
     with uow() as unit:
-        events.deliver(
+        deliver(
+            events,
             unit,
             StockChanged(product_id=lamp, available=0, version=2),
             StockChanged(product_id=desk, available=4, version=1),
