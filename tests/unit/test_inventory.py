@@ -1,7 +1,9 @@
-"""The inventory service's handlers against a real SQLite database; no broker, no server."""
+"""The inventory service's handlers against a real database, SQLite and PostgreSQL; no
+broker, no server."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import event as sql_event
+from sqlalchemy import make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from services.inventory import api, handlers
@@ -30,7 +33,7 @@ from services.inventory.events import (
     StockShortage,
 )
 from services.inventory.main import SPEC
-from services.inventory.models import OutboxMessage, Reservation, Stock
+from services.inventory.models import Base, OutboxMessage, Reservation, Stock
 from shared.errors import NotFound
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import Unit, UnitOfWork
@@ -39,6 +42,7 @@ from shared.runtime.auth import OPERATOR
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
+from tests.conftest import service_databases
 from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Signer, ring
 
@@ -49,10 +53,35 @@ def random_id() -> str:
     return str(uuid.uuid4())
 
 
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def migrated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(backend, url) of inventory's schema, migrated once for the module."""
+    folder = tmp_path_factory.mktemp("inventory")
+    with service_databases(request.param, folder, ["inventory"]) as urls:
+        engine = make_engine(urls["inventory"])
+        upgrade(engine, SPEC.migrations)
+        engine.dispose()
+        yield request.param, urls["inventory"]
+
+
 @pytest.fixture
-def uow(tmp_path: Path) -> Iterator[UnitOfWork]:
-    engine = make_engine(f"sqlite:///{tmp_path}/inventory.db")
-    upgrade(engine, SPEC.migrations)
+def uow(migrated: tuple[str, str], tmp_path: Path) -> Iterator[UnitOfWork]:
+    """Inventory's migrated schema, empty, on SQLite (a copy of the file) and on
+    PostgreSQL (its tables truncated)."""
+    backend, url = migrated
+    if backend == "sqlite":
+        copy = tmp_path / "inventory.db"
+        shutil.copyfile(make_url(url).database or "", copy)
+        url = f"sqlite:///{copy}"
+    engine = make_engine(url)
+    if backend == "postgres":
+        tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield UnitOfWork(make_sessions(engine), OutboxMessage, "/services/inventory")
     engine.dispose()
 
@@ -339,6 +368,46 @@ def test_order_created_after_its_cancel_reserves_nothing_and_emits_nothing(
     assert emitted(uow) == before
 
 
+def statements_of(uow: UnitOfWork, do: Callable[[Unit], object]) -> list[str]:
+    """The first word of each SQL statement `do(unit)` runs, in its own transaction."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split()[0])
+
+    with uow() as unit:
+        engine = unit.session.connection().engine  # the transaction has begun
+        sql_event.listen(engine, "before_cursor_execute", note)
+        try:
+            do(unit)
+        finally:
+            sql_event.remove(engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_every_stock_change_takes_the_one_set_based_path(uow: UnitOfWork) -> None:
+    """Reserving a run, releasing an order and setting stock each lock the stock rows
+    with one SELECT and write them back with one UPDATE (a row per product)."""
+    lamp, desk = add_product(uow, 10), add_product(uow, 10)
+    run = [order((lamp, 1), (desk, 2)) for _ in range(4)] + [order((lamp, 99))]
+
+    reserving = statements_of(uow, lambda unit: handlers.reserve_stock(unit, run))
+    releasing = statements_of(
+        uow, lambda unit: handlers.release_stock(unit, OrderCancelled(order_id=run[0].order_id))
+    )
+    setting = statements_of(uow, lambda unit: handlers.set_stock(unit, lamp, 20))
+
+    # claim the run, lock, mark the short one, hold the lines, write both products
+    assert reserving == ["INSERT", "SELECT", "UPDATE", "INSERT", "UPDATE"]
+    # claim (a tombstone if unseen), lock the order, read what it holds, lock, write,
+    # drop its reservations, mark it released
+    assert releasing == ["INSERT", "SELECT", "SELECT", "SELECT", "UPDATE", "DELETE", "UPDATE"]
+    assert setting == ["SELECT", "UPDATE"]
+    assert stock(uow, lamp) == (20, 3) and stock(uow, desk) == (4, 6)
+    versions = [p["version"] for _, key, p in emitted(uow, "stock-changed") if key == lamp]
+    assert versions == [1, 5, 6, 7], "set, a run of four, a release, a set: one each"
+
+
 # Setting stock
 
 
@@ -367,7 +436,7 @@ def test_set_stock_leaves_what_is_reserved_reserved(uow: UnitOfWork) -> None:
 
 def test_unknown_product_is_not_found_and_carries_its_id(uow: UnitOfWork) -> None:
     unknown = random_id()
-    calls: list[Callable[[Unit], Stock]] = [
+    calls: list[Callable[[Unit], object]] = [
         lambda unit: handlers.set_stock(unit, unknown, 1),
         lambda unit: handlers.get_stock(unit, unknown),
     ]
