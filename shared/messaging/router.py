@@ -39,7 +39,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
-from shared.messaging import tracing
+from shared.messaging import spans, tracing
 from shared.messaging.envelope import Envelope
 from shared.messaging.events import Event, is_event
 from shared.messaging.unit_of_work import Unit
@@ -135,7 +135,7 @@ class EventRouter:
                 while j < n and received[j].event.type == route.event_type:
                     j += 1
                 began = clock()
-                with tracing.consuming_batch([item.event for item in received[i:j]]):
+                with spans.consuming_batch([item.event for item in received[i:j]]):
                     route.call(unit, received[i:j])
                 if timed is not None:
                     timed(route.event_type, clock() - began)

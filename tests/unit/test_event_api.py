@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from shared.messaging import tracing
+from shared.messaging import exporters
 from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.events import Event, is_event
 from shared.messaging.outbox import row_to_envelope
@@ -66,7 +66,7 @@ def uow(sqlite_engine: Engine) -> UnitOfWork:
 
 @pytest.fixture(autouse=True)
 def _tracer() -> None:
-    tracing.configure("test")
+    exporters.configure("test")
 
 
 def outbox(uow: UnitOfWork) -> list[tuple[str, str, str, Any]]:

@@ -49,7 +49,7 @@ from services.order.models import (
 )
 from services.order.schemas import LineIn, OrderIn, OrderOut
 from shared.errors import Conflict, NotFound
-from shared.messaging import tracing
+from shared.messaging import exporters, tracing
 from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.events import Event
 from shared.messaging.outbox import row_to_envelope
@@ -77,7 +77,7 @@ def random_id() -> str:
 
 @pytest.fixture(autouse=True)
 def _tracer() -> None:
-    tracing.configure("test")
+    exporters.configure("test")
 
 
 @pytest.fixture
