@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import ORJSONResponse
 
-from services.order import handlers
+from services.order import chain, handlers
 from services.order.events import Line
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
 from shared.runtime import ids
@@ -100,5 +100,5 @@ def cancel_order(order_id: str, caller: Caller, runtime: Runtime) -> OrderOut:
 def order_events(order_id: str, caller: Caller, runtime: Runtime) -> list[OrderEventOut]:
     """The order's events, each after its cause, with their topic, partition and offset."""
     with runtime.uow.read() as unit:
-        found = handlers.order_events(unit, order_id, caller.subject)
+        found = chain.order_events(unit, order_id, caller.subject)
         return [OrderEventOut.model_validate(e) for e in found]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import event as sql_event
 from sqlalchemy import func, select, text
 
-from services.order import handlers
+from services.order import chain, handlers
 from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import (
@@ -617,7 +617,7 @@ def test_another_users_order_is_not_found_to_read_cancel_or_trace(uow: UnitOfWor
     other, _ = known(uow, products=0)
     before = emitted(uow)
 
-    for attempt in (handlers.get_order, handlers.cancel_order, handlers.order_events):
+    for attempt in (handlers.get_order, handlers.cancel_order, chain.order_events):
         with pytest.raises(handlers.OrderNotFound) as caught, uow() as unit:
             attempt(unit, order_id, other)
         assert caught.value.order_id == order_id
@@ -636,7 +636,7 @@ def test_the_owner_cancels_their_own_order(uow: UnitOfWork) -> None:
     with uow() as unit:
         assert handlers.cancel_order(unit, order_id, user_id).status is OrderStatus.CANCELLED
     with uow() as unit:
-        assert handlers.order_events(unit, order_id, user_id) == []
+        assert chain.order_events(unit, order_id, user_id) == []
 
 
 def test_the_same_key_from_another_user_places_that_users_own_order(uow: UnitOfWork) -> None:
@@ -808,12 +808,12 @@ class Ref(BaseModel):
 def record(uow: UnitOfWork, order_id: str, *events: Envelope) -> None:
     for event in events:
         with uow() as unit:
-            handlers.record_event(unit, event, order_id)
+            chain.record_event(unit, event, order_id)
 
 
-def chain(uow: UnitOfWork, order_id: str) -> list[str]:
+def chain_of(uow: UnitOfWork, order_id: str) -> list[str]:
     with uow() as unit:
-        return [e.event_id for e in handlers.order_events(unit, order_id)]
+        return [e.event_id for e in chain.order_events(unit, order_id)]
 
 
 def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWork) -> None:
@@ -823,7 +823,7 @@ def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWor
     record(uow, order_id, created)
 
     with uow() as unit:
-        [row] = handlers.order_events(unit, order_id)
+        [row] = chain.order_events(unit, order_id)
         filed = {c: getattr(row, c) for c in ("event_id", "type", "source", "time")}
         position = (row.topic, row.partition, row.offset, row.causation_id, row.correlation_id)
     assert filed == {
@@ -841,10 +841,10 @@ def test_record_event_is_idempotent(uow: UnitOfWork) -> None:
 
     record(uow, order_id, created, created)
     with uow() as unit:
-        handlers.record_event(unit, created, order_id)
-        handlers.record_event(unit, created, order_id)
+        chain.record_event(unit, created, order_id)
+        chain.record_event(unit, created, order_id)
 
-    assert chain(uow, order_id) == [created.id]
+    assert chain_of(uow, order_id) == [created.id]
     assert count(uow, OrderEvent) == 1
 
 
@@ -858,7 +858,7 @@ def test_order_events_lists_each_event_after_its_cause_even_against_the_clock(
 
     record(uow, order_id, confirmed, reserved, created)
 
-    assert chain(uow, order_id) == [created.id, reserved.id, confirmed.id]
+    assert chain_of(uow, order_id) == [created.id, reserved.id, confirmed.id]
 
 
 def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
@@ -875,7 +875,7 @@ def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
     record(uow, order_id, released, cancelled, confirmed, reserved, created)
     record(uow, other_order.key, other_order)
 
-    assert chain(uow, order_id) == [
+    assert chain_of(uow, order_id) == [
         created.id,
         reserved.id,
         confirmed.id,
@@ -886,11 +886,11 @@ def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
 
 def test_order_events_of_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
     with pytest.raises(handlers.OrderNotFound), uow() as unit:
-        handlers.order_events(unit, random_id())
+        chain.order_events(unit, random_id())
 
 
 def test_an_order_without_events_read_back_has_an_empty_chain(uow: UnitOfWork) -> None:
-    assert chain(uow, pending_order(uow)) == []
+    assert chain_of(uow, pending_order(uow)) == []
 
 
 # The consumer
@@ -955,7 +955,7 @@ def test_inventorys_answers_move_their_orders_and_are_filed_in_their_chains(
         OrderStatus.REJECTED,
     ]
     for order_id, item in zip((confirmed, also_confirmed, rejected), run, strict=True):
-        assert chain(uow, order_id) == [item.event.id]
+        assert chain_of(uow, order_id) == [item.event.id]
     answers = {e.key: e for _, e in emitted(uow) if e.type != "order-created"}
     assert {key: (e.type, e.causation_id) for key, e in answers.items()} == {
         confirmed: ("order-confirmed", run[0].event.id),
@@ -972,7 +972,7 @@ def test_stock_released_is_filed_in_the_chain_of_its_order(uow: UnitOfWork) -> N
     with uow() as unit:
         events.dispatch(unit, [released])
 
-    assert chain(uow, order_id) == [released.event.id]
+    assert chain_of(uow, order_id) == [released.event.id]
     assert status(uow, order_id) is OrderStatus.CANCELLED
 
 
