@@ -65,14 +65,14 @@ def hold_consumer_while(path: str) -> None:
     """Arm `ConsumerWorker` in this process to hold each batch while `path` exists."""
     if not path:
         return
-    process = ConsumerWorker._process_batch
+    process = ConsumerWorker.process_batch
 
     def hold_then_process(self: ConsumerWorker, consumer: Any, batch: Any) -> None:
         while os.path.exists(path) and not self._stop.wait(0.05):
             pass
         process(self, consumer, batch)
 
-    ConsumerWorker._process_batch = hold_then_process  # type: ignore[method-assign]
+    ConsumerWorker.process_batch = hold_then_process  # type: ignore[method-assign]
 
 
 def create_app() -> FastAPI:

@@ -1,5 +1,5 @@
 """Small helpers for tests: polling with a deadline, unique names, reading topics, adding
-up metrics."""
+up metrics, handing events to a router's handlers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from confluent_kafka import Consumer, Message
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.messaging import tracing
 from shared.messaging.connection import Bootstrap, client_config
+from shared.messaging.envelope import Envelope
+from shared.messaging.events import Event
+from shared.messaging.router import EventRouter, Received
+from shared.messaging.unit_of_work import Unit
 from shared.runtime.keys import anchor_text
 
 T = TypeVar("T")
@@ -35,6 +40,34 @@ def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout}s: {last!r}")
         time.sleep(interval)
+
+
+def deliver(
+    router: EventRouter,
+    unit: Unit,
+    *payloads: Event,
+    correlation_id: str | None = None,
+    caused_by: Envelope | None = None,
+) -> list[Envelope]:
+    """Hand `payloads` to their handlers as the consumer hands a claimed run, through
+    `router.dispatch` in `unit`'s transaction, each in a fresh envelope (correlated and
+    caused as given); return the envelopes."""
+    received = [
+        Received(
+            tracing.new_event(
+                payload.event_type,
+                payload.event_key,
+                payload,
+                source="/test",
+                correlation_id=correlation_id,
+                caused_by=caused_by,
+            ),
+            payload,
+        )
+        for payload in payloads
+    ]
+    router.dispatch(unit, received)
+    return [item.event for item in received]
 
 
 def unique(prefix: str = "t") -> str:

@@ -8,7 +8,7 @@ from services.inventory import handlers
 from services.inventory.schemas import StockIn, StockOut
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import OPERATOR_ERRORS, OperatorCaller
-from shared.runtime.http import BODY_ERRORS, errors
+from shared.runtime.errors import BODY_ERRORS, errors
 from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["stock"])
@@ -24,7 +24,7 @@ UNKNOWN_PRODUCT = errors({404: "Inventory has not learned of this product yet"})
 def set_stock(product_id: str, body: StockIn, _: OperatorCaller, runtime: Runtime) -> StockOut:
     """Set how many are available (operators only)."""
     with runtime.uow() as unit:
-        return StockOut.model_validate(handlers.set_stock(unit, product_id, body))
+        return StockOut.model_validate(handlers.set_stock(unit, product_id, body.available))
 
 
 @router.get("/stock/{product_id}", response_model=StockOut, responses=UNKNOWN_PRODUCT)

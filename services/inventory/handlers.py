@@ -1,6 +1,12 @@
 """Inventory's rules. Every handler takes a `Unit`, changes rows through its session and
 emits through its outbox; the caller commits.
 
+Every change of stock takes one path, set-based with SQLAlchemy Core: lock the rows
+involved with one `SELECT ... FOR UPDATE` (`_lock_stock`), change them as plain values
+(`StockLevel`), write them back with one UPDATE per product and emit each product's new
+availability once (`_write_stock`). Reserving a run of orders, releasing one, and setting
+a product's stock all go through it.
+
 Within a handler, locks are taken in one order: the order's row first (by inserting it, or
 with SELECT ... FOR UPDATE), then stock rows in product id order, so two inventory
 processes on one PostgreSQL database never both sell the last item. (The consumer applies
@@ -14,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from services.inventory.events import (
@@ -30,10 +36,10 @@ from services.inventory.events import (
     StockShortage,
 )
 from services.inventory.models import Order, OrderStatus, Reservation, Stock
-from services.inventory.schemas import StockIn
-from shared.messaging.envelope import Envelope, utcnow
+from shared.clock import utcnow
+from shared.errors import NotFound
+from shared.messaging.envelope import Envelope
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import NotFound
 from shared.storage.db import insert
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,7 @@ def register_product(unit: Unit, product: ProductCreated) -> None:
 
 
 def reserve_stock(
-    unit: Unit, *orders: OrderCreated, causes: Sequence[Envelope | None] = ()
+    unit: Unit, orders: Sequence[OrderCreated], causes: Sequence[Envelope] = ()
 ) -> None:
     """Hold every line of each new order, or hold nothing of it and report what is short;
     orders are served in the order given, each from what the ones before it left.
@@ -79,7 +85,7 @@ def reserve_stock(
     if not fresh:
         return
     wanted = {order.order_id: _sum_lines(order.items) for order in fresh}
-    stock = _lock_stock_rows(session, {p for lines in wanted.values() for p in lines})
+    stock = _lock_stock(session, {p for lines in wanted.values() for p in lines})
     short: list[str] = []
     held: list[dict[str, object]] = []
     last_change: dict[str, Envelope | None] = {}
@@ -113,7 +119,9 @@ def reserve_stock(
         )
     if short:
         session.execute(
-            update(Order).where(Order.order_id.in_(short)).values(status=OrderStatus.SHORT)
+            update(Order.__table__)
+            .where(Order.__table__.c.order_id.in_(short))
+            .values(status=OrderStatus.SHORT)
         )
     if held:
         session.execute(insert(session, Reservation), held)
@@ -128,48 +136,52 @@ def release_stock(unit: Unit, cancellation: OrderCancelled) -> None:
     if _claim_order(session, order_id, OrderStatus.CANCELLED):
         log.info("order %s cancelled before it was created here: tombstone kept", order_id)
         return
-    order = session.scalars(
-        select(Order)
-        .where(Order.order_id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    if order.status is not OrderStatus.RESERVED:
-        log.info("order %s holds no stock (%s): nothing to release", order_id, order.status)
-        return
-    reservations = session.scalars(
-        select(Reservation).where(Reservation.order_id == order_id)
-    ).all()
-    held = {r.product_id: r.quantity for r in reservations}
-    stocks = _lock_stock(session, held)
-    for product_id, quantity in sorted(held.items()):
-        stock = stocks[product_id]
-        stock.reserved -= quantity
-        stock.available += quantity
-        _record_change(unit, stock)
-    for reservation in reservations:
-        session.delete(reservation)
-    order.status = OrderStatus.RELEASED
-    unit.outbox.emit(
-        StockReleased(order_id=order_id, items=_lines(held)),
+    orders, reservations = Order.__table__.c, Reservation.__table__.c
+    status = session.scalar(
+        select(orders.status).where(orders.order_id == order_id).with_for_update()
     )
+    if status is not OrderStatus.RESERVED:
+        log.info("order %s holds no stock (%s): nothing to release", order_id, status)
+        return
+    held: dict[str, int] = dict(
+        session.execute(
+            select(reservations.product_id, reservations.quantity).where(
+                reservations.order_id == order_id
+            )
+        ).all()
+    )
+    stock = _lock_stock(session, held)
+    for product_id, quantity in held.items():
+        row = stock[product_id]
+        row.reserved -= quantity
+        row.available += quantity
+        row.version += 1
+    _write_stock(unit, [stock[p] for p in sorted(held)], {})
+    session.execute(delete(Reservation.__table__).where(reservations.order_id == order_id))
+    session.execute(
+        update(Order.__table__)
+        .where(orders.order_id == order_id)
+        .values(status=OrderStatus.RELEASED)
+    )
+    unit.outbox.emit(StockReleased(order_id=order_id, items=_lines(held)))
 
 
-def set_stock(unit: Unit, product_id: str, command: StockIn) -> Stock:
+def set_stock(unit: Unit, product_id: str, available: int) -> StockLevel:
     """Set how many items are available (what is reserved stays reserved)."""
-    stock = _lock_stock(unit.session, [product_id]).get(product_id)
-    if stock is None:
+    row = _lock_stock(unit.session, [product_id]).get(product_id)
+    if row is None:
         raise StockNotFound(product_id)
-    stock.available = command.available
-    _record_change(unit, stock)
-    return stock
+    row.available = available
+    row.version += 1
+    _write_stock(unit, [row], {})
+    return row
 
 
-def get_stock(unit: Unit, product_id: str) -> Stock:
-    stock = unit.session.get(Stock, product_id)
-    if stock is None:
+def get_stock(unit: Unit, product_id: str) -> StockLevel:
+    row = _stock(unit.session, [product_id]).get(product_id)
+    if row is None:
         raise StockNotFound(product_id)
-    return stock
+    return row
 
 
 def _claim_order(session: Session, order_id: str, status: OrderStatus) -> bool:
@@ -195,24 +207,38 @@ def _claim_orders(session: Session, order_ids: list[str], status: OrderStatus) -
 
 
 @dataclass(slots=True)
-class _StockRow:
+class StockLevel:
+    """A product's stock as plain values: free to reserve, reserved by orders, and the
+    version its `stock-changed` events carry."""
+
     product_id: str
     available: int
     reserved: int
     version: int
 
 
-def _lock_stock_rows(session: Session, product_ids: Iterable[str]) -> dict[str, _StockRow]:
-    """The stock rows of `product_ids` that exist, as plain values, locked FOR UPDATE in
-    product id order."""
+def _stock(session: Session, product_ids: Iterable[str]) -> dict[str, StockLevel]:
+    """The stock rows of `product_ids` that exist, by product id."""
+    return _read_stock(session, product_ids, lock=False)
+
+
+def _lock_stock(session: Session, product_ids: Iterable[str]) -> dict[str, StockLevel]:
+    """The stock rows of `product_ids` that exist, locked FOR UPDATE in product id order
+    (the order every handler locks them in)."""
+    return _read_stock(session, product_ids, lock=True)
+
+
+def _read_stock(
+    session: Session, product_ids: Iterable[str], *, lock: bool
+) -> dict[str, StockLevel]:
     c = Stock.__table__.c
-    rows = session.execute(
+    query = (
         select(c.product_id, c.available, c.reserved, c.version)
         .where(c.product_id.in_(sorted(set(product_ids))))
         .order_by(c.product_id)
-        .with_for_update()
     )
-    return {row.product_id: _StockRow(*row) for row in rows}
+    rows = session.execute(query.with_for_update() if lock else query)
+    return {row.product_id: StockLevel(*row) for row in rows}
 
 
 _SET_STOCK = (
@@ -227,8 +253,11 @@ _SET_STOCK = (
 )
 
 
-def _write_stock(unit: Unit, rows: list[_StockRow], causes: dict[str, Envelope | None]) -> None:
-    """Write locked stock rows back in one statement, and emit each one's availability."""
+def _write_stock(unit: Unit, rows: list[StockLevel], causes: dict[str, Envelope | None]) -> None:
+    """Write locked stock rows back in one statement, and emit each one's availability,
+    caused by `causes[product_id]` (else by what is being handled)."""
+    if not rows:
+        return
     now = utcnow()
     unit.session.connection().execute(
         _SET_STOCK,
@@ -248,26 +277,6 @@ def _write_stock(unit: Unit, rows: list[_StockRow], causes: dict[str, Envelope |
             StockChanged(product_id=row.product_id, available=row.available, version=row.version),
             caused_by=causes.get(row.product_id),
         )
-
-
-def _lock_stock(session: Session, product_ids: Iterable[str]) -> dict[str, Stock]:
-    """The stock rows of `product_ids` that exist, locked FOR UPDATE in product id order."""
-    rows = session.scalars(
-        select(Stock)
-        .where(Stock.product_id.in_(sorted(set(product_ids))))
-        .order_by(Stock.product_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    return {stock.product_id: stock for stock in rows}
-
-
-def _record_change(unit: Unit, stock: Stock) -> None:
-    """Bump the row's version and emit its new availability."""
-    stock.version += 1
-    unit.outbox.emit(
-        StockChanged(product_id=stock.product_id, available=stock.available, version=stock.version),
-    )
 
 
 def _sum_lines(lines: Iterable[OrderLine]) -> dict[str, int]:

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, DateTime, Enum, ForeignKey, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.messaging.envelope import utcnow
+from shared.clock import utcnow
 from shared.storage.tables import shared_tables
 
 

@@ -5,12 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import ORJSONResponse
 
-from services.order import handlers
+from services.order import chain, handlers
+from services.order.events import Line
 from services.order.schemas import OrderEventOut, OrderIn, OrderOut
 from shared.runtime import ids
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import AUTH_ERRORS, Caller
-from shared.runtime.http import BODY_ERRORS, Error, Responses, ValidationErrors, errors
+from shared.runtime.errors import BODY_ERRORS, Error, Responses, ValidationErrors, errors
 from shared.runtime.limits import LIMIT_ERRORS, client_address, enforce
 from shared.runtime.service import ServiceRuntime
 
@@ -58,10 +59,11 @@ async def place_order(
     """Accept an order of the signed-in user: it is PENDING until inventory answers. Orders
     that arrive together are committed together, and each is answered after that commit."""
     enforce((runtime.per_address, client_address(request)), (runtime.per_subject, caller.subject))
-    response = await runtime.writes.submit(
-        lambda unit: handlers.place_order(unit, body, caller.subject, key)
+    lines = [Line(product_id=item.product_id, quantity=item.quantity) for item in body.items]
+    placed = await runtime.writes.submit(
+        lambda unit: handlers.place_order(unit, lines, caller.subject, key)
     )
-    return ORJSONResponse(response, status_code=202)
+    return ORJSONResponse(OrderOut.model_validate(placed).model_dump(mode="json"), status_code=202)
 
 
 @router.get("/orders", response_model=list[OrderOut], responses=AUTH_ERRORS)
@@ -98,5 +100,5 @@ def cancel_order(order_id: str, caller: Caller, runtime: Runtime) -> OrderOut:
 def order_events(order_id: str, caller: Caller, runtime: Runtime) -> list[OrderEventOut]:
     """The order's events, each after its cause, with their topic, partition and offset."""
     with runtime.uow.read() as unit:
-        found = handlers.order_events(unit, order_id, caller.subject)
+        found = chain.order_events(unit, order_id, caller.subject)
         return [OrderEventOut.model_validate(e) for e in found]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.order import handlers
+from services.order import chain, handlers
 from services.order.events import StockReleased, StockReserved, StockShortage
 from shared.messaging.envelope import Envelope
 from shared.messaging.router import EventRouter
@@ -22,18 +22,16 @@ events.on(handlers.remember_product)
 def on_stock_reserved(
     unit: Unit, answers: Sequence[StockReserved], causes: Sequence[Envelope]
 ) -> None:
-    handlers.file_events(
-        unit.session, [(e, a.order_id) for e, a in zip(causes, answers, strict=True)]
-    )
-    handlers.confirm_order(unit, *answers, causes=causes)
+    chain.file_events(unit.session, [(e, a.order_id) for e, a in zip(causes, answers, strict=True)])
+    handlers.confirm_order(unit, answers, causes)
 
 
 @events.on
 def on_stock_shortage(unit: Unit, event: Envelope, shortage: StockShortage) -> None:
-    handlers.record_event(unit, event, shortage.order_id)
+    chain.record_event(unit, event, shortage.order_id)
     handlers.reject_order(unit, shortage)
 
 
 @events.on
 def on_stock_released(unit: Unit, event: Envelope, released: StockReleased) -> None:
-    handlers.record_event(unit, event, released.order_id)
+    chain.record_event(unit, event, released.order_id)

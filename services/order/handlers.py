@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from services.order.events import (
     Line,
@@ -27,16 +28,14 @@ from services.order.models import (
     KnownProduct,
     KnownUser,
     Order,
-    OrderEvent,
     OrderLine,
     OrderStatus,
 )
-from services.order.schemas import OrderIn, OrderOut
+from shared.clock import utcnow
+from shared.errors import Conflict, Invalid, NotAuthenticated, NotFound
 from shared.messaging import tracing
-from shared.messaging.envelope import Envelope, utcnow
-from shared.messaging.producer import Delivery
+from shared.messaging.envelope import Envelope
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import Conflict, DomainError, NotFound
 from shared.storage.db import insert
 
 
@@ -46,20 +45,15 @@ class OrderNotFound(NotFound):
         self.order_id = order_id
 
 
-class UnknownUser(DomainError):
+class UnknownUser(NotAuthenticated):
     """The token's subject is no user this service has learnt of (yet)."""
 
-    status_code = 401
-    headers = {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="unknown user"'}
-
     def __init__(self, user_id: str) -> None:
-        super().__init__(f"unknown user {user_id}")
+        super().__init__(f"unknown user {user_id}", credential_problem="unknown user")
         self.user_id = user_id
 
 
-class UnknownProducts(DomainError):
-    status_code = 422
-
+class UnknownProducts(Invalid):
     def __init__(self, product_ids: list[str]) -> None:
         super().__init__(f"unknown product(s): {', '.join(product_ids)}")
         self.product_ids = product_ids
@@ -77,22 +71,63 @@ class OrderNotCancellable(Conflict):
         self.order_id = order_id
 
 
-def place_order(
-    unit: Unit, command: OrderIn, user_id: str, idempotency_key: str | None = None
-) -> dict[str, Any]:
-    """Record a PENDING order of `user_id` and emit `order-created`; return the response.
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """An order as it was placed: what placing it answers, and answers again to a replay
+    of the same request."""
 
-    With an idempotency key, the user's key is claimed first (insert-first): a replay of
-    the same request gets the first response and creates nothing; the same key with
-    another request conflicts. Each user has a key space of their own, so another user's
-    key is no concern of theirs. Core statements only: this runs once per order under
-    load."""
+    id: str
+    user_id: str
+    lines: tuple[Line, ...]
+    status: OrderStatus
+    reason: str | None
+    created_at: datetime
+
+    def snapshot(self) -> dict[str, Any]:
+        """As its idempotency key keeps it (JSON)."""
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "items": _items(self.lines),
+            "status": self.status.value,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    @classmethod
+    def from_snapshot(cls, kept: dict[str, Any]) -> PlacedOrder:
+        return cls(
+            id=kept["id"],
+            user_id=kept["user_id"],
+            lines=tuple(Line.model_validate(item) for item in kept["items"]),
+            status=OrderStatus(kept["status"]),
+            reason=kept["reason"],
+            created_at=datetime.fromisoformat(kept["created_at"]),
+        )
+
+
+def place_order(
+    unit: Unit, lines: Sequence[Line], user_id: str, idempotency_key: str | None = None
+) -> PlacedOrder:
+    """Record a PENDING order of `user_id` for `lines` and emit `order-created`.
+
+    With an idempotency key, the user's key is claimed first (insert-first), keeping the
+    order as placed: a replay of the same request gets that first order back and creates
+    nothing; the same key with another request conflicts. Each user has a key space of
+    their own, so another user's key is no concern of theirs. Core statements only: this
+    runs once per order under load."""
     session = unit.session
-    order_id = str(uuid.uuid4())
-    request_hash = ""
+    placed = PlacedOrder(
+        id=str(uuid.uuid4()),
+        user_id=user_id,
+        lines=tuple(lines),
+        status=OrderStatus.PENDING,
+        reason=None,
+        created_at=utcnow(),
+    )
     if idempotency_key is not None:
         request_hash = hashlib.sha256(
-            orjson.dumps([user_id, command.model_dump()], option=orjson.OPT_SORT_KEYS)
+            orjson.dumps([user_id, {"items": _items(lines)}], option=orjson.OPT_SORT_KEYS)
         ).hexdigest()
         claimed = session.execute(
             insert(session, _KEYS)
@@ -100,7 +135,8 @@ def place_order(
                 user_id=user_id,
                 key=idempotency_key,
                 request_hash=request_hash,
-                order_id=order_id,
+                order_id=placed.id,
+                response=placed.snapshot(),
             )
             .on_conflict_do_nothing()
             .returning(_KEYS.c.key)
@@ -113,60 +149,50 @@ def place_order(
             ).first()
             if first is None or first.request_hash != request_hash or first.response is None:
                 raise IdempotencyKeyReused(idempotency_key)
-            return dict(first.response)
+            return PlacedOrder.from_snapshot(first.response)
 
-    _check_known(unit, command, user_id)
-    now = utcnow()
+    _check_known(unit, lines, user_id)
     created = unit.outbox.emit(
-        OrderCreated(
-            order_id=order_id,
-            user_id=user_id,
-            items=[Line(product_id=i.product_id, quantity=i.quantity) for i in command.items],
-        ),
-        correlation_id=order_id,
+        OrderCreated(order_id=placed.id, user_id=user_id, items=list(placed.lines)),
+        correlation_id=placed.id,
     )
     session.execute(
         insert(session, Order.__table__).values(
-            id=order_id,
+            id=placed.id,
             user_id=user_id,
-            status=OrderStatus.PENDING,
+            status=placed.status,
             traceparent=created.traceparent,
-            created_at=now,
-            updated_at=now,
+            created_at=placed.created_at,
+            updated_at=placed.created_at,
         )
     )
-    lines = [
-        {"order_id": order_id, "line_no": n, "product_id": i.product_id, "quantity": i.quantity}
-        for n, i in enumerate(command.items)
-    ]
-    session.execute(insert(session, OrderLine.__table__), lines)
-    response = OrderOut.model_validate(
-        {
-            "id": order_id,
-            "user_id": user_id,
-            "lines": lines,
-            "status": OrderStatus.PENDING,
-            "reason": None,
-            "created_at": now,
-        }
-    ).model_dump(mode="json")
-    if idempotency_key is not None:
-        session.execute(
-            update(_KEYS)
-            .where(_KEYS.c.user_id == user_id, _KEYS.c.key == idempotency_key)
-            .values(response=response)
-        )
-    return response
+    session.execute(
+        insert(session, OrderLine.__table__),
+        [
+            {
+                "order_id": placed.id,
+                "line_no": n,
+                "product_id": i.product_id,
+                "quantity": i.quantity,
+            }
+            for n, i in enumerate(placed.lines)
+        ],
+    )
+    return placed
 
 
 _KEYS = IdempotencyKey.__table__
 
 
-def _check_known(unit: Unit, command: OrderIn, user_id: str) -> None:
+def _items(lines: Iterable[Line]) -> list[dict[str, Any]]:
+    return [{"product_id": line.product_id, "quantity": line.quantity} for line in lines]
+
+
+def _check_known(unit: Unit, lines: Sequence[Line], user_id: str) -> None:
     session = unit.session
     if session.scalar(select(KnownUser.id).where(KnownUser.id == user_id)) is None:
         raise UnknownUser(user_id)
-    wanted = {line.product_id for line in command.items}
+    wanted = {line.product_id for line in lines}
     known = set(session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
     if missing := sorted(wanted - known):
         raise UnknownProducts(missing)
@@ -208,7 +234,7 @@ def cancel_order(unit: Unit, order_id: str, owner: str | None = None) -> Order:
 
 
 def confirm_order(
-    unit: Unit, *answers: StockReserved, causes: Sequence[Envelope | None] = ()
+    unit: Unit, answers: Sequence[StockReserved], causes: Sequence[Envelope] = ()
 ) -> None:
     """Stock is held: a PENDING order is confirmed. A cancelled one stays cancelled (its
     `order-cancelled` follows `order-created` on one partition, so inventory releases).
@@ -309,65 +335,3 @@ def _upsert_newer(
             where=table.c.version < statement.excluded.version,
         )
     )
-
-
-def record_event(unit: Unit, event: Envelope, order_id: str) -> None:
-    """File an event of the order's saga, with where it sits on Kafka."""
-    file_events(unit.session, [(event, order_id)])
-
-
-def file_published(session: Session, deliveries: list[Delivery]) -> None:
-    """The outbox relay's hook: file this service's own events (all keyed by order id) with
-    the place the broker acknowledged, without consuming them back."""
-    file_events(
-        session,
-        [(d.event.at(d.topic, d.partition or 0, d.offset or 0), d.event.key) for d in deliveries],
-    )
-
-
-def file_events(session: Session, events: list[tuple[Envelope, str]]) -> None:
-    """File events in one statement; one already filed is left as it is."""
-    if not events:
-        return
-    session.execute(
-        insert(session, OrderEvent.__table__).on_conflict_do_nothing(),
-        [
-            {
-                "event_id": event.id,
-                "order_id": order_id,
-                "type": event.type,
-                "source": event.source,
-                "time": event.time,
-                "correlation_id": event.correlation_id,
-                "causation_id": event.causation_id,
-                "traceparent": event.traceparent,
-                "topic": event.topic,
-                "partition": event.partition,
-                "offset": event.offset,
-            }
-            for event, order_id in events
-        ],
-    )
-
-
-def order_events(unit: Unit, order_id: str, owner: str | None = None) -> list[OrderEvent]:
-    """The order's events in causal order: each after the event that caused it."""
-    get_order(unit, order_id, owner)
-    events = list(
-        unit.session.scalars(
-            select(OrderEvent)
-            .where(OrderEvent.order_id == order_id)
-            .order_by(OrderEvent.time, OrderEvent.topic, OrderEvent.partition, OrderEvent.offset)
-        )
-    )
-    ids = {e.event_id for e in events}
-    children: dict[str | None, list[OrderEvent]] = {}
-    for e in events:
-        children.setdefault(e.causation_id if e.causation_id in ids else None, []).append(e)
-    ordered: list[OrderEvent] = []
-    stack = list(reversed(children.get(None, [])))
-    while stack:
-        event = stack.pop()
-        ordered.append(event)
-        stack.extend(reversed(children.get(event.event_id, [])))
-    return ordered

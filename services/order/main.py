@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.order import api, handlers
+from services.order import api, chain
 from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import PUBLISHES
@@ -21,7 +21,7 @@ SPEC = ServiceSpec(
     publishes=PUBLISHES,
     tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
-    on_published=handlers.file_published,
+    on_published=chain.file_published,
 )
 
 

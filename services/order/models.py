@@ -8,7 +8,7 @@ from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.messaging.envelope import utcnow
+from shared.clock import utcnow
 from shared.storage.db import UtcDateTime
 from shared.storage.tables import shared_tables
 

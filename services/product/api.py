@@ -8,7 +8,7 @@ from services.product import handlers
 from services.product.schemas import ProductIn, ProductOut
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import OPERATOR_ERRORS, OperatorCaller
-from shared.runtime.http import BODY_ERRORS, errors
+from shared.runtime.errors import BODY_ERRORS, errors
 from shared.runtime.service import ServiceRuntime
 
 router = APIRouter(tags=["products"])
@@ -24,7 +24,7 @@ Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 def create_product(body: ProductIn, _: OperatorCaller, runtime: Runtime) -> ProductOut:
     """Add a product to the catalogue (operators only)."""
     with runtime.uow() as unit:
-        return ProductOut.model_validate(handlers.create_product(unit, body))
+        return ProductOut.model_validate(handlers.create_product(unit, body.name, body.price_cents))
 
 
 @router.get("/products", response_model=list[ProductOut])

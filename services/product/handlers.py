@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy import bindparam, select, update
 
 from services.product.events import ProductCreated, StockChanged
 from services.product.models import Product
-from services.product.schemas import ProductIn
+from shared.errors import NotFound
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import NotFound
 
 
 class ProductNotFound(NotFound):
@@ -17,11 +17,11 @@ class ProductNotFound(NotFound):
         self.product_id = product_id
 
 
-def create_product(unit: Unit, command: ProductIn) -> Product:
+def create_product(unit: Unit, name: str, price_cents: int) -> Product:
     product = Product(
         id=str(uuid.uuid4()),
-        name=command.name,
-        price_cents=command.price_cents,
+        name=name,
+        price_cents=price_cents,
         in_stock=False,
         stock_version=0,
     )
@@ -43,7 +43,7 @@ def list_products(unit: Unit) -> list[Product]:
     return list(unit.session.scalars(select(Product).order_by(Product.created_at, Product.id)))
 
 
-def apply_stock_changed(unit: Unit, *changes: StockChanged) -> None:
+def apply_stock_changed(unit: Unit, changes: Sequence[StockChanged]) -> None:
     """Keep `in_stock` from inventory's events, ignoring any older than what we hold; a run
     of changes is one statement, with the newest change of each product."""
     newest: dict[str, StockChanged] = {}

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.messaging.envelope import utcnow
+from shared.clock import utcnow
 from shared.storage.db import UtcDateTime
 from shared.storage.tables import shared_tables
 

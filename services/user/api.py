@@ -11,7 +11,7 @@ from services.user.config import UserSettings
 from services.user.schemas import NotificationOut, TokenOut, UserIn, UserOut
 from shared.runtime.app import get_runtime
 from shared.runtime.auth import AUTH_ERRORS, OPERATOR_ERRORS, Caller, OperatorCaller
-from shared.runtime.http import BODY_ERRORS, errors
+from shared.runtime.errors import BODY_ERRORS, errors
 from shared.runtime.limits import LIMIT_ERRORS, RateLimiter, client_address, digest, enforce
 from shared.runtime.service import ServiceRuntime
 
@@ -46,7 +46,9 @@ def register_user(body: UserIn, request: Request, runtime: Runtime) -> UserOut:
     # hashed before the transaction: on SQLite it would hold the one write lock meanwhile
     password_hash = passwords.hash_password(body.password)
     with runtime.uow() as unit:
-        return UserOut.model_validate(handlers.register_user(unit, body, password_hash))
+        return UserOut.model_validate(
+            handlers.register_user(unit, body.name, body.email, password_hash)
+        )
 
 
 class SignInForm(OAuth2PasswordRequestForm):

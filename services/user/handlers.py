@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -15,10 +15,8 @@ from services.user.events import (
     UserRegistered,
 )
 from services.user.models import Notification, User
-from services.user.passwords import hash_password
-from services.user.schemas import UserIn
+from shared.errors import Conflict, NotFound
 from shared.messaging.unit_of_work import Unit
-from shared.runtime.http import Conflict, NotFound
 from shared.storage.db import insert
 
 log = logging.getLogger(__name__)
@@ -36,20 +34,16 @@ class EmailAlreadyRegistered(Conflict):
         self.email = email
 
 
-def register_user(unit: Unit, command: UserIn, password_hash: str | None = None) -> User:
+def register_user(unit: Unit, name: str, email: str, password_hash: str) -> User:
     """Register a user; the unique key on email, not a prior lookup, rejects a second one.
-    `password_hash`: the password's, made before the transaction (else made here)."""
-    user = User(
-        id=str(uuid.uuid4()),
-        name=command.name,
-        email=command.email,
-        password_hash=password_hash or hash_password(command.password),
-    )
+    `email` is normalised already (lower case); `password_hash` is the password's hash
+    (services.user.passwords), made before the transaction: hashing takes a while."""
+    user = User(id=str(uuid.uuid4()), name=name, email=email, password_hash=password_hash)
     try:
         with unit.session.begin_nested():
             unit.session.add(user)
     except IntegrityError as exc:
-        raise EmailAlreadyRegistered(command.email) from exc
+        raise EmailAlreadyRegistered(email) from exc
     unit.outbox.emit(
         UserRegistered(user_id=user.id, name=user.name, email=user.email),
     )
@@ -79,7 +73,7 @@ def list_notifications(unit: Unit, user_id: str) -> list[Notification]:
     )
 
 
-def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
+def notify_order_confirmed(unit: Unit, confirmed: Sequence[OrderConfirmed]) -> None:
     """One notification per confirmed order, for a whole run of events in one insert."""
     _notify_all(
         unit,
@@ -90,7 +84,7 @@ def notify_order_confirmed(unit: Unit, *events: OrderConfirmed) -> None:
                 "type": OrderConfirmed.event_type,
                 "message": f"Order {event.order_id} is confirmed.",
             }
-            for event in events
+            for event in confirmed
         ],
     )
 

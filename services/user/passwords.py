@@ -5,7 +5,7 @@ At most `SLOTS` hashes run at once, so a burst of sign-ups or sign-ins queues in
 taking all memory. Hashing a new password (registering, the operator's at start-up) may
 hold at most `SLOTS - 1` of them, so a flood of registrations always leaves sign-ins a
 slot; at most `SLOTS` more registrations wait, for at most `REGISTRATION_WAIT` seconds,
-and any other is answered 503 with `Retry-After` at once (`HashingBusy`), instead of
+and any other is refused at once (`HashingBusy`: come back in a second), instead of
 holding a server thread in a queue without end."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import cache
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from shared.runtime.http import DomainError
+from shared.errors import Busy
 
 SLOTS = max(2, min(4, os.cpu_count() or 2))
 """Hashes that may run at once: one per core, two to four."""
@@ -28,14 +28,11 @@ REGISTRATION_WAIT = 1.0
 """How long a registration waits for a hashing slot before it is told to come back."""
 
 
-class HashingBusy(DomainError):
+class HashingBusy(Busy):
     """Every hashing slot registrations may use is taken, and enough are waiting."""
 
-    status_code = 503
-    headers = {"Retry-After": "1"}
-
     def __init__(self) -> None:
-        super().__init__("too many sign-ups at once: try again shortly")
+        super().__init__("too many sign-ups at once: try again shortly", retry_after=1)
 
 
 class HashingSlots:

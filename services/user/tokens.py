@@ -20,18 +20,14 @@ from services.user.handlers import register_user
 from services.user.keystore import SEALED, Keystore
 from services.user.models import SigningKey, User
 from services.user.passwords import hash_password, password_matches
-from services.user.schemas import UserIn
+from shared.errors import NotAuthenticated
 from shared.messaging.unit_of_work import Unit
 from shared.runtime.auth import OPERATOR, mint, public_jwk
-from shared.runtime.http import DomainError
 from shared.runtime.keys import TRUSTED_KEY_SETS, TRUSTED_KEYS, sign_keyset, store_keys
 from shared.storage.db import insert, is_postgres
 
 
-class BadCredentials(DomainError):
-    status_code = 401
-    headers = {"WWW-Authenticate": "Bearer"}
-
+class BadCredentials(NotAuthenticated):
     def __init__(self) -> None:
         super().__init__("incorrect e-mail or password")
 
@@ -161,9 +157,10 @@ def ensure_operator(unit: Unit, email: str, password: str) -> None:
     """The operator account signs in with `password` (created on the first start)."""
     if is_postgres(unit.session.get_bind()):  # several instances may start at once
         unit.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('operator'))"))
-    user = unit.session.scalar(select(User).where(User.email == email.lower()))
+    email = email.strip().lower()
+    user = unit.session.scalar(select(User).where(User.email == email))
     if user is None:
-        user = register_user(unit, UserIn(name="Operator", email=email, password=password))
+        user = register_user(unit, "Operator", email, hash_password(password))
     elif not password_matches(user.password_hash, password):
         user.password_hash = hash_password(password)
     user.scopes = OPERATOR

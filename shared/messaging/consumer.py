@@ -1,11 +1,10 @@
-"""The consumer loop: the handlers of an `EventRouter` on a real broker, applied at least
-once, effectively once.
+"""The consumer loop: one consumer-group member in a background thread, fetching batches
+for its `Applier` (shared.messaging.applying) to apply, rewinding after a database or
+broker outage, and handing over what it applied when partitions move.
 
-Each record is decoded once (shared.messaging.decode); a fetched run of events is claimed
-in the processed-events table and handled in one DB transaction, and only after that
-commits are their offsets stored (auto-commit then commits them). Malformed records and
-handlers that keep failing are dead-lettered and the loop moves on; a database or broker
-outage rewinds and waits instead."""
+Offsets are stored only after the transaction that applied their events commits, and
+auto-commit then commits them: an event is applied at least once, and its claim in the
+processed-events table makes that effectively once."""
 
 from __future__ import annotations
 
@@ -15,44 +14,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from shared.messaging import tracing
+from shared.messaging import spans
+from shared.messaging.applying import Applier, Fatal, Rewind
 from shared.messaging.connection import Bootstrap
-from shared.messaging.deadletter import DeadLetter, Reason, dead_letter
-from shared.messaging.decode import decode
-from shared.messaging.envelope import H_TYPE, Envelope
-from shared.messaging.failures import deadlock, transient
-from shared.messaging.fetch import consumer_config, index_of, next_batch, rewind, store
-from shared.messaging.idempotency import Claim, claim_many
+from shared.messaging.fetch import consumer_config, index_of, next_batch, rewind
 from shared.messaging.observe import IGNORED_CONSUMER, ConsumerObserver
-from shared.messaging.producer import DeliveryError, EventProducer
-from shared.messaging.router import EventRouter, Received
+from shared.messaging.producer import EventProducer
+from shared.messaging.router import EventRouter
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.storage.db import ProcessedEventMixin
 
 log = logging.getLogger(__name__)
 
 
-class _Fatal(KafkaException):
-    """The client cannot go on (e.g. fenced): end the loop; /ready reports it."""
-
-
-class _Rewind(Exception):
-    """Stop the batch at `message` and consume it again after a pause."""
-
-    def __init__(self, message: Message) -> None:
-        super().__init__()
-        self.message = message
-
-
-NEW = Claim.NEW
-OTHER = "other"
-"""The type reported for records that are not events this service handles, so that
-the types reported stay the few the service knows."""
-
-
-class ConsumerWorker:
+class ConsumerWorker(Applier):
     """Runs one consumer-group member in a background thread."""
 
     def __init__(
@@ -75,36 +52,27 @@ class ConsumerWorker:
         config: dict[str, Any] | None = None,
         observer: ConsumerObserver = IGNORED_CONSUMER,
     ) -> None:
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        self.name = name
+        super().__init__(
+            name=name,
+            router=router,
+            uow=uow,
+            processed_model=processed_model,
+            producer=producer,
+            dead_letter_topic=dead_letter_topic,
+            owned_topics=owned_topics,
+            topic_prefix=topic_prefix,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            observer=observer,
+        )
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)
-        self._owned = frozenset(owned_topics)
-        self._prefix = topic_prefix
-        """An event is taken only from its own topic: `topic_prefix` + its model's topic."""
-        self._router = router
-        self._uow = uow
-        self._processed = processed_model
-        self._producer = producer
-        self._dlq_topic = dead_letter_topic
         self._batch_size = batch_size
-        self._max_attempts = max_attempts
-        self._backoff = backoff
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_poll = 0.0
         self.assigned: set[tuple[str, int]] = set()
         """The partitions this member owns now."""
-        self.applied = 0
-        self.dead_lettered = 0
-        self.skipped = 0
-        """Events of a type no handler takes, on a topic another service owns."""
         self.last_error: str | None = None
-        self._observer = observer
-        self._timed = None if observer is IGNORED_CONSUMER else observer.handled
-        self._applied_types: dict[str, int] = {}
-        """Events applied since the last report, by type."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"consumer-{self.name}", daemon=True)
@@ -120,7 +88,7 @@ class ConsumerWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        tracing.set_consumer_group(str(self._config["group.id"]))
+        spans.set_consumer_group(str(self._config["group.id"]))
         consumer = Consumer(self._config)
 
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
@@ -146,13 +114,13 @@ class ConsumerWorker:
                 self.last_poll = time.monotonic()
                 batch = next_batch(consumer, self._batch_size)
                 try:
-                    self._process_batch(consumer, batch)
-                except _Rewind as exc:
+                    self.process_batch(consumer, batch)
+                except Rewind as exc:
                     self.last_error = str(exc.__cause__ or exc)
                     log.warning("%s: transient failure, rewinding: %s", self.name, self.last_error)
                     rewind(consumer, batch[index_of(batch, exc.message) :])
                     self._stop.wait(1.0)
-                except _Fatal:
+                except Fatal:
                     raise
                 except Exception as exc:  # never let one surprise end the loop
                     self.last_error = repr(exc)
@@ -161,165 +129,3 @@ class ConsumerWorker:
                     self._stop.wait(1.0)
         finally:
             consumer.close()  # commits stored offsets and leaves the group
-
-    def _process(self, consumer: Consumer, message: Message) -> None:
-        """Handle one record on its own (tests drive the loop through this)."""
-        self._process_batch(consumer, [message])
-
-    def _process_batch(self, consumer: Consumer, batch: Sequence[Message]) -> None:
-        """Decode every record once; apply each run of well-formed events in one
-        transaction; dead-letter, skip or pass over the others in their place."""
-        run: list[Received[Any]] = []
-        consumed: dict[tuple[str, str], int] = {}
-        skipped: dict[str, int] = {}
-        for message in batch:
-            error = message.error()
-            if error is not None:  # a notice from the client, not a record
-                if error.fatal():
-                    raise _Fatal(error)
-                log.info("%s: %s", self.name, error)
-                continue
-            topic = message.topic() or ""
-            decoded = decode(message, self._router, self._owned, self._prefix)
-            if isinstance(decoded, Received):
-                run.append(decoded)
-                counted = (topic, decoded.event.type)
-                consumed[counted] = consumed.get(counted, 0) + 1
-                continue
-            self._apply_run(consumer, run)
-            run = []
-            if isinstance(decoded, DeadLetter):
-                counted = (topic, self._known_type(message))
-                self._dead_letter(message, decoded)
-            else:
-                counted = (topic, OTHER)
-                self.skipped += 1
-                skipped[topic] = skipped.get(topic, 0) + 1
-            consumed[counted] = consumed.get(counted, 0) + 1
-            store(consumer, message)
-        self._apply_run(consumer, run)
-        self._report(consumed, skipped)
-
-    def _report(self, consumed: dict[tuple[str, str], int], skipped: dict[str, int]) -> None:
-        """Tell the observer what one batch did."""
-        observer = self._observer
-        if consumed:
-            observer.consumed(consumed)
-        for topic, count in skipped.items():
-            observer.skipped(topic, count)
-        if self._applied_types:
-            observer.applied(self._applied_types)
-            self._applied_types = {}
-
-    def _transaction(
-        self, run: Sequence[Received[Any]], underway: list[Any] | None = None
-    ) -> list[Claim]:
-        """Claim the run's events and hand the new ones to their handlers, in one
-        transaction; return each event's claim."""
-        with self._uow() as unit:
-            outcomes = claim_many(
-                unit.session, self._processed, self.name, [item.event for item in run]
-            )
-            fresh = [item for item, outcome in zip(run, outcomes, strict=True) if outcome is NEW]
-            self._router.dispatch(unit, fresh, underway, self._timed)
-            if underway is not None:
-                underway.clear()  # what fails now fails at commit
-        return outcomes
-
-    def _apply_run(self, consumer: Consumer, run: list[Received[Any]]) -> None:
-        """Apply a run of events in one transaction, then store their offsets. If a
-        handler fails, apply what came before it as a run, retry it alone and go on after
-        it; if the culprit is unknown (a batch handler, the commit), go one at a time."""
-        if not run:
-            return
-        if len(run) == 1:
-            self._apply_alone(run[0])
-            store(consumer, run[0].message)
-            return
-        underway: list[Any] = []
-        try:
-            outcomes = self._transaction(run, underway)
-        except Exception as exc:
-            if transient(exc) and not deadlock(exc):
-                raise _Rewind(run[0].message) from exc
-            if not underway or deadlock(exc):
-                for item in run:
-                    self._apply_alone(item)
-                    store(consumer, item.message)
-                return
-            at = next(i for i, item in enumerate(run) if item is underway[0])
-            self._apply_run(consumer, run[:at])
-            self._apply_alone(run[at], failed_once=exc)
-            store(consumer, run[at].message)
-            self._apply_run(consumer, run[at + 1 :])
-            return
-        for item, outcome in zip(run, outcomes, strict=True):
-            self._settle(item, outcome)
-        for item in run:
-            store(consumer, item.message)
-
-    def _apply_alone(self, item: Received[Any], failed_once: Exception | None = None) -> None:
-        """Apply one event, retrying a failing handler with backoff, then dead-letter it.
-        `failed_once`: the first attempt already failed."""
-        first = 1
-        if failed_once is not None:
-            self._log_failure(item.event, 1, failed_once)
-            self._stop.wait(self._backoff)
-            first = 2
-        failure: Exception | None = failed_once
-        for attempt in range(first, self._max_attempts + 1):
-            try:
-                (outcome,) = self._transaction([item])
-            except Exception as exc:
-                if transient(exc) and not deadlock(exc):
-                    raise _Rewind(item.message) from exc
-                failure = exc  # a bug or bad data in the handler
-            else:
-                self._settle(item, outcome)
-                return
-            self._log_failure(item.event, attempt, failure)
-            if attempt < self._max_attempts:
-                self._stop.wait(self._backoff * 2 ** (attempt - 1))
-        self._dead_letter(item.message, DeadLetter(Reason.HANDLER_FAILED, repr(failure)))
-
-    def _log_failure(self, event: Envelope, attempt: int, failure: Exception) -> None:
-        log.warning(
-            "%s: handler for %s failed (attempt %d/%d): %r",
-            self.name,
-            event.type,
-            attempt,
-            self._max_attempts,
-            failure,
-        )
-
-    def _settle(self, item: Received[Any], outcome: Claim) -> None:
-        """After the commit, before the offset is stored: count it, dead-letter a
-        conflicting duplicate."""
-        if outcome is Claim.CONFLICT:
-            self._dead_letter(
-                item.message,
-                DeadLetter(
-                    Reason.CONFLICT, f"event id {item.event.id} was applied with another payload"
-                ),
-            )
-        elif outcome is NEW:
-            self.applied += 1
-            applied, event_type = self._applied_types, item.event.type
-            applied[event_type] = applied.get(event_type, 0) + 1
-
-    def _dead_letter(self, message: Message, letter: DeadLetter) -> None:
-        try:
-            dead_letter(self._producer, self._dlq_topic, message, self.name, letter)
-        except DeliveryError as exc:
-            raise _Rewind(message) from exc
-        self.dead_lettered += 1
-        self._observer.dead_lettered(self._known_type(message), letter.reason)
-
-    def _known_type(self, message: Message) -> str:
-        """The record's event type if this service handles it, else OTHER."""
-        headers = message.headers() or []
-        for name, value in headers.items() if isinstance(headers, dict) else headers:
-            if name == H_TYPE:
-                text = value.decode(errors="replace") if isinstance(value, bytes) else value
-                return text if text in self._router.routes else OTHER
-        return OTHER

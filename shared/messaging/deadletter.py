@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
 
-from shared.messaging.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time, utcnow
+from shared.clock import utcnow
+from shared.messaging.envelope import HeaderValue, KafkaHeaders, KafkaRecord, format_time
 from shared.messaging.producer import DeliveryError, EventProducer
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from pydantic import BaseModel
 
+from shared.clock import utcnow
+
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 
@@ -69,10 +71,6 @@ class KafkaRecord(Protocol):
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def format_time(value: datetime) -> str:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.messaging.envelope import Envelope, utcnow
+from shared.clock import utcnow
+from shared.messaging.envelope import Envelope
 from shared.storage.db import ProcessedEventMixin, insert
 
 

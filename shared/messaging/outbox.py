@@ -26,8 +26,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, event, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.messaging import parking, tracing
-from shared.messaging.envelope import Envelope, utcnow
+from shared.clock import utcnow
+from shared.messaging import exporters, parking, spans
+from shared.messaging.envelope import Envelope
 from shared.messaging.observe import IGNORED_RELAY, RelayObserver
 from shared.messaging.producer import EventProducer, Placed
 from shared.messaging.recording import Hook, Outcome, Recorder, row_to_envelope
@@ -178,9 +179,9 @@ class OutboxRelay:
         records = [
             (row.topic, row.key, row.payload, [tuple(h) for h in row.headers]) for row in rows
         ]
-        if not tracing.exporting():
+        if not exporters.exporting():
             return self._producer.send_records(records)
-        publishing = tracing.Publishing(records)
+        publishing = spans.Publishing(records)
         placed = self._producer.send_records(publishing.records)
         publishing.end(placed)
         return placed

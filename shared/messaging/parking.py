@@ -20,6 +20,7 @@ from confluent_kafka import KafkaError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.clock import utcnow
 from shared.messaging.deadletter import (
     H_CONSUMER,
     H_ERROR,
@@ -33,7 +34,7 @@ from shared.messaging.deadletter import (
     OUTBOX_SOURCE,
     Reason,
 )
-from shared.messaging.envelope import H_ID, H_TYPE, KafkaHeaders, format_time, utcnow
+from shared.messaging.envelope import H_ID, H_TYPE, KafkaHeaders, format_time
 from shared.messaging.producer import EventProducer
 from shared.storage.db import OutboxMixin
 

@@ -186,12 +186,5 @@ class EventProducer:
         metadata: ClusterMetadata = self._producer.list_topics(topic, timeout=timeout)
         return metadata
 
-    def ping(self, timeout: float = 2) -> bool:
-        """True when the cluster answers a metadata request."""
-        try:
-            return bool(self._producer.list_topics(timeout=timeout).brokers)
-        except KafkaException:
-            return False
-
     def close(self, timeout: float = 10) -> None:
         self._producer.flush(timeout)

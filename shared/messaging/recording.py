@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.messaging import parking
-from shared.messaging.envelope import Envelope, utcnow
+from shared.messaging.envelope import Envelope
 from shared.messaging.failures import transient
 from shared.messaging.observe import IGNORED_RELAY, RelayObserver
 from shared.messaging.parking import Parking

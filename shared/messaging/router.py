@@ -2,28 +2,36 @@
 
     events = EventRouter()
 
-    @events.on
+    @events.on                                  # one event at a time
     def reserve_stock(unit: Unit, order: OrderCreated) -> None: ...
 
-    @events.on                                  # a batch: consecutive events of the type
+    @events.on                                  # a run: consecutive events of the type
     def apply_changes(unit: Unit, changes: Sequence[StockChanged]) -> None: ...
 
-The router reads the handler's annotations: the `Event` subclass (or a sequence of it)
-says which type it handles, and so which topic the service subscribes to. It passes by
-name whatever the handler asks for: the `Unit`, its `Session`, the `Envelope` (or, in a
-batch, the envelopes, as the causes of what the handler emits) and the payload. A handler
-with `*payloads: OrderCreated` gets a run of payloads positionally.
+The router reads the handler's annotations, and passes each parameter by what it is
+annotated with, whatever its name:
+
+    Unit                the unit of work (session + outbox) of the transaction
+    Session             its session
+    SomeEvent           the payload (an `Event` subclass: the type handled)
+    Envelope            the payload's envelope (id, time, causation, place on Kafka)
+    Sequence[SomeEvent] a run's payloads
+    Sequence[Envelope]  the run's envelopes, in the same order (the causes of what the
+                        handler emits for each: `emit(..., caused_by=envelope)`)
+
+A handler takes one event or a run, never both. Any other annotation naming an event,
+an envelope, the unit or the session (a `list[...]`, `*payloads`, `X | None`) is refused
+with a TypeError, as is a parameter the router has nothing to pass unless it has a
+default. The event type handled says which topic the service subscribes to.
 
 The consumer loop (shared.messaging.consumer) decodes each record once, claims a fetched
-run of events in one statement and calls `dispatch` inside that transaction. Tests call
-`dispatch` (or `deliver`) to drive handlers without a broker."""
+run of events in one statement and calls `dispatch` inside that transaction."""
 
 from __future__ import annotations
 
 import collections.abc
 import inspect
 import time
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
-from shared.messaging import tracing
+from shared.messaging import spans, tracing
 from shared.messaging.envelope import Envelope
 from shared.messaging.events import Event, is_event
 from shared.messaging.unit_of_work import Unit
@@ -39,7 +47,11 @@ from shared.messaging.unit_of_work import Unit
 P = TypeVar("P")
 H = TypeVar("H", bound=Callable[..., Any])
 
-_SEQUENCES = {collections.abc.Sequence, list, tuple}
+ACCEPTED = (
+    "Unit, Session, an Event subclass (the payload), Envelope, Sequence[AnEvent] (a run's"
+    " payloads) or Sequence[Envelope] (the run's envelopes)"
+)
+"""What a handler's parameters may be annotated with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +69,8 @@ class Route:
     handler: Callable[..., None]
     batch: bool
     """The handler gets every consecutive event of its type at once."""
-    arguments: tuple[tuple[str, str, str], ...]
-    """(how, parameter, what): `how` is "arg", "star" or "kw"; `what` is what `_value`
-    takes."""
+    arguments: tuple[tuple[bool, str, str], ...]
+    """(positional, parameter, what): `what` is what `_value` takes."""
 
     @property
     def event_type(self) -> str:
@@ -68,14 +79,11 @@ class Route:
     def call(self, unit: Unit, run: Sequence[Received[Any]]) -> None:
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        for how, name, what in self.arguments:
-            value = _value(what, unit, run)
-            if how == "arg":
-                args.append(value)
-            elif how == "star":
-                args.extend(value)
+        for positional, name, what in self.arguments:
+            if positional:
+                args.append(_value(what, unit, run))
             else:
-                kwargs[name] = value
+                kwargs[name] = _value(what, unit, run)
         self.handler(*args, **kwargs)
 
 
@@ -127,7 +135,7 @@ class EventRouter:
                 while j < n and received[j].event.type == route.event_type:
                     j += 1
                 began = clock()
-                with tracing.consuming_batch([item.event for item in received[i:j]]):
+                with spans.consuming_batch([item.event for item in received[i:j]]):
                     route.call(unit, received[i:j])
                 if timed is not None:
                     timed(route.event_type, clock() - began)
@@ -139,21 +147,6 @@ class EventRouter:
                 if timed is not None:
                     timed(route.event_type, clock() - began)
             i += 1
-
-    def deliver(self, unit: Unit, *payloads: Event, **envelope: Any) -> list[Envelope]:
-        """Hand payloads to their handlers as if consumed, each in a fresh envelope (for
-        tests and tools); `envelope` may set `correlation_id` and `caused_by`."""
-        received = [
-            Received(
-                tracing.new_event(
-                    p.event_type, p.event_key, p, source="/test", **_envelope_fields(envelope)
-                ),
-                p,
-            )
-            for p in payloads
-        ]
-        self.dispatch(unit, received)
-        return [item.event for item in received]
 
 
 def _value(what: str, unit: Unit, run: Sequence[Received[Any]]) -> Any:
@@ -167,92 +160,77 @@ def _value(what: str, unit: Unit, run: Sequence[Received[Any]]) -> Any:
         return run[0].payload
     if what == "events":
         return [item.event for item in run]
-    if what == "payloads":
-        return [item.payload for item in run]
-    if what == "one":
-        return run[0]
-    return run  # "received"
-
-
-def _envelope_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(fields) - {"correlation_id", "caused_by"}
-    if unknown:
-        raise TypeError(f"deliver() does not set {sorted(unknown)}")
-    return fields
+    return [item.payload for item in run]  # "payloads"
 
 
 def _route_for(handler: Callable[..., None]) -> Route:
     """Read what `handler` handles and what it asks for from its annotations."""
+    name = handler.__qualname__
     hints = typing.get_type_hints(handler)
     model: type[Event] | None = None
     batch: bool | None = None
-    arguments: list[tuple[str, str, str]] = []
+    arguments: list[tuple[bool, str, str]] = []
     for param in inspect.signature(handler).parameters.values():
         hint = hints.get(param.name)
-        star = param.kind is inspect.Parameter.VAR_POSITIONAL
-        what, found, many = _what(hint, star)
-        if what is None:
-            if param.kind is inspect.Parameter.VAR_KEYWORD or star:
-                continue
-            if param.default is inspect.Parameter.empty or (
-                param.kind is not inspect.Parameter.KEYWORD_ONLY and _has_star(handler)
-            ):  # a default before *payloads would take the first payload
-                raise TypeError(f"{handler.__qualname__}: nothing to pass as {param.name!r}")
-            continue
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(
+                f"{name}: the router passes no *args or **kwargs ({param.name!r});"
+                f" annotate each parameter as one of: {ACCEPTED}"
+            )
+        taken = _what(hint)
+        if taken is None:
+            if _names_what_is_passed(hint):
+                raise TypeError(
+                    f"{name}: {param.name!r} is annotated {_shown(hint)}, which the router"
+                    f" does not pass; it passes {ACCEPTED}"
+                )
+            if param.default is inspect.Parameter.empty:
+                raise TypeError(
+                    f"{name}: nothing to pass as {param.name!r}; the router passes {ACCEPTED}"
+                )
+            continue  # keeps its default
+        what, found, many = taken
         if found is not None:
             if model is not None and found is not model:
-                raise TypeError(f"{handler.__qualname__} names two event types")
+                raise TypeError(f"{name} names two event types")
             model = found
         if many is not None:
             if batch is not None and batch != many:
-                raise TypeError(f"{handler.__qualname__} mixes one event and a batch")
+                raise TypeError(f"{name} mixes one event and a batch")
             batch = many
-        positional = param.kind is inspect.Parameter.POSITIONAL_ONLY or (
-            param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and _has_star(handler)
-        )
-        how = "star" if star else "arg" if positional else "kw"
-        arguments.append((how, param.name, what))
+        positional = param.kind is inspect.Parameter.POSITIONAL_ONLY
+        arguments.append((positional, param.name, what))
     if model is None:
-        raise TypeError(f"{handler.__qualname__}: no parameter is annotated with an Event")
+        raise TypeError(f"{name}: no parameter is annotated with an Event")
     return Route(model, handler, bool(batch), tuple(arguments))
 
 
-def _what(hint: Any, star: bool) -> tuple[str | None, type[Event] | None, bool | None]:
-    """What to pass for a parameter annotated `hint`: (value, its event model, batch?)."""
+def _what(hint: Any) -> tuple[str, type[Event] | None, bool | None] | None:
+    """What to pass for a parameter annotated `hint`, (value, its event model, batch?),
+    if it is one of the accepted annotations."""
     if hint is Unit:
         return "unit", None, None
     if hint is Session:
         return "session", None, None
     if hint is Envelope:
-        return ("events", None, True) if star else ("event", None, False)
+        return "event", None, False
     if is_event(hint):
-        return ("payloads", hint, True) if star else ("payload", hint, False)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Received and args and is_event(args[0]):
-        return "one", args[0], False
-    if origin in _SEQUENCES and args:
-        inner = _unless_none(args[0])
-        if inner is Envelope:
+        return "payload", hint, False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is collections.abc.Sequence and len(args) == 1:
+        if args[0] is Envelope:
             return "events", None, True
-        if is_event(inner):
-            return "payloads", inner, True
-        if typing.get_origin(inner) is Received and is_event(typing.get_args(inner)[0]):
-            return "received", typing.get_args(inner)[0], True
-    return None, None, None
+        if is_event(args[0]):
+            return "payloads", args[0], True
+    return None
 
 
-def _unless_none(hint: Any) -> Any:
-    """`X` for `X | None`; anything else as it is."""
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    return (
-        args[0]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1
-        else hint
-    )
+def _names_what_is_passed(hint: Any) -> bool:
+    """Whether `hint` names, anywhere inside it, something the router passes."""
+    if hint in (Unit, Session, Envelope, Received) or is_event(hint):
+        return True
+    return any(_names_what_is_passed(arg) for arg in typing.get_args(hint))
 
 
-def _has_star(handler: Callable[..., None]) -> bool:
-    return any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL
-        for p in inspect.signature(handler).parameters.values()
-    )
+def _shown(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from shared.messaging import asyncapi
-from shared.runtime import http
+from shared.runtime import http, middleware
 from shared.runtime.drain import Drain
 from shared.runtime.logs import configure_logging
 from shared.runtime.service import ServiceRuntime, ServiceSpec
@@ -62,7 +62,7 @@ def create_service_app(
         finally:
             runtime.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan, telemetry=http.TELEMETRY)
+    app = FastAPI(title=title, lifespan=lifespan, telemetry=middleware.TELEMETRY)
     app.state.settings = settings
     http.install(
         app, max_body_bytes=settings.max_body_bytes, trusted_proxies=settings.trusted_proxies

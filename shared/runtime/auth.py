@@ -11,8 +11,9 @@ tokens against them, so no service calls another.
     @router.put("/stock/{product_id}")
     def set_stock(..., _: OperatorCaller) -> ...:                 # scope `operator`
 
-A request without a usable token gets 401 with `WWW-Authenticate: Bearer`; a service
-that has not learnt any key yet answers 503. A token that lives longer than
+A request without a usable token is refused as `NotAuthenticated` (the HTTP edge answers
+401 with a Bearer challenge: shared.runtime.errors); a service that has not learnt any key
+yet answers 503. A token that lives longer than
 `AUTH_MAX_TOKEN_TTL_MINUTES` (from `iat` to `exp`), or was issued more than a minute
 ahead of the service's clock, is refused even when its signature is good."""
 
@@ -33,7 +34,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from jwt.algorithms import OKPAlgorithm
 
-from shared.runtime.http import Responses, errors
+from shared.errors import NotAuthenticated
+from shared.runtime.errors import Responses, errors
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +229,11 @@ def key_from_jwk(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
     return key
 
 
-def _unauthorized(reason: str | None) -> HTTPException:
-    challenge = "Bearer"
-    if reason is not None:
-        challenge += f' error="invalid_token", error_description="{reason}"'
-    detail = "not authenticated" if reason is None else f"invalid token: {reason}"
-    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+def _unauthorized(reason: str | None) -> NotAuthenticated:
+    """No token (`reason` None), or a token refused for `reason`."""
+    if reason is None:
+        return NotAuthenticated("not authenticated")
+    return NotAuthenticated(f"invalid token: {reason}", credential_problem=reason)
 
 
 async def authenticated(

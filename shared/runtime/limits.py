@@ -16,7 +16,7 @@ from collections.abc import Hashable
 
 from fastapi import HTTPException, Request
 
-from shared.runtime.http import Responses, errors
+from shared.runtime.errors import Responses, errors
 
 
 class RateLimiter:

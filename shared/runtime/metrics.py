@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from shared.messaging.envelope import utcnow
+from shared.clock import utcnow
 from shared.messaging.observe import ConsumerObserver, RelayObserver
 
 log = logging.getLogger(__name__)

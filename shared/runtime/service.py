@@ -19,10 +19,10 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
-from shared.messaging import tracing
+from shared.clock import utcnow
+from shared.messaging import exporters
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
-from shared.messaging.envelope import utcnow
 from shared.messaging.events import Event
 from shared.messaging.health import KafkaHealth, KafkaHealthCheck
 from shared.messaging.outbox import OutboxRelay
@@ -131,7 +131,7 @@ class ServiceRuntime:
 
     def start(self) -> None:
         spec, settings = self.spec, self.settings
-        tracing.configure(spec.name)
+        exporters.configure(spec.name)
         upgrade(self.engine, spec.migrations)
         if SigningKeys.event_type in spec.router.routes:
             self._trust_anchors()
@@ -195,7 +195,7 @@ class ServiceRuntime:
             self.relay.stop()
         if self.producer:
             self.producer.close()
-        tracing.shutdown()
+        exporters.shutdown()
         self.engine.dispose()
         self.instruments.close()
         if self.lag is not None:

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, ExceptionContext
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, sessionmaker
 
-from shared.messaging.envelope import utcnow
+from shared.clock import utcnow
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 
-from shared.messaging import tracing
+from shared.messaging import exporters
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_otlp_over_http_delivers_spans_to_the_endpoint_the_variables_name(
 ) -> None:
     endpoint, received, paths = receiver
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    (exporter,) = tracing.span_exporters(
+    (exporter,) = exporters.span_exporters(
         {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
     )
     provider = TracerProvider(resource=Resource.create({"service.name": "inventory"}))

@@ -30,7 +30,7 @@ from prometheus_client import generate_latest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.order.handlers import file_published
+from services.order.chain import file_published
 from services.order.models import Base, OrderEvent, OutboxMessage
 from shared.messaging.deadletter import (
     DEAD_LETTERS,

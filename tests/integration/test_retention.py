@@ -15,7 +15,8 @@ from services.inventory.config import InventorySettings
 from services.inventory.main import SPEC
 from services.inventory.models import OutboxMessage, ProcessedEvent, Stock
 from services.product.events import ProductCreated
-from shared.messaging.envelope import Envelope, dump_json, utcnow
+from shared.clock import utcnow
+from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import EventProducer, producer_config
 from shared.runtime.service import ServiceRuntime

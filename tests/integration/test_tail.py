@@ -19,8 +19,9 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
+from shared.clock import utcnow
 from shared.messaging.deadletter import DEAD_LETTERS, DeadLetter, Reason, dead_letter
-from shared.messaging.envelope import Envelope, KafkaHeaders, dump_json, utcnow
+from shared.messaging.envelope import Envelope, KafkaHeaders, dump_json
 from shared.messaging.producer import EventProducer
 from shared.messaging.topics import ensure_topics
 from tests.helpers import unique

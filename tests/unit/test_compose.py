@@ -42,7 +42,7 @@ from pydantic import AliasChoices, AliasPath
 from sqlalchemy import make_url
 
 from services.registry import SERVICES, get, load
-from shared.messaging.tracing import span_exporters
+from shared.messaging.exporters import span_exporters
 from shared.runtime.keys import anchor_text
 from shared.runtime.settings import ServiceSettings
 from tools.local import haproxy, pginit

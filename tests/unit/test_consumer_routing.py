@@ -15,8 +15,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, mapped_column
 
 import shared.messaging.consumer
-from shared.messaging import tracing
-from shared.messaging.consumer import ConsumerWorker, _Rewind
+from shared.messaging import exporters, tracing
+from shared.messaging.applying import Rewind
+from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import Reason
 from shared.messaging.envelope import Envelope, HeaderValue, KafkaHeaders, dump_json
 from shared.messaging.events import Event
@@ -182,7 +183,7 @@ class Harness:
         self.behaviour(len(self.calls))
 
     def process(self, record: FakeMessage) -> None:
-        self.worker._process(self.consumer, record)  # type: ignore[arg-type]
+        self.worker.process_batch(self.consumer, [record])  # type: ignore[list-item]
 
     def applied(self) -> list[int]:
         with self.uow() as unit:
@@ -211,14 +212,14 @@ def uow(sqlite_engine: Engine) -> UnitOfWork:
 
 @pytest.fixture
 def harness(uow: UnitOfWork) -> Harness:
-    tracing.configure("test")
+    exporters.configure("test")
     return Harness(uow)
 
 
 @pytest.fixture
 def owner(uow: UnitOfWork) -> Harness:
     """A worker that owns the topic it consumes: an unknown type there is a bug."""
-    tracing.configure("test")
+    exporters.configure("test")
     return Harness(uow, owned_topics=[TOPIC])
 
 
@@ -253,14 +254,11 @@ def test_a_handler_gets_the_event_at_its_kafka_position_as_the_cause_of_what_it_
     harness: Harness,
 ) -> None:
     event = tick(7)
-    causes: list[tracing.Cause | None] = []
-    harness.behaviour = lambda _: causes.append(tracing.current_cause())
 
     harness.process(message(event, offset=3, partition=2))
 
     [seen] = harness.seen
     assert (seen.id, seen.topic, seen.partition, seen.offset) == (event.id, TOPIC, 2, 3)
-    assert causes == [tracing.Cause(event.id, "saga-1")]
     [tock] = harness.emitted()
     assert (tock.type, tock.key, tock.causation_id, tock.correlation_id) == (
         "tock",
@@ -270,7 +268,8 @@ def test_a_handler_gets_the_event_at_its_kafka_position_as_the_cause_of_what_it_
     )
     with harness.uow() as unit:
         assert list(unit.session.scalars(select(Outbox.topic))) == [TOCKS]
-    assert tracing.current_cause() is None
+    after = tracing.new_event("tock", "1", Tock(seq=1), source="/tests")
+    assert after.causation_id is None, "the event's context ended with its handling"
 
 
 def test_a_redelivered_event_is_not_applied_again_but_its_offset_is_stored(
@@ -345,7 +344,7 @@ def test_a_known_type_on_another_topic_is_dead_lettered_never_applied(
     harness = Harness(uow, owned_topics=owned, topics=[TOPIC, TOCKS])
     forged, genuine = message(tick(7), offset=3, topic=TOCKS), message(tick(8), offset=4)
 
-    harness.worker._process_batch(harness.consumer, [forged, genuine])  # type: ignore[arg-type]
+    harness.worker.process_batch(harness.consumer, [forged, genuine])  # type: ignore[arg-type]
 
     assert harness.applied() == [8]
     assert harness.reasons() == [Reason.WRONG_TOPIC]
@@ -366,7 +365,7 @@ def test_a_known_type_is_taken_from_its_topic_under_the_stacks_prefix(uow: UnitO
 
 
 def test_skipping_is_decided_by_the_topic_of_each_record_in_a_batch(uow: UnitOfWork) -> None:
-    tracing.configure("test")
+    exporters.configure("test")
     harness = Harness(uow, owned_topics=[TOCKS])  # consumes ticks, owns tocks
     batch = [
         message(tick(1), offset=0),
@@ -376,7 +375,7 @@ def test_skipping_is_decided_by_the_topic_of_each_record_in_a_batch(uow: UnitOfW
         message(tick(5), offset=3),
     ]
 
-    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+    harness.worker.process_batch(harness.consumer, batch)  # type: ignore[arg-type]
 
     assert harness.applied() == [1, 5]
     assert harness.consumer.stored == batch
@@ -408,7 +407,7 @@ def test_one_batch_is_reported_by_type_as_consumed_applied_skipped_and_dead_lett
         message(tick(7), offset=7),
     ]
 
-    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+    harness.worker.process_batch(harness.consumer, batch)  # type: ignore[arg-type]
 
     def value(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, {"service": CONSUMER, **labels})
@@ -427,7 +426,8 @@ def test_an_unknown_type_is_reported_as_other_so_labels_stay_bounded(owner: Harn
     metrics = ServiceMetrics(CONSUMER)
     worker = ConsumerWorker(**{**owner.worker_options, "observer": metrics})
     for seq in range(5):
-        worker._process(owner.consumer, message(tick(seq, event_type=f"made-up-{seq}")))  # type: ignore[arg-type]
+        record = message(tick(seq, event_type=f"made-up-{seq}"))
+        worker.process_batch(owner.consumer, [record])  # type: ignore[arg-type, list-item]
 
     labels = {"service": CONSUMER, "type": "other", "reason": Reason.UNKNOWN_TYPE}
     assert metrics.registry.get_sample_value("events_dead_lettered_total", labels) == 5
@@ -625,7 +625,7 @@ def test_a_transient_failure_rewinds_without_storing_the_offset(
     harness.behaviour = failing_with(outage, times=1)
     record = message(tick(7))
 
-    with pytest.raises(_Rewind) as caught:
+    with pytest.raises(Rewind) as caught:
         harness.process(record)
 
     assert caught.value.__cause__ is outage
@@ -646,7 +646,7 @@ def test_an_unreachable_dead_letter_topic_rewinds_without_storing_the_offset(
     harness.producer.down = True
     record = FakeMessage(b"{not json", tick(7).headers())
 
-    with pytest.raises(_Rewind):
+    with pytest.raises(Rewind):
         harness.process(record)
 
     assert harness.consumer.stored == []
@@ -740,7 +740,7 @@ def test_one_fetched_batch_applies_good_events_once_and_sends_the_rest_where_the
         message(third, offset=5),
     ]
 
-    harness.worker._process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+    harness.worker.process_batch(harness.consumer, batch)  # type: ignore[arg-type]
 
     assert harness.applied() == [1, 2, 3]
     assert harness.calls == [first.id, second.id, third.id]

@@ -10,8 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from shared.messaging import tracing
+from shared.messaging import exporters, tracing
 from shared.runtime import http, ids
 
 pytestmark = pytest.mark.unit
@@ -20,6 +21,14 @@ VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,64}")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
+ANOTHER_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+ANOTHER_TRACEPARENT = f"00-{ANOTHER_TRACE_ID}-b7ad6b7169203331-01"
+
+
+class Seen(BaseModel):
+    """The payload of the events the /cause route emits to see its cause."""
+
+
 HOSTILE = [
     "r" * 10_000,
     "abc\x00def",
@@ -37,7 +46,7 @@ HOSTILE = [
 
 @pytest.fixture(autouse=True)
 def _tracer() -> None:
-    tracing.configure("test")
+    exporters.configure("test")
 
 
 @pytest.mark.parametrize(
@@ -198,13 +207,19 @@ def client() -> TestClient:
 
     @app.get("/cause")
     def cause(request: Request) -> dict[str, object]:
-        seen = tracing.current_cause()
+        """What an event emitted here is caused by, as the outbox would write it; and
+        whether the request continued a trace (then an order's stored trace is not
+        joined: `join_trace`)."""
+        emitted = tracing.new_event("seen", "k", Seen(), source="/tests")
+        with tracing.join_trace(ANOTHER_TRACEPARENT):
+            joined = tracing.new_event("seen", "k", Seen(), source="/tests")
         parent, state = tracing.current_traceparent()
-        assert seen is not None
         return {
-            "id": seen.id,
-            "correlation_id": seen.correlation_id,
-            "continued": seen.continued,
+            "id": emitted.causation_id,
+            "correlation_id": (
+                emitted.correlation_id if emitted.correlation_id != emitted.id else None
+            ),
+            "continued": ANOTHER_TRACE_ID not in (joined.traceparent or ""),
             "traceparent": parent,
             "tracestate": state,
         }

@@ -1,7 +1,9 @@
-"""The inventory service's handlers against a real SQLite database; no broker, no server."""
+"""The inventory service's handlers against a real database, SQLite and PostgreSQL; no
+broker, no server."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,7 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import event as sql_event
+from sqlalchemy import make_url, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from services.inventory import api, handlers
@@ -30,16 +33,17 @@ from services.inventory.events import (
     StockShortage,
 )
 from services.inventory.main import SPEC
-from services.inventory.models import OutboxMessage, Reservation, Stock
-from services.inventory.schemas import StockIn
+from services.inventory.models import Base, OutboxMessage, Reservation, Stock
+from shared.errors import NotFound
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.runtime import http
 from shared.runtime.auth import OPERATOR
-from shared.runtime.http import NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
+from tests.conftest import service_databases
+from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -49,10 +53,35 @@ def random_id() -> str:
     return str(uuid.uuid4())
 
 
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def migrated(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(backend, url) of inventory's schema, migrated once for the module."""
+    folder = tmp_path_factory.mktemp("inventory")
+    with service_databases(request.param, folder, ["inventory"]) as urls:
+        engine = make_engine(urls["inventory"])
+        upgrade(engine, SPEC.migrations)
+        engine.dispose()
+        yield request.param, urls["inventory"]
+
+
 @pytest.fixture
-def uow(tmp_path: Path) -> Iterator[UnitOfWork]:
-    engine = make_engine(f"sqlite:///{tmp_path}/inventory.db")
-    upgrade(engine, SPEC.migrations)
+def uow(migrated: tuple[str, str], tmp_path: Path) -> Iterator[UnitOfWork]:
+    """Inventory's migrated schema, empty, on SQLite (a copy of the file) and on
+    PostgreSQL (its tables truncated)."""
+    backend, url = migrated
+    if backend == "sqlite":
+        copy = tmp_path / "inventory.db"
+        shutil.copyfile(make_url(url).database or "", copy)
+        url = f"sqlite:///{copy}"
+    engine = make_engine(url)
+    if backend == "postgres":
+        tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     yield UnitOfWork(make_sessions(engine), OutboxMessage, "/services/inventory")
     engine.dispose()
 
@@ -75,7 +104,7 @@ def add_product(uow: UnitOfWork, available: int = 0) -> str:
         handlers.register_product(unit, ProductCreated(product_id=product_id))
     if available:
         with uow() as unit:
-            handlers.set_stock(unit, product_id, StockIn(available=available))
+            handlers.set_stock(unit, product_id, available)
     return product_id
 
 
@@ -88,7 +117,7 @@ def order(*lines: tuple[str, int], order_id: str | None = None) -> OrderCreated:
 
 def place(uow: UnitOfWork, created: OrderCreated) -> None:
     with uow() as unit:
-        handlers.reserve_stock(unit, created)
+        handlers.reserve_stock(unit, [created])
 
 
 def cancel(uow: UnitOfWork, order_id: str) -> None:
@@ -130,7 +159,7 @@ def stock_events(uow: UnitOfWork, order_id: str) -> list[tuple[str, Any]]:
 def test_product_created_opens_an_empty_stock_row_once(uow: UnitOfWork) -> None:
     product_id = add_product(uow)
     with uow() as unit:
-        handlers.set_stock(unit, product_id, StockIn(available=4))
+        handlers.set_stock(unit, product_id, 4)
     with uow() as unit:
         handlers.register_product(unit, ProductCreated(product_id=product_id))
 
@@ -339,6 +368,46 @@ def test_order_created_after_its_cancel_reserves_nothing_and_emits_nothing(
     assert emitted(uow) == before
 
 
+def statements_of(uow: UnitOfWork, do: Callable[[Unit], object]) -> list[str]:
+    """The first word of each SQL statement `do(unit)` runs, in its own transaction."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split()[0])
+
+    with uow() as unit:
+        engine = unit.session.connection().engine  # the transaction has begun
+        sql_event.listen(engine, "before_cursor_execute", note)
+        try:
+            do(unit)
+        finally:
+            sql_event.remove(engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_every_stock_change_takes_the_one_set_based_path(uow: UnitOfWork) -> None:
+    """Reserving a run, releasing an order and setting stock each lock the stock rows
+    with one SELECT and write them back with one UPDATE (a row per product)."""
+    lamp, desk = add_product(uow, 10), add_product(uow, 10)
+    run = [order((lamp, 1), (desk, 2)) for _ in range(4)] + [order((lamp, 99))]
+
+    reserving = statements_of(uow, lambda unit: handlers.reserve_stock(unit, run))
+    releasing = statements_of(
+        uow, lambda unit: handlers.release_stock(unit, OrderCancelled(order_id=run[0].order_id))
+    )
+    setting = statements_of(uow, lambda unit: handlers.set_stock(unit, lamp, 20))
+
+    # claim the run, lock, mark the short one, hold the lines, write both products
+    assert reserving == ["INSERT", "SELECT", "UPDATE", "INSERT", "UPDATE"]
+    # claim (a tombstone if unseen), lock the order, read what it holds, lock, write,
+    # drop its reservations, mark it released
+    assert releasing == ["INSERT", "SELECT", "SELECT", "SELECT", "UPDATE", "DELETE", "UPDATE"]
+    assert setting == ["SELECT", "UPDATE"]
+    assert stock(uow, lamp) == (20, 3) and stock(uow, desk) == (4, 6)
+    versions = [p["version"] for _, key, p in emitted(uow, "stock-changed") if key == lamp]
+    assert versions == [1, 5, 6, 7], "set, a run of four, a release, a set: one each"
+
+
 # Setting stock
 
 
@@ -347,7 +416,7 @@ def test_set_stock_emits_stock_changed_with_increasing_versions(uow: UnitOfWork)
 
     for available in (7, 3, 3):
         with uow() as unit:
-            handlers.set_stock(unit, lamp, StockIn(available=available))
+            handlers.set_stock(unit, lamp, available)
 
     assert emitted(uow, "stock-changed") == [
         ("stock-changes", lamp, {"product_id": lamp, "available": a, "version": v})
@@ -360,15 +429,15 @@ def test_set_stock_leaves_what_is_reserved_reserved(uow: UnitOfWork) -> None:
     place(uow, order((lamp, 2)))
 
     with uow() as unit:
-        handlers.set_stock(unit, lamp, StockIn(available=10))
+        handlers.set_stock(unit, lamp, 10)
 
     assert stock(uow, lamp) == (10, 2)
 
 
 def test_unknown_product_is_not_found_and_carries_its_id(uow: UnitOfWork) -> None:
     unknown = random_id()
-    calls: list[Callable[[Unit], Stock]] = [
-        lambda unit: handlers.set_stock(unit, unknown, StockIn(available=1)),
+    calls: list[Callable[[Unit], object]] = [
+        lambda unit: handlers.set_stock(unit, unknown, 1),
         lambda unit: handlers.get_stock(unit, unknown),
     ]
     for call in calls:
@@ -511,7 +580,7 @@ def test_a_run_of_orders_delivered_through_the_router_reserves_each_in_turn(
     first, second, third = order((lamp, 2)), order((lamp, 2)), order((lamp, 1))
 
     with uow() as unit:
-        delivered = events.deliver(unit, first, second, third)
+        delivered = deliver(events, unit, first, second, third)
 
     assert stock(uow, lamp) == (0, 3)
     assert [stock_events(uow, o.order_id)[0][0] for o in (first, second, third)] == [

@@ -39,6 +39,7 @@ from shared.runtime.keys import (
     trusted_keys,
 )
 from shared.runtime.service import ServiceSpec
+from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Anchor, Signer
 
 pytestmark = pytest.mark.unit
@@ -427,7 +428,7 @@ def test_each_consuming_service_learns_keys_delivered_through_its_router(
     old, new = Signer(), Signer()
 
     with uow() as unit:
-        router.deliver(unit, anchor.signed((old, None)), anchor.signed((old, LATER), (new, None)))
+        deliver(router, unit, anchor.signed((old, None)), anchor.signed((old, LATER), (new, None)))
 
     assert trusted(uow) == {old.kid: LATER, new.kid: None}
     keys = KeyRing(lambda: trusted_keys(uow.sessions))

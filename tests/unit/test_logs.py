@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from shared.messaging import tracing
+from shared.messaging import exporters, tracing
 from shared.runtime.logs import JsonLines, configure_logging
 
 pytestmark = pytest.mark.unit
@@ -52,7 +52,7 @@ def test_a_line_written_while_handling_an_event_names_its_trace_span_and_event(
     lines: tuple[logging.Logger, io.StringIO],
 ) -> None:
     logger, stream = lines
-    tracing.configure("inventory")
+    exporters.configure("inventory")
     with tracing.span("POST /ticks", cause=tracing.Cause("request-1")):
         event = tracing.new_event("tick", "k", Tick(seq=1), source="/tests")
     with tracing.consuming(event):

@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from sqlalchemy import Engine, update
 
-from shared.messaging.envelope import KafkaHeaders, utcnow
+from shared.clock import utcnow
+from shared.errors import NotFound
+from shared.messaging.envelope import KafkaHeaders
 from shared.messaging.events import Event
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Placed
@@ -56,7 +58,7 @@ def served() -> Iterator[tuple[TestClient, ServiceMetrics]]:
     @app.get("/orders/{order_id}")
     def get_order(order_id: str) -> dict[str, str]:
         if order_id == "missing":
-            raise http.NotFound(f"order {order_id} not found")
+            raise NotFound(f"order {order_id} not found")
         return {"id": order_id}
 
     @app.post("/orders/{order_id}/notes")

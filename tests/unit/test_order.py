@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import threading
@@ -11,17 +12,20 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import event as sql_event
 from sqlalchemy import func, select, text
 
-from services.order import handlers
+from services.order import chain, handlers
 from services.order.config import OrderSettings
 from services.order.consumers import events
 from services.order.events import (
     PUBLISHES,
+    Line,
     OrderCancelled,
     OrderConfirmed,
     OrderCreated,
@@ -35,6 +39,7 @@ from services.order.events import (
 )
 from services.order.main import SPEC, create_app
 from services.order.models import (
+    IdempotencyKey,
     KnownProduct,
     KnownUser,
     Order,
@@ -42,21 +47,23 @@ from services.order.models import (
     OrderStatus,
     OutboxMessage,
 )
-from services.order.schemas import LineIn, OrderIn
-from shared.messaging import tracing
+from services.order.schemas import LineIn, OrderIn, OrderOut
+from shared.errors import Conflict, NotFound
+from shared.messaging import exporters, tracing
 from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.events import Event
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.router import Received
 from shared.messaging.tracing import Cause
 from shared.messaging.unit_of_work import UnitOfWork
+from shared.runtime.errors import answer_to
 from shared.runtime.groupcommit import GroupCommit
-from shared.runtime.http import Conflict, NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import alembic_config, upgrade
+from tests.helpers import deliver
 from tests.unit.signing import Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -70,7 +77,7 @@ def random_id() -> str:
 
 @pytest.fixture(autouse=True)
 def _tracer() -> None:
-    tracing.configure("test")
+    exporters.configure("test")
 
 
 @pytest.fixture
@@ -101,13 +108,17 @@ def known(uow: UnitOfWork, products: int = 2) -> tuple[str, list[str]]:
     return user_id, product_ids
 
 
-def command(*lines: tuple[str, int]) -> OrderIn:
-    return OrderIn(items=[LineIn(product_id=p, quantity=q) for p, q in lines])
+def command(*lines: tuple[str, int]) -> list[Line]:
+    return [Line(product_id=p, quantity=q) for p, q in lines]
 
 
-def place(uow: UnitOfWork, user_id: str, body: OrderIn, key: str | None = None) -> dict[str, Any]:
+def place(
+    uow: UnitOfWork, user_id: str, lines: list[Line], key: str | None = None
+) -> dict[str, Any]:
+    """What POST /orders answers (services.order.api) for the order placed."""
     with uow() as unit:
-        return handlers.place_order(unit, body, user_id, key)
+        placed = handlers.place_order(unit, lines, user_id, key)
+    return OrderOut.model_validate(placed).model_dump(mode="json")
 
 
 def pending_order(uow: UnitOfWork) -> str:
@@ -122,7 +133,7 @@ def status(uow: UnitOfWork, order_id: str) -> OrderStatus:
 
 def reserve(uow: UnitOfWork, order_id: str) -> None:
     with uow() as unit:
-        handlers.confirm_order(unit, StockReserved(order_id=order_id, items=[]))
+        handlers.confirm_order(unit, [StockReserved(order_id=order_id, items=[])])
 
 
 def short(uow: UnitOfWork, order_id: str, *shortages: Shortage) -> None:
@@ -213,9 +224,10 @@ def test_an_order_of_an_unknown_user_is_refused_and_emits_nothing(uow: UnitOfWor
         handlers.place_order(unit, command((lamp, 1)), ghost)
 
     assert caught.value.user_id == ghost
-    assert caught.value.status_code == 401, "the token names no user order knows"
-    assert caught.value.headers is not None
-    assert caught.value.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert answer_to(caught.value) == (
+        401,  # the token names no user order knows
+        {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="unknown user"'},
+    )
     assert ghost in caught.value.message
     assert emitted(uow) == []
     assert count(uow, Order) == 0
@@ -231,7 +243,7 @@ def test_an_order_of_unknown_products_is_refused_naming_each_and_emits_nothing(
         handlers.place_order(unit, command((ghosts[1], 1), (lamp, 1), (ghosts[0], 2)), user_id)
 
     assert caught.value.product_ids == ghosts
-    assert caught.value.status_code == 422
+    assert answer_to(caught.value) == (422, None)
     assert all(ghost in caught.value.message for ghost in ghosts)
     assert lamp not in caught.value.message
     assert emitted(uow) == []
@@ -271,6 +283,71 @@ def test_the_replay_answers_the_first_response_even_after_the_order_moved_on(
 
     assert again == first
     assert again["status"] == "PENDING"
+
+
+def test_a_key_stored_by_the_previous_version_replays_its_stored_response(
+    uow: UnitOfWork,
+) -> None:
+    """Before, the key kept the response body itself (OrderOut as JSON, `Z` times) and
+    hashed the request body as OrderIn dumped it: both still answer a replay."""
+    user_id, (lamp, _) = known(uow)
+    stored = {
+        "id": random_id(),
+        "user_id": user_id,
+        "items": [{"product_id": lamp, "quantity": 2}],
+        "status": "PENDING",
+        "reason": None,
+        "created_at": "2025-03-04T05:06:07.089000Z",
+    }
+    body = OrderIn(items=[LineIn(product_id=lamp, quantity=2)])
+    request_hash = hashlib.sha256(
+        orjson.dumps([user_id, body.model_dump()], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    with uow() as unit:
+        unit.session.add(
+            IdempotencyKey(
+                user_id=user_id,
+                key="old-key",
+                request_hash=request_hash,
+                order_id=stored["id"],
+                response=stored,
+            )
+        )
+
+    assert place(uow, user_id, command((lamp, 2)), "old-key") == stored
+    assert count(uow, Order) == 0
+
+
+def statements_of(uow: UnitOfWork, do: Callable[[Any], object]) -> list[str]:
+    """The SQL statements `do(unit)` runs (the unit's own commit and outbox insert aside)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement.split()[0])
+
+    with uow() as unit:
+        engine = unit.session.connection().engine  # the transaction has begun
+        sql_event.listen(engine, "before_cursor_execute", note)
+        try:
+            do(unit)
+        finally:
+            sql_event.remove(engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_placing_an_order_takes_one_statement_more_with_a_key_than_without(
+    uow: UnitOfWork,
+) -> None:
+    """The hot path of POST /orders: the key's claim keeps the order as placed in the
+    same insert; the user and products are checked, the order and its lines inserted."""
+    user_id, (lamp, desk) = known(uow)
+    lines = command((lamp, 1), (desk, 2))
+
+    plain = statements_of(uow, lambda unit: handlers.place_order(unit, lines, user_id))
+    keyed = statements_of(uow, lambda unit: handlers.place_order(unit, lines, user_id, "k-1"))
+
+    assert plain == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    assert keyed == ["INSERT", *plain]
 
 
 def test_the_same_key_with_another_request_conflicts_and_adds_nothing(uow: UnitOfWork) -> None:
@@ -370,7 +447,7 @@ def test_the_answer_of_inventory_is_caused_by_and_correlated_with_its_event(
     )
 
     with tracing.consuming(reserved), uow() as unit:
-        handlers.confirm_order(unit, reserved.payload(StockReserved))
+        handlers.confirm_order(unit, [reserved.payload(StockReserved)])
 
     [(_, confirmed)] = emitted(uow, "order-confirmed")
     assert (confirmed.causation_id, confirmed.correlation_id) == (reserved.id, order_id)
@@ -437,7 +514,7 @@ def test_an_answer_for_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
     ghost = random_id()
 
     with pytest.raises(handlers.OrderNotFound) as caught, uow() as unit:
-        handlers.confirm_order(unit, StockReserved(order_id=ghost, items=[]))
+        handlers.confirm_order(unit, [StockReserved(order_id=ghost, items=[])])
 
     assert isinstance(caught.value, NotFound)
     assert caught.value.order_id == ghost
@@ -540,7 +617,7 @@ def test_another_users_order_is_not_found_to_read_cancel_or_trace(uow: UnitOfWor
     other, _ = known(uow, products=0)
     before = emitted(uow)
 
-    for attempt in (handlers.get_order, handlers.cancel_order, handlers.order_events):
+    for attempt in (handlers.get_order, handlers.cancel_order, chain.order_events):
         with pytest.raises(handlers.OrderNotFound) as caught, uow() as unit:
             attempt(unit, order_id, other)
         assert caught.value.order_id == order_id
@@ -559,7 +636,7 @@ def test_the_owner_cancels_their_own_order(uow: UnitOfWork) -> None:
     with uow() as unit:
         assert handlers.cancel_order(unit, order_id, user_id).status is OrderStatus.CANCELLED
     with uow() as unit:
-        assert handlers.order_events(unit, order_id, user_id) == []
+        assert chain.order_events(unit, order_id, user_id) == []
 
 
 def test_the_same_key_from_another_user_places_that_users_own_order(uow: UnitOfWork) -> None:
@@ -731,12 +808,12 @@ class Ref(BaseModel):
 def record(uow: UnitOfWork, order_id: str, *events: Envelope) -> None:
     for event in events:
         with uow() as unit:
-            handlers.record_event(unit, event, order_id)
+            chain.record_event(unit, event, order_id)
 
 
-def chain(uow: UnitOfWork, order_id: str) -> list[str]:
+def chain_of(uow: UnitOfWork, order_id: str) -> list[str]:
     with uow() as unit:
-        return [e.event_id for e in handlers.order_events(unit, order_id)]
+        return [e.event_id for e in chain.order_events(unit, order_id)]
 
 
 def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWork) -> None:
@@ -746,7 +823,7 @@ def test_record_event_files_the_event_with_where_it_sits_on_kafka(uow: UnitOfWor
     record(uow, order_id, created)
 
     with uow() as unit:
-        [row] = handlers.order_events(unit, order_id)
+        [row] = chain.order_events(unit, order_id)
         filed = {c: getattr(row, c) for c in ("event_id", "type", "source", "time")}
         position = (row.topic, row.partition, row.offset, row.causation_id, row.correlation_id)
     assert filed == {
@@ -764,10 +841,10 @@ def test_record_event_is_idempotent(uow: UnitOfWork) -> None:
 
     record(uow, order_id, created, created)
     with uow() as unit:
-        handlers.record_event(unit, created, order_id)
-        handlers.record_event(unit, created, order_id)
+        chain.record_event(unit, created, order_id)
+        chain.record_event(unit, created, order_id)
 
-    assert chain(uow, order_id) == [created.id]
+    assert chain_of(uow, order_id) == [created.id]
     assert count(uow, OrderEvent) == 1
 
 
@@ -781,7 +858,7 @@ def test_order_events_lists_each_event_after_its_cause_even_against_the_clock(
 
     record(uow, order_id, confirmed, reserved, created)
 
-    assert chain(uow, order_id) == [created.id, reserved.id, confirmed.id]
+    assert chain_of(uow, order_id) == [created.id, reserved.id, confirmed.id]
 
 
 def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
@@ -798,7 +875,7 @@ def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
     record(uow, order_id, released, cancelled, confirmed, reserved, created)
     record(uow, other_order.key, other_order)
 
-    assert chain(uow, order_id) == [
+    assert chain_of(uow, order_id) == [
         created.id,
         reserved.id,
         confirmed.id,
@@ -809,11 +886,11 @@ def test_order_events_orders_two_roots_by_time_each_followed_by_what_it_caused(
 
 def test_order_events_of_an_unknown_order_is_not_found(uow: UnitOfWork) -> None:
     with pytest.raises(handlers.OrderNotFound), uow() as unit:
-        handlers.order_events(unit, random_id())
+        chain.order_events(unit, random_id())
 
 
 def test_an_order_without_events_read_back_has_an_empty_chain(uow: UnitOfWork) -> None:
-    assert chain(uow, pending_order(uow)) == []
+    assert chain_of(uow, pending_order(uow)) == []
 
 
 # The consumer
@@ -878,7 +955,7 @@ def test_inventorys_answers_move_their_orders_and_are_filed_in_their_chains(
         OrderStatus.REJECTED,
     ]
     for order_id, item in zip((confirmed, also_confirmed, rejected), run, strict=True):
-        assert chain(uow, order_id) == [item.event.id]
+        assert chain_of(uow, order_id) == [item.event.id]
     answers = {e.key: e for _, e in emitted(uow) if e.type != "order-created"}
     assert {key: (e.type, e.causation_id) for key, e in answers.items()} == {
         confirmed: ("order-confirmed", run[0].event.id),
@@ -895,7 +972,7 @@ def test_stock_released_is_filed_in_the_chain_of_its_order(uow: UnitOfWork) -> N
     with uow() as unit:
         events.dispatch(unit, [released])
 
-    assert chain(uow, order_id) == [released.event.id]
+    assert chain_of(uow, order_id) == [released.event.id]
     assert status(uow, order_id) is OrderStatus.CANCELLED
 
 
@@ -903,7 +980,8 @@ def test_users_and_products_delivered_through_the_router_are_remembered(uow: Uni
     user_id, product_id = random_id(), random_id()
 
     with uow() as unit:
-        events.deliver(
+        deliver(
+            events,
             unit,
             UserRegistered(user_id=user_id, version=2),
             ProductCreated(product_id=product_id, name="Lamp", version=3),

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError
 from sqlalchemy import select, text
 
-from services.order.handlers import file_published
+from services.order.chain import file_published
 from services.order.main import SPEC
 from services.order.models import OrderEvent, OutboxMessage
 from shared.messaging.envelope import Envelope, dump_json

@@ -18,6 +18,7 @@ from sqlalchemy import CheckConstraint, Engine, Integer, String, insert, select,
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from shared.clock import utcnow
 from shared.messaging import parking, tracing
 from shared.messaging.deadletter import (
     H_CONSUMER,
@@ -30,7 +31,7 @@ from shared.messaging.deadletter import (
     H_TOPIC,
     OUTBOX_SOURCE,
 )
-from shared.messaging.envelope import H_ID, H_TYPE, Envelope, KafkaHeaders, dump_json, utcnow
+from shared.messaging.envelope import H_ID, H_TYPE, Envelope, KafkaHeaders, dump_json
 from shared.messaging.events import Event
 from shared.messaging.outbox import OutboxRelay, add_rows, outbox_row, row_to_envelope
 from shared.messaging.producer import Delivery, DeliveryError, EventProducer, Placed

@@ -19,14 +19,15 @@ from services.product.events import PUBLISHES, ProductCreated, StockChanged
 from services.product.main import SPEC
 from services.product.models import OutboxMessage, Product
 from services.product.schemas import ProductIn, ProductOut
+from shared.errors import NotFound
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime import http
 from shared.runtime.auth import OPERATOR
-from shared.runtime.http import NotFound
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.service import ServiceSpec
+from tests.helpers import deliver
 from tests.unit.signing import ISSUER, Signer, ring
 
 pytestmark = pytest.mark.unit
@@ -45,7 +46,7 @@ def emitted(uow: UnitOfWork) -> list[tuple[str, Envelope]]:
 
 def create(uow: UnitOfWork, name: str = "Lamp", price_cents: int = 1999) -> str:
     with uow() as unit:
-        return handlers.create_product(unit, ProductIn(name=name, price_cents=price_cents)).id
+        return handlers.create_product(unit, name, price_cents).id
 
 
 def read(uow: UnitOfWork, product_id: str) -> tuple[bool, int]:
@@ -58,7 +59,7 @@ def read(uow: UnitOfWork, product_id: str) -> tuple[bool, int]:
 def change(uow: UnitOfWork, product_id: str, available: int, version: int) -> None:
     with uow() as unit:
         handlers.apply_stock_changed(
-            unit, StockChanged(product_id=product_id, available=available, version=version)
+            unit, [StockChanged(product_id=product_id, available=available, version=version)]
         )
 
 
@@ -196,7 +197,8 @@ def test_a_run_of_changes_delivered_through_the_router_keeps_the_newest_version(
     lamp, desk = create(uow), create(uow)
 
     with uow() as unit:
-        events.deliver(
+        deliver(
+            events,
             unit,
             StockChanged(product_id=lamp, available=0, version=2),
             StockChanged(product_id=desk, available=4, version=1),

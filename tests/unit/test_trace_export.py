@@ -19,9 +19,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
-from shared.messaging import tracing
+from shared.messaging import exporters, tracing
+from shared.messaging import spans as messaging
 from shared.messaging.envelope import Envelope
-from shared.runtime.http import TELEMETRY, TracingMiddleware
+from shared.runtime.middleware import TELEMETRY, TracingMiddleware
 from tools.local.stack import Stack
 
 pytestmark = pytest.mark.unit
@@ -37,12 +38,12 @@ class Ping(BaseModel):
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     """Spans are exported, to memory."""
-    tracing.configure("test")
+    exporters.configure("test")
     provider = trace.get_tracer_provider()
     assert isinstance(provider, TracerProvider)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "_exporting", True)
+    monkeypatch.setattr(exporters, "_exporting", True)
     yield exporter
     exporter.shutdown()
 
@@ -69,8 +70,8 @@ def hex_ids(span: ReadableSpan) -> tuple[str, str, str | None]:
 
 
 def test_no_variable_means_no_exporter() -> None:
-    assert tracing.span_exporters({}) == []
-    assert tracing.span_exporters({"OTEL_TRACES_EXPORTER": "none"}) == []
+    assert exporters.span_exporters({}) == []
+    assert exporters.span_exporters({"OTEL_TRACES_EXPORTER": "none"}) == []
 
 
 def test_zipkin_reads_its_endpoint_from_the_standard_variable(
@@ -78,35 +79,35 @@ def test_zipkin_reads_its_endpoint_from_the_standard_variable(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_ZIPKIN_ENDPOINT", "http://127.0.0.1:9/api/v2/spans")
 
-    (exporter,) = tracing.span_exporters({"OTEL_TRACES_EXPORTER": "zipkin"})
+    (exporter,) = exporters.span_exporters({"OTEL_TRACES_EXPORTER": "zipkin"})
 
     assert isinstance(exporter, ZipkinExporter)
     assert exporter.endpoint == "http://127.0.0.1:9/api/v2/spans"
 
 
 def test_otlp_means_http_unless_grpc_is_asked_for() -> None:
-    exporters = tracing.span_exporters({"OTEL_TRACES_EXPORTER": "otlp, console"})
+    built = exporters.span_exporters({"OTEL_TRACES_EXPORTER": "otlp, console"})
 
-    assert [type(e) for e in exporters] == [OTLPSpanExporter, ConsoleSpanExporter]
+    assert [type(e) for e in built] == [OTLPSpanExporter, ConsoleSpanExporter]
     with pytest.raises(ValueError, match="otlp_proto_grpc"):
-        tracing.span_exporters(
+        exporters.span_exporters(
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
         )
     with pytest.raises(ValueError, match="unsupported OTLP protocol"):
-        tracing.span_exporters(
+        exporters.span_exporters(
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "carrier"}
         )
 
 
 def test_an_unknown_exporter_is_an_error_not_silence() -> None:
     with pytest.raises(ValueError, match="'jaeger-thrift'"):
-        tracing.span_exporters({"OTEL_TRACES_EXPORTER": "jaeger-thrift"})
+        exporters.span_exporters({"OTEL_TRACES_EXPORTER": "jaeger-thrift"})
 
 
 def test_a_process_span_is_the_child_of_the_events_traceparent_with_messaging_attributes(
     spans: InMemorySpanExporter,
 ) -> None:
-    tracing.set_consumer_group("inventory")
+    messaging.set_consumer_group("inventory")
     event = consumed()
 
     with tracing.consuming(event):
@@ -138,7 +139,7 @@ def test_a_batch_gets_one_process_span_per_event_each_the_parent_of_what_it_caus
 ) -> None:
     first, second = consumed(offset=1), consumed(offset=2)
 
-    with tracing.consuming_batch([first, second]):
+    with messaging.consuming_batch([first, second]):
         emitted = tracing.new_event("stock-reserved", "o-1", Ping(), source="/s", caused_by=second)
 
     processes = spans.get_finished_spans()
@@ -152,7 +153,7 @@ def test_a_batch_gets_one_process_span_per_event_each_the_parent_of_what_it_caus
 def test_a_failing_batch_marks_every_process_span_as_an_error(
     spans: InMemorySpanExporter,
 ) -> None:
-    with pytest.raises(RuntimeError), tracing.consuming_batch([consumed(), consumed(offset=8)]):
+    with pytest.raises(RuntimeError), messaging.consuming_batch([consumed(), consumed(offset=8)]):
         raise RuntimeError("database gone")
 
     statuses = [p.status.status_code for p in spans.get_finished_spans()]
@@ -172,7 +173,7 @@ def test_publish_spans_replace_each_records_traceparent_with_their_own(
     headers = [("ce_id", "e-1"), ("ce_type", "order-created"), ("traceparent", TRACEPARENT)]
     records = [("orders", "o-1", b"{}", headers), ("orders", "o-2", b"{}", [("ce_id", "e-2")])]
 
-    publishing = tracing.Publishing(records)  # type: ignore[arg-type]
+    publishing = messaging.Publishing(records)  # type: ignore[arg-type]
     publishing.end([Placed(1, 41), Placed(error="too large")])
 
     first, second = spans.get_finished_spans()

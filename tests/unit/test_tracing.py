@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from shared.messaging import tracing
+from shared.messaging import exporters, tracing
 from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.tracing import Cause
 
@@ -24,7 +24,7 @@ class Ping(BaseModel):
 
 @pytest.fixture(autouse=True)
 def _tracer() -> None:
-    tracing.configure("test")
+    exporters.configure("test")
 
 
 def event() -> Envelope:
@@ -85,10 +85,9 @@ def test_a_span_without_a_traceparent_starts_a_new_trace() -> None:
 def test_the_cause_is_restored_when_the_span_ends_even_by_an_error() -> None:
     with tracing.span("outer", cause=Cause("outer")):
         with pytest.raises(RuntimeError), tracing.span("inner", cause=Cause("inner")):
-            assert tracing.current_cause() == Cause("inner")
+            assert event().causation_id == "inner"
             raise RuntimeError
-        assert tracing.current_cause() == Cause("outer")
-    assert tracing.current_cause() is None
+        assert event().causation_id == "outer"
     assert event().causation_id is None
 
 
@@ -103,11 +102,13 @@ def test_consuming_an_event_makes_it_the_cause_in_its_trace() -> None:
     )
 
     with tracing.consuming(consumed):
-        assert tracing.current_cause() == Cause(consumed.id, "order-1", continued=True)
         emitted = event()
+        with tracing.join_trace(STORED):
+            joined = event()
 
     assert (emitted.causation_id, emitted.correlation_id) == (consumed.id, "order-1")
     assert parts(emitted.traceparent)[1] == TRACE_ID
+    assert parts(joined.traceparent)[1] == TRACE_ID, "its own trace continued, none joined"
 
 
 # join_trace

@@ -20,14 +20,16 @@ from services.user.events import (
     Shortage,
 )
 from services.user.main import SPEC
-from services.user.models import Notification, OutboxMessage
+from services.user.models import Notification, OutboxMessage, User
+from services.user.passwords import hash_password
 from services.user.schemas import NotificationOut, UserIn, UserOut
+from shared.errors import Conflict, NotFound
 from shared.messaging.envelope import Envelope
 from shared.messaging.outbox import row_to_envelope
-from shared.messaging.unit_of_work import UnitOfWork
-from shared.runtime.http import Conflict, NotFound
+from shared.messaging.unit_of_work import Unit, UnitOfWork
 from shared.storage.db import make_engine, make_sessions
 from shared.storage.migrations import upgrade
+from tests.helpers import deliver
 
 pytestmark = pytest.mark.unit
 
@@ -57,10 +59,15 @@ def emitted(uow: UnitOfWork) -> list[tuple[str, Envelope]]:
         return [(row.topic, row_to_envelope(row)) for row in rows]
 
 
+def register_body(unit: Unit, body: UserIn) -> User:
+    """As POST /users does with its body: the schema normalised the e-mail."""
+    return handlers.register_user(unit, body.name, body.email, hash_password(body.password))
+
+
 def register(uow: UnitOfWork, name: str = "Ann", email: str | None = None) -> str:
     with uow() as unit:
-        command = UserIn(name=name, email=email or random_email(), password=PASSWORD)
-        return handlers.register_user(unit, command).id
+        body = UserIn(name=name, email=email or random_email(), password=PASSWORD)
+        return register_body(unit, body).id
 
 
 def notifications(uow: UnitOfWork, user_id: str) -> list[NotificationOut]:
@@ -102,7 +109,7 @@ def test_registering_a_taken_email_is_a_conflict_and_emits_nothing(
     first = register(uow, "Ann", email)
 
     with pytest.raises(handlers.EmailAlreadyRegistered) as caught, uow() as unit:
-        handlers.register_user(unit, UserIn(name="Bob", email=transform(email), password=PASSWORD))
+        register_body(unit, UserIn(name="Bob", email=transform(email), password=PASSWORD))
 
     assert isinstance(caught.value, Conflict)
     assert caught.value.email == email
@@ -161,7 +168,7 @@ def test_an_unknown_user_is_not_found(uow: UnitOfWork) -> None:
 def test_a_confirmed_order_notifies_its_user(uow: UnitOfWork) -> None:
     user_id, order_id = register(uow), random_id()
     with uow() as unit:
-        handlers.notify_order_confirmed(unit, OrderConfirmed(order_id=order_id, user_id=user_id))
+        handlers.notify_order_confirmed(unit, [OrderConfirmed(order_id=order_id, user_id=user_id)])
 
     [note] = notifications(uow, user_id)
     assert (note.order_id, note.type) == (order_id, "order-confirmed")
@@ -229,11 +236,11 @@ def test_a_cancelled_order_notifies_its_user(uow: UnitOfWork) -> None:
 def test_notifications_are_listed_oldest_first_and_only_for_their_user(uow: UnitOfWork) -> None:
     user_id, other, order_id = register(uow), register(uow), random_id()
     with uow() as unit:
-        handlers.notify_order_confirmed(unit, OrderConfirmed(order_id=order_id, user_id=user_id))
+        handlers.notify_order_confirmed(unit, [OrderConfirmed(order_id=order_id, user_id=user_id)])
     with uow() as unit:
         handlers.notify_order_cancelled(unit, OrderCancelled(order_id=order_id, user_id=user_id))
     with uow() as unit:
-        handlers.notify_order_confirmed(unit, OrderConfirmed(order_id=random_id(), user_id=other))
+        handlers.notify_order_confirmed(unit, [OrderConfirmed(order_id=random_id(), user_id=other)])
 
     assert [n.type for n in notifications(uow, user_id)] == ["order-confirmed", "order-cancelled"]
     assert len(notifications(uow, other)) == 1
@@ -247,7 +254,7 @@ def test_notifications_of_an_unknown_user_are_not_found(uow: UnitOfWork) -> None
 def test_a_notification_for_an_unknown_user_is_still_stored(uow: UnitOfWork) -> None:
     user_id, order_id = random_id(), random_id()
     with uow() as unit:
-        handlers.notify_order_confirmed(unit, OrderConfirmed(order_id=order_id, user_id=user_id))
+        handlers.notify_order_confirmed(unit, [OrderConfirmed(order_id=order_id, user_id=user_id)])
 
     with uow() as unit:
         stored = unit.session.scalars(select(Notification)).all()
@@ -260,9 +267,9 @@ def test_a_repeated_outcome_for_an_order_is_a_no_op(uow: UnitOfWork) -> None:
     user_id, order_id = register(uow), random_id()
     confirmed = OrderConfirmed(order_id=order_id, user_id=user_id)
     with uow() as unit:
-        handlers.notify_order_confirmed(unit, confirmed)
+        handlers.notify_order_confirmed(unit, [confirmed])
     with uow() as unit:  # the same outcome again, e.g. re-emitted under a new event id
-        handlers.notify_order_confirmed(unit, confirmed)
+        handlers.notify_order_confirmed(unit, [confirmed])
         handlers.notify_order_cancelled(unit, OrderCancelled(order_id=order_id, user_id=user_id))
 
     assert [n.type for n in notifications(uow, user_id)] == ["order-confirmed", "order-cancelled"]
@@ -293,7 +300,8 @@ def test_order_outcomes_delivered_through_the_router_notify_their_users(uow: Uni
     confirmed, other, rejected, cancelled = (random_id() for _ in range(4))
 
     with uow() as unit:
-        events.deliver(
+        deliver(
+            events,
             unit,
             OrderConfirmed(order_id=confirmed, user_id=user_id),
             OrderConfirmed(order_id=other, user_id=user_id),
