@@ -68,15 +68,25 @@ GIVEN_PORTS: set[int] = set()
 """Every port `free_port` handed out in this session."""
 
 
+def _worker() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) without xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    return int(name.removeprefix("gw") or 0), max(1, int(count))
+
+
 def free_port() -> int:
     """A loopback port nothing listens on, and that no other caller in this session was
     given: two services of one test stack never get the same one, even when the system
-    hands the same free port out twice (it does once the first is closed again)."""
+    hands the same free port out twice (it does once the first is closed again). Under
+    pytest-xdist each worker takes only the ports its index owns (port mod workers), so
+    two workers never hand out the same port either."""
+    index, count = _worker()
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port not in GIVEN_PORTS:
+        if port % count == index and port not in GIVEN_PORTS:
             GIVEN_PORTS.add(port)
             return port
 

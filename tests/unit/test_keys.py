@@ -300,10 +300,10 @@ def test_anchors_for_one_issuer_clear_those_of_any_other(uow: UnitOfWork, anchor
     [
         "AAAA",  # too short
         "A" * 44,  # too long
-        Anchor().public[:-1] + "=",  # padded, one short
-        Anchor().public[:-1] + "\x00",  # NUL
-        Anchor().public[:-1] + "+",  # base64, not base64url
-        ",".join(Anchor().public for _ in range(5)),  # more than MAX_ANCHORS
+        "B" * 42 + "=",  # padded, one short
+        "B" * 42 + "\x00",  # NUL
+        "B" * 42 + "+",  # base64, not base64url
+        ",".join(letter * 43 for letter in "CDEFG"),  # more than MAX_ANCHORS
         "x" * 1000,
     ],
 )
