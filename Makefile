@@ -73,17 +73,22 @@ bench: $(STAMP)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
+# Tests run in WORKERS pytest-xdist processes: a file stays whole on one worker, the
+# secured-cluster files share one (tests/conftest.py); WORKERS=0 runs them in this process.
+WORKERS ?= 3
+XDIST = -n $(WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m unit -q
+	$(PY) -m pytest -m unit -q -n 2 --dist loadgroup
 
 test-integration: $(STAMP)
-	$(PY) -m pytest -m integration
+	$(PY) -m pytest -m integration $(XDIST)
 
 test-e2e: $(STAMP)
-	$(PY) -m pytest -m e2e
+	$(PY) -m pytest -m e2e $(XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

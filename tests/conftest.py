@@ -30,6 +30,43 @@ from tools.local.kafka import LocalBroker
 from tools.local.stack import docker_engine
 
 
+STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
+"""Set by the pytest-xdist controller when it started the local broker its workers share."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, the controller starts the one local broker every worker shares
+    (workers inherit `KAFKA_BOOTSTRAP_SERVERS`) and stops it at the end if it started it:
+    no worker may stop a broker another worker still uses. Not for the unit tier alone."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or config.option.markexpr == "unit":
+        return
+    if docker_engine():
+        return
+    broker = LocalBroker()
+    if not broker.is_running():
+        broker.start()
+        os.environ[STARTED_FOR_WORKERS] = "1"
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.pop(STARTED_FOR_WORKERS, None):
+        LocalBroker().stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup`: a test file runs whole on one worker
+    (its module-scoped stack starts once), and every file that uses the secured
+    three-node cluster runs on the same worker (one cluster, not one per worker)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        group = "secure-cluster" if "secure_cluster" in item.fixturenames else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     if address := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from services.order.events import (
     Line,
@@ -126,42 +127,57 @@ def place_order(
         created_at=utcnow(),
     )
     if idempotency_key is not None:
-        request_hash = hashlib.sha256(
-            orjson.dumps([user_id, {"items": _items(lines)}], option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
-        claimed = session.execute(
-            insert(session, _KEYS)
-            .values(
-                user_id=user_id,
-                key=idempotency_key,
-                request_hash=request_hash,
-                order_id=placed.id,
-                response=placed.snapshot(),
-            )
-            .on_conflict_do_nothing()
-            .returning(_KEYS.c.key)
-        ).first()
-        if claimed is None:
-            first = session.execute(
-                select(_KEYS.c.request_hash, _KEYS.c.response).where(
-                    _KEYS.c.user_id == user_id, _KEYS.c.key == idempotency_key
-                )
-            ).first()
-            if first is None or first.request_hash != request_hash or first.response is None:
-                raise IdempotencyKeyReused(idempotency_key)
-            return PlacedOrder.from_snapshot(first.response)
+        first = _claim_key(session, idempotency_key, placed)
+        if first is not None:
+            return first
 
     _check_known(unit, lines, user_id)
     created = unit.outbox.emit(
         OrderCreated(order_id=placed.id, user_id=user_id, items=list(placed.lines)),
         correlation_id=placed.id,
     )
+    _insert_order(session, placed, created.traceparent)
+    return placed
+
+
+def _claim_key(session: Session, key: str, placed: PlacedOrder) -> PlacedOrder | None:
+    """Claim the user's idempotency `key` for `placed` (insert-first); None when claimed
+    now, the order first placed with it when this is a replay of the same request."""
+    request_hash = hashlib.sha256(
+        orjson.dumps([placed.user_id, {"items": _items(placed.lines)}], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    claimed = session.execute(
+        insert(session, _KEYS)
+        .values(
+            user_id=placed.user_id,
+            key=key,
+            request_hash=request_hash,
+            order_id=placed.id,
+            response=placed.snapshot(),
+        )
+        .on_conflict_do_nothing()
+        .returning(_KEYS.c.key)
+    ).first()
+    if claimed is not None:
+        return None
+    first = session.execute(
+        select(_KEYS.c.request_hash, _KEYS.c.response).where(
+            _KEYS.c.user_id == placed.user_id, _KEYS.c.key == key
+        )
+    ).first()
+    if first is None or first.request_hash != request_hash or first.response is None:
+        raise IdempotencyKeyReused(key)
+    return PlacedOrder.from_snapshot(first.response)
+
+
+def _insert_order(session: Session, placed: PlacedOrder, traceparent: str) -> None:
+    """The order's row and its lines: two Core inserts."""
     session.execute(
         insert(session, Order.__table__).values(
             id=placed.id,
-            user_id=user_id,
+            user_id=placed.user_id,
             status=placed.status,
-            traceparent=created.traceparent,
+            traceparent=traceparent,
             created_at=placed.created_at,
             updated_at=placed.created_at,
         )
@@ -178,7 +194,6 @@ def place_order(
             for n, i in enumerate(placed.lines)
         ],
     )
-    return placed
 
 
 _KEYS = IdempotencyKey.__table__

@@ -35,6 +35,8 @@ class ServiceMetrics(ConsumerObserver, RelayObserver):
     consumer and the relay; the HTTP middleware calls `request`."""
 
     def __init__(self, service: str, multiprocess_dir: str | None = None) -> None:
+        """Declares every instrument, one statement each: long as a list is, and read as
+        one (the names, help texts and labels /metrics serves)."""
         self.service = service
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
