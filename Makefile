@@ -76,13 +76,13 @@ bench: $(STAMP)
 # Tests run in WORKERS pytest-xdist processes: a file stays whole on one worker, the
 # secured-cluster files share one (tests/conftest.py); WORKERS=0 runs them in this process.
 WORKERS ?= 3
-XDIST = -n $(WORKERS) --dist loadgroup
+XDIST = -n $(WORKERS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m unit -q -n 2 --dist loadgroup
+	$(PY) -m pytest -m unit -q -n 2
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -m integration $(XDIST)

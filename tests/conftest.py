@@ -29,7 +29,6 @@ from tools.local.cluster import LocalCluster, NodePorts
 from tools.local.kafka import LocalBroker
 from tools.local.stack import docker_engine
 
-
 STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
 """Set by the pytest-xdist controller when it started the local broker its workers share."""
 
@@ -56,15 +55,58 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         LocalBroker().stop()
 
 
+SHARED_CLUSTER_FILES = frozenset(
+    {"test_kafka_security.py", "test_secure_saga.py", "test_forged_keys.py", "test_broker_loss.py"}
+)
+"""The files whose tests use the secured three-node cluster: one pytest-xdist worker runs
+them all, so one cluster starts, not one per worker."""
+
+
+def _scope(nodeid: str) -> str:
+    """A test's unit of work for pytest-xdist: its file, or the shared cluster's group."""
+    path = nodeid.split("::", 1)[0]
+    return "secure-cluster" if Path(path).name in SHARED_CLUSTER_FILES else path
+
+
+def _first(nodeid: str) -> int:
+    """The longest units start first: the cluster's group, then e2e, integration, unit."""
+    scope = _scope(nodeid)
+    if scope == "secure-cluster":
+        return 0
+    return {"e2e": 1, "integration": 2}.get(Path(scope).parent.name, 3)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """A whole file per worker (its module-scoped stack starts once there), the shared
+    cluster's files on one, the longest first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+        def schedule(self) -> None:
+            if self.collection is None:
+                for node, collection in self.registered_collections.items():
+                    self.registered_collections[node] = sorted(collection, key=_first)
+            super().schedule()
+
+    config.option.loadscopereorder = False
+    return ByFile(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's `--dist loadgroup`: a test file runs whole on one worker
-    (its module-scoped stack starts once), and every file that uses the secured
-    three-node cluster runs on the same worker (one cluster, not one per worker)."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = "secure-cluster" if "secure_cluster" in item.fixturenames else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+    """A test that uses the secured cluster outside SHARED_CLUSTER_FILES would start a
+    cluster of its own on each worker that runs it: refused."""
+    strays = {
+        item.path.name
+        for item in items
+        if "secure_cluster" in item.fixturenames and item.path.name not in SHARED_CLUSTER_FILES
+    }
+    if strays:
+        raise pytest.UsageError(
+            f"add {sorted(strays)} to SHARED_CLUSTER_FILES in tests/conftest.py"
+        )
 
 
 @pytest.fixture(scope="session")
