@@ -129,7 +129,8 @@ class Publishing:
     """The `publish` spans of one batch of records the relay sends: each record's
     `traceparent` becomes its span's, so a consumer's `process` span is its child. A span
     is sampled as the record's `traceparent` says; one not sampled still gives the record
-    a `traceparent` of its own (flags `00`), and is neither described nor exported."""
+    a `traceparent` of its own (its flags' sampled bit clear), and is neither described nor
+    exported."""
 
     def __init__(self, records: list[Record]) -> None:
         self.spans: list[Span] = []
