@@ -68,8 +68,12 @@ def exported(zipkin: LocalZipkin, trace_id: str) -> list[dict[str, Any]]:
     return spans
 
 
-def whole_trace(zipkin: LocalZipkin, trace_id: str) -> list[dict[str, Any]]:
-    """The trace's spans once order, inventory and user (its last consumer) sent theirs."""
+def whole_trace(
+    zipkin: LocalZipkin, trace_id: str, caller_span: str | None = None
+) -> list[dict[str, Any]]:
+    """The trace's spans once order, inventory and user (its last consumer) sent theirs and
+    every span's parent is there too (each service sends its spans on its own schedule):
+    a parent missing for good times out."""
 
     def complete() -> list[dict[str, Any]]:
         spans = exported(zipkin, trace_id)
@@ -81,6 +85,9 @@ def whole_trace(zipkin: LocalZipkin, trace_id: str) -> list[dict[str, Any]]:
             and s["localEndpoint"]["serviceName"] == "user"
             for s in spans
         )
+        ids = {s["id"] for s in spans}
+        missing = [s for s in spans if s.get("parentId") not in {*ids, caller_span, None}]
+        assert missing == [], missing
         return spans
 
     return eventually(complete, timeout=30, interval=0.5, message="the trace in Zipkin")
@@ -117,7 +124,7 @@ def test_an_orders_trace_spans_order_inventory_and_user_with_the_right_parents(
     placed, ada = place_confirmed(traced, f"00-{CALLER_TRACE}-{CALLER_SPAN}-01")
     chain = {hop["type"]: hop for hop in ada.order_events(placed["id"])}
 
-    spans = whole_trace(zipkin, CALLER_TRACE)
+    spans = whole_trace(zipkin, CALLER_TRACE, CALLER_SPAN)
     by_id = {s["id"]: s for s in spans}
     assert {s["traceId"] for s in spans} == {CALLER_TRACE}
     orphans = [s for s in spans if s.get("parentId") not in by_id and s["parentId"] != CALLER_SPAN]
