@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from services.registry import get, load, names
+from shared.messaging import exporters
 from shared.runtime.app import serve
 
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         given = {"host": args.host, "port": args.port}
         # checked once here, before any worker starts, and handed to them all
         settings = load(service.settings)(**{k: v for k, v in given.items() if v is not None})
+        try:
+            exporters.check()  # OTEL_TRACES_SAMPLER(_ARG) and OTEL_TRACES_EXPORTER
+        except ValueError as exc:
+            raise SystemExit(f"python -m services {service.name}: {exc}") from None
         app, host, port = service.app, settings.host, settings.port
         os.environ[f"{service.name.upper()}_HOST"] = host
         os.environ[f"{service.name.upper()}_PORT"] = str(port)

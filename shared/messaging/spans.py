@@ -68,19 +68,19 @@ def process_attributes(event: Envelope) -> dict[str, str | int]:
 def consuming_batch(events: Sequence[Envelope]) -> Iterator[None]:
     """The context in which a batch handler handles `events`: when spans are exported,
     one `process` span per event, each the parent of what the handler emits for it
-    (`new_event(caused_by=...)`)."""
+    (`new_event(caused_by=...)`), sampled as the event's `traceparent` says."""
     if not exporting():
         yield
         return
-    spans = {
-        event.id: tracer().start_span(
+    spans: dict[str, Span] = {}
+    for event in events:
+        process = spans[event.id] = tracer().start_span(
             f"process {event.topic}",
             context=remote_parent(event.traceparent, event.tracestate),
             kind=SpanKind.CONSUMER,
-            attributes=process_attributes(event),
         )
-        for event in events
-    }
+        if process.is_recording():  # the event's trace is sampled
+            process.set_attributes(process_attributes(event))
     token = _batch.set(spans)
     try:
         yield
@@ -111,9 +111,26 @@ def child_of(event: Envelope) -> tuple[str | None, str | None]:
     return out.get("traceparent"), out.get("tracestate")
 
 
+def publish_attributes(topic: str, key: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """What a `publish` span says of its record (messaging semantic conventions)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": topic,
+        "messaging.kafka.message.key": key,
+        "messaging.message.id": headers.get("ce_id", ""),
+        "cloudevents.event_id": headers.get("ce_id", ""),
+        "cloudevents.event_type": headers.get("ce_type", ""),
+    }
+
+
 class Publishing:
     """The `publish` spans of one batch of records the relay sends: each record's
-    `traceparent` becomes its span's, so a consumer's `process` span is its child."""
+    `traceparent` becomes its span's, so a consumer's `process` span is its child. A span
+    is sampled as the record's `traceparent` says; one not sampled still gives the record
+    a `traceparent` of its own (its flags' sampled bit clear), and is neither described nor
+    exported."""
 
     def __init__(self, records: list[Record]) -> None:
         self.spans: list[Span] = []
@@ -128,17 +145,9 @@ class Publishing:
                 f"publish {topic}",
                 context=remote_parent(text.get("traceparent"), text.get("tracestate")),
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "send",
-                    "messaging.operation.name": "publish",
-                    "messaging.destination.name": topic,
-                    "messaging.kafka.message.key": key,
-                    "messaging.message.id": text.get("ce_id", ""),
-                    "cloudevents.event_id": text.get("ce_id", ""),
-                    "cloudevents.event_type": text.get("ce_type", ""),
-                },
             )
+            if publish.is_recording():  # the record's trace is sampled
+                publish.set_attributes(publish_attributes(topic, key, text))
             carrier: dict[str, str] = {}
             propagator.inject(carrier, context=trace.set_span_in_context(publish))
             text.update(carrier)
@@ -148,6 +157,8 @@ class Publishing:
     def end(self, placed: Sequence[Any]) -> None:
         """End each span with where the broker put its record, or its error."""
         for publish, where in zip(self.spans, placed, strict=True):
+            if not publish.is_recording():
+                continue
             if where.error is None:
                 publish.set_attribute("messaging.destination.partition.id", str(where.partition))
                 publish.set_attribute("messaging.kafka.offset", where.offset)

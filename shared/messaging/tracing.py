@@ -70,7 +70,9 @@ def span(
 
 @contextmanager
 def consuming(event: Envelope) -> Iterator[None]:
-    """The context in which a consumed event is handled: its children are caused by it."""
+    """The context in which a consumed event is handled: its children are caused by it.
+    Its `process` span is sampled as the event's `traceparent` says (a parent-based
+    sampler), and described only when it will be exported."""
     handled = _handling.set(event)
     try:
         with span(
@@ -79,8 +81,9 @@ def consuming(event: Envelope) -> Iterator[None]:
             traceparent=event.traceparent,
             tracestate=event.tracestate,
             kind=SpanKind.CONSUMER,
-            attributes=process_attributes(event) if exporting() else None,
-        ):
+        ) as current:
+            if exporting() and current.is_recording():  # sampled: it will be exported
+                current.set_attributes(process_attributes(event))
             yield
     finally:
         _handling.reset(handled)

@@ -49,6 +49,8 @@ from tools.local import haproxy, pginit
 from tools.local.certs import ADMIN
 from tools.local.cluster import LocalCluster, default_ports
 from tools.local.kafka_security import Topology, principals
+from tools.local.stack import SAMPLING
+from tools.ops.explorer.config import ExplorerSettings
 
 pytestmark = pytest.mark.unit
 
@@ -621,6 +623,23 @@ def test_every_service_sends_its_spans_to_jaeger_over_otlp(name: str) -> None:
     (exporter,) = span_exporters(env)
     assert isinstance(exporter, OTLPSpanExporter)
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
+
+
+@pytest.mark.parametrize("name", sorted(PORTS))
+def test_every_service_samples_as_make_up_does_unless_told_otherwise(name: str) -> None:
+    """`${VAR:-default}`: the user's exported value, else the local stack's SAMPLING."""
+    env = environment(name)
+    defaults = {key: re.fullmatch(r"\$\{(\w+):-([^}]*)\}", env[key]) for key in SAMPLING}
+    assert all(defaults.values()), env
+    assert {key: (m.group(1), m.group(2)) for key, m in defaults.items() if m} == {
+        key: (key, value) for key, value in SAMPLING.items()
+    }
+
+
+def test_the_explorer_links_sampled_traces_to_jaegers_ui() -> None:
+    address = environment(EXPLORER)["EXPLORER_TRACE_URL"]
+    assert address == "http://127.0.0.1:16686/trace/{trace_id}"
+    assert ExplorerSettings(trace_url=address).trace_url == address
 
 
 def test_jaeger_serves_its_ui_on_loopback_and_is_healthy_when_it_answers() -> None:

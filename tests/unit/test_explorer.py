@@ -50,6 +50,7 @@ def event(
     correlation: str | None = None,
     partition: int = 1,
     offset: int = 0,
+    traceparent: str | None = None,
 ) -> Record:
     envelope = Envelope(
         type=type,
@@ -60,6 +61,7 @@ def event(
         time=T0 + timedelta(milliseconds=ms),
         correlation_id=correlation or key,
         causation_id=cause,
+        traceparent=traceparent,
     )
     return Record(
         PREFIX + topic, envelope.data, key.encode(), envelope.headers(), partition, offset
@@ -408,3 +410,139 @@ def test_a_parked_outbox_row_is_listed_with_its_retry_command_and_never_offered_
     assert snapshot["counters"]["dead_letters"] == 1
     assert snapshot["counters"]["parked"] == 2
     assert snapshot["undecodable"] == []
+
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACE_URL = "http://127.0.0.1:9411/zipkin/traces/{trace_id}"
+
+
+def traced_order(order: str, traceparent: str | None) -> list[Record]:
+    """An order created by a request in the trace of `traceparent`, then reserved."""
+    return [
+        event("order-created", "orders", order, id=f"{order}-1", traceparent=traceparent),
+        event(
+            "stock-reserved",
+            "stock",
+            order,
+            id=f"{order}-2",
+            cause=f"{order}-1",
+            ms=5,
+            service="inventory",
+            traceparent=traceparent,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "sampled"), [("01", True), ("00", False), ("03", True), ("02", False)]
+)
+def test_an_order_links_to_its_trace_only_when_its_traceparent_says_sampled(
+    flags: str, sampled: bool
+) -> None:
+    view = ShopView(PREFIX, trace_url=TRACE_URL)
+    for record in traced_order("o1", f"00-{TRACE}-00f067aa0ba902b7-{flags}"):
+        view.add(record)
+
+    chain = view.order("o1")
+    listed = view.snapshot()["orders"][0]
+
+    link = f"http://127.0.0.1:9411/zipkin/traces/{TRACE}" if sampled else None
+    assert chain is not None
+    assert chain["trace"] == {"id": TRACE, "sampled": sampled, "url": link}
+    assert listed["trace"] == chain["trace"]
+    assert [(e["trace_id"], e["sampled"]) for e in chain["chain"]] == [(TRACE, sampled)] * 2
+
+
+def test_a_sampled_trace_is_not_linked_without_a_trace_address() -> None:
+    view = view_of(traced_order("o1", f"00-{TRACE}-00f067aa0ba902b7-01"))
+
+    chain = view.order("o1")
+
+    assert chain is not None
+    assert chain["trace"] == {"id": TRACE, "sampled": True, "url": None}
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        None,
+        "",
+        f"00-{TRACE}-00f067aa0ba902b7-1",  # one flag digit
+        f"00-{TRACE}-0000000000000000-01",  # the zero span
+        f"00-{'0' * 32}-00f067aa0ba902b7-01",  # the zero trace
+        f"ff-{TRACE}-00f067aa0ba902b7-01",  # the forbidden version
+        f"00-{TRACE.upper()}-00f067aa0ba902b7-01",  # upper case
+        f"00-{TRACE}-00f067aa0ba902b7-01-extra",  # version 00 has four fields
+        f"00-{TRACE}-00f067aa0ba902b7-01\x00",
+        "00-" + "a" * 5000,
+    ],
+)
+def test_an_order_whose_traceparent_is_missing_or_malformed_links_to_no_trace(
+    traceparent: str | None,
+) -> None:
+    view = ShopView(PREFIX, trace_url=TRACE_URL)
+    for record in traced_order("o1", traceparent):
+        view.add(record)
+
+    chain = view.order("o1")
+
+    assert chain is not None, "the order is shown all the same"
+    assert chain["trace"] is None
+    assert {(e["trace_id"], e["sampled"]) for e in chain["chain"]} == {(None, False)}
+
+
+def test_the_orders_trace_is_the_one_its_creation_carries() -> None:
+    other = "0af7651916cd43dd8448eb211c80319c"
+    view = ShopView(PREFIX, trace_url=TRACE_URL)
+    cancel = event(
+        "order-cancelled",
+        "orders",
+        "o1",
+        id="o1-9",
+        ms=-5,  # read first, stamped earlier: a cancel in a trace of its own
+        traceparent=f"00-{other}-00f067aa0ba902b7-01",
+    )
+    for record in [cancel, *traced_order("o1", f"00-{TRACE}-00f067aa0ba902b7-00")]:
+        view.add(record)
+
+    chain = view.order("o1")
+
+    assert chain is not None
+    assert chain["trace"] == {"id": TRACE, "sampled": False, "url": None}
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "javascript:alert(1)//{trace_id}",
+        "ftp://127.0.0.1/{trace_id}",
+        "http://127.0.0.1:9411/zipkin/traces/",
+        "http://127.0.0.1/{trace_id}/{trace_id}",
+        "http://127.0.0.1/{trace_id}?other={x}",
+        "http://127.0.0.1/ {trace_id}",
+        "http:///{trace_id}",
+        "http://127.0.0.1/" + "a" * 3000 + "{trace_id}",
+    ],
+)
+def test_a_trace_address_that_is_not_http_with_one_trace_id_is_refused(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXPLORER_TRACE_URL", address)
+    with pytest.raises(ValueError, match="trace_url"):
+        ExplorerSettings()
+
+
+def test_the_stack_points_its_explorer_at_its_zipkins_traces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    monkeypatch.delenv("EXPLORER_TRACE_URL", raising=False)
+    stack = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", traces=True, explorer_port=18090)
+    assert stack.explorer is not None and stack.zipkin is not None
+    address = stack.explorer.env["EXPLORER_TRACE_URL"]
+    assert address == "http://127.0.0.1:9411/zipkin/traces/{trace_id}"
+    assert ExplorerSettings(trace_url=address).trace_url == address
+
+    untraced = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", explorer_port=18090)
+    assert untraced.explorer is not None
+    assert "EXPLORER_TRACE_URL" not in untraced.explorer.env

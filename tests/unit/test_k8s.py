@@ -19,6 +19,7 @@ import yaml
 from sqlalchemy import make_url
 
 from services.registry import SERVICES, get
+from shared.messaging import exporters
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import EventProducer
@@ -27,6 +28,7 @@ from shared.runtime.settings import ServiceSettings
 from tests.unit.test_compose import env_names, settings_class
 from tools.dev import gotools, k8s, k8s_values
 from tools.local.kafka_security import Topology, acl_plan
+from tools.local.stack import SAMPLING
 
 pytestmark = pytest.mark.unit
 
@@ -477,6 +479,25 @@ def test_services_send_spans_to_the_collector_which_exports_to_jaeger() -> None:
     )
     (exporter,) = config["service"]["pipelines"]["traces"]["exporters"]
     assert "jaeger" in config["exporters"][exporter]["endpoint"]
+
+
+def test_the_chart_samples_as_make_up_does_with_values_the_services_accept() -> None:
+    tracing = yaml.safe_load((k8s.CHART / "values.yaml").read_text())["tracing"]
+    chosen = {
+        "OTEL_TRACES_SAMPLER": tracing["sampler"],
+        "OTEL_TRACES_SAMPLER_ARG": tracing["samplerArg"],
+    }
+    assert chosen == SAMPLING
+    exporters.sampler(chosen)  # what each pod checks at start-up
+    template = (k8s.CHART / "templates" / "_env.tpl").read_text()
+    assert (
+        "- name: OTEL_TRACES_SAMPLER\n  value: {{ $root.Values.tracing.sampler | quote }}"
+        in template
+    )
+    assert (
+        "- name: OTEL_TRACES_SAMPLER_ARG\n  value: {{ $root.Values.tracing.samplerArg | quote }}"
+        in template
+    )
 
 
 def test_service_monitors_replace_the_scrape_annotations_when_enabled() -> None:

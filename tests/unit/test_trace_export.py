@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.zipkin.json import ZipkinExporter
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -29,6 +28,7 @@ pytestmark = pytest.mark.unit
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+EVERY_TRACE = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}
 
 
 class Ping(BaseModel):
@@ -37,15 +37,17 @@ class Ping(BaseModel):
 
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """Spans are exported, to memory."""
-    exporters.configure("test")
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
+    """Spans are exported, to memory, every trace sampled (a ratio of 1, set here rather
+    than left to the environment the tests run in)."""
+    provider = exporters.tracer_provider("test", EVERY_TRACE)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("shared")
+    monkeypatch.setattr(messaging, "tracer", lambda: tracer)
+    monkeypatch.setattr(tracing, "tracer", lambda: tracer)
     monkeypatch.setattr(exporters, "_exporting", True)
     yield exporter
-    exporter.shutdown()
+    provider.shutdown()
 
 
 def consumed(topic: str = "orders", offset: int = 7, traceparent: str = TRACEPARENT) -> Envelope:

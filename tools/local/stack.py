@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.registry import SERVICES
+from shared.messaging import exporters
 from tools.local import pginit
 from tools.local.certs import (
     ADMIN,
@@ -176,6 +177,9 @@ class Stack:
         if traces and "OTEL_TRACES_EXPORTER" not in {**os.environ, **shared}:
             self.zipkin = LocalZipkin(self.run_dir / "zipkin")
             shared |= trace_defaults(self.zipkin)
+        if traces:
+            given = {**os.environ, **shared}
+            shared |= {name: v for name, v in SAMPLING.items() if not given.get(name)}
         return shared
 
     def _env(self, name: str, shared: dict[str, str], layout: Layout) -> dict[str, str]:
@@ -198,8 +202,10 @@ class Stack:
 
     def _explorer(self, port: int, shared: dict[str, str]) -> ServiceProcess:
         """The explorer's process: on a cluster it reads as the observer, and its button
-        redrives as `redrive`."""
+        redrives as `redrive`; it links sampled traces to the stack's Zipkin."""
         env = dict(shared)
+        if self.zipkin is not None:
+            env.setdefault("EXPLORER_TRACE_URL", self.zipkin.trace_url)
         if self.cluster is not None:
             env |= self.cluster.client_env(OBSERVER)
             env["EXPLORER_REDRIVE_PASSWORD_FILE"] = str(self.cluster.password_file(REDRIVE))
@@ -216,6 +222,10 @@ class Stack:
         return {name: each[0].database for name, each in self.instances.items()}
 
     def up(self, names: Iterable[str] | None = None, timeout: float = 90) -> None:
+        """Start what is not running. Before anything starts, refuse (ValueError) a
+        sampler or span exporter the services would refuse (shared.messaging.exporters)."""
+        for each in self.instances.values():
+            exporters.check(each[0].environment())
         counts = {name: len(each) for name, each in self.instances.items()}
         require_shared_databases(counts, self.databases)
         operator_password(self.operator_password_file)
@@ -383,6 +393,12 @@ def remembered_scale(run_dir: Path, given: str | None, command: str) -> dict[str
     return scale
 
 
+SAMPLING = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+"""How `make up` samples span export unless the environment says otherwise: a tenth of
+the traces that start in the stack, and every trace whose caller's `traceparent` says
+sampled. Only export is sampled: every event carries its `traceparent` all the same."""
+
+
 def trace_defaults(zipkin: LocalZipkin) -> dict[str, str]:
     """The services' span export to the local Zipkin, sent within a second."""
     return {
@@ -465,6 +481,8 @@ def compose_up_or_down(command: str, scale: Mapping[str, int]) -> int:
         **compose_user_keys(RUN_DIR),
     }
     if command == "up":
+        # compose.yaml's defaults are SAMPLING's; refused here as the services would
+        exporters.sampler({**SAMPLING, **{k: v for k, v in os.environ.items() if v}})
         for name in (n for n in PORTS if f"{n.upper()}_DATABASE_URL" in os.environ):
             print(
                 f"{name.upper()}_DATABASE_URL is not used with Docker: compose runs"

@@ -47,6 +47,11 @@ class LocalZipkin(RunsAProcess):
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def trace_url(self) -> str:
+        """Where its UI shows one trace: a template of `{trace_id}` (`EXPLORER_TRACE_URL`)."""
+        return f"{self.url}/zipkin/traces/{{trace_id}}"
+
+    @property
     def spans_endpoint(self) -> str:
         """Where Zipkin's span exporters send (`OTEL_EXPORTER_ZIPKIN_ENDPOINT`)."""
         return f"{self.url}/api/v2/spans"

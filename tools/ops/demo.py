@@ -6,7 +6,8 @@ The operator signs in (with the password `make up` wrote to .run/operator-passwo
 creates two products with a little stock; a customer registers with a password, gets a
 token, places orders until one is rejected for a stock shortage, cancels one, and reads
 every order with its event chain (every event with its place on Kafka and the event that
-caused it) and her notifications."""
+caused it) and her notifications. Each order is placed with a sampled `traceparent`, so
+its trace is exported whatever ratio the stack samples at."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ from tools.ops.client import OPERATOR_EMAIL, ShopClient
 
 def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def traced() -> dict[str, str]:
+    """A new trace whose caller says sampled: a parent-based sampler keeps it."""
+    return {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"}
 
 
 def show_chain(shop: ShopClient, order: dict[str, Any]) -> None:
@@ -100,7 +106,7 @@ def main() -> int:
     say("4. Ada orders two gears at a time until inventory runs short.")
     orders = []
     while True:
-        placed = ada.place_order_eventually([{"product_id": gear["id"], "quantity": 2}])
+        placed = ada.place_order_eventually([{"product_id": gear["id"], "quantity": 2}], traced())
         order = settle(ada, placed["id"], 3)
         orders.append(order)
         say(f"   order {order['id'][:8]}… → {order['status']}")
@@ -108,7 +114,7 @@ def main() -> int:
             break
 
     say("5. Ada orders cards, then changes her mind and cancels.")
-    placed = ada.place_order_eventually([{"product_id": cards["id"], "quantity": 4}])
+    placed = ada.place_order_eventually([{"product_id": cards["id"], "quantity": 4}], traced())
     ada.wait_for_status(placed["id"])
     ada.cancel(placed["id"]).raise_for_status()
     orders.append(settle(ada, placed["id"], 5))

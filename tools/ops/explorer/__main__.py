@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from shared.runtime.protocol import BoundedHttpToolsProtocol
 from tools.local.certs import OBSERVER, REDRIVE
@@ -22,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
         redrive = Path(signed_in).with_name(REDRIVE)  # beside it, as tools/local/certs keeps them
         if redrive.is_file():
             os.environ.setdefault("EXPLORER_REDRIVE_PASSWORD_FILE", str(redrive))
-    defaults = ExplorerSettings()
+    try:
+        defaults = ExplorerSettings()
+    except ValidationError as exc:  # a setting from the environment it cannot use
+        raise SystemExit(f"python -m tools.ops.explorer: {exc}") from None
     parser = argparse.ArgumentParser(prog="python -m tools.ops.explorer", description=__doc__)
     parser.add_argument("--port", type=int, default=defaults.port)
     parser.add_argument(

@@ -45,7 +45,9 @@ class RedriveRequest(BaseModel):
 def create_app(settings: ExplorerSettings | None = None, observe: bool = True) -> FastAPI:
     """The app; `observe=False` leaves Kafka alone (tests feed `app.state.view`)."""
     settings = settings or ExplorerSettings()
-    view = ShopView(settings.topic_prefix, max_orders=settings.max_orders)
+    view = ShopView(
+        settings.topic_prefix, max_orders=settings.max_orders, trace_url=settings.trace_url
+    )
     observer = Observer(view, settings.kafka(), settings.topic_prefix, tail=settings.tail)
 
     @asynccontextmanager

@@ -4,8 +4,9 @@ services: `KAFKA_*`, `TOPIC_PREFIX`), and its own under `EXPLORER_`."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.messaging.connection import Bootstrap
@@ -24,9 +25,34 @@ class ExplorerSettings(KafkaSettings):
     """How many records before each partition's end to start reading from."""
     max_orders: int = Field(200, ge=1)
     """How many orders it remembers (the most recent)."""
+    trace_url: str | None = Field(None, max_length=2048)
+    """Where a trace is shown, `{trace_id}` standing for its id (e.g.
+    `http://127.0.0.1:9411/zipkin/traces/{trace_id}`): an order whose trace was sampled
+    links there. Unset: no link."""
     redrive_password_file: Path | None = None
     """On a secured cluster: the `redrive` principal's password, which the redrive button
     signs in with (the explorer itself reads as the observer, which may write nothing)."""
+
+    @field_validator("trace_url")
+    @classmethod
+    def _a_trace_address(cls, value: str | None) -> str | None:
+        """An http(s) address with `{trace_id}` once and no other braces, or empty."""
+        if not value:
+            return None
+        parsed, rest = urlsplit(value), value.replace("{trace_id}", "", 1)
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.netloc
+            or "{" in rest
+            or "}" in rest
+            or rest == value
+            or any(not c.isprintable() or c.isspace() for c in value)
+        ):
+            raise ValueError(
+                "EXPLORER_TRACE_URL must be an http(s) address holding {trace_id} once,"
+                " e.g. http://127.0.0.1:9411/zipkin/traces/{trace_id}"
+            )
+        return value
 
     def redrive_kafka(self) -> Bootstrap:
         """How a redrive reaches the cluster: as `redrive` when its password is given."""

@@ -23,6 +23,7 @@ from shared.messaging.envelope import (
     KafkaRecord,
     format_time,
 )
+from shared.runtime import ids
 
 ORDER_TOPICS = frozenset({"orders", "stock"})
 """Topics keyed by order id: every record on them belongs to the order its key names."""
@@ -53,6 +54,10 @@ class Hop:
     time: datetime
     causation_id: str | None
     correlation_id: str | None
+    trace_id: str | None = None
+    """The trace of its `traceparent`, when that is well formed."""
+    sampled: bool = False
+    """Whether that `traceparent` says the trace is sampled (its flags' low bit)."""
 
     @property
     def service(self) -> str:
@@ -77,7 +82,19 @@ class Hop:
             "time": format_time(self.time),
             "causation_id": self.causation_id,
             "correlation_id": self.correlation_id,
+            "trace_id": self.trace_id,
+            "sampled": self.sampled,
         }
+
+
+def trace_of(traceparent: str | None) -> tuple[str | None, bool]:
+    """The trace id a W3C `traceparent` names and whether its flags say sampled; (None,
+    False) for a missing or malformed one (shared.runtime.ids, as the services read it)."""
+    valid = ids.traceparent(traceparent)
+    if valid is None:
+        return None, False
+    _, trace_id, _, flags = valid.split("-")[:4]
+    return trace_id, bool(int(flags, 16) & 0x01)
 
 
 @dataclass(slots=True)
@@ -97,9 +114,29 @@ class Order:
     def first(self) -> Hop:
         return min(self.hops, key=lambda hop: hop.time)
 
-    def summary(self) -> dict[str, Any]:
+    @property
+    def traced(self) -> Hop | None:
+        """The hop whose trace is the order's: its `order-created`, else its first event
+        with a trace."""
+        created = next((h for h in self.hops if h.type == "order-created" and h.trace_id), None)
+        with_trace = sorted((h for h in self.hops if h.trace_id), key=lambda hop: hop.time)
+        return created or next(iter(with_trace), None)
+
+    def summary(self, trace_url: str | None = None) -> dict[str, Any]:
+        """The order at a glance; `trace` names its trace, with the address of the trace
+        (`trace_url` with the id put in) only when the trace was sampled, since only
+        sampled traces are exported."""
         created = next((h for h in self.hops if h.type == "order-created"), self.first)
         last = max(self.hops, key=lambda hop: hop.time)
+        traced = self.traced
+        trace = None
+        if traced is not None and traced.trace_id is not None:
+            link = trace_url.replace("{trace_id}", traced.trace_id) if trace_url else None
+            trace = {
+                "id": traced.trace_id,
+                "sampled": traced.sampled,
+                "url": link if traced.sampled else None,
+            }
         return {
             "id": self.id,
             "state": self.state,
@@ -107,6 +144,7 @@ class Order:
             "updated": format_time(last.time),
             "events": len(self.hops) + self.dropped,
             "services": sorted({hop.service for hop in self.hops}),
+            "trace": trace,
         }
 
 
@@ -114,7 +152,9 @@ Readers = dict[tuple[str, int], list[tuple[str, int]]]
 """(topic, partition) → (service, committed offset) of each service's group reading it."""
 
 
-def chain(order: Order, readers: Readers | None = None) -> dict[str, Any]:
+def chain(
+    order: Order, readers: Readers | None = None, trace_url: str | None = None
+) -> dict[str, Any]:
     """The order's events in time order, each with the index of its cause in the list
     (None when the cause is not an event of this order: an HTTP request, say), and the
     services whose consumer group has read past it (`read_by`) or not yet (`waiting`)."""
@@ -133,7 +173,12 @@ def chain(order: Order, readers: Readers | None = None) -> dict[str, Any]:
             }
         )
     lanes = sorted({hop.service for hop in hops})
-    return {**order.summary(), "chain": events, "lanes": lanes, "dropped": order.dropped}
+    return {
+        **order.summary(trace_url),
+        "chain": events,
+        "lanes": lanes,
+        "dropped": order.dropped,
+    }
 
 
 def _pairs(headers: KafkaHeaders | dict[str, HeaderValue] | None) -> KafkaHeaders:
@@ -164,8 +209,11 @@ class ShopView:
         max_hops: int = 64,
         max_letters: int = 200,
         max_undecodable: int = 200,
+        trace_url: str | None = None,
     ) -> None:
         self.prefix = prefix
+        self.trace_url = trace_url
+        """Where a trace is shown: an address with `{trace_id}` in it (ExplorerSettings)."""
         self.max_orders = max_orders
         self.max_hops = max_hops
         self.dead_letter_topic = prefix + dlq.DEAD_LETTERS
@@ -207,6 +255,7 @@ class ShopView:
 
     def _add_event(self, envelope: Envelope) -> None:
         topic = self.short(envelope.topic or "")
+        trace_id, sampled = trace_of(envelope.traceparent)
         hop = Hop(
             id=envelope.id,
             type=envelope.type,
@@ -218,6 +267,8 @@ class ShopView:
             time=envelope.time,
             causation_id=envelope.causation_id,
             correlation_id=envelope.correlation_id,
+            trace_id=trace_id,
+            sampled=sampled,
         )
         if topic in ORDER_TOPICS and hop.key:
             order_id = hop.key
@@ -310,7 +361,9 @@ class ShopView:
     def order(self, order_id: str) -> dict[str, Any] | None:
         with self._lock:
             order = self.orders.get(order_id)
-            return chain(order, self._readers()) if order and order.hops else None
+            if order is None or not order.hops:
+                return None
+            return chain(order, self._readers(), self.trace_url)
 
     def _readers(self) -> Readers:
         """Each service's group (named `<prefix><service>`) by the partitions it reads;
@@ -326,7 +379,7 @@ class ShopView:
 
     def snapshot(self, orders: int = 100, letters: int = 50) -> dict[str, Any]:
         with self._lock:
-            recent = [o.summary() for o in reversed(self.orders.values()) if o.hops]
+            recent = [o.summary(self.trace_url) for o in reversed(self.orders.values()) if o.hops]
             recent.sort(key=lambda summary: summary["created"], reverse=True)
             topics = self._topic_rows()
             groups = self._group_rows()

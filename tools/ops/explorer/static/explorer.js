@@ -114,10 +114,19 @@ async function refreshChain() {
   }
 }
 
+// The order's trace: a link when it was sampled (and so exported) and the explorer knows
+// where traces are shown (EXPLORER_TRACE_URL); otherwise its id, and why there is no link.
+function traceLink(trace) {
+  if (!trace) return ` <span class="trace none" title="its events carry no traceparent">no trace</span>`;
+  if (trace.url) return ` <a class="trace" href="${esc(trace.url)}" target="_blank" rel="noopener noreferrer" title="trace ${esc(trace.id)}">trace ${esc(short(trace.id))} ↗</a>`;
+  const why = trace.sampled ? "sampled; no trace address set (EXPLORER_TRACE_URL)" : "not sampled: its spans were not exported";
+  return ` <span class="trace ${trace.sampled ? "unlinked" : "unsampled"}" title="trace ${esc(trace.id)}: ${esc(why)}">trace ${esc(short(trace.id))} · ${trace.sampled ? "sampled" : "not sampled"}</span>`;
+}
+
 function drawChain(order) {
   const events = order.chain;
   $("chain").dataset.order = order.id;
-  $("chain-title").innerHTML = `<code>${esc(order.id)}</code> <span class="state ${esc(order.state)}">${esc(order.state)}</span>`;
+  $("chain-title").innerHTML = `<code>${esc(order.id)}</code> <span class="state ${esc(order.state)}">${esc(order.state)}</span>${traceLink(order.trace)}`;
   const lanes = [...LANES, ...order.lanes.filter((s) => !LANES.includes(s))];
   const roots = events.filter((e) => e.cause === null);
   const box = $("chain");
@@ -196,7 +205,7 @@ function drawChain(order) {
       `<text class="type" x="${left + 12}" y="${top_ + 19}" style="fill:${color(event.service)}">${esc(event.type)}</text>`,
       `<text class="where" x="${left + 12}" y="${top_ + 36}">${esc(event.where)}</text>`,
       `<text class="time" x="${left + 12}" y="${top_ + 51}">${esc(clock(event.time))}${index ? "  +" + delta + " ms" : ""}</text>`,
-      `<title>${esc(event.type)} from ${esc(event.source)}\nid ${esc(event.id)}\ncaused by ${esc(event.causation_id || "-")}\ncorrelation ${esc(event.correlation_id || "-")}\nkey ${esc(event.key)}\n${esc(event.time)}</title></g>`);
+      `<title>${esc(event.type)} from ${esc(event.source)}\nid ${esc(event.id)}\ncaused by ${esc(event.causation_id || "-")}\ncorrelation ${esc(event.correlation_id || "-")}\nkey ${esc(event.key)}\ntrace ${esc(event.trace_id || "-")}${event.trace_id ? (event.sampled ? " (sampled)" : " (not sampled)") : ""}\n${esc(event.time)}</title></g>`);
   });
   parts.push("</svg>");
   box.innerHTML = parts.join("") + (order.dropped ? `<p class="small">${order.dropped} more events not kept.</p>` : "");
