@@ -13,7 +13,8 @@ machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM pri
 per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each
 service its own identity; `status` lists the brokers, each topic's cleanup policy and
 retention as the brokers apply them (flagging one that differs from
-shared/messaging/topics.py's `TOPICS`), and its partitions' leaders and in-sync replicas. The nodes' data belongs to a cluster of one size: to change KAFKA_NODES, run
+shared/messaging/topics.py's `TOPICS`), and its partitions' leaders and in-sync
+replicas. The nodes' data belongs to a cluster of one size: to change KAFKA_NODES, run
 `down`, then `reset-kafka` (`make clean-kafka`), then `up` with the new size.
 
 `SCALE="inventory=2 order=2"` runs that many instances of a service (order-1, order-2, ...)
