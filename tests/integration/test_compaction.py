@@ -11,7 +11,14 @@ import time
 
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from services.inventory.events import StockChanged
@@ -128,3 +135,21 @@ def test_compaction_keeps_the_newest_stock_changed_of_every_product(kafka_bootst
         product_id: stock_changed(product_id, VERSIONS).model_dump() for product_id in PRODUCTS
     }
     assert applied_settings(kafka_bootstrap, topic)["cleanup.policy"] == "compact"
+
+
+def test_the_broker_refuses_a_record_without_a_key_on_a_state_topic(kafka_bootstrap: str) -> None:
+    """Nothing keyless can land where only the newest record per key is kept."""
+    prefix = unique("keyless") + "-"
+    configs = topic_configs(prefix)
+    names = [prefix + "users", prefix + "orders"]
+    ensure_topics(kafka_bootstrap, names, configs=configs)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    errors: dict[str, object] = {}
+    for topic in names:
+        producer.produce(
+            topic, b"{}", on_delivery=lambda error, _m, topic=topic: errors.update({topic: error})
+        )
+    assert producer.flush(30) == 0
+    refused = errors[prefix + "users"]
+    assert isinstance(refused, KafkaError) and refused.code() == KafkaError.INVALID_RECORD
+    assert errors[prefix + "orders"] is None
