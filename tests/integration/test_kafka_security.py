@@ -23,7 +23,7 @@ from shared.messaging.topics import TOPICS, ensure_topics
 from tests.helpers import eventually, read_topic, unique
 from tools.local import kafka_security
 from tools.local.certs import ADMIN, OBSERVER, REDRIVE
-from tools.local.cluster import LocalCluster
+from tools.local.cluster import LocalCluster, describe_cluster
 from tools.local.kafka_security import Topology, principals, secure_stack
 from tools.ops import offsets
 
@@ -236,6 +236,16 @@ def test_the_stacks_topics_carry_the_tables_cleanup_policy_and_retention(secured
     for name, policy in TOPICS.items():
         wanted = {key: str(value) for key, value in policy.config().items()}
         assert settings_of(admin, secured.topic(name)) == wanted, name
+
+
+def test_status_shows_each_topics_cleanup_policy_and_retention(secured: Secured) -> None:
+    lines = describe_cluster(secured.as_user(ADMIN), secured.prefix).splitlines()
+    for name, policy in TOPICS.items():
+        kept = "forever" if policy.state else "7d"
+        expected = (
+            f"  {secured.topic(name)}  cleanup.policy {policy.cleanup_policy}, retention {kept}"
+        )
+        assert expected in lines, lines
 
 
 def test_making_the_stack_again_sets_the_tables_settings_on_a_topic_made_before(
