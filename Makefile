@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
+.PHONY: help up down status demo offsets test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -13,6 +13,8 @@ help:
 	@echo "make demo      tell the order story against the running stack"
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
+	@echo "make offsets GROUP=order OFFSETS_ARGS=\"--to-earliest\"  plan moving a stopped group;"
+	@echo "               --execute in OFFSETS_ARGS applies the plan"
 	@echo "make down      stop everything"
 	@echo "make clean-kafka  after make down: remove the Kafka cluster's data, to change KAFKA_NODES"
 	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
@@ -65,6 +67,13 @@ status: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m tools.ops.demo
+
+# Move a consumer group whose members are stopped: OFFSETS_ARGS is one of --to-datetime T,
+# --to-earliest, --to-latest, --shift-by N, with --topic T and --execute (without it, the
+# plan alone is printed). E.g. make offsets GROUP=product OFFSETS_ARGS="--to-earliest".
+offsets: $(STAMP)
+	@if [ -z "$(GROUP)" ]; then echo 'make offsets GROUP=<group> OFFSETS_ARGS="--to-earliest [--execute]"' >&2; exit 2; fi
+	$(PY) -m tools.ops.offsets "$(GROUP)" $(OFFSETS_ARGS)
 
 # Throughput and latency against the running stack (`make up` first), beside the limits.
 # Options: make bench BENCH_ARGS="--duration 60 --connections 32"; results/ gets the report.

@@ -28,7 +28,7 @@ from shared.messaging.health import KafkaHealth, KafkaHealthCheck
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Delivery, EventProducer
 from shared.messaging.router import EventRouter
-from shared.messaging.topics import ensure_topics
+from shared.messaging.topics import ensure_topics, topic_configs
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.auth import KeyRing
 from shared.runtime.groupcommit import GroupCommit
@@ -142,6 +142,7 @@ class ServiceRuntime:
             [settings.topic(t) for t in topics],
             partitions=settings.topic_partitions,
             replication_factor=settings.topic_replication,
+            configs=topic_configs(settings.topic_prefix),
         )
         self.producer = EventProducer(kafka)
         self._kafka_health = KafkaHealthCheck(

@@ -88,8 +88,10 @@ class ServiceSettings(KafkaSettings):
     """Defaults to the service name; tests give each run its own."""
     max_body_bytes: int = 64 * 1024
     processed_retention_hours: float = 24 * 30
-    """Keep processed ids longer than a record can stay on a topic (retention plus a
-    segment's age) and longer than a group's offsets live, or a replay could re-apply."""
+    """Keep processed ids longer than a record can stay on an event topic (retention plus
+    a segment's age) and longer than a group's offsets live, or a replay could re-apply.
+    A compacted state topic keeps its newest records for good: its consumers apply one
+    again harmlessly (shared/messaging/topics.py)."""
     outbox_retention_hours: float = 24
     prometheus_multiproc_dir: str | None = Field(
         None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR")

@@ -19,11 +19,13 @@ from shared.messaging.deadletter import H_CONSUMER, H_OFFSET, H_PARTITION, H_REA
 from shared.messaging.envelope import H_ID, Envelope
 from shared.messaging.producer import DeliveryError, EventProducer
 from shared.messaging.redrive import redrive
+from shared.messaging.topics import TOPICS, ensure_topics
 from tests.helpers import eventually, read_topic, unique
 from tools.local import kafka_security
 from tools.local.certs import ADMIN, OBSERVER, REDRIVE
-from tools.local.cluster import LocalCluster
+from tools.local.cluster import LocalCluster, describe_cluster
 from tools.local.kafka_security import Topology, principals, secure_stack
+from tools.ops import offsets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -221,6 +223,84 @@ def test_the_stacks_topics_have_three_replicas_and_need_two_in_sync(secured: Sec
     configs = admin.describe_configs([resource])[resource].result(DEADLINE)
     assert configs["min.insync.replicas"].value == "2"
     assert configs["unclean.leader.election.enable"].value == "false"
+
+
+def settings_of(admin: AdminClient, topic: str) -> dict[str, str]:
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(DEADLINE)
+    return {key: configs[key].value for key in ("cleanup.policy", "retention.ms", "segment.ms")}
+
+
+def test_the_stacks_topics_carry_the_tables_cleanup_policy_and_retention(secured: Secured) -> None:
+    admin = AdminClient(secured.as_user(ADMIN).config())
+    for name, policy in TOPICS.items():
+        wanted = {key: str(value) for key, value in policy.config().items()}
+        assert settings_of(admin, secured.topic(name)) == wanted, name
+
+
+def test_status_shows_each_topics_cleanup_policy_and_retention(secured: Secured) -> None:
+    lines = describe_cluster(secured.as_user(ADMIN), secured.prefix).splitlines()
+    for name, policy in TOPICS.items():
+        kept = "forever" if policy.state else "7d"
+        expected = (
+            f"  {secured.topic(name)}  cleanup.policy {policy.cleanup_policy}, retention {kept}"
+        )
+        assert expected in lines, lines
+
+
+def test_making_the_stack_again_sets_the_tables_settings_on_a_topic_made_before(
+    secure_cluster: LocalCluster,
+) -> None:
+    """A cluster whose `products` was made when every topic was deleted after 7 days is
+    brought to compaction by the next `make up` (or compose's kafka-init)."""
+    prefix = unique("before") + "-"
+    admin = secure_cluster.connection(ADMIN)
+    old = {"cleanup.policy": "delete", "retention.ms": "604800000"}
+    ensure_topics(admin, [prefix + "products"], configs={prefix + "products": old})
+    client = AdminClient(admin.config())
+    assert settings_of(client, prefix + "products")["cleanup.policy"] == "delete"
+    passwords = {name: secure_cluster.password(name) for name in principals(Topology.of_registry())}
+    secure_stack(admin, prefix, passwords)
+    assert settings_of(client, prefix + "products")["cleanup.policy"] == "compact"
+    assert settings_of(client, prefix + "products")["retention.ms"] == "-1"
+
+
+def test_a_service_moves_its_own_stopped_group_and_not_anothers(
+    secured: Secured,
+    producers: list[EventProducer],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`tools.ops.offsets` signs in as the service whose group it moves on `make up`'s
+    cluster: READ on its group and topics is all that takes."""
+    topic, group = secured.topic("stock-changes"), secured.topic("product")
+    for _ in range(3):
+        assert produce(producers, secured.as_user("inventory"), topic) is None
+    product = Consumer(secured.as_user("product").config(**{"group.id": group}))
+    try:
+        ends = [product.get_watermark_offsets(TopicPartition(topic, p), DEADLINE) for p in range(3)]
+        product.commit(
+            offsets=[TopicPartition(topic, p, high) for p, (_, high) in enumerate(ends)],
+            asynchronous=False,
+        )
+    finally:
+        product.close()
+    move = [group, "--topic", "stock-changes", "--to-earliest", "--execute"]
+    move += ["--topic-prefix", secured.prefix]
+    for key, value in secured.cluster.client_env("inventory").items():
+        monkeypatch.setenv(key, value)
+    assert offsets.main(move) == 1
+    assert "GROUP_AUTHORIZATION_FAILED" in capsys.readouterr().err
+    for key, value in secured.cluster.client_env("product").items():
+        monkeypatch.setenv(key, value)
+    assert offsets.main(move) == 0
+    assert f"moved group {group}: 3 partition(s) of 1 topic(s)" in capsys.readouterr().out
+    reader = Consumer(secured.as_user("product").config(**{"group.id": group}))
+    try:
+        committed = reader.committed([TopicPartition(topic, p) for p in range(3)], DEADLINE)
+        assert [tp.offset for tp in committed] == [low for low, _ in ends]
+    finally:
+        reader.close()
 
 
 def test_a_service_reads_the_min_insync_of_the_topics_it_writes_and_no_others(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared.messaging import topics
 from tools.bench.__main__ import parser
 from tools.dev import k8s_values
 
@@ -118,7 +119,7 @@ def test_each_service_consumes_what_the_registry_says_and_scales_to_its_partitio
 
 def test_the_topic_settings_stated_are_topic_specs() -> None:
     spec = k8s_values.topic_spec("orders")
-    days = k8s_values.TOPIC_RETENTION.days
+    days = topics.EVENT_RETENTION.days
     stated = (
         f"({spec['partitions']} partitions, {spec['replicas']} replicas, "
         f"`min.insync.replicas` {spec['config']['min.insync.replicas']}, "

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from shared.messaging.connection import KafkaConnection
-from shared.messaging.topics import replication_for
+from shared.messaging.topics import TOPICS, TopicPolicy, replication_for
 from tools.local.certs import (
     ADMIN,
     BROKER_PRINCIPAL,
@@ -376,9 +376,12 @@ def describe_cluster(admin: KafkaConnection, prefix: str = "", timeout: float = 
     lines = [f"  cluster {metadata.cluster_id}, active controller: node {metadata.controller_id}"]
     for broker in sorted(metadata.brokers.values(), key=lambda b: b.id):
         lines.append(f"  broker {broker.id}  {broker.host}:{broker.port}")
-    for name in sorted(metadata.topics):
-        if name.startswith("__") or not name.startswith(prefix):
-            continue
+    names = sorted(n for n in metadata.topics if n.startswith(prefix) and not n.startswith("__"))
+    settings = topic_settings(AdminClient(admin.config()), names, timeout)
+    for name in names:
+        lines.append(
+            f"  {name}  {describe_settings(settings.get(name), TOPICS.get(name[len(prefix) :]))}"
+        )
         for part in sorted(metadata.topics[name].partitions.values(), key=lambda p: p.id):
             flag = "  UNDER-REPLICATED" if len(part.isrs) < len(part.replicas) else ""
             lines.append(
@@ -386,6 +389,56 @@ def describe_cluster(admin: KafkaConnection, prefix: str = "", timeout: float = 
                 f"  isr {sorted(part.isrs)}{flag}"
             )
     return "\n".join(lines)
+
+
+SHOWN = ("cleanup.policy", "retention.ms", "segment.ms")
+
+
+def topic_settings(
+    admin: AdminClient, names: Sequence[str], timeout: float
+) -> dict[str, dict[str, str]]:
+    """Each topic's `SHOWN` settings as the brokers apply them (describe_configs); a topic
+    whose settings could not be read is left out."""
+    if not names:
+        return {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    found = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            entries = future.result(timeout)
+        except KafkaException:
+            continue
+        found[resource.name] = {key: entries[key].value for key in SHOWN if key in entries}
+    return found
+
+
+def describe_settings(settings: dict[str, str] | None, policy: TopicPolicy | None) -> str:
+    """`cleanup.policy compact, retention forever`, and what differs from `TOPICS`."""
+    if settings is None:
+        return "settings unreadable"
+    text = (
+        f"cleanup.policy {settings.get('cleanup.policy', '?')}, "
+        f"retention {_span(settings.get('retention.ms'))}"
+    )
+    if policy is not None:
+        wanted = {key: str(value) for key, value in policy.config().items()}
+        differs = [f"{key} {wanted[key]}" for key in SHOWN if settings.get(key) != wanted[key]]
+        if differs:
+            text += f"  DIFFERS from TOPICS: wants {', '.join(differs)}"
+    return text
+
+
+def _span(millis: str | None) -> str:
+    """`604800000` as `7d`, `-1` as `forever`."""
+    if millis is None or not millis.lstrip("-").isdigit():
+        return "?"
+    value = int(millis)
+    if value < 0:
+        return "forever"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if value >= size and value % size == 0:
+            return f"{value // size}{unit}"
+    return f"{value}ms"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from services.registry import SERVICES, load
 from shared.messaging.connection import KafkaConnection
 from shared.messaging.deadletter import DEAD_LETTERS
-from shared.messaging.topics import ensure_topics
+from shared.messaging.topics import align_configs, ensure_topics, topic_configs
 from tools.local.certs import ADMIN, OBSERVER, REDRIVE, ensure_password, ensure_tls
 
 SCRAM_ITERATIONS = 8192
@@ -160,10 +160,14 @@ def secure_stack(
     partitions: int = 3,
     timeout: float = 60,
 ) -> list[Grant]:
-    """As the admin: create the stack's topics (replicated by the cluster's size), the
+    """As the admin: create the stack's topics (replicated by the cluster's size) with
+    their settings (`shared.messaging.topics.TOPICS`, set again on topics that exist), the
     principals' credentials and the ACLs; return the grants. Safe to repeat."""
     topology = topology or Topology.of_registry()
-    ensure_topics(admin, [prefix + t for t in topology.topics], partitions, timeout=timeout)
+    names = [prefix + t for t in topology.topics]
+    configs = {name: config for name, config in topic_configs(prefix).items() if name in names}
+    ensure_topics(admin, names, partitions, timeout=timeout, configs=configs)
+    align_configs(admin, configs, timeout)
     client = AdminClient(admin.config())
     upsert_credentials(client, passwords, timeout)
     grants = acl_plan(prefix, topology)

@@ -11,7 +11,9 @@ and, for `up`, a Zipkin server that receives their traces.
 Kafka is a secured KRaft cluster of KAFKA_NODES nodes (default 3; 1 for a small
 machine): tools/local/cluster.py. `up` creates the stack's topics, one SCRAM principal
 per service and the ACLs (tools/local/kafka_security.py) as the admin, and hands each
-service its own identity; `status` lists the brokers and each topic's leaders and in-sync
+service its own identity; `status` lists the brokers, each topic's cleanup policy and
+retention as the brokers apply them (flagging one that differs from
+shared/messaging/topics.py's `TOPICS`), and its partitions' leaders and in-sync
 replicas. The nodes' data belongs to a cluster of one size: to change KAFKA_NODES, run
 `down`, then `reset-kafka` (`make clean-kafka`), then `up` with the new size.
 
@@ -618,7 +620,9 @@ ANY = "SERVICE|INSTANCE|explorer|kafka|kafka-ID"
 COMMANDS = {
     "up": Command(up, "start what is not running, wait until every /ready is 200"),
     "down": Command(down, "stop everything, free the ports"),
-    "status": Command(status, "each process, ready or not; the brokers and partitions"),
+    "status": Command(
+        status, "each process, ready or not; the brokers, topic settings and partitions"
+    ),
     "kill": Command(on_names("kill"), "SIGKILL, as a crash would", ANY),
     "stop": Command(on_names("stop"), "SIGTERM: drain (a service), then stop", ANY),
     "start": Command(on_names("start"), "start, wait until ready and in rotation", ANY),
