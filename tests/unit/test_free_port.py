@@ -36,6 +36,7 @@ class Offered:
 
 def test_a_port_offered_twice_is_handed_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(conftest, "GIVEN_PORTS", set())
+    monkeypatch.setattr(conftest, "_worker", lambda: (0, 1))
     monkeypatch.setattr(Offered, "offers", iter([41001, 41001, 41002, 41001, 41003]))
     monkeypatch.setattr(conftest.socket, "socket", Offered)
     assert [conftest.free_port() for _ in range(3)] == [41001, 41002, 41003]
@@ -44,3 +45,14 @@ def test_a_port_offered_twice_is_handed_out_once(monkeypatch: pytest.MonkeyPatch
 def test_the_ports_of_a_session_are_distinct() -> None:
     ports = [conftest.free_port() for _ in range(200)]
     assert len(set(ports)) == len(ports)
+
+
+def test_each_xdist_worker_hands_out_only_the_ports_its_index_owns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(conftest, "GIVEN_PORTS", set())
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    monkeypatch.setattr(Offered, "offers", iter([41001, 41002, 41003, 41004, 41005, 41007]))
+    monkeypatch.setattr(conftest.socket, "socket", Offered)
+    assert [conftest.free_port() for _ in range(2)] == [41002, 41005]
