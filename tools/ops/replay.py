@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ from shared.messaging.replay import Progress, ReplayError, View, replay
 from shared.storage.db import make_engine
 
 MAX_TEXT = 64
+TIME = re.compile(r"[0-9][0-9T:.,+\-Z ]*")
+"""What an ISO 8601 time may hold (`fromisoformat` alone lets a trailing NUL through)."""
 
 
 def views_of(service: str) -> tuple[View, ...]:
@@ -43,6 +46,10 @@ def parse_time(text: str) -> datetime:
     """An ISO 8601 time with its offset (`2026-12-07T06:00:00Z`), not in the future."""
     if len(text) > MAX_TEXT:
         raise argparse.ArgumentTypeError(f"a time of at most {MAX_TEXT} characters")
+    if not TIME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-07T06:00:00Z)"
+        )
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
