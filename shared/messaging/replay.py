@@ -9,13 +9,15 @@ from the beginning up to their current end (or to a point in time) with a consum
 joins no group and commits nothing, and hands every event to the views' handlers through
 the same `EventRouter.dispatch` the live consumer uses. Handlers get a `Unit` whose outbox
 publishes nothing: an event a handler emits is counted and dropped. Nothing is claimed in
-the processed-events table, so the live consumer's idempotency is left as it was. The
+the processed-events table, so the live consumer's idempotency is left as it was. An event
+a handler refuses (the live consumer dead-lettered it) is left out and listed. The
 transaction commits only once everything up to the end was applied; until then readers
 see the old view, and a failure leaves it untouched."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,15 +28,19 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.messaging.connection import Bootstrap, client_config
 from shared.messaging.decode import decode
 from shared.messaging.envelope import Envelope
 from shared.messaging.events import Event
+from shared.messaging.failures import transient
 from shared.messaging.router import EventRouter, Received
 from shared.messaging.unit_of_work import Outbox, Unit
 from shared.storage.db import writing
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,8 @@ class Progress:
     """Events handed to the views' handlers."""
     skipped: int = 0
     """Records of types no view takes, and records no consumer could decode."""
+    failed: list[str] = field(default_factory=list)
+    """Events a handler refused (the live consumer dead-lettered them): where each is."""
     total: int = 0
     """Offsets from the first kept to the end (or to the time) on every partition; a
     compacted topic has fewer records than offsets."""
@@ -142,6 +150,7 @@ class Progress:
         return (
             f"read {self.read:,} of {self.total:,} records, lag {self.lag:,},"
             f" {self.rate:,.0f} records/s, applied {self.applied:,}"
+            + (f", {len(self.failed):,} refused" if self.failed else "")
         )
 
 
@@ -319,11 +328,35 @@ class _Reading:
         self.consumer.unassign()
 
     def _apply(self, taken: list[Received[Any]]) -> None:
+        """Apply a batch in a savepoint; if a handler fails, apply its events one by one,
+        each in its own savepoint, and pass over the ones that fail (the live consumer
+        dead-lettered them): one bad event harms only itself."""
         if not taken:
             return
+        if self._try(taken):
+            self.progress.applied += len(taken)
+            return
+        for item in taken:
+            if self._try([item]):
+                self.progress.applied += 1
+            else:
+                self.progress.failed.append(
+                    f"{item.event.topic}[{item.event.partition}]@{item.event.offset}"
+                    f" {item.event.type} {item.event.id}"
+                )
+
+    def _try(self, run: list[Received[Any]]) -> bool:
+        session = self.unit.session
         try:
-            self.router.dispatch(self.unit, taken)
-            self.unit.session.flush()
-        except Exception as exc:
-            raise ReplayError(f"a view handler failed: {exc!r}") from exc
-        self.progress.applied += len(taken)
+            with session.begin_nested():
+                self.router.dispatch(self.unit, run)
+                session.flush()
+        except SQLAlchemyError as exc:
+            if transient(exc):
+                raise ReplayError(f"the database failed: {exc}") from exc
+            log.info("replay: %d event(s) refused: %r", len(run), exc)
+            return False
+        except Exception as exc:  # a handler's bug or a value it refuses
+            log.info("replay: %d event(s) refused: %r", len(run), exc)
+            return False
+        return True

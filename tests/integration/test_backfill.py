@@ -5,6 +5,7 @@ event, publishes nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from services.order.events import Line, OrderCreated
 from shared.messaging import tracing
 from shared.messaging.producer import EventProducer
 from shared.messaging.replay import View, replay
+from shared.messaging.unit_of_work import Unit
 from tests.conftest import service_databases
 from tests.helpers import eventually, unique
 from tests.integration.loyalty import service as loyalty
@@ -152,3 +154,25 @@ def test_replaying_points_re_emits_nothing(urls: dict[str, str], kafka_bootstrap
     assert progress.applied == ORDERS
     assert count(url, Outbox) == ORDERS, "no outbox row added"
     assert points_by_user(url) == healthy
+
+    # one event its handler refuses is left out; the other 999 are rebuilt
+    def earn_unless_poison(unit: Unit, order: loyalty.OrderCreated) -> None:
+        if order.order_id == "o7":
+            raise ValueError("a value this handler refuses")
+        loyalty.earn_points(unit, order)
+
+    engine = create_engine(url)
+    try:
+        poisoned = dataclasses.replace(view, handlers=(earn_unless_poison,))
+        progress = replay(
+            [poisoned],
+            engine=engine,
+            bootstrap=kafka_bootstrap,
+            name="loyalty",
+            topic_prefix=prefix,
+        )
+    finally:
+        engine.dispose()
+    assert progress.applied == ORDERS - 1
+    assert len(progress.failed) == 1 and "order-created" in progress.failed[0]
+    assert count(url, Points) == ORDERS - 1

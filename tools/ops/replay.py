@@ -33,6 +33,8 @@ from shared.messaging.replay import Progress, ReplayError, View, replay
 from shared.storage.db import make_engine
 
 MAX_TEXT = 64
+SHOWN = 20
+"""Refused events listed at most."""
 TIME = re.compile(r"[0-9][0-9T:.,+\-Z ]*")
 """What an ISO 8601 time may hold (`fromisoformat` alone lets a trailing NUL through)."""
 
@@ -140,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         + (" (on SQLite, all its writes)" if engine.dialect.name == "sqlite" else "")
     )
     if until is not None:
-        print("as of a time: events after it stay applied nowhere until a replay to the end")
+        print(
+            "as of a time: the service's consumer will not apply the later events again, so"
+            " the views stay at that time until a replay to the end (--database-url: a copy)"
+        )
     try:
         before = checksums(engine, selected)
         progress = replay(
@@ -164,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         f" {progress.applied:,}, skipped {progress.skipped:,}; published nothing"
         f" ({progress.dropped:,} emitted events dropped)"
     )
+    if progress.failed:
+        print(f"{len(progress.failed):,} event(s) refused by a handler, left out (dead letters):")
+        for where in progress.failed[:SHOWN]:
+            print(f"  {where}")
+        if len(progress.failed) > SHOWN:
+            print(f"  ... and {len(progress.failed) - SHOWN:,} more")
     width = max(len(view.name) for view in selected)
     for view in selected:
         name = view.name
