@@ -29,7 +29,6 @@ from tools.local.cluster import LocalCluster, NodePorts
 from tools.local.kafka import LocalBroker
 from tools.local.stack import docker_engine
 
-
 STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
 """Set by the pytest-xdist controller when it started the local broker its workers share."""
 
