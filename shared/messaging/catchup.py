@@ -28,7 +28,7 @@ class CatchUp:
         topics: Sequence[str],
         *,
         every: float = 1.0,
-        timeout: float = 5.0,
+        timeout: float = 2.0,
     ) -> None:
         self._config = client_config(
             bootstrap, **{"group.id": group_id, "enable.auto.commit": False}

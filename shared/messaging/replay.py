@@ -227,8 +227,9 @@ def replay(
     Reads the views' topics (`topic_prefix` + each) from the beginning to where they end
     once the views are emptied (or to `until`), applies every event a view takes, and
     commits. `on_progress` gets the progress about every `report_every` seconds and at
-    the end. Raises `ReplayError` (the views unchanged) if the broker does not answer
-    within `timeout` seconds or a handler fails."""
+    the end. An event a handler refuses is left out and listed in `Progress.failed`.
+    Raises `ReplayError` (the views unchanged) if the broker does not answer within
+    `timeout` seconds or the database fails."""
     router = router_of(views)
     topics = [topic_prefix + topic for topic in router.topics]
     progress = Progress()
