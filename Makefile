@@ -5,12 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo offsets test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
+.PHONY: help up down status demo offsets replay test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
 	@echo "               SCALE=\"inventory=2 order=2\": several instances behind HAProxy"
 	@echo "make demo      tell the order story against the running stack"
+	@echo "make replay SERVICE=product  rebuild a service's derived views from the log"
 	@echo "make test      the whole suite: unit, integration (real Kafka), end-to-end"
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make offsets GROUP=order OFFSETS_ARGS=\"--to-earliest\"  plan moving a stopped group;"
@@ -74,6 +75,12 @@ demo: $(STAMP)
 offsets: $(STAMP)
 	@if [ -z "$(GROUP)" ]; then echo 'make offsets GROUP=<group> OFFSETS_ARGS="--to-earliest [--execute]"' >&2; exit 2; fi
 	$(PY) -m tools.ops.offsets "$(GROUP)" $(OFFSETS_ARGS)
+
+# Rebuild a service's derived views from the log (docs/replay.md):
+# make replay SERVICE=product [REPLAY_ARGS="--view availability --to-datetime T"]
+replay: $(STAMP)
+	@test -n "$(SERVICE)" || { echo "make replay SERVICE=<order|inventory|product|user>"; exit 2; }
+	$(PY) -m tools.replay $(SERVICE) $(REPLAY_ARGS)
 
 # Throughput and latency against the running stack (`make up` first), beside the limits.
 # Options: make bench BENCH_ARGS="--duration 60 --connections 32"; results/ gets the report.

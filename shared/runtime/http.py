@@ -64,7 +64,8 @@ def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Netw
     )
     def ready(request: Request) -> JSONResponse:
         """Readiness: database and broker reachable, consumer and outbox relay running,
-        and not draining (told to stop: shared.runtime.server)."""
+        the consumer caught up with the history it found at start (backfill), and not
+        draining (told to stop: shared.runtime.server)."""
         if getattr(request.app.state, "draining", False):
             body = {"ready": False, "status": "down", "checks": {"draining": False}}
             return JSONResponse(body, status_code=503)

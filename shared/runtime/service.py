@@ -15,12 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from shared.clock import utcnow
 from shared.messaging import exporters
+from shared.messaging.catchup import CatchUp
 from shared.messaging.consumer import ConsumerWorker
 from shared.messaging.deadletter import DEAD_LETTERS
 from shared.messaging.events import Event
@@ -112,6 +114,8 @@ class ServiceRuntime:
         self.producer: EventProducer | None = None
         self.relay: OutboxRelay | None = None
         self.consumer: ConsumerWorker | None = None
+        self.catch_up: CatchUp | None = None
+        """Whether the consumer has applied the history it found at start (backfill)."""
         self._kafka_health: KafkaHealthCheck | None = None
         self.instruments = ServiceMetrics(spec.name, settings.prometheus_multiproc_dir)
         self.instruments.watch(OutboxCollector(spec.name, lambda: self.relay))
@@ -164,6 +168,13 @@ class ServiceRuntime:
         if spec.on_start:
             spec.on_start(self)
         if spec.subscribes:
+            self.catch_up = CatchUp(
+                kafka, self.group_id, [settings.topic(t) for t in spec.subscribes]
+            )
+            try:
+                self.catch_up.start()
+            except KafkaException as exc:
+                log.warning("where the topics end is not known yet: %s", exc)
             self.consumer = ConsumerWorker(
                 name=spec.name,
                 group_id=self.group_id,
@@ -192,6 +203,8 @@ class ServiceRuntime:
         self.writes.stop()
         if self.consumer:
             self.consumer.stop()
+        if self.catch_up:
+            self.catch_up.close()
         if self.relay:
             self.relay.stop()
         if self.producer:
@@ -235,6 +248,7 @@ class ServiceRuntime:
             "consumer": self.consumer is None
             or (self.consumer.alive and time.monotonic() - self.consumer.last_poll < 20),
             "outbox_relay": bool(self.relay and self.relay.alive and self.relay.last_error is None),
+            "caught_up": self.catch_up is None or self.catch_up(),
         }
 
     def kafka_health(self) -> KafkaHealth:
