@@ -194,7 +194,11 @@ def test_a_purge_never_lets_a_redelivery_within_the_window_through(
         with runtime.sessions() as session:
             return session.get(ProcessedEvent, ("inventory", event_id)) is not None
 
-    eventually(lambda: claimed(later.id), message="the event behind the redelivery applied")
+    # the claim commits before the consumer counts it: wait for both
+    eventually(
+        lambda: claimed(later.id) and consumer.applied >= 2,
+        message="the event behind the redelivery applied",
+    )
     assert consumer.applied == 2, "the redelivery was not applied again"
     assert consumer.dead_lettered == consumer.skipped == 0 and consumer.alive
     with runtime.sessions() as session:

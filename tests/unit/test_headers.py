@@ -67,7 +67,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, psut
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a busy machine starts Python slowly
         while not _accepts(port):
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)

@@ -163,5 +163,6 @@ def test_a_limited_route_answers_429_with_retry_after() -> None:
     answers = [client.post("/token") for _ in range(3)]
 
     assert [a.status_code for a in answers] == [200, 200, 429]
-    assert answers[2].headers["Retry-After"] == "2"
+    # whole seconds until the next token: the 2 s one takes, less what the requests took
+    assert answers[2].headers["Retry-After"] in {"1", "2"}
     assert answers[2].json() == {"detail": "too many requests: slow down"}

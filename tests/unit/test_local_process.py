@@ -170,3 +170,12 @@ def test_this_process_is_alive_and_a_reaped_one_is_not() -> None:
     done = subprocess.Popen(child("pass"))
     done.wait()
     assert not alive(done.pid)
+
+
+def test_a_new_kraft_cluster_id_never_starts_with_a_dash() -> None:
+    """kafka-storage's parser reads `-t -xyz...` as a missing id; one id in 64 began so."""
+    from tools.local.kafka import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(2_000)]
+    assert not [cluster_id for cluster_id in ids if cluster_id.startswith("-")]
+    assert all(len(cluster_id) == 22 for cluster_id in ids)

@@ -18,7 +18,6 @@ stopped, killed (SIGKILL) and started on its own; the certificates live in
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import os
 import re
@@ -26,7 +25,6 @@ import shlex
 import shutil
 import signal
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,13 @@ from tools.local.certs import (
     ensure_password,
     ensure_tls,
 )
-from tools.local.kafka import RUN_DIR, SMALL_MACHINE, LocalBroker, wait_for_broker
+from tools.local.kafka import (
+    RUN_DIR,
+    SMALL_MACHINE,
+    LocalBroker,
+    new_cluster_id,
+    wait_for_broker,
+)
 from tools.local.kafka_security import upsert_credentials
 from tools.local.process import SERVER_COMMANDS, server_command
 
@@ -224,9 +228,7 @@ class LocalCluster:
         path = self.home / CLUSTER_ID
         if not path.is_file():
             self.home.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n"
-            )
+            path.write_text(new_cluster_id() + "\n")
         return path.read_text().strip()
 
     def password(self, principal: str) -> str:

@@ -136,6 +136,16 @@ def java() -> str:
     return str(Path(java_home) / "bin" / "java") if java_home else "java"
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in unpadded base64url that, as Kafka's own
+    `Uuid.randomUuid` ensures, does not start with "-" (kafka-storage's option parser would
+    take `-t -xyz` for a missing value and another option)."""
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not raw.startswith("-"):
+            return raw
+
+
 class LocalBroker(RunsAProcess):
     """One local Kafka broker process with its own home directory (config, data, log, pid)."""
 
@@ -200,8 +210,7 @@ class LocalBroker(RunsAProcess):
     def _cluster_id(self) -> str:
         path = self.home / "cluster-id"
         if not path.is_file():
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
-            path.write_text(raw.rstrip("=") + "\n")
+            path.write_text(new_cluster_id() + "\n")
         return path.read_text().strip()
 
     def start(self, timeout: float = 60) -> None:
