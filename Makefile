@@ -89,10 +89,14 @@ bench: $(STAMP)
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	$(PY) -m tools.bench $(BENCH_ARGS)
 
+# Python keeps its bytecode (and pytest its rewritten test modules) in __pycache__, even
+# where the environment asks it not to: each xdist worker would compile every module again.
+unexport PYTHONDONTWRITEBYTECODE
+
 # Tests run in WORKERS pytest-xdist processes: a file stays whole on one worker, the
 # secured-cluster files share one (tests/conftest.py); WORKERS=0 runs them in this process.
 WORKERS ?= 3
-XDIST = -n $(WORKERS)
+XDIST = -n $(WORKERS) --dist loadscope
 
 test: $(STAMP)
 	$(PY) -m pytest $(XDIST)

@@ -77,8 +77,11 @@ def _first(nodeid: str) -> int:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """A whole file per worker (its module-scoped stack starts once there), the shared
-    cluster's files on one, the longest first."""
+    """With `--dist loadscope` (`make test`): a whole file per worker (its module-scoped
+    stack starts once there), the shared cluster's files on one, the longest first.
+    Otherwise xdist's own scheduler (`make test-fast`: test by test)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ByFile(LoadScopeScheduling):
@@ -158,14 +161,15 @@ def free_port() -> int:
     """A loopback port nothing listens on, and that no other caller in this session was
     given: two services of one test stack never get the same one, even when the system
     hands the same free port out twice (it does once the first is closed again). Under
-    pytest-xdist each worker takes only the ports its index owns (port mod workers), so
-    two workers never hand out the same port either."""
+    pytest-xdist each worker takes only the ports its index owns, so two workers never
+    hand out the same port either: `port // 2` modulo the workers, since Linux gives
+    `bind(("", 0))` even ports by preference (odd ones go to `connect`)."""
     index, count = _worker()
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port % count == index and port not in GIVEN_PORTS:
+        if port // 2 % count == index and port not in GIVEN_PORTS:
             GIVEN_PORTS.add(port)
             return port
 

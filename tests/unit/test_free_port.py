@@ -53,6 +53,6 @@ def test_each_xdist_worker_hands_out_only_the_ports_its_index_owns(
     monkeypatch.setattr(conftest, "GIVEN_PORTS", set())
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
-    monkeypatch.setattr(Offered, "offers", iter([41001, 41002, 41003, 41004, 41005, 41007]))
+    monkeypatch.setattr(Offered, "offers", iter([41000, 41002, 41004, 41006, 41008, 41010]))
     monkeypatch.setattr(conftest.socket, "socket", Offered)
-    assert [conftest.free_port() for _ in range(2)] == [41002, 41005]
+    assert [conftest.free_port() for _ in range(2)] == [41000, 41006]
