@@ -70,7 +70,10 @@ class Backends:
     def describe(self, what: str) -> str:
         backend = getattr(self, what)
         if what in self.started:
-            return self.started[what].what
+            running = self.started[what]
+            url = make_url(running.address) if what == "postgres" else None
+            where = f"{url.host}:{url.port}" if url else running.address
+            return f"{running.what} on {where}"
         if what == "kafka":
             return {
                 "given": f"KAFKA_BOOTSTRAP_SERVERS={os.environ.get('KAFKA_BOOTSTRAP_SERVERS')}",
