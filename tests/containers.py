@@ -6,8 +6,9 @@ environment, as in the official image) as one KRaft node configured like the loc
 of tools/local/kafka.py; PostgreSQL runs in testcontainers' PostgresContainer on the local
 PostgreSQL image. Each publishes its port on 127.0.0.1 only. testcontainers' reaper (Ryuk)
 is an image of its own that cannot be pulled here, so it is off: whoever starts a container
-stops it (tests/conftest.py), and `python -m tests.containers clean` removes what a killed
-run left (every container carries the LABEL)."""
+stops it (tests/conftest.py); what a killed run left is removed before the next one starts a
+container, or by `python -m tests.containers clean` (every container carries the LABEL,
+whose value is the pid of the run that started it)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def start_kafka(port: int, timeout: float = 180) -> Running:
     """The local Kafka image on 127.0.0.1:`port`; returns once it answers."""
     from testcontainers.core.container import DockerContainer
 
+    clean()
     ref = image_ref("kafka")
     container = DockerContainer(ref)
     container.ports["9092"] = ("127.0.0.1", port)  # docker-py's (interface, port) binding
@@ -126,6 +128,7 @@ def start_postgres() -> Running:
     127.0.0.1; `address` is the superuser's URL (psycopg), as TEST_DATABASE_URL takes it."""
     from testcontainers.postgres import PostgresContainer
 
+    clean()
     ref = image_ref("postgres")
     container = PostgresContainer(
         ref, username="shop", password=secrets.token_urlsafe(16), dbname="postgres",
