@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo offsets replay test test-fast test-integration test-e2e lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
+.PHONY: help up down status demo offsets replay test test-fast test-integration test-e2e test-compose lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-fast the unit tier alone (no broker, seconds)"
 	@echo "make offsets GROUP=order OFFSETS_ARGS=\"--to-earliest\"  plan moving a stopped group;"
 	@echo "               --execute in OFFSETS_ARGS applies the plan"
+	@echo "make test-compose  the compose stack on the local images, scaled, killed, torn down"
 	@echo "make down      stop everything"
 	@echo "make clean-kafka  after make down: remove the Kafka cluster's data, to change KAFKA_NODES"
 	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
@@ -109,6 +110,11 @@ test-integration: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(PY) -m pytest -m e2e $(XDIST)
+
+# The compose tier alone: the stack of compose.yaml on the images `make images` builds, on
+# ports of its own (tests/compose); the engine and images are made first if missing.
+test-compose: $(STAMP) images
+	$(PY) -m pytest -m compose
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,11 +1,17 @@
-"""Fixtures for the three tiers. The broker is always real:
+"""Fixtures for the tiers. The broker is always real:
 
 - `KAFKA_BOOTSTRAP_SERVERS` if set;
-- else a testcontainers Kafka container when a Docker engine answers;
+- else a testcontainers Kafka container on the local Kafka image (`make images`) when a
+  Docker engine answers and the image is built (tests/containers.py);
 - else the project's local KRaft broker (started if needed, stopped after if we started it).
 
-PostgreSQL tests run when `TEST_DATABASE_URL` names a server (CI sets it); each test
-database is created fresh and dropped after."""
+PostgreSQL tests run on `TEST_DATABASE_URL` when it names a server; else, with an engine and
+the local PostgreSQL image, on a testcontainers PostgresContainer; else they skip. Each test
+database is created fresh and dropped after. The test header names the backends of the run.
+
+A container or local broker is started once per run: by the pytest-xdist controller before
+its workers start (they inherit the address), or on first use in a run without workers;
+whoever started it stops it at the end."""
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+from tests import containers
 from tools.local.cluster import LocalCluster, NodePorts
 from tools.local.kafka import LocalBroker
 from tools.local.stack import docker_engine
@@ -33,25 +40,113 @@ STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
 """Set by the pytest-xdist controller when it started the local broker its workers share."""
 
 
+@dataclass
+class Backends:
+    """Where this run's Kafka and PostgreSQL come from: `given` (the environment names
+    them), `container` (testcontainers on the local images) or `local` (a local process;
+    for PostgreSQL, none: its tests skip)."""
+
+    kafka: str
+    postgres: str
+    started: dict[str, containers.Running]
+    """The containers this process started (it stops them at the end)."""
+
+    @classmethod
+    def choose(cls) -> Backends:
+        engine = None
+
+        def container(image: str) -> bool:
+            nonlocal engine
+            if engine is None:
+                engine = docker_engine()
+            return engine and containers.image_present(containers.image_ref(image))
+
+        kafka = "given" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else None
+        kafka = kafka or ("container" if container("kafka") else "local")
+        postgres = "given" if os.environ.get("TEST_DATABASE_URL") else None
+        postgres = postgres or ("container" if container("postgres") else "local")
+        return cls(kafka, postgres, {})
+
+    def describe(self, what: str) -> str:
+        backend = getattr(self, what)
+        if what in self.started:
+            running = self.started[what]
+            url = make_url(running.address) if what == "postgres" else None
+            where = f"{url.host}:{url.port}" if url else running.address
+            return f"{running.what} on {where}"
+        if what == "kafka":
+            return {
+                "given": f"KAFKA_BOOTSTRAP_SERVERS={os.environ.get('KAFKA_BOOTSTRAP_SERVERS')}",
+                "container": "testcontainers " + containers.image_ref("kafka") + " (on first use)",
+                "local": "the local KRaft broker (tools/local/kafka.py)",
+            }[backend]
+        return {
+            "given": "TEST_DATABASE_URL",
+            "container": "testcontainers PostgresContainer "
+            + containers.image_ref("postgres")
+            + " (on first use)",
+            "local": "none (TEST_DATABASE_URL unset, no engine or image): postgres tests skip",
+        }[backend]
+
+    def kafka_container(self) -> str:
+        """Start the Kafka container (once); its bootstrap address."""
+        if "kafka" not in self.started:
+            self.started["kafka"] = containers.start_kafka(free_port())
+        return self.started["kafka"].address
+
+    def postgres_container(self) -> str:
+        """Start the PostgreSQL container (once); its superuser's URL."""
+        if "postgres" not in self.started:
+            self.started["postgres"] = containers.start_postgres()
+        return self.started["postgres"].address
+
+    def stop(self) -> None:
+        for running in self.started.values():
+            with suppress(Exception):
+                running.stop()
+        self.started.clear()
+
+
+BACKENDS: Backends | None = None
+"""This process's choice, made in pytest_configure (workers inherit the controller's
+addresses, so they see both as `given`)."""
+
+
+def backends() -> Backends:
+    global BACKENDS
+    if BACKENDS is None:
+        BACKENDS = Backends.choose()
+    return BACKENDS
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, the controller starts the one local broker every worker shares
-    (workers inherit `KAFKA_BOOTSTRAP_SERVERS`) and stops it at the end if it started it:
-    no worker may stop a broker another worker still uses. Not for the unit tier alone."""
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+    """Under pytest-xdist, the controller starts the one broker and the one PostgreSQL
+    every worker shares (workers inherit `KAFKA_BOOTSTRAP_SERVERS` and `TEST_DATABASE_URL`)
+    and stops them at the end if it started them: no worker may stop a server another
+    worker still uses. Not for the unit tier alone."""
+    if hasattr(config, "workerinput"):
         return
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or config.option.markexpr == "unit":
+    chosen = backends()
+    if not getattr(config.option, "numprocesses", None) or config.option.markexpr == "unit":
         return
-    if docker_engine():
-        return
-    broker = LocalBroker()
-    if not broker.is_running():
-        broker.start()
-        os.environ[STARTED_FOR_WORKERS] = "1"
-    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    if chosen.kafka == "container":
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = chosen.kafka_container()
+    elif chosen.kafka == "local":
+        broker = LocalBroker()
+        if not broker.is_running():
+            broker.start()
+            os.environ[STARTED_FOR_WORKERS] = "1"
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    if chosen.postgres == "container":
+        os.environ["TEST_DATABASE_URL"] = chosen.postgres_container()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput") and os.environ.pop(STARTED_FOR_WORKERS, None):
+    if hasattr(config, "workerinput"):
+        return
+    if BACKENDS is not None:
+        BACKENDS.stop()
+    if os.environ.pop(STARTED_FOR_WORKERS, None):
         LocalBroker().stop()
 
 
@@ -98,6 +193,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return ByFile(config, log)
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    chosen = backends()
+    return [f"kafka: {chosen.describe('kafka')}", f"postgresql: {chosen.describe('postgres')}"]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that uses the secured cluster outside SHARED_CLUSTER_FILES would start a
     cluster of its own on each worker that runs it: refused."""
@@ -117,11 +217,8 @@ def kafka_bootstrap() -> Iterator[str]:
     if address := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield address
         return
-    if docker_engine():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
-            yield container.get_bootstrap_server()
+    if backends().kafka == "container":
+        yield backends().kafka_container()  # stopped by pytest_unconfigure
         return
     broker = LocalBroker()
     was_running = broker.is_running()
@@ -244,6 +341,8 @@ def local_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPo
 def fresh_postgres(count: int) -> Iterator[list[str]]:
     """`count` new PostgreSQL databases, dropped afterwards (skips without a server)."""
     base = os.environ.get("TEST_DATABASE_URL")
+    if not base and backends().postgres == "container":
+        base = os.environ["TEST_DATABASE_URL"] = backends().postgres_container()
     if not base:
         pytest.skip("TEST_DATABASE_URL is not set")
     admin = create_engine(base, isolation_level="AUTOCOMMIT")

@@ -2,7 +2,7 @@
 producer already has and whether each broker it names accepts a connection: `ok`;
 `degraded` (writes succeed but redundancy is reduced: a partition has fewer live replicas
 in sync than it has replicas, or fewer brokers are alive than it has replicas); `down` (no
-broker answers, or a partition has no leader or fewer live replicas in sync than
+broker answers, or none in time, or a partition has no leader or fewer live replicas in sync than
 `min.insync.replicas`, so an `acks=all` write is refused or never acknowledged).
 
 Why connect, and not trust the metadata alone: on a cluster whose nodes are also its
@@ -140,15 +140,19 @@ class KafkaHealthCheck:
         alive = {
             node for node, (host, port) in brokers.items() if self._accepting(host, port, wait)
         }
-        self._read_min_insync(max(0.05, deadline - time.monotonic()))
+        late = self._read_min_insync(max(0.05, deadline - time.monotonic()))
+        if late:
+            detail = f"{late}: min.insync.replicas not answered in time"
+            return KafkaHealth("down", len(alive), detail)
         return assess(alive, topics, self._min_insync)
 
-    def _read_min_insync(self, timeout: float) -> None:
+    def _read_min_insync(self, timeout: float) -> str:
         """Each topic's `min.insync.replicas`, once; a denied topic is derived for good,
-        one that did not answer is asked again next time."""
+        one that did not answer is asked again next time. The first topic whose answer did
+        not come within `timeout` (the cluster is too slow to count on), else ""."""
         missing = [name for name in self._topics if name not in self._min_insync]
         if not missing or self._make_admin is None:
-            return
+            return ""
         if self._admin is None:
             self._admin = self._make_admin()
         resources = [ConfigResource(ResourceType.TOPIC, name) for name in missing]
@@ -156,10 +160,14 @@ class KafkaHealthCheck:
             futures = self._admin.describe_configs(resources, request_timeout=timeout)
         except KafkaException as exc:
             log.info("min.insync.replicas not read: %s", exc)
-            return
+            return ""
+        late = ""
         for resource, future in futures.items():
             try:
                 entries = future.result(timeout)
+            except TimeoutError:
+                late = late or resource.name
+                continue
             except KafkaException as exc:
                 if exc.args[0].code() in DENIED:
                     self._min_insync[resource.name] = None
@@ -168,3 +176,4 @@ class KafkaHealthCheck:
             self._min_insync[resource.name] = int(entry.value) if entry is not None else None
         if len(self._min_insync) == len(self._topics):
             self._admin = self._make_admin = None  # all known: the client is not needed
+        return late

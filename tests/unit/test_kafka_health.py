@@ -171,3 +171,31 @@ def test_a_failed_check_is_down_whatever_kafka_says() -> None:
         "checks": {"started": True},
         "kafka": None,
     }
+
+
+class SlowAdmin:
+    """An admin client whose DESCRIBE_CONFIGS is never answered in time."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def describe_configs(self, resources: list[object], request_timeout: float) -> dict:
+        self.asked += 1
+        return {resource: SimpleNamespace(result=self._late) for resource in resources}
+
+    @staticmethod
+    def _late(timeout: float | None = None) -> dict[str, object]:
+        raise TimeoutError  # what concurrent.futures.Future.result raises past its timeout
+
+
+def test_a_broker_that_does_not_answer_in_time_is_down_and_ready_answers_503() -> None:
+    cluster, admin = FakeCluster(), SlowAdmin()
+    check = KafkaHealthCheck(
+        cluster.metadata, ["orders"], lambda: admin, ttl=0, accepting=cluster.accepting
+    )
+    health = check()
+    assert health.state == "down" and "in time" in health.detail, health
+    response = app_with({"database": True, "kafka": False}, health).get("/ready")
+    assert response.status_code == 503 and response.json()["status"] == "down"
+    check()
+    assert admin.asked == 2, "a topic that did not answer is asked again next time"

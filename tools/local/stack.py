@@ -26,7 +26,9 @@ consumer group, behind one HAProxy on the service's usual port (tools/local/hapr
 read-only page over the stack's topics; `down` stops it.
 
 With a Docker engine present, `up` and `down` hand over to `docker compose` instead
-(`SCALE` becomes `--scale`).
+(`SCALE` becomes `--scale`): on compose.yaml's official images, or on the images `make
+images` built here (compose.images.yaml) once they all are. `STACK=compose`,
+`compose-local` or `processes` chooses; `up` remembers the choice for `down`.
 Each instance runs as `python -m services NAME --port PORT --workers N` (it drains on
 SIGTERM: shared/runtime/drain.py), its pid file in .run/pids and its log in .run/logs
 (`order.log`, or `order-2.log` when scaled); its database defaults to SQLite under
@@ -74,6 +76,11 @@ SCALE_FILE = "scale"
 USER_KEYS = "user-keys"
 """In the run directory: the user service's key-set signing key and key-encryption key."""
 USER_KEY_SETTINGS = ("USER_KEYSET_SIGNING_KEY_FILE", "USER_KEY_ENCRYPTION_KEY_FILE")
+STACKS = ("compose", "compose-local", "processes")
+"""How `up` runs the stack: compose on the official images, compose on the images built
+here (compose.images.yaml), or local processes."""
+STACK_FILE = "stack"
+"""In the run directory: how `up` ran the stack, for `down`."""
 
 Kafka = LocalBroker | LocalCluster | str
 """The stack's Kafka: a broker or a cluster it runs, or the bootstrap address of another."""
@@ -85,6 +92,32 @@ def docker_engine() -> bool:
         return False
     result = subprocess.run(["docker", "info"], capture_output=True, timeout=20)
     return result.returncode == 0
+
+
+def local_images_built() -> bool:
+    """True when every image compose.images.yaml names is in the engine's storage."""
+    from tools.local.images import select
+
+    refs = [image.ref for image in select([]) if image.name not in ("base", "python")]
+    done = subprocess.run(["docker", "image", "inspect", *refs], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def chosen_stack(run_dir: Path, command: str) -> str:
+    """How `command` runs the stack: `STACK` if set; for `down`, what `up` ran; else
+    compose when an engine answers (on the local images when they are all built), else
+    local processes."""
+    given = os.environ.get("STACK", "")
+    if given and given not in STACKS:
+        raise ValueError(f"STACK={given!r}: choose one of {', '.join(STACKS)}")
+    remembered = run_dir / STACK_FILE
+    if not given and command == "down" and remembered.is_file():
+        given = remembered.read_text().strip()
+    if given in STACKS:
+        return given
+    if not docker_engine():
+        return "processes"
+    return "compose-local" if local_images_built() else "compose"
 
 
 @dataclass(frozen=True)
@@ -469,9 +502,10 @@ OPERATOR_HINT = (
 # --- the command line: one function per command -------------------------------------------
 
 
-def compose_up_or_down(command: str, scale: Mapping[str, int]) -> int:
+def compose_up_or_down(command: str, scale: Mapping[str, int], local: bool = False) -> int:
     """`up` or `down` through `docker compose`, with every secret it needs in its
-    environment (made here first) and `SCALE` as `--scale`."""
+    environment (made here first) and `SCALE` as `--scale`; `local`: on the images
+    built here (compose.images.yaml)."""
     password = operator_password(RUN_DIR / "operator-password") if command == "up" else ""
     scaled = [f"--scale={name}={count}" for name, count in scale.items()]
     extra = ["up", "-d", "--wait", *scaled] if command == "up" else ["down"]
@@ -492,6 +526,8 @@ def compose_up_or_down(command: str, scale: Mapping[str, int]) -> int:
                 file=sys.stderr,
             )
     compose = ["docker", "compose", "-f", str(ROOT / "compose.yaml")]
+    if local:
+        compose += ["-f", str(ROOT / "compose.images.yaml")]
     code = subprocess.call(compose + extra, env=env)
     if code == 0 and command == "up":
         print(f"  {'explorer':<10} http://127.0.0.1:{EXPLORER_PORT}")
@@ -502,8 +538,12 @@ def compose_up_or_down(command: str, scale: Mapping[str, int]) -> int:
 
 
 def up(scale: Mapping[str, int], names: list[str]) -> int:
-    if docker_engine():
-        return compose_up_or_down("up", scale)
+    how = chosen_stack(RUN_DIR, "up")
+    print(f"stack: {how} (STACK={'|'.join(STACKS)} chooses)", flush=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / STACK_FILE).write_text(how + "\n")
+    if how != "processes":
+        return compose_up_or_down("up", scale, local=how == "compose-local")
     stack = local_stack(RUN_DIR, instances=scale)
     began = time.monotonic()
     stack.up()
@@ -538,9 +578,18 @@ def say_where(stack: Stack) -> None:
 
 
 def down(scale: Mapping[str, int], names: list[str]) -> int:
-    if docker_engine():
-        return compose_up_or_down("down", scale)
+    how = chosen_stack(RUN_DIR, "down")
+    if how != "processes" and not docker_engine():
+        print("no Docker engine answers: nothing of compose runs")
+        (RUN_DIR / STACK_FILE).unlink(missing_ok=True)
+        return 0
+    if how != "processes":
+        code = compose_up_or_down("down", scale, local=how == "compose-local")
+        if code == 0:
+            (RUN_DIR / STACK_FILE).unlink(missing_ok=True)
+        return code
     local_stack(RUN_DIR, instances=scale).down()
+    (RUN_DIR / STACK_FILE).unlink(missing_ok=True)
     (RUN_DIR / SCALE_FILE).unlink(missing_ok=True)
     print("stack stopped")
     return 0
