@@ -157,16 +157,27 @@ SHARED_CLUSTER_FILES = frozenset(
 them all, so one cluster starts, not one per worker."""
 
 
+SHARED_STACK_FILES = frozenset(
+    {"test_auth.py", "test_edge.py", "test_http_contract.py", "test_order_saga.py"}
+)
+"""The files whose tests all use the session's `running` stacks (tests/e2e/conftest.py):
+one worker runs them, so the two stacks start once, not on every worker."""
+
+
 def _scope(nodeid: str) -> str:
-    """A test's unit of work for pytest-xdist: its file, or the shared cluster's group."""
+    """A test's unit of work for pytest-xdist: its file, or the group of files that share
+    the secured cluster or the session's stacks."""
     path = nodeid.split("::", 1)[0]
-    return "secure-cluster" if Path(path).name in SHARED_CLUSTER_FILES else path
+    name = Path(path).name
+    if name in SHARED_CLUSTER_FILES:
+        return "secure-cluster"
+    return "shared-stack" if name in SHARED_STACK_FILES else path
 
 
 def _first(nodeid: str) -> int:
     """The longest units start first: the cluster's group, then e2e, integration, unit."""
     scope = _scope(nodeid)
-    if scope == "secure-cluster":
+    if scope in ("secure-cluster", "shared-stack"):
         return 0
     return {"e2e": 1, "integration": 2}.get(Path(scope).parent.name, 3)
 
