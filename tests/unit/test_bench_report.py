@@ -262,6 +262,20 @@ def test_cpu_seconds_adds_up_each_sample_over_its_interval() -> None:
     assert spent["kafka"] == pytest.approx(0.1)
 
 
+def test_cpu_seconds_counts_the_time_each_sample_covers_when_rounds_run_late() -> None:
+    """On a busy machine the sampler's rounds take longer than its period: a sample
+    taken 2 s after the one before covers 2 s, not one period."""
+    samples = [
+        (0.5, "order", 50.0, 0.0),
+        (2.5, "order", 50.0, 0.0),  # 2 s after the previous round
+        (3.0, "order", 100.0, 0.0),
+        (3.0, "wrk", 10.0, 0.0),  # its first sample: one period
+    ]
+    spent = cpu_seconds(samples, 0.0, 3.0, 0.5)
+    assert spent["order"] == pytest.approx(0.25 + 1.0 + 0.5)
+    assert spent["wrk"] == pytest.approx(0.05)
+
+
 def e2e_run(
     *,
     cpu: dict[str, float],

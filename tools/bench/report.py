@@ -133,12 +133,17 @@ def cpu_summary(
 def cpu_seconds(
     samples: Sequence[tuple[float, str, float, float]], start: float, end: float, interval: float
 ) -> dict[str, float]:
-    """CPU-seconds per process inside [start, end), from CPU% samples taken every
-    `interval` seconds (each sample covers the interval before it)."""
+    """CPU-seconds per process inside [start, end), from CPU% samples. Each sample covers
+    the time since the previous sample of its process (`interval`, the sampler's period,
+    for a process's first): a busy machine stretches the sampler's rounds well beyond its
+    period, and counting each round as one period would undercount."""
     total: dict[str, float] = defaultdict(float)
+    previous: dict[str, float] = {}
     for t, name, percent, _ in samples:
+        covered = t - previous[name] if name in previous else interval
+        previous[name] = t
         if start < t <= end:
-            total[name] += percent / 100 * interval
+            total[name] += percent / 100 * covered
     return dict(total)
 
 
