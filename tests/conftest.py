@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from tests import containers
 from tools.local.cluster import LocalCluster, NodePorts
-from tools.local.kafka import LocalBroker
+from tools.local.kafka import JVM_FLAGS_VARIABLE, LocalBroker
 from tools.local.stack import docker_engine
 
 STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
@@ -119,11 +119,19 @@ def backends() -> Backends:
     return BACKENDS
 
 
+TEST_JVM_FLAGS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.awt.headless=true"
+"""The test brokers' JVM: the quick compiler alone and the serial collector. A broker that
+starts, takes a few thousand records and stops spends half the CPU Kafka's own flags cost
+(those tune a long-running broker; `make up` keeps them)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, the controller starts the one broker and the one PostgreSQL
+    """Every process of the run starts its brokers with TEST_JVM_FLAGS unless the
+    environment chose. Under pytest-xdist, the controller starts the one broker and the one PostgreSQL
     every worker shares (workers inherit `KAFKA_BOOTSTRAP_SERVERS` and `TEST_DATABASE_URL`)
     and stops them at the end if it started them: no worker may stop a server another
     worker still uses. Not for the unit tier alone."""
+    os.environ.setdefault(JVM_FLAGS_VARIABLE, TEST_JVM_FLAGS)
     if hasattr(config, "workerinput"):
         return
     chosen = backends()

@@ -37,7 +37,7 @@ from tools.local.stack import PORTS, ServiceProcess
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 RATE = float(os.environ.get("BROKER_LOSS_RATE", "25"))
-OUTAGE = 10.0
+OUTAGE = 5.0
 """Seconds of load with a broker down (and before the first kill)."""
 
 

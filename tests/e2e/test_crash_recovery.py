@@ -22,10 +22,10 @@ from tools.ops.client import ShopClient
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FAULTS = {
-    # inventory dies between its DB commit and its offset store, on its 150th event
-    "inventory": {"FAULT_CRASH_AFTER_COMMITS": "150"},
-    # order dies after committing events, as its relay is about to publish batch 40
-    "order": {"FAULT_CRASH_BEFORE_PUBLISH": "40"},
+    # inventory dies between its DB commit and its offset store, on its 100th event
+    "inventory": {"FAULT_CRASH_AFTER_COMMITS": "100"},
+    # order dies after committing events, as its relay is about to publish batch 25
+    "order": {"FAULT_CRASH_BEFORE_PUBLISH": "25"},
 }
 
 
@@ -102,8 +102,8 @@ def test_sigkill_of_inventory_order_and_broker_under_load_loses_and_doubles_noth
         shop = client.as_operator(password_file=stack.operator_password_file)
         catalogue = make_catalogue(shop)
         watchdog.start()
-        total = 1000
-        plan = [(250, "inventory"), (500, "order"), (750, "kafka")]
+        total = 600
+        plan = [(150, "inventory"), (300, "order"), (450, "kafka")]
         killed: list[str] = []
         progress = {"done": 0}
 

@@ -45,6 +45,9 @@ JVM_FLAGS = (
     "-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35"
     " -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
 ).split()
+JVM_FLAGS_VARIABLE = "KAFKA_JVM_PERFORMANCE_OPTS"
+"""Replaces JVM_FLAGS when set, as it does in Kafka's own scripts (the test suite sets it:
+brokers that start often and carry little load start on half the CPU)."""
 # One node that is both broker and controller (KRaft), sized for a small machine.
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
@@ -130,6 +133,19 @@ def wait_for_broker(bootstrap: Bootstrap, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def jvm_flags() -> list[str]:
+    """`KAFKA_JVM_PERFORMANCE_OPTS` split into options, else Kafka's defaults. Each word must
+    be a JVM option ("-..."): a class name or path given here would change what runs."""
+    value = os.environ.get(JVM_FLAGS_VARIABLE, "").strip()
+    if not value:
+        return list(JVM_FLAGS)
+    flags = value.split()
+    strays = [flag for flag in flags if not flag.startswith("-") or not flag.isprintable()]
+    if strays or len(value) > 2_000:
+        raise ValueError(f"{JVM_FLAGS_VARIABLE} holds words that are not JVM options: {strays}")
+    return flags
+
+
 def java() -> str:
     """The java of `JAVA_HOME`, else the one on PATH."""
     java_home = os.environ.get("JAVA_HOME")
@@ -193,7 +209,7 @@ class LocalBroker(RunsAProcess):
     def _java_cmd(self, libs: Path, *args: str) -> list[str]:
         heap = [f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m"]
         props = [f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.home}"]
-        return [java(), *heap, *JVM_FLAGS, *props, "-cp", f"{libs}/*", *args]
+        return [java(), *heap, *jvm_flags(), *props, "-cp", f"{libs}/*", *args]
 
     def _properties(self) -> str:
         return SERVER_PROPERTIES.format(
