@@ -3,13 +3,21 @@
     python -m tools.ops.tail [--topic T ...] [--order ID] [--since 15m] [--follow]
                          [--json] [--payload] [--color auto|always|never]
                          [--topic-prefix P] [--bootstrap HOST:PORT]
+    python -m tools.ops.tail [--since T] [--until T] [--key K] [--id ID] [--type TYPE]
+                         [--header NAME=VALUE] [--limit N] [--follow] ...
 
 Reads every partition of the stack's topics (those the registered services publish, and
 dead-letters) or of each `--topic`, from the oldest retained record (or `--since`).
 Without `--follow` it prints what was there when it started, ordered by time, and exits;
 with `--follow` it then prints new records as they arrive, until Ctrl-C. It joins no
 consumer group and commits nothing. `--order ID` keeps one order's story (see `Story`);
-docs/tail.md shows the columns."""
+docs/tail.md shows the columns.
+
+With `--until`, `--key`, `--id`, `--type`, `--header` or `--limit` it searches instead
+(tools.ops.search): it streams each partition from `--since` up to `--until` or the end
+it had at the start, prints at most `--limit` records that match every option given, and
+says on stderr how many records it read in each partition. A key search reads only the
+key's partition of each topic."""
 
 from __future__ import annotations
 
@@ -19,10 +27,10 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from confluent_kafka import (
@@ -43,8 +51,14 @@ from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
 from shared.runtime.settings import KafkaSettings
 from tools.local.certs import OBSERVER
 from tools.local.cluster import sign_in_locally
+from tools.ops import search as search_module
+from tools.ops import times
+from tools.ops.search import Query, failed, search
 
+T = TypeVar("T")
 UNDECODABLE = "UNDECODABLE"
+DEFAULT_LIMIT = 100
+"""Records a search prints at most unless `--limit` says otherwise."""
 WIDEST = 48
 """A key or type longer than this is cut (with `…`) in text lines; `--json` keeps it."""
 
@@ -226,25 +240,7 @@ class View:
     @staticmethod
     def as_json(row: Row) -> str:
         """One JSON object with every field, null where the record has none."""
-        event = row.event
-        line: dict[str, Any] = {
-            "time": _format_time(row.time) if row.time else None,
-            "topic": row.topic,
-            "partition": row.partition,
-            "offset": row.offset,
-            "type": event.type if event else None,
-            "key": row.key,
-            "id": event.id if event else None,
-            "source": event.source if event else None,
-            "correlation_id": event.correlation_id if event else None,
-            "causation_id": event.causation_id if event else None,
-            "trace_id": row.trace_id,
-            "traceparent": event.traceparent if event else None,
-            "data": event.json() if event else None,
-            "undecodable": row.error,
-            "dead_letter": row.dead_letter,
-        }
-        return orjson.dumps(line).decode()
+        return orjson.dumps(as_dict(row)).decode()
 
     def _fit(self, row: Row) -> dict[str, str]:
         cells = {
@@ -258,6 +254,29 @@ class View:
 
     def _paint(self, text: str, colour: str) -> str:
         return f"{colour}{text}{_RESET}" if self.colour else text
+
+
+def as_dict(row: Row) -> dict[str, Any]:
+    """Every field of a row, None where the record has none (`--json`, the explorer's
+    search)."""
+    event = row.event
+    return {
+        "time": _format_time(row.time) if row.time else None,
+        "topic": row.topic,
+        "partition": row.partition,
+        "offset": row.offset,
+        "type": event.type if event else None,
+        "key": row.key,
+        "id": event.id if event else None,
+        "source": event.source if event else None,
+        "correlation_id": event.correlation_id if event else None,
+        "causation_id": event.causation_id if event else None,
+        "trace_id": row.trace_id,
+        "traceparent": event.traceparent if event else None,
+        "data": event.json() if event else None,
+        "undecodable": row.error,
+        "dead_letter": row.dead_letter,
+    }
 
 
 _RESET, _DIM, _BOLD, _RED, _YELLOW, _CYAN = (f"\x1b[{code}m" for code in (0, 2, 1, 31, 33, 36))
@@ -398,7 +417,7 @@ def retained(
             unfinished = ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(left))
             raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
         for message in batch:
-            if _failed(message):
+            if failed(message):
                 continue
             place = (message.topic() or "", message.partition() or 0)
             offset, end = message.offset() or 0, ends.get(place, 0)
@@ -417,7 +436,7 @@ def retained(
 def arrivals(consumer: Consumer) -> Iterator[list[Message]]:
     """The records as they arrive, batch by batch, forever."""
     while True:
-        yield [m for m in consumer.consume(1000, 0.5) if not _failed(m) and m.error() is None]
+        yield [m for m in consumer.consume(1000, 0.5) if not failed(m) and m.error() is None]
 
 
 def since(text: str) -> datetime:
@@ -425,21 +444,42 @@ def since(text: str) -> datetime:
     if match := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
         return datetime.now(UTC) - timedelta(seconds=float(match[1]) * unit)
-    when = _parse_time(text.strip())
-    if when is None:
-        raise argparse.ArgumentTypeError(f"not a duration (15m) or an RFC 3339 time: {text!r}")
-    return when
+    try:
+        return times.moment(text.strip(), future=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration (15m); {exc}") from None
 
 
-def _failed(message: Message) -> bool:
-    """Whether the message is an error rather than a record; raises when it is fatal. (The
-    end of a partition is reported too, and counts as no error.)"""
-    error = message.error()
-    if error is None or error.code() == KafkaError._PARTITION_EOF:
-        return False
-    if error.fatal():
-        raise KafkaException(error)
-    return True
+def _checked(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of tools.ops.search's checks."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def query_of(args: argparse.Namespace) -> Query | None:
+    """The search the command line asks for, or None for a plain tail."""
+    if (
+        args.until is None
+        and args.limit is None
+        and not any((args.key, args.id, args.type, args.header))
+    ):
+        return None
+    return Query(
+        since=args.since,
+        until=args.until,
+        key=args.key,
+        event_id=args.id,
+        type=args.type,
+        header=args.header,
+        limit=args.limit or DEFAULT_LIMIT,
+    )
 
 
 def _write(lines: Iterable[str | None]) -> None:
@@ -449,8 +489,27 @@ def _write(lines: Iterable[str | None]) -> None:
         sys.stdout.flush()
 
 
+def find(
+    consumer: Consumer, view: View, topics: list[str], query: Query, args: argparse.Namespace
+) -> None:
+    """Print the records that match (tools.ops.search) and, on stderr, what was read to
+    find them; with `--follow`, then every new record that matches."""
+    found = search(consumer, topics, query, timeout=args.timeout, every=bool(args.topic))
+    _write(view.batch(found.records))
+    print(f"tail: {query.describe()}: {found.summary()}", file=sys.stderr, flush=True)
+    if args.follow:
+        consumer.assign([TopicPartition(t, p, end) for (t, p), (_, end) in found.ranges.items()])
+        for batch in arrivals(consumer):
+            _write(view.live(message) for message in batch if query.matches(message))
+
+
 def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Namespace) -> None:
-    """Print what `topics` retain (from `--since`), then, with `--follow`, what arrives."""
+    """Print what `topics` retain (from `--since`), then, with `--follow`, what arrives;
+    with a search's options, only what matches."""
+    query = query_of(args)
+    if query is not None:
+        find(consumer, view, topics, query, args)
+        return
     every = bool(args.topic)
     starts, ends = plan(consumer, topics, every=every, since=args.since, timeout=args.timeout)
     consumer.assign(starts)
@@ -465,7 +524,18 @@ def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Names
 def main(argv: list[str] | None = None) -> int:
     sign_in_locally(OBSERVER)
     settings = TailSettings()
-    args = parser(settings).parse_args(argv)
+    command = parser(settings)
+    args = command.parse_args(argv)
+    searching = query_of(args) is not None
+    if searching and args.order is not None:
+        command.error(
+            "--order reads a whole story: it takes no --key, --id, --type, --header,"
+            " --until or --limit"
+        )
+    if args.until is not None and args.follow:
+        command.error("--until ends the search: it takes no --follow")
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        command.error("--until must be later than --since")
     kafka = replace(settings.kafka(), bootstrap=args.bootstrap)
     prefix = args.topic_prefix
     if args.topic:
@@ -515,6 +585,27 @@ def parser(settings: KafkaSettings) -> argparse.ArgumentParser:
         metavar="WHEN",
         help="start at the records of the last 90s, 15m, 2h, 1d, or from an RFC 3339 time "
         "(default: the oldest retained)",
+    )
+    add(
+        "--until",
+        type=times.any_time,
+        metavar="T",
+        help="search up to (not including) the first record stamped at T, an RFC 3339 time",
+    )
+    add("--key", type=_checked(search_module.key_text), help="search: records with this key")
+    add("--id", type=_checked(search_module.event_id_text), help="search: the event with this id")
+    add("--type", type=_checked(search_module.event_type_text), help="search: events of this type")
+    add(
+        "--header",
+        type=_checked(search_module.header_pair),
+        metavar="NAME=VALUE",
+        help="search: records with this header value (e.g. ce_source=/services/order)",
+    )
+    add(
+        "--limit",
+        type=_checked(search_module.limit_number),
+        metavar="N",
+        help=f"search: at most N records (1 to {search_module.MOST}; default {DEFAULT_LIMIT})",
     )
     add("--follow", "-f", action="store_true", help="then print new events until Ctrl-C")
     add("--json", action="store_true", help="one JSON object per line")
