@@ -25,6 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from confluent_kafka import (
     Consumer,
@@ -231,7 +232,7 @@ class Found:
             line += "; stopped at the limit: more may match"
         return line
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "read": self.total,
             "partitions": [
