@@ -3,6 +3,7 @@ dead letters, lag, and memory that stays bounded."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from tools.ops.explorer.app import create_app
 from tools.ops.explorer.config import ExplorerSettings
 from tools.ops.explorer.kafka import ours, topic_pattern
 from tools.ops.explorer.model import LagHistory, ShopView
-from tools.ops.search import Query
+from tools.ops.search import Found, Query
 
 pytestmark = pytest.mark.unit
 
@@ -650,3 +651,32 @@ def test_a_search_form_becomes_one_query_on_the_stack_topics() -> None:
     )
     everywhere, topics = explorer_app.search_form([], PREFIX)
     assert everywhere.limit == explorer_app.SEARCH_LIMIT and PREFIX + "dead-letters" in topics
+
+
+def test_a_third_search_at_once_is_answered_429(
+    app_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = app_client
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def held(*_: object) -> Found:
+        started.release()
+        assert release.wait(30)
+        return Found()
+
+    monkeypatch.setattr(explorer_app, "_search", held)
+    answers: list[int] = []
+    running = [
+        threading.Thread(target=lambda: answers.append(client.get("/api/search").status_code))
+        for _ in range(explorer_app.SEARCHES)
+    ]
+    for thread in running:
+        thread.start()
+    for _ in running:
+        assert started.acquire(timeout=30)
+    refused = client.get("/api/search?type=order-created")
+    release.set()
+    for thread in running:
+        thread.join(30)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert answers == [200] * explorer_app.SEARCHES
