@@ -18,7 +18,7 @@ from shared.messaging.envelope import Envelope, dump_json
 from shared.messaging.producer import producer_config
 from shared.messaging.topics import ensure_topics
 from tests.helpers import unique
-from tools.ops import tail
+from tools.ops import records, tail
 from tools.ops.search import Query, key_partition, search
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ class Log:
     sent: list[Sent]
 
     def reader(self) -> Consumer:
-        return tail.reader(self.bootstrap, self.prefix)
+        return records.reader(self.bootstrap, self.prefix)
 
     def find(self, query: Query, topics: list[str] | None = None) -> tuple[list[Sent], object]:
         consumer = self.reader()

@@ -35,7 +35,7 @@ from tools.ops import search, times
 from tools.ops.explorer.config import ExplorerSettings
 from tools.ops.explorer.kafka import Observer
 from tools.ops.explorer.model import ShopView
-from tools.ops.tail import as_dict, decode, reader, stack_topics
+from tools.ops.records import as_dict, decode, reader, stack_topics
 
 STATIC = Path(__file__).resolve().parent / "static"
 PUSH_INTERVAL = 0.25
