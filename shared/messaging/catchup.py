@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 
 from shared.messaging.connection import Bootstrap, client_config
+from shared.messaging.positions import behind, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class CatchUp:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._consumer: Consumer | None = None
-        self.ends: dict[tuple[str, int], int] | None = None
-        """Where each partition with records ended at start (None: not known yet)."""
+        self.ends: dict[tuple[str, int], tuple[int, int]] | None = None
+        """Each partition with records: its (earliest, end) offsets at start (None: not
+        known yet)."""
         self.left: int | None = None
         """Records the group had still to apply at the last check."""
         self.done = False
@@ -84,33 +86,13 @@ class CatchUp:
         return self._consumer
 
     def _note_ends(self) -> None:
-        consumer = self._client()
-        metadata = consumer.list_topics(timeout=self._timeout)
-        ends: dict[tuple[str, int], int] = {}
-        for topic in self._topics:
-            described = metadata.topics.get(topic)
-            if described is None or described.error is not None:
-                continue
-            for partition in described.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self._timeout
-                )
-                if high > low:
-                    ends[(topic, partition)] = high
-        self.ends = ends
+        marks = watermarks(self._client(), self._topics, self._timeout)
+        self.ends = {place: (low, high) for place, (low, high) in marks.items() if high > low}
 
     def _check(self) -> None:
         ends = self.ends or {}
-        if not ends:
-            self.left, self.done = 0, True
-            return
-        asked = [TopicPartition(topic, partition) for topic, partition in ends]
-        committed = self._client().committed(asked, timeout=self._timeout)
-        left = 0
-        for answer in committed:
-            end = ends[(answer.topic, answer.partition)]
-            left += max(0, end - answer.offset) if answer.offset >= 0 else end
+        left = sum(behind(self._client(), ends, self._timeout).values()) if ends else 0
         self.left = left
         self.done = left == 0
-        if self.done:
+        if self.done and ends:
             log.info("caught up with the %d partition(s) it found at start", len(ends))

@@ -1,7 +1,8 @@
 """State topics are compacted on a real broker: topics made with `TOPICS`' settings carry
 them, and once the log cleaner has run, a reader from the start finds exactly the newest
 record of every key (here inventory's `stock-changed`, the newest version per product),
-from which a fresh consumer rebuilds the view it keeps (product's availability).
+from which a fresh consumer rebuilds the view it keeps (product's availability), and so
+does the replay command (`python -m tools.replay product`), to the same view.
 
 The test topic gets segments that close after 100 ms and a cleaner that starts at 1 %
 dirty, so compaction runs within the broker's cleaner back-off (15 s) instead of days."""
@@ -22,19 +23,21 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from services.inventory.events import StockChanged
 from services.product.config import ProductSettings
 from services.product.handlers import create_product
 from services.product.main import SPEC as PRODUCT
 from services.product.models import Product
+from services.product.views import VIEWS as PRODUCT_VIEWS
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope
 from shared.messaging.topics import TOPICS, ensure_topics, topic_configs
 from shared.runtime.service import ServiceRuntime
 from shared.storage.migrations import upgrade
 from tests.helpers import eventually, new_anchor, unique
+from tools.ops import replay as replay_command
 
 pytestmark = pytest.mark.integration
 
@@ -211,6 +214,72 @@ def test_after_compaction_a_fresh_consumer_rebuilds_products_availability(
         eventually(rebuilt, timeout=60, message="product's availability rebuilt")
     finally:
         runtime.stop()
+
+
+def test_after_compaction_the_replay_command_rebuilds_the_view_a_fresh_consumer_builds(
+    kafka_bootstrap: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`python -m tools.replay product` (tools/ops/replay.py's `main`, as the command runs
+    it) on a corrupted availability, once the cleaner has left only the newest
+    `stock-changed` of each product: it rebuilds exactly the view a fresh consumer (an
+    emptied view, a group of its own, the topic from the start) builds from the same
+    compacted topic."""
+    prefix = unique("replay-compacted") + "-"
+    settings = ProductSettings(
+        database_url=database_url,
+        topic_prefix=prefix,
+        consumer_group=unique("product"),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        keyset_public_key=new_anchor(),
+    )
+    runtime = ServiceRuntime(PRODUCT, settings)
+    upgrade(runtime.engine, PRODUCT.migrations)
+    with runtime.uow() as unit:
+        products = [create_product(unit, f"gear {n}", 100).id for n in range(6)]
+    odd = set(products[1::2])
+
+    def available(product_id: str, version: int) -> int:
+        return 5 if (version == VERSIONS) == (product_id in odd) else 0
+
+    history = StockHistory(kafka_bootstrap, prefix + "stock-changes", available)
+    history.publish(products, VERSIONS)
+    assert {payload(r)["version"] for r in history.compacted(products)} == {VERSIONS}
+    (view,) = PRODUCT_VIEWS
+
+    def availability() -> dict[str, tuple[bool, int]]:
+        with runtime.uow.read() as unit:
+            rows = unit.session.execute(select(Product.id, Product.in_stock, Product.stock_version))
+            return {row[0]: (row[1], row[2]) for row in rows}
+
+    def view_checksum() -> str:
+        with runtime.uow.read() as unit:
+            return view.checksum(unit.session)
+
+    with runtime.uow() as unit:  # wrong and newer than anything on the topic
+        unit.session.execute(update(Product).values(in_stock=Product.id.in_(odd), stock_version=99))
+    monkeypatch.setenv("TOPIC_PREFIX", prefix)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AUTH_KEYSET_PUBLIC_KEY", settings.keyset_public_key)
+    assert replay_command.main(["product", "--database-url", database_url]) == 0
+    printed = capsys.readouterr().out
+    assert "published nothing" in printed and "availability" in printed
+    assert availability() == {p: (p in odd, VERSIONS) for p in products}
+    replayed = view_checksum()
+
+    with runtime.uow() as unit:  # a fresh consumer's start: the view empty, no group yet
+        view.reset(unit.session)
+    assert view_checksum() != replayed
+    runtime.start()
+    try:
+        eventually(
+            lambda: view_checksum() == replayed, timeout=60, message="a fresh consumer's view"
+        )
+    finally:
+        runtime.stop()
+    assert availability() == {p: (p in odd, VERSIONS) for p in products}
 
 
 def test_the_broker_refuses_a_record_without_a_key_on_a_state_topic(kafka_bootstrap: str) -> None:

@@ -3,6 +3,7 @@ dead letters, lag, and memory that stays bounded."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,10 +16,12 @@ from fastapi.testclient import TestClient
 from shared.messaging.envelope import Envelope, KafkaHeaders
 from tests.helpers import ConsumedRecord
 from tools.local.stack import Stack
+from tools.ops.explorer import app as explorer_app
 from tools.ops.explorer.app import create_app
 from tools.ops.explorer.config import ExplorerSettings
 from tools.ops.explorer.kafka import ours, topic_pattern
-from tools.ops.explorer.model import ShopView
+from tools.ops.explorer.model import LagHistory, ShopView
+from tools.ops.search import Found, Query
 
 pytestmark = pytest.mark.unit
 
@@ -546,3 +549,134 @@ def test_the_stack_points_its_explorer_at_its_zipkins_traces(
     untraced = Stack(run_dir=tmp_path, kafka="127.0.0.1:1", explorer_port=18090)
     assert untraced.explorer is not None
     assert "EXPLORER_TRACE_URL" not in untraced.explorer.env
+
+
+def test_lag_history_keeps_a_sample_every_interval_and_stays_bounded() -> None:
+    history = LagHistory(every=5, points=3, groups=2)
+    assert history.sample(100.0, {"a": 4, "b": 0})
+    assert not history.sample(102.0, {"a": 9, "b": 9}), "sooner than `every`: not taken"
+    for n in range(1, 5):
+        assert history.sample(100.0 + 5 * n, {"a": n, "b": 10 * n})
+    served = {g["group"]: g for g in history.as_dict()["groups"]}
+    assert served["a"]["points"] == [[110.0, 2], [115.0, 3], [120.0, 4]], "the last 3"
+    assert (served["b"]["lag"], served["b"]["most"]) == (40, 40)
+    history.sample(130.0, {"c": 1, "a": 5})  # a third group: the quietest one goes
+    assert sorted(history.series) == ["a", "c"]
+
+
+def test_the_app_serves_each_groups_lag_over_time(app_client: Any) -> None:
+    app, client = app_client
+    view: ShopView = app.state.view
+    view.lag.every = 0.0
+    orders = PREFIX + "orders"
+    for committed in (2, 6, 10):
+        view.set_offsets(
+            {orders: {0: (0, 10)}},
+            {"t-1-inventory": {"state": "stable", "offsets": {(orders, 0): committed}}},
+        )
+    served = client.get("/api/lag").json()
+    (group,) = served["groups"]
+    assert group["group"] == "t-1-inventory"
+    assert [lag for _, lag in group["points"]] == [8, 4, 0]
+    assert (group["lag"], group["most"]) == (0, 8)
+    assert "/api/lag" in client.get("/static/explorer.js").text
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"key": "a\x00b"},
+        {"key": "k" * 5000},
+        {"id": "x" * 200},
+        {"id": "<script>"},
+        {"type": "order created"},
+        {"header": "no-equals"},
+        {"header": "ce_id=" + "v" * 1000},
+        {"header": "ce_id=\x01"},
+        {"since": "yesterday"},
+        {"since": "2026-12-07T06:00:00"},
+        {"since": "9" * 10_000},
+        {"until": "2026-12-07T06:00:00Z\x00"},
+        {"since": "2026-12-07T06:00:00Z", "until": "2026-12-07T05:00:00Z"},
+        {"limit": "0"},
+        {"limit": "100000"},
+        {"limit": "-1"},
+        {"limit": "ten"},
+        {"topic": "../etc"},
+        {"topic": "not-a-stack-topic"},
+        {"unknown": "x"},
+        {"x" * 5000: "y"},
+    ],
+    ids=lambda params: "+".join(params)[:20] + ":" + str(len(str(params))),
+)
+def test_a_hostile_search_is_refused_before_the_broker_is_asked(
+    app_client: Any, params: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = app_client
+    monkeypatch.setattr(explorer_app, "_search", lambda *a: pytest.fail("the broker was asked"))
+    answer = client.get("/api/search", params=params)
+    assert answer.status_code == 422
+    assert len(answer.text) < 4000, "the refusal does not echo a flood"
+    assert all({"field", "reason"} <= set(p) for p in answer.json()["detail"])
+
+
+def test_a_field_given_twice_is_refused(app_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, client = app_client
+    monkeypatch.setattr(explorer_app, "_search", lambda *a: pytest.fail("the broker was asked"))
+    answer = client.get("/api/search?key=a&key=b")
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == [{"field": "key", "reason": "given more than once"}]
+
+
+def test_a_search_form_becomes_one_query_on_the_stack_topics() -> None:
+    query, topics = explorer_app.search_form(
+        [
+            ("since", "2026-12-07T06:00:00+01:00"),
+            ("key", "order-1"),
+            ("type", "order-created"),
+            ("header", "ce_source=/services/order"),
+            ("topic", "orders"),
+            ("limit", "7"),
+            ("id", ""),  # an empty field of the form: not asked for
+        ],
+        PREFIX,
+    )
+    assert topics == [PREFIX + "orders"]
+    assert query == Query(
+        since=datetime(2026, 12, 7, 5, tzinfo=UTC),
+        key="order-1",
+        type="order-created",
+        header=("ce_source", "/services/order"),
+        limit=7,
+    )
+    everywhere, topics = explorer_app.search_form([], PREFIX)
+    assert everywhere.limit == explorer_app.SEARCH_LIMIT and PREFIX + "dead-letters" in topics
+
+
+def test_a_third_search_at_once_is_answered_429(
+    app_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = app_client
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def held(*_: object) -> Found:
+        started.release()
+        assert release.wait(30)
+        return Found()
+
+    monkeypatch.setattr(explorer_app, "_search", held)
+    answers: list[int] = []
+    running = [
+        threading.Thread(target=lambda: answers.append(client.get("/api/search").status_code))
+        for _ in range(explorer_app.SEARCHES)
+    ]
+    for thread in running:
+        thread.start()
+    for _ in running:
+        assert started.acquire(timeout=30)
+    refused = client.get("/api/search?type=order-created")
+    release.set()
+    for thread in running:
+        thread.join(30)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert answers == [200] * explorer_app.SEARCHES

@@ -46,11 +46,11 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from services.registry import names
-from shared.clock import utcnow
 from shared.messaging.connection import client_config
 from shared.runtime.settings import KafkaSettings
 from tools.local.certs import ADMIN
 from tools.local.cluster import sign_in_locally
+from tools.ops import times
 
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 """What Kafka accepts as a topic name."""
@@ -304,25 +304,6 @@ def topic_name(text: str) -> str:
     return text
 
 
-def moment(text: str) -> datetime:
-    """`--to-datetime`: an RFC 3339 time with its zone, not in the future."""
-    try:
-        if not text.isprintable() or len(text) > 64:
-            raise ValueError(text)
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an RFC 3339 time such as 2026-12-07T06:00:00Z: {text[:80]!r}"
-        ) from None
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"give the time's zone (Z, +01:00): {text[:80]!r}")
-    if when > utcnow():
-        raise argparse.ArgumentTypeError(f"{when.isoformat()} is in the future")
-    if when.timestamp() < 0:
-        raise argparse.ArgumentTypeError(f"{when.isoformat()} is before 1970")
-    return when
-
-
 def shift(text: str) -> int:
     try:
         value = int(text)
@@ -352,7 +333,9 @@ def parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("group", type=group_id, help="the consumer group (a service's is its name)")
     to = parser.add_mutually_exclusive_group(required=True)
-    to.add_argument("--to-datetime", type=moment, metavar="T", help="the first record from T on")
+    to.add_argument(
+        "--to-datetime", type=times.past, metavar="T", help="the first record from T on"
+    )
     to.add_argument("--to-earliest", action="store_true", help="the oldest record kept")
     to.add_argument("--to-latest", action="store_true", help="the end: skip every record")
     to.add_argument("--shift-by", type=shift, metavar="N", help="N records on (back if < 0)")

@@ -18,25 +18,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import re
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.registry import get, load, names
-from shared.clock import utcnow
 from shared.messaging.replay import Progress, ReplayError, View, replay
 from shared.storage.db import make_engine
+from tools.ops import times
 
 MAX_TEXT = 64
 SHOWN = 20
 """Refused events listed at most."""
-TIME = re.compile(r"[0-9][0-9T:.,+\-Z ]*")
-"""What an ISO 8601 time may hold (`fromisoformat` alone lets a trailing NUL through)."""
 
 
 def views_of(service: str) -> tuple[View, ...]:
@@ -45,24 +42,8 @@ def views_of(service: str) -> tuple[View, ...]:
 
 
 def parse_time(text: str) -> datetime:
-    """An ISO 8601 time with its offset (`2026-12-07T06:00:00Z`), not in the future."""
-    if len(text) > MAX_TEXT:
-        raise argparse.ArgumentTypeError(f"a time of at most {MAX_TEXT} characters")
-    if not TIME.fullmatch(text):
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-07T06:00:00Z)"
-        )
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-12-07T06:00:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
-    if moment > utcnow():
-        raise argparse.ArgumentTypeError(f"{text!r} is in the future")
-    return moment.astimezone(UTC)
+    """`--to-datetime`: an RFC 3339 time with its zone, not in the future (tools.ops.times)."""
+    return times.past(text)
 
 
 def service_name(text: str) -> str:

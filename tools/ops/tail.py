@@ -3,13 +3,21 @@
     python -m tools.ops.tail [--topic T ...] [--order ID] [--since 15m] [--follow]
                          [--json] [--payload] [--color auto|always|never]
                          [--topic-prefix P] [--bootstrap HOST:PORT]
+    python -m tools.ops.tail [--since T] [--until T] [--key K] [--id ID] [--type TYPE]
+                         [--header NAME=VALUE] [--limit N] [--follow] ...
 
 Reads every partition of the stack's topics (those the registered services publish, and
 dead-letters) or of each `--topic`, from the oldest retained record (or `--since`).
 Without `--follow` it prints what was there when it started, ordered by time, and exits;
 with `--follow` it then prints new records as they arrive, until Ctrl-C. It joins no
 consumer group and commits nothing. `--order ID` keeps one order's story (see `Story`);
-docs/tail.md shows the columns."""
+docs/tail.md shows the columns.
+
+With `--until`, `--key`, `--id`, `--type`, `--header` or `--limit` it searches instead
+(tools.ops.search): it streams each partition from `--since` up to `--until` or the end
+it had at the start, prints at most `--limit` records that match every option given, and
+says on stderr how many records it read in each partition. A key search reads only the
+key's partition of each topic."""
 
 from __future__ import annotations
 
@@ -18,11 +26,10 @@ import os
 import re
 import sys
 import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TypeVar
 
 import orjson
 from confluent_kafka import (
@@ -36,81 +43,29 @@ from confluent_kafka import (
 )
 from pydantic import AliasChoices, Field
 
-from services import registry
-from shared.messaging.connection import Bootstrap, client_config
-from shared.messaging.deadletter import DEAD_LETTERS, OUTBOX_SOURCE
-from shared.messaging.envelope import Envelope, HeaderValue, KafkaRecord
+from shared.messaging.deadletter import OUTBOX_SOURCE
 from shared.runtime.settings import KafkaSettings
 from tools.local.certs import OBSERVER
 from tools.local.cluster import sign_in_locally
+from tools.ops import search as search_module
+from tools.ops import times
+from tools.ops.records import (
+    Row,
+    TimedRecord,
+    as_dict,
+    decode,
+    format_time,
+    reader,
+    stack_topics,
+)
+from tools.ops.search import Query, failed, search
 
+T = TypeVar("T")
 UNDECODABLE = "UNDECODABLE"
+DEFAULT_LIMIT = 100
+"""Records a search prints at most unless `--limit` says otherwise."""
 WIDEST = 48
 """A key or type longer than this is cut (with `…`) in text lines; `--json` keeps it."""
-
-
-class TimedRecord(KafkaRecord, Protocol):
-    """A consumed record with its Kafka timestamp, as `confluent_kafka.Message` has it."""
-
-    def timestamp(self) -> tuple[int, int]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One record, decoded as far as it goes: `event` is None when it could not be, and
-    `error` says why; `dead_letter` holds a parked record's `dlq_*` headers, unprefixed."""
-
-    topic: str
-    partition: int
-    offset: int
-    time: datetime | None
-    key: str
-    event: Envelope | None = None
-    error: str | None = None
-    dead_letter: dict[str, str] | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-    @property
-    def trace_id(self) -> str | None:
-        parts = (self.event.traceparent or "").split("-") if self.event else []
-        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
-
-    def sort_key(self) -> tuple[datetime, str, int, int]:
-        return (self.time or _EPOCH, self.topic, self.partition, self.offset)
-
-
-_EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def decode(record: TimedRecord) -> Row:
-    """Whatever the record holds, a Row (this never raises). Its time is the event's
-    `ce_time`, a dead letter's `dlq_time`, or else the record's Kafka timestamp."""
-    headers = record.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    parked = {name[4:]: _text(value) for name, value in pairs if name.startswith("dlq_")}
-    raw_key = record.key()
-    key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else (raw_key or "")
-    event: Envelope | None = None
-    error: str | None = None
-    try:
-        event = Envelope.from_message(record)
-    except Exception as exc:  # InvalidEnvelope, or anything else odd about the record
-        error = str(exc) or repr(exc)
-    letter = parked if "reason" in parked else None
-    when = _parse_time(parked.get("time", "")) if letter else None
-    return Row(
-        topic=record.topic() or "",
-        partition=record.partition() or 0,
-        offset=record.offset() or 0,
-        time=when or (event.time if event else _timestamp(record)),
-        key=key,
-        event=event,
-        error=error,
-        dead_letter=letter,
-    )
 
 
 class Story:
@@ -208,7 +163,7 @@ class View:
         cause = event.causation_id if event else None
         colour = _RED if event is None else _YELLOW if row.dead_letter is not None else _BOLD
         parts = [
-            self._paint(f"{_format_time(row.time) if row.time else '-':<24}", _DIM),
+            self._paint(f"{format_time(row.time) if row.time else '-':<24}", _DIM),
             self._paint(cells["where"].ljust(self.widths["where"]), _CYAN),
             self._paint(cells["type"].ljust(self.widths["type"]), colour),
             cells["key"].ljust(self.widths["key"]),
@@ -226,25 +181,7 @@ class View:
     @staticmethod
     def as_json(row: Row) -> str:
         """One JSON object with every field, null where the record has none."""
-        event = row.event
-        line: dict[str, Any] = {
-            "time": _format_time(row.time) if row.time else None,
-            "topic": row.topic,
-            "partition": row.partition,
-            "offset": row.offset,
-            "type": event.type if event else None,
-            "key": row.key,
-            "id": event.id if event else None,
-            "source": event.source if event else None,
-            "correlation_id": event.correlation_id if event else None,
-            "causation_id": event.causation_id if event else None,
-            "trace_id": row.trace_id,
-            "traceparent": event.traceparent if event else None,
-            "data": event.json() if event else None,
-            "undecodable": row.error,
-            "dead_letter": row.dead_letter,
-        }
-        return orjson.dumps(line).decode()
+        return orjson.dumps(as_dict(row)).decode()
 
     def _fit(self, row: Row) -> dict[str, str]:
         cells = {
@@ -261,25 +198,6 @@ class View:
 
 
 _RESET, _DIM, _BOLD, _RED, _YELLOW, _CYAN = (f"\x1b[{code}m" for code in (0, 2, 1, 31, 33, 36))
-
-
-def _format_time(value: datetime) -> str:
-    """UTC to the millisecond: `2026-11-30T16:58:36.123Z`."""
-    utc = value.astimezone(UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
-
-
-def _timestamp(record: TimedRecord) -> datetime | None:
-    kind, millis = record.timestamp()
-    return datetime.fromtimestamp(millis / 1000, UTC) if kind else None
 
 
 def _short(value: str | None) -> str:
@@ -309,42 +227,12 @@ def _parked(letter: dict[str, str]) -> str:
     return text
 
 
-def _text(value: HeaderValue) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
-
-
 # Reading Kafka.
 
 
 class TailSettings(KafkaSettings):
     no_color: str = Field("", validation_alias=AliasChoices("NO_COLOR"))
     """Set (to anything) to print without colours, as https://no-color.org asks."""
-
-
-def stack_topics(prefix: str) -> list[str]:
-    """The stack's topics: those the registered services publish, and dead-letters."""
-    names = {DEAD_LETTERS}
-    for service in registry.SERVICES:
-        names.update(event.topic for event in registry.load(f"{service.package}.events:PUBLISHES"))
-    return sorted(prefix + name for name in names)
-
-
-def reader(kafka: Bootstrap, prefix: str = "") -> Consumer:
-    """A consumer for `assign()` only: its group id is its own and it never commits."""
-    return Consumer(
-        client_config(
-            kafka,
-            **{
-                # an observer's group (its ACL allows `<prefix>observer*`), never joined
-                "group.id": f"{prefix}observer-tail-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "auto.offset.reset": "earliest",
-                "log_level": 0,  # a broker that does not answer is said once, by main
-            },
-        )
-    )
 
 
 Place = tuple[str, int]
@@ -398,7 +286,7 @@ def retained(
             unfinished = ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(left))
             raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
         for message in batch:
-            if _failed(message):
+            if failed(message):
                 continue
             place = (message.topic() or "", message.partition() or 0)
             offset, end = message.offset() or 0, ends.get(place, 0)
@@ -417,7 +305,7 @@ def retained(
 def arrivals(consumer: Consumer) -> Iterator[list[Message]]:
     """The records as they arrive, batch by batch, forever."""
     while True:
-        yield [m for m in consumer.consume(1000, 0.5) if not _failed(m) and m.error() is None]
+        yield [m for m in consumer.consume(1000, 0.5) if not failed(m) and m.error() is None]
 
 
 def since(text: str) -> datetime:
@@ -425,21 +313,42 @@ def since(text: str) -> datetime:
     if match := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
         return datetime.now(UTC) - timedelta(seconds=float(match[1]) * unit)
-    when = _parse_time(text.strip())
-    if when is None:
-        raise argparse.ArgumentTypeError(f"not a duration (15m) or an RFC 3339 time: {text!r}")
-    return when
+    try:
+        return times.moment(text.strip(), future=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration (15m); {exc}") from None
 
 
-def _failed(message: Message) -> bool:
-    """Whether the message is an error rather than a record; raises when it is fatal. (The
-    end of a partition is reported too, and counts as no error.)"""
-    error = message.error()
-    if error is None or error.code() == KafkaError._PARTITION_EOF:
-        return False
-    if error.fatal():
-        raise KafkaException(error)
-    return True
+def _checked(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from one of tools.ops.search's checks."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def query_of(args: argparse.Namespace) -> Query | None:
+    """The search the command line asks for, or None for a plain tail."""
+    if (
+        args.until is None
+        and args.limit is None
+        and not any((args.key, args.id, args.type, args.header))
+    ):
+        return None
+    return Query(
+        since=args.since,
+        until=args.until,
+        key=args.key,
+        event_id=args.id,
+        type=args.type,
+        header=args.header,
+        limit=args.limit or DEFAULT_LIMIT,
+    )
 
 
 def _write(lines: Iterable[str | None]) -> None:
@@ -449,8 +358,27 @@ def _write(lines: Iterable[str | None]) -> None:
         sys.stdout.flush()
 
 
+def find(
+    consumer: Consumer, view: View, topics: list[str], query: Query, args: argparse.Namespace
+) -> None:
+    """Print the records that match (tools.ops.search) and, on stderr, what was read to
+    find them; with `--follow`, then every new record that matches."""
+    found = search(consumer, topics, query, timeout=args.timeout, every=bool(args.topic))
+    _write(view.batch(found.records))
+    print(f"tail: {query.describe()}: {found.summary()}", file=sys.stderr, flush=True)
+    if args.follow:
+        consumer.assign([TopicPartition(t, p, end) for (t, p), (_, end) in found.ranges.items()])
+        for batch in arrivals(consumer):
+            _write(view.live(message) for message in batch if query.matches(message))
+
+
 def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Namespace) -> None:
-    """Print what `topics` retain (from `--since`), then, with `--follow`, what arrives."""
+    """Print what `topics` retain (from `--since`), then, with `--follow`, what arrives;
+    with a search's options, only what matches."""
+    query = query_of(args)
+    if query is not None:
+        find(consumer, view, topics, query, args)
+        return
     every = bool(args.topic)
     starts, ends = plan(consumer, topics, every=every, since=args.since, timeout=args.timeout)
     consumer.assign(starts)
@@ -465,7 +393,18 @@ def tail(consumer: Consumer, view: View, topics: list[str], args: argparse.Names
 def main(argv: list[str] | None = None) -> int:
     sign_in_locally(OBSERVER)
     settings = TailSettings()
-    args = parser(settings).parse_args(argv)
+    command = parser(settings)
+    args = command.parse_args(argv)
+    searching = query_of(args) is not None
+    if searching and args.order is not None:
+        command.error(
+            "--order reads a whole story: it takes no --key, --id, --type, --header,"
+            " --until or --limit"
+        )
+    if args.until is not None and args.follow:
+        command.error("--until ends the search: it takes no --follow")
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        command.error("--until must be later than --since")
     kafka = replace(settings.kafka(), bootstrap=args.bootstrap)
     prefix = args.topic_prefix
     if args.topic:
@@ -515,6 +454,27 @@ def parser(settings: KafkaSettings) -> argparse.ArgumentParser:
         metavar="WHEN",
         help="start at the records of the last 90s, 15m, 2h, 1d, or from an RFC 3339 time "
         "(default: the oldest retained)",
+    )
+    add(
+        "--until",
+        type=times.any_time,
+        metavar="T",
+        help="search up to (not including) the first record stamped at T, an RFC 3339 time",
+    )
+    add("--key", type=_checked(search_module.key_text), help="search: records with this key")
+    add("--id", type=_checked(search_module.event_id_text), help="search: the event with this id")
+    add("--type", type=_checked(search_module.event_type_text), help="search: events of this type")
+    add(
+        "--header",
+        type=_checked(search_module.header_pair),
+        metavar="NAME=VALUE",
+        help="search: records with this header value (e.g. ce_source=/services/order)",
+    )
+    add(
+        "--limit",
+        type=_checked(search_module.limit_number),
+        metavar="N",
+        help=f"search: at most N records (1 to {search_module.MOST}; default {DEFAULT_LIMIT})",
     )
     add("--follow", "-f", action="store_true", help="then print new events until Ctrl-C")
     add("--json", action="store_true", help="one JSON object per line")

@@ -25,6 +25,12 @@ class ExplorerSettings(KafkaSettings):
     """How many records before each partition's end to start reading from."""
     max_orders: int = Field(200, ge=1)
     """How many orders it remembers (the most recent)."""
+    lag_every: float = Field(5.0, gt=0, le=3600)
+    """Seconds between two samples of each group's lag (the page's lag graph)."""
+    lag_points: int = Field(360, ge=2, le=100_000)
+    """Samples kept per group: 360 at 5 s are the last 30 minutes."""
+    search_timeout: float = Field(15.0, gt=0, le=300)
+    """Seconds a search may wait for the broker to send records still to be read."""
     trace_url: str | None = Field(None, max_length=2048)
     """Where a trace is shown, `{trace_id}` standing for its id (e.g.
     `http://127.0.0.1:9411/zipkin/traces/{trace_id}`): an order whose trace was sampled

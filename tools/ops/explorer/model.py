@@ -9,6 +9,7 @@ the web app reads."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,6 +199,50 @@ def _preview(value: bytes | str | None, limit: int = 120) -> str:
     return shown + ("…" if len(data) > limit else "")
 
 
+class LagHistory:
+    """Each consumer group's total lag over time: a point every `every` seconds, the last
+    `points` of them per group, at most `groups` groups (the one quiet longest is
+    forgotten first), so memory stays bounded however long the explorer runs."""
+
+    def __init__(self, *, every: float = 5.0, points: int = 360, groups: int = 64) -> None:
+        self.every = every
+        self.points = points
+        self.most = groups
+        self.series: dict[str, deque[tuple[float, int]]] = {}
+        self._last = -float("inf")
+
+    def sample(self, now: float, lags: dict[str, int]) -> bool:
+        """Take the groups' lags at `now` (seconds since the epoch), unless the last
+        sample is less than `every` seconds old. Whether it took them."""
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        for group, lag in lags.items():
+            series = self.series.get(group)
+            if series is None:
+                series = self.series[group] = deque(maxlen=self.points)
+            series.append((now, lag))
+        while len(self.series) > self.most:
+            quiet = min(self.series, key=lambda g: self.series[g][-1][0])
+            del self.series[quiet]
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "every": self.every,
+            "points": self.points,
+            "groups": [
+                {
+                    "group": group,
+                    "points": [[round(at, 3), lag] for at, lag in series],
+                    "lag": series[-1][1],
+                    "most": max(lag for _, lag in series),
+                }
+                for group, series in sorted(self.series.items())
+            ],
+        }
+
+
 class ShopView:
     """The explorer's state. `version` grows with every change the page should see."""
 
@@ -210,6 +255,8 @@ class ShopView:
         max_letters: int = 200,
         max_undecodable: int = 200,
         trace_url: str | None = None,
+        lag_every: float = 5.0,
+        lag_points: int = 360,
     ) -> None:
         self.prefix = prefix
         self.trace_url = trace_url
@@ -227,6 +274,8 @@ class ShopView:
         """Topic → partition → (low, high) watermarks."""
         self.groups: dict[str, dict[str, Any]] = {}
         """Group → {"state", "offsets": {(topic, partition): committed}}."""
+        self.lag = LagHistory(every=lag_every, points=lag_points)
+        """Each group's lag over time, sampled as the offsets arrive."""
         self.records = 0
         self.version = 0
         self._lock = threading.Lock()
@@ -350,11 +399,17 @@ class ShopView:
         topics: dict[str, dict[int, tuple[int, int]]],
         groups: dict[str, dict[str, Any]],
     ) -> None:
-        """The latest watermarks per partition and committed offsets per group."""
+        """The latest watermarks per partition and committed offsets per group; each
+        group's lag is sampled into `lag` (at most every `lag.every` seconds)."""
         with self._lock:
             if topics != self.topics or groups != self.groups:
                 self.version += 1
             self.topics, self.groups = topics, groups
+            self.lag.sample(time.time(), {row["group"]: row["lag"] for row in self._group_rows()})
+
+    def lag_history(self) -> dict[str, Any]:
+        with self._lock:
+            return self.lag.as_dict()
 
     # -- reading (the web app) ----------------------------------------------------------
 

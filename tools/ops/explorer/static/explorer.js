@@ -51,6 +51,7 @@ function render(snapshot) {
   }
   renderOrders(snapshot.orders);
   renderTopics(snapshot.topics);
+  renderTopicNames(snapshot.topics);
   renderGroups(snapshot.groups);
   renderLetters(snapshot.dead_letters);
   renderUndecodable(snapshot.undecodable);
@@ -291,5 +292,95 @@ function renderUndecodable(records) {
     </li>`).join("") || `<li class="empty">None: every record in view decoded.</li>`;
 }
 
+// -- searching the log -------------------------------------------------------------------
+
+$("search").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams();
+  for (const [name, value] of new FormData(event.target)) {
+    if (String(value).trim() !== "") params.append(name, String(value).trim());
+  }
+  const summary = $("search-summary");
+  summary.className = "search-summary";
+  summary.textContent = "searching…";
+  try {
+    const response = await fetch("/api/search?" + params.toString());
+    const body = await response.json();
+    if (!response.ok) {
+      const detail = Array.isArray(body.detail) ? body.detail.map((d) => `${d.field}: ${d.reason}`).join("; ") : body.detail;
+      throw new Error(detail || response.statusText);
+    }
+    renderSearch(body);
+  } catch (error) {
+    summary.className = "search-summary failed";
+    summary.textContent = "search failed: " + error.message;
+    $("search-results").innerHTML = "";
+  }
+});
+
+function renderSearch(found) {
+  const where = found.partitions.map((p) => `${p.topic}[${p.partition}] ${p.read.toLocaleString()}`).join(", ");
+  const summary = $("search-summary");
+  summary.dataset.read = found.read;
+  summary.dataset.found = found.found;
+  summary.textContent = `${found.query}: found ${found.found.toLocaleString()}, read ${found.read.toLocaleString()} record(s)` +
+    (found.by_key ? " in the key's partition of each topic" : "") + (where ? ` (${where})` : "") +
+    (found.complete ? "" : "; stopped at the limit: more may match");
+  $("search-results").innerHTML = found.records.map((r) => `
+    <tr class="hit" data-id="${esc(r.id)}" data-key="${esc(r.key)}" data-type="${esc(r.type)}" data-where="${esc(`${r.topic}[${r.partition}]@${r.offset}`)}">
+      <td>${esc(r.time)}</td><td>${esc(`${r.topic}[${r.partition}]@${r.offset}`)}</td>
+      <td>${esc(r.type || "UNDECODABLE")}</td><td>${esc(r.key)}</td><td title="${esc(r.id)}">${esc(r.id)}</td>
+    </tr>`).join("") || `<tr><td colspan="5" class="empty">Nothing matches.</td></tr>`;
+}
+
+// -- lag over time ----------------------------------------------------------------------
+
+const SPARK = { width: 180, height: 30 };
+
+function sparkline(group) {
+  const points = group.points;
+  const first = points[0][0], span = Math.max(1, points[points.length - 1][0] - first);
+  const top = Math.max(1, group.most);
+  const x = (at) => ((at - first) / span) * (SPARK.width - 4) + 2;
+  const y = (lag) => SPARK.height - 2 - (lag / top) * (SPARK.height - 4);
+  const line = points.map(([at, lag]) => `${x(at).toFixed(1)},${y(lag).toFixed(1)}`).join(" ");
+  const [lastAt, lastLag] = points[points.length - 1];
+  return `<svg class="spark" data-group="${esc(group.group)}" data-points="${points.length}" width="${SPARK.width}" height="${SPARK.height}" viewBox="0 0 ${SPARK.width} ${SPARK.height}" role="img" aria-label="lag of ${esc(group.group)}, at most ${group.most}">
+    <title>${esc(group.group)}: ${points.length} samples, at most ${group.most}, now ${group.lag}</title>
+    <line class="base" x1="2" x2="${SPARK.width - 2}" y1="${SPARK.height - 2}" y2="${SPARK.height - 2}"></line>
+    <polyline points="${line}"></polyline><circle cx="${x(lastAt).toFixed(1)}" cy="${y(lastLag).toFixed(1)}" r="2"></circle></svg>`;
+}
+
+
+
+async function refreshLag() {
+  let every = 5;
+  try {
+    const response = await fetch("/api/lag");
+    if (response.ok) {
+      const history = await response.json();
+      every = history.every;
+      $("lag-sub").textContent = `records behind, every ${history.every}s, last ${history.points} samples`;
+      $("lag-history").innerHTML = history.groups.map((g) => `
+        <tr data-group="${esc(g.group)}">
+          <td class="name">${esc(g.group)}</td><td>${sparkline(g)}</td>
+          <td class="num"><span class="${g.lag ? "lagN" : "lag0"}">${g.lag.toLocaleString()}</span></td>
+        </tr>`).join("") || `<tr><td colspan="3" class="empty">No samples yet.</td></tr>`;
+    }
+  } finally {
+    setTimeout(refreshLag, Math.max(1, every) * 1000);
+  }
+}
+
+function renderTopicNames(topics) {
+  const names = topics.map((t) => t.topic).join("\n");
+  const list = $("topic-names");
+  if (list.dataset.names !== names) {
+    list.dataset.names = names;
+    list.innerHTML = topics.map((t) => `<option value="${esc(t.topic)}">`).join("");
+  }
+}
+
 window.addEventListener("resize", () => { drawn = ""; fetchedAt = 0; if (last) refreshChain(); });
 connect();
+refreshLag();
