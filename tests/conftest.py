@@ -127,10 +127,12 @@ starts, takes a few thousand records and stops spends half the CPU Kafka's own f
 
 def pytest_configure(config: pytest.Config) -> None:
     """Every process of the run starts its brokers with TEST_JVM_FLAGS unless the
-    environment chose. Under pytest-xdist, the controller starts the one broker and the one PostgreSQL
-    every worker shares (workers inherit `KAFKA_BOOTSTRAP_SERVERS` and `TEST_DATABASE_URL`)
-    and stops them at the end if it started them: no worker may stop a server another
-    worker still uses. Not for the unit tier alone."""
+    environment chose.
+
+    Under pytest-xdist, the controller starts the one broker and the one PostgreSQL every
+    worker shares (workers inherit `KAFKA_BOOTSTRAP_SERVERS` and `TEST_DATABASE_URL`) and
+    stops them at the end if it started them: no worker may stop a server another worker
+    still uses. Not for the unit tier alone."""
     os.environ.setdefault(JVM_FLAGS_VARIABLE, TEST_JVM_FLAGS)
     if hasattr(config, "workerinput"):
         return

@@ -7,9 +7,10 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from shared.messaging import positions
 from shared.messaging.connection import Bootstrap, client_config
 
 log = logging.getLogger(__name__)
@@ -90,29 +91,9 @@ class LagCollector:
                 )
             )
         reader = self._reader
-
-        def left() -> float:
-            return max(0.05, deadline - time.monotonic())
-
-        metadata = reader.list_topics(timeout=left())
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in self._topics
-            if topic in metadata.topics and metadata.topics[topic].error is None
-            for partition in sorted(metadata.topics[topic].partitions)
-        ]
-        if not partitions:
-            return []
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in reader.committed(partitions, timeout=left())
-        }
-        lag = []
-        for tp in partitions:
-            low, high = reader.get_watermark_offsets(tp, timeout=left(), cached=False)
-            done = committed.get((tp.topic, tp.partition), -1)
-            lag.append((tp.topic, tp.partition, max(0, high - (done if done >= 0 else low))))
-        return lag
+        marks = positions.watermarks(reader, self._topics, max(0.05, deadline - time.monotonic()))
+        left = positions.behind(reader, marks, max(0.05, deadline - time.monotonic()))
+        return [(topic, partition, records) for (topic, partition), records in left.items()]
 
     def close(self) -> None:
         if self._reader is not None:
