@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,14 @@ def start(
 
 
 def finish(recordings: list[Recording], root: Path, timeout: float = 300) -> dict[str, Any]:
-    """Wait for the recordings; summarise each service's folded stacks."""
+    """Wait for the recordings (all of them within `timeout` s: py-spy writes late when it
+    fell behind on a busy machine); summarise each service's profiles."""
     summaries: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
     for recording in recordings:
         for process in recording.processes:
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
