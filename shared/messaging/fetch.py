@@ -27,10 +27,13 @@ def consumer_config(bootstrap: Bootstrap, group_id: str, **overrides: Any) -> di
         "heartbeat.interval.ms": 1_000,
         # Notice a subscribed topic created after start within seconds, not minutes.
         "topic.metadata.refresh.interval.ms": 5_000,
-        # Let the broker gather a few ms of records per fetch instead of answering each
-        # new record with its own response: fewer, larger requests.
-        "fetch.wait.max.ms": 10,
-        "fetch.min.bytes": 65_536,
+        # A long poll: the broker answers a fetch as soon as it has a record, or after
+        # 500 ms with none. (A short wait with a large fetch.min.bytes made every idle
+        # consumer send each broker a fetch every few ms: over TLS to three brokers that
+        # was most of the cluster's CPU, and the services' librdkafka threads', while
+        # nothing happened.) Under load, records gather during each round trip.
+        "fetch.wait.max.ms": 500,
+        "fetch.min.bytes": 1,
     }
     config.update(overrides)
     return config

@@ -1,6 +1,6 @@
 """Request heads have a size: the request target at most `MAX_URL_BYTES`, the header
 fields at most `MAX_HEADER_BYTES` (names and values together). A request over them is
-answered 414 or 431, whatever serves the app: `HeadLimitMiddleware` checks every request
+answered 414 or 431, whatever serves the app: `ServiceMiddleware` checks every request
 the app gets, and the HTTP protocol the services run (shared.runtime.protocol) refuses
 one while it is still arriving, so that a server never buffers more than about that.
 
@@ -10,7 +10,7 @@ token is under 1 KiB)."""
 from __future__ import annotations
 
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_URL_BYTES = 8 * 1024
@@ -38,29 +38,3 @@ def refusal(status: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
         (b"connection", b"close"),
     ]
     return headers, body
-
-
-class HeadLimitMiddleware:
-    """Answers 414 to a request target over `MAX_URL_BYTES` and 431 to header fields over
-    `MAX_HEADER_BYTES`, before anything else reads them."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = (
-            414
-            if url_bytes(scope) > MAX_URL_BYTES
-            else 431
-            if header_bytes(scope["headers"]) > MAX_HEADER_BYTES
-            else None
-        )
-        if status is None:
-            await self.app(scope, receive, send)
-            return
-        headers, body = refusal(status)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -13,11 +13,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from shared.runtime.bodies import BodyLimitMiddleware
 from shared.runtime.errors import install_error_answers
-from shared.runtime.headers import HeadLimitMiddleware
-from shared.runtime.middleware import MetricsMiddleware, TracingMiddleware
-from shared.runtime.proxy import ForwardedFor, Network
+from shared.runtime.middleware import ServiceMiddleware
+from shared.runtime.proxy import Network
 
 
 class KafkaReadiness(BaseModel):
@@ -40,13 +38,12 @@ class Readiness(BaseModel):
 
 
 def install(app: FastAPI, *, max_body_bytes: int, trusted_proxies: Sequence[Network] = ()) -> None:
-    """Add the middleware, the error handlers and the operational endpoints.
+    """Add the middleware (one layer: shared.runtime.middleware), the error handlers and
+    the operational endpoints.
     `trusted_proxies`: the peers whose `X-Forwarded-For` names the client."""
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    app.add_middleware(TracingMiddleware)
-    app.add_middleware(HeadLimitMiddleware)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(ForwardedFor, trusted=trusted_proxies)
+    app.add_middleware(
+        ServiceMiddleware, max_body_bytes=max_body_bytes, trusted_proxies=trusted_proxies
+    )
     install_error_answers(app)
 
     @app.get("/health", tags=["ops"])

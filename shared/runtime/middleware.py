@@ -1,9 +1,11 @@
-"""The request middleware every service runs: the server span with its causation context,
-and request metrics by route template."""
+"""The request middleware every service runs, as one ASGI layer: the client's address behind
+a trusted proxy, request metrics by route template, the bounds on heads and bodies, and the
+server span with its causation context."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.telemetry import TelemetryConfig
@@ -13,28 +15,104 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.messaging import tracing
 from shared.runtime import ids
+from shared.runtime.bodies import TooLarge, too_large
+from shared.runtime.headers import MAX_HEADER_BYTES, MAX_URL_BYTES, refusal, url_bytes
 from shared.runtime.metrics import UNMATCHED
+from shared.runtime.proxy import Network, TrustedProxies
+
+_WANTED = frozenset(
+    {
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"x-correlation-id",
+        b"content-length",
+    }
+)
+"""The request headers the middleware reads (besides `X-Forwarded-For`)."""
 
 
-class TracingMiddleware:
-    """Continues the caller's `traceparent` (or starts a trace) and makes the request the
-    cause of every event it emits. Echoes `x-request-id` and `x-trace-id`. Every id it
-    reads is checked first (shared.runtime.ids): a malformed one is replaced or ignored."""
+class ServiceMiddleware:
+    """Every service's request plumbing as one ASGI layer, in the order the separate
+    layers had (outermost first), reading the request's headers once:
 
-    def __init__(self, app: ASGIApp) -> None:
+    1. the client's address from `X-Forwarded-For` when the peer is a trusted proxy
+       (shared.runtime.proxy);
+    2. request metrics by method, route template and status, once the service runs
+       (its `runtime.instruments`);
+    3. 414 for a request target over `MAX_URL_BYTES`, 431 for header fields over
+       `MAX_HEADER_BYTES`, before anything reads them (shared.runtime.headers);
+    4. the server span: continues the caller's `traceparent` (or starts a trace), makes
+       the request the cause of every event it emits, echoes `x-request-id` and
+       `x-trace-id`; every id it reads is checked first (shared.runtime.ids), a
+       malformed one replaced or ignored;
+    5. 413 for a body over `max_body_bytes`, declared or streamed (shared.runtime.bodies;
+       None: no limit).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int | None = None,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.proxies = TrustedProxies(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                scope = self.proxies.rewrite(scope)
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = ids.request_id(headers.get("x-request-id"))
-        traceparent = ids.traceparent(headers.get("traceparent"))
-        tracestate = ids.tracestate(headers.get("tracestate")) if traceparent else None
+        raw_headers = scope["headers"]
+        size = 0
+        found: dict[bytes, bytes] = {}
+        forwarded: list[bytes] = []
+        for name, value in raw_headers:
+            size += len(name) + len(value)
+            if name in _WANTED:
+                found[name] = value
+            elif name == b"x-forwarded-for":
+                forwarded.append(value)
+        if forwarded:
+            scope = self.proxies.rewrite(scope, forwarded)
+        instruments = _instruments(scope)
+        if instruments is None:
+            await self._serve(scope, receive, send, size, found)
+            return
+        began = time.perf_counter()
+        status = 500  # unless the app starts a response
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, send_noting_status, size, found)
+        finally:
+            instruments.request(scope["method"], _route(scope), status, time.perf_counter() - began)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, size: int, found: dict[bytes, bytes]
+    ) -> None:
+        too_long = (
+            414 if url_bytes(scope) > MAX_URL_BYTES else 431 if size > MAX_HEADER_BYTES else None
+        )
+        if too_long is not None:
+            headers, body = refusal(too_long)
+            await send({"type": "http.response.start", "status": too_long, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        request_id = ids.request_id(_text(found.get(b"x-request-id")))
+        traceparent = ids.traceparent(_text(found.get(b"traceparent")))
+        tracestate = ids.tracestate(_text(found.get(b"tracestate"))) if traceparent else None
         cause = tracing.Cause(
             request_id,
-            ids.correlation_id(headers.get("x-correlation-id")),
+            ids.correlation_id(_text(found.get(b"x-correlation-id"))),
             continued=traceparent is not None,
         )
         method = scope["method"]
@@ -47,12 +125,14 @@ class TracingMiddleware:
             attributes={"http.request.method": method, "url.path": scope["path"]},
         ) as current:
             trace_id = format(current.get_span_context().trace_id, "032x")
+            started = False
 
             async def send_with_ids(message: Message) -> None:
+                nonlocal started
                 if message["type"] == "http.response.start":
-                    message.setdefault("headers", [])
+                    started = True
                     message["headers"] = [
-                        *message["headers"],
+                        *message.get("headers", ()),
                         (b"x-request-id", request_id.encode()),
                         (b"x-trace-id", trace_id.encode()),
                     ]
@@ -62,11 +142,42 @@ class TracingMiddleware:
                 await send(message)
 
             try:
-                await self.app(scope, receive, send_with_ids)
+                await self._limited(scope, receive, send_with_ids, found.get(b"content-length"))
+            except TooLarge:
+                if not started:
+                    await too_large(self.max_body_bytes or 0, send_with_ids)
             finally:
                 if route := route_template(scope):
                     current.update_name(f"{method} {route}")
                     current.set_attribute("http.route", route)
+
+    async def _limited(
+        self, scope: Scope, receive: Receive, send: Send, declared: bytes | None
+    ) -> None:
+        """The app, its body bounded: a declared length over the limit (or not a number)
+        answered at once, a streamed one stopped with `TooLarge` once it passes."""
+        limit = self.max_body_bytes
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await too_large(limit, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise TooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def route_template(scope: Scope) -> str | None:
@@ -82,35 +193,8 @@ TELEMETRY: TelemetryConfig = {
     "logs": False,
     "operation_spans": False,
 }
-"""FastAPI's own spans, metrics and logs, off: `TracingMiddleware` makes the one server span
+"""FastAPI's own spans, metrics and logs, off: `ServiceMiddleware` makes the one server span
 (it also sets the causation context), and metrics and logs are the service's own."""
-
-
-class MetricsMiddleware:
-    """Counts and times each request by method, route template and status, once the
-    service runs (its `runtime.instruments`)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        instruments = _instruments(scope)
-        if scope["type"] != "http" or instruments is None:
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500  # unless the app starts a response
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting_status)
-        finally:
-            instruments.request(scope["method"], _route(scope), status, time.perf_counter() - began)
 
 
 def _instruments(scope: Scope) -> Any:

@@ -9,14 +9,15 @@ proxies that append is read from the right, the first address that is not a trus
 proxy being the client. A header that holds anything but addresses is ignored.
 
 This replaces uvicorn's own handling (`--proxy-headers`, on by default and trusting
-127.0.0.1), which `serve` (`python -m services NAME`) switches off."""
+127.0.0.1), which `serve` (`python -m services NAME`) switches off. `ServiceMiddleware`
+(shared.runtime.middleware) applies it to every request."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,23 +37,26 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-class ForwardedFor:
-    """Sets the ASGI `client` to the address in `X-Forwarded-For` when the peer is a
-    trusted proxy (its port becomes 0: the proxy does not say it)."""
+class TrustedProxies:
+    """The proxies whose `X-Forwarded-For` names the client. `rewrite` sets the ASGI
+    `client` to that address when the peer is one of them (its port becomes 0: the proxy
+    does not say it)."""
 
-    def __init__(self, app: ASGIApp, trusted: Sequence[Network]) -> None:
-        self.app = app
+    def __init__(self, trusted: Sequence[Network]) -> None:
         self.trusted = tuple(trusted)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.trusted and scope["type"] in ("http", "websocket"):
-            peer = scope.get("client")
-            if peer and self._trusts(_address(peer[0])):
-                forwarded = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
-                client = self.client(forwarded) if forwarded else None
-                if client is not None:
-                    scope = {**scope, "client": (client, 0)}
-        await self.app(scope, receive, send)
+    def rewrite(self, scope: Scope, forwarded: Sequence[bytes] | None = None) -> Scope:
+        """`scope` with the client the trusted proxy names (the same scope otherwise).
+        `forwarded`: the request's `X-Forwarded-For` values, when already read."""
+        if not self.trusted:
+            return scope
+        peer = scope.get("client")
+        if not peer or not self._trusts(_address(peer[0])):
+            return scope
+        if forwarded is None:
+            forwarded = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        client = self.client(forwarded) if forwarded else None
+        return scope if client is None else {**scope, "client": (client, 0)}
 
     def client(self, headers: Iterable[bytes]) -> str | None:
         """The client's address in these `X-Forwarded-For` values, or None if they hold

@@ -19,6 +19,7 @@ from tools.bench.report import (
     category,
     cpu_headline,
     cpu_seconds,
+    cpu_self_summary,
     cpu_summary,
     evaluate_targets,
     parse_folded,
@@ -218,6 +219,43 @@ def test_profile_summary_shares_per_role_and_blames_our_deepest_frame() -> None:
     assert ours["place_order (services/order/api.py)"] == pytest.approx(7 / 15)
     assert ours["claim (shared/idempotency.py)"] == pytest.approx(6 / 15)
     assert math.isclose(sum(ours.values()), 1.0)
+
+
+def test_a_thread_under_a_process_frame_keeps_its_role() -> None:
+    process = 'process 12:"python -m services order"'
+    assert role_of([process, "thread (7): outbox-relay", "x (a.py:1)"]) == "outbox relay"
+    summary = profile_summary([([process, CONSUMER, "claim (shared/idempotency.py:30)"], 3)])
+    assert summary["roles"]["consumer"]["threads"] == 1
+
+
+def test_cpu_self_time_is_each_leaf_function_s_share_of_the_samples() -> None:
+    speedscope = {
+        "shared": {
+            "frames": [
+                {"name": "run", "file": "/x/lib/python3.11/threading.py"},
+                {"name": "claim", "file": "/repo/shared/messaging/idempotency.py"},
+                {"name": "do_execute", "file": "/v/site-packages/sqlalchemy/engine/default.py"},
+            ]
+        },
+        "profiles": [
+            {"name": 'Process 1 Thread 2 "consumer-orders"', "samples": [[0, 1], [0, 1, 2]] * 2},
+            {"name": 'Process 1 Thread 3 "outbox-relay"', "samples": [[0, 2], [0, 2], []]},
+        ],
+    }
+    summary = cpu_self_summary(speedscope)
+    assert summary["samples"] == 6
+    assert dict(summary["leaf"]) == {
+        "do_execute (sqlalchemy/engine/default.py)": pytest.approx(4 / 6),
+        "claim (shared/messaging/idempotency.py)": pytest.approx(2 / 6),
+    }
+    assert dict(summary["threads"]) == {
+        "consumer": pytest.approx(4 / 6),
+        "outbox relay": pytest.approx(2 / 6),
+    }
+    cpu = {**cpu_headline(None), "per_process": {"order": 3.0}}
+    profile = {"roles": {}, "ours": [], "samples": 1, "cpu_self": summary}
+    text = render({"cpu_ms_per_order": cpu, "profiles": {"order": profile}})
+    assert "2.00 ms/order  do_execute (sqlalchemy/engine/default.py)" in text
 
 
 def test_render_survives_a_profile_that_failed() -> None:

@@ -24,7 +24,7 @@ from shared.messaging import exporters, tracing
 from shared.messaging import spans as messaging
 from shared.messaging.envelope import Envelope
 from shared.runtime import ids
-from shared.runtime.middleware import TELEMETRY, TracingMiddleware
+from shared.runtime.middleware import TELEMETRY, ServiceMiddleware
 from tools.local import stack as local_stack
 from tools.local.service import ServiceProcess
 from tools.local.stack import Stack
@@ -208,7 +208,7 @@ def sampled(traceparent: str | None) -> bool:
 def shop(emitted: list[Envelope]) -> FastAPI:
     """An app with the services' middleware whose one route emits an event."""
     app = FastAPI(telemetry=TELEMETRY)
-    app.add_middleware(TracingMiddleware)
+    app.add_middleware(ServiceMiddleware)
 
     @app.post("/orders")
     async def place() -> dict[str, str]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from shared.messaging import exporters, tracing
 from shared.messaging import spans as messaging
 from shared.messaging.envelope import Envelope
-from shared.runtime.middleware import TELEMETRY, TracingMiddleware
+from shared.runtime.middleware import TELEMETRY, ServiceMiddleware
 from tools.local.stack import Stack
 
 pytestmark = pytest.mark.unit
@@ -197,7 +197,7 @@ def test_the_http_server_span_is_named_by_route_template_and_status(
     spans: InMemorySpanExporter,
 ) -> None:
     app = FastAPI(telemetry=TELEMETRY)
-    app.add_middleware(TracingMiddleware)
+    app.add_middleware(ServiceMiddleware)
 
     @app.get("/orders/{order_id}")
     def get_order(order_id: str) -> dict[str, str]:

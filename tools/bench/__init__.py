@@ -4,7 +4,7 @@
     python -m tools.bench --duration 60 --connections 32
     python -m tools.bench --backend postgres    # a stack of its own on PostgreSQL
     python -m tools.bench --rate 100            # the first run paced too
-    python -m tools.bench --profile             # py-spy order and inventory under load
+    python -m tools.bench --profile             # py-spy the four services under load
     python -m tools.bench limits                # the two ceilings alone
     python -m tools.bench consumer              # one consumer's events/s against raw
     python -m tools.bench relay                 # outbox relay drain against raw produce
@@ -26,6 +26,7 @@ The summary opens with CPU ms per completed order (the services' sum, the broker
 process's) and the targets, each met, not met or not measured; the JSON carries both at its
 top level (`cpu_ms_per_order`, `targets`). Results go to results/bench-<timestamp>.json and
 .png (latency over time, throughput per second, latency histogram; -paced.png for the
-second run); with --profile also results/<service>-<timestamp>.svg (flame graph) and
-.folded (py-spy raw). Load is bounded: wrk stops after --duration, the drain after --drain
-seconds, the broker ceiling after --raw-messages."""
+second run); with --profile also results/<service>-<timestamp>.speedscope.json (CPU
+profile, speedscope.app) and .folded (py-spy raw, idle threads too), and the top CPU
+self-time frames per service in ms per order. Load is bounded: wrk stops after --duration,
+the drain after --drain seconds, the broker ceiling after --raw-messages."""

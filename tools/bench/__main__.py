@@ -18,7 +18,14 @@ from shared.runtime.settings import KafkaSettings
 from tools.bench import consumer_bench, limits, load, pg_stack, procs, profile, relay_bench
 from tools.bench.pg_stack import Target
 from tools.bench.plot import plot_run
-from tools.bench.report import cpu_headline, evaluate_targets, ratio, render, write_json
+from tools.bench.report import (
+    SERVICES,
+    cpu_headline,
+    evaluate_targets,
+    ratio,
+    render,
+    write_json,
+)
 from tools.bench.wrk import WrkMissing, require_wrk
 from tools.local.certs import ADMIN
 from tools.local.cluster import sign_in_locally
@@ -162,7 +169,7 @@ def make_catalogue(args: argparse.Namespace, target: Target, shop: ShopClient) -
 
 class EndToEnd:
     """The end-to-end runs of one suite: each `step` drives the load once; the first also
-    profiles order and inventory with py-spy once warm (`--profile`)."""
+    profiles the services with py-spy once warm (`--profile`)."""
 
     def __init__(
         self,
@@ -184,11 +191,10 @@ class EndToEnd:
         args = self.args
         warm = elapsed >= args.warmup and self.profile_for > 0
         if args.profile and not self.recordings and warm:
-            say(f"  py-spy: recording order and inventory for {self.profile_for}s")
+            services = args.profile_services
+            say(f"  py-spy: recording {', '.join(services)} for {self.profile_for}s")
             self.recordings.extend(
-                profile.start(
-                    self.target.pids, ["order", "inventory"], self.profile_for, RESULTS, self.stamp
-                )
+                profile.start(self.target.pids, services, self.profile_for, RESULTS, self.stamp)
             )
 
     def step(self, key: str, duration: float, rate: float | None) -> Callable[[], dict[str, Any]]:
@@ -402,7 +408,13 @@ def parser() -> argparse.ArgumentParser:
     ceilings.add_argument("--limit-duration", type=float, default=10, help="s per HTTP ceiling")
     ceilings.add_argument("--raw-messages", type=int, default=200_000)
     prof = main.add_argument_group("profile")
-    prof.add_argument("--profile", action="store_true", help="py-spy order and inventory")
+    prof.add_argument("--profile", action="store_true", help="py-spy the services under load")
+    prof.add_argument(
+        "--profile-services",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=list(SERVICES),
+        help="which services --profile records (comma-separated; all four)",
+    )
     prof.add_argument("--profile-duration", type=float, default=20)
     cons = main.add_argument_group("consumer")
     cons.add_argument("--no-consumer", action="store_true", help="skip it in a run")

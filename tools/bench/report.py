@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -179,8 +180,8 @@ PROJECT = ("shared/", "services/", "tools/")
 
 def role_of(frames: Sequence[str]) -> str:
     """The thread's role, from py-spy's 'thread (tid): name' root frame."""
-    head = frames[0] if frames else ""
-    name = head.partition("): ")[2] if head.startswith("thread (") else ""
+    head = next((frame for frame in frames[:2] if frame.startswith("thread (")), "")
+    name = head.partition("): ")[2]
     for prefix, role in THREAD_ROLES:
         if name.startswith(prefix):
             return role
@@ -247,8 +248,8 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
     busy = 0
     for frames, count in stacks:
         role = role_of(frames)
-        if frames and frames[0].startswith("thread ("):
-            threads[role].add(frames[0].partition(")")[0])
+        if head := next((frame for frame in frames[:2] if frame.startswith("thread (")), None):
+            threads[role].add(head.partition(")")[0])
         kind = category(frames)
         by_role[role][kind] += count
         if kind == IDLE or kind.startswith(("event loop", "kafka: Consumer.consume")):
@@ -275,6 +276,47 @@ def profile_summary(stacks: Sequence[tuple[list[str], int]], top: int = 15) -> d
 
     return {"samples": total, "busy_samples": busy, "roles": roles,
             "ours": shares(ours), "leaf": shares(own)}  # fmt: skip
+
+
+def cpu_self_summary(speedscope: Mapping[str, Any], top: int = 15) -> dict[str, Any]:
+    """A py-spy speedscope profile (threads on CPU only) as the share of its samples each
+    function spent itself (the leaf), overall and per thread name. Times the service's CPU
+    per order, a share is that function's CPU per order."""
+    frames = speedscope["shared"]["frames"]
+    labels = [_speedscope_label(frame) for frame in frames]
+    own: Counter[str] = Counter()
+    per_thread: Counter[str] = Counter()
+    for prof in speedscope["profiles"]:
+        thread = role_of([f"thread (0): {_thread_name(prof.get('name', ''))}"])
+        for stack in prof["samples"]:
+            if stack:
+                own[labels[stack[-1]]] += 1
+                per_thread[thread] += 1
+    total = sum(own.values())
+    return {
+        "samples": total,
+        "leaf": [(name, n / total) for name, n in own.most_common(top)] if total else [],
+        "threads": [(name, n / total) for name, n in per_thread.most_common()] if total else [],
+    }
+
+
+def _thread_name(name: str) -> str:
+    """py-spy names a speedscope profile 'Process 12 Thread 34 "consumer-orders"'."""
+    return name.split('"')[1] if name.count('"') >= 2 else name
+
+
+def _speedscope_label(frame: Mapping[str, Any]) -> str:
+    path = str(frame.get("file") or "")
+    if "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif stdlib := re.search(r"/lib/python3\.\d+/", path):
+        path = path[stdlib.end() :]
+    else:
+        for marker in PROJECT:
+            if f"/{marker}" in path:
+                path = marker + path.split(f"/{marker}", 1)[1]
+                break
+    return f"{frame.get('name', '?')} ({path})" if path else str(frame.get("name", "?"))
 
 
 SERVICES = tuple(names())
@@ -563,8 +605,9 @@ def _render_rest(result: Mapping[str, Any], out: list[str]) -> None:
             )
     if result.get("relay"):
         out += _render_relay(result["relay"])
+    per_process = _get(result, "cpu_ms_per_order", "per_process") or {}
     for service, prof in (result.get("profiles") or {}).items():
-        out += _render_profile(service, prof)
+        out += _render_profile(service, prof, per_process.get(service))
 
 
 def _render_limits(limits: Mapping[str, Any]) -> list[str]:
@@ -597,7 +640,9 @@ def _render_relay(relay: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _render_profile(service: str, prof: Mapping[str, Any]) -> list[str]:
+def _render_profile(
+    service: str, prof: Mapping[str, Any], service_ms: float | None = None
+) -> list[str]:
     if "roles" not in prof:
         return [f"profile {service}: {prof.get('error')}"]
     out = [f"profile {service}: {prof['samples']} samples (wall clock, per thread)"]
@@ -608,7 +653,20 @@ def _render_profile(service: str, prof: Mapping[str, Any]) -> list[str]:
     out.append("  not idle, by deepest frame of ours:")
     for function, share in prof["ours"][:10]:
         out.append(f"    {share * 100:5.1f}%  {function}")
+    cpu = prof.get("cpu_self") or {}
+    if cpu.get("leaf"):
+        ms = f" of {service_ms:.2f} ms/order" if service_ms else ""
+        out.append(f"  CPU self time ({cpu['samples']} samples on CPU{ms}), by thread:")
+        for thread, share in cpu["threads"][:6]:
+            out.append(f"    {share * 100:5.1f}%  {_share_ms(share, service_ms)}{thread}")
+        out.append("  CPU self time by function:")
+        for function, share in cpu["leaf"][:12]:
+            out.append(f"    {share * 100:5.1f}%  {_share_ms(share, service_ms)}{function}")
     return out
+
+
+def _share_ms(share: float, service_ms: float | None) -> str:
+    return f"{share * service_ms:5.2f} ms/order  " if service_ms else ""
 
 
 def write_json(result: Mapping[str, Any], path: Path) -> None:
