@@ -385,12 +385,18 @@ def test_kafka_is_configured_as_the_local_cluster(tmp_path: Path) -> None:
         assert "-Xmx384m" in environment(name)["KAFKA_HEAP_OPTS"].split()
 
 
-def test_kafka_healthcheck_asks_the_broker_over_mutual_tls() -> None:
+def test_kafka_healthcheck_asks_the_node_alone_over_mutual_tls() -> None:
+    """Each node's probe asks that node for its own broker configuration (a request Kafka
+    sends to the broker of that id), so another node slow to start holds no probe up."""
     for name in KAFKA_NODES:
         text = healthcheck_text(name)
-        assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in text
+        node_id = environment(name)["KAFKA_NODE_ID"]
+        assert "/opt/kafka/bin/kafka-configs.sh" in text
+        assert "kafka-broker-api-versions" not in text, "asks every broker of the metadata"
         assert f"--bootstrap-server {name}:9094" in text and "--command-config" in text
+        assert f"--entity-type brokers --entity-name {node_id} " in text + " "
         assert "security.protocol=SSL" in text and "/run/secrets/kafka_broker" in text
+        assert "default.api.timeout.ms=" in text, "a node that does not answer fails it"
 
 
 def test_kafka_init_secures_the_cluster_once_every_node_is_healthy() -> None:
