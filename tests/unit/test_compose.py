@@ -600,6 +600,29 @@ def test_service_healthcheck_probes_ready(name: str, monkeypatch: pytest.MonkeyP
     assert requested == [f"http://127.0.0.1:{PORTS[name]}/ready"] * 2
 
 
+def seconds(duration: str) -> float:
+    """A compose duration such as "10s", "1m30s" or "600s", in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0.0, ""
+    for char in duration:
+        if char.isdigit() or char == ".":
+            number += char
+        else:
+            total, number = total + float(number) * units[char], ""
+    assert not number, f"no unit in {duration!r}"
+    return total
+
+
+@pytest.mark.parametrize("name", [*sorted(PORTS), EXPLORER])
+def test_a_slow_start_is_not_unhealthy_before_ten_minutes(name: str) -> None:
+    """`up --wait` stops at the first unhealthy container: one still starting on a loaded
+    machine (minutes) must not be. The window delays nothing: the first passing probe counts."""
+    check = service(name)["healthcheck"]
+    assert seconds(check["start_period"]) >= 600
+    assert seconds(check["timeout"]) > 3, "more than the probe's own request timeout"
+    assert seconds(check["interval"]) <= 5, "healthy soon after it is ready"
+
+
 @pytest.mark.parametrize("name", sorted(PORTS))
 def test_service_environment_is_read_by_its_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
