@@ -99,8 +99,9 @@ unexport PYTHONDONTWRITEBYTECODE
 WORKERS ?= 3
 XDIST = -n $(WORKERS) --dist loadscope
 
+# The compose tier is not part of it: `make test-compose` (it needs the engine and images).
 test: $(STAMP)
-	$(PY) -m pytest $(XDIST)
+	$(PY) -m pytest $(XDIST) -m "not compose"
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m unit -q -n 2

@@ -7,7 +7,8 @@
 
 PostgreSQL tests run on `TEST_DATABASE_URL` when it names a server; else, with an engine and
 the local PostgreSQL image, on a testcontainers PostgresContainer; else they skip. Each test
-database is created fresh and dropped after. The test header names the backends of the run.
+database is created fresh and dropped after. TEST_BACKENDS=container (CI) insists on the
+containers, TEST_BACKENDS=local refuses them. The test header names the backends of the run.
 
 A container or local broker is started once per run: by the pytest-xdist controller before
 its workers start (they inherit the address), or on first use in a run without workers;
@@ -40,6 +41,13 @@ STARTED_FOR_WORKERS = "_TEST_KAFKA_STARTED_FOR_WORKERS"
 """Set by the pytest-xdist controller when it started the local broker its workers share."""
 
 
+BACKEND_CHOICE = "TEST_BACKENDS"
+"""What runs Kafka and PostgreSQL where the environment names neither: `auto` (unset: a
+container when an engine answers and the image is built, else a local process), `container`
+(CI: a container, or the run stops before any test) or `local` (never a container)."""
+CHOICES = ("auto", "container", "local")
+
+
 @dataclass
 class Backends:
     """Where this run's Kafka and PostgreSQL come from: `given` (the environment names
@@ -53,19 +61,37 @@ class Backends:
 
     @classmethod
     def choose(cls) -> Backends:
-        engine = None
+        """`given` where the environment names a server (pytest-xdist workers get the
+        controller's), else as TEST_BACKENDS says; `pytest.UsageError` for a value it does
+        not know, or for `container` where no engine answers or the image is missing."""
+        wanted = os.environ.get(BACKEND_CHOICE, "") or "auto"
+        if wanted not in CHOICES:
+            raise pytest.UsageError(
+                f"{BACKEND_CHOICE}={wanted[:40]!r}: one of {', '.join(CHOICES)}"
+            )
+        engine: bool | None = None
 
-        def container(image: str) -> bool:
+        def backend(what: str, variable: str) -> str:
             nonlocal engine
+            if os.environ.get(variable):
+                return "given"
+            if wanted == "local":
+                return "local"
             if engine is None:
                 engine = docker_engine()
-            return engine and containers.image_present(containers.image_ref(image))
+            ref = containers.image_ref(what)
+            if engine and containers.image_present(ref):
+                return "container"
+            if wanted == "container":
+                why = f"{ref} is not built (make images)" if engine else "no engine answers"
+                raise pytest.UsageError(f"{BACKEND_CHOICE}=container, and {why}")
+            return "local"
 
-        kafka = "given" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else None
-        kafka = kafka or ("container" if container("kafka") else "local")
-        postgres = "given" if os.environ.get("TEST_DATABASE_URL") else None
-        postgres = postgres or ("container" if container("postgres") else "local")
-        return cls(kafka, postgres, {})
+        return cls(
+            backend("kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+            backend("postgres", "TEST_DATABASE_URL"),
+            {},
+        )
 
     def describe(self, what: str) -> str:
         backend = getattr(self, what)

@@ -24,6 +24,7 @@ from tests.compose.stack import (
     SCALE,
     URLS,
     ComposeStack,
+    exclusive,
     leftovers,
     missing_images,
 )
@@ -52,12 +53,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     run_dir = tmp_path_factory.mktemp("compose")
     run_dir.chmod(0o700)
     running = ComposeStack(run_dir)
-    running.down()  # what an interrupted run may have left
-    try:
-        running.up()
-        yield running
-    finally:
-        running.down()
+    with exclusive():  # another run's stack is not an interrupted run's leftovers
+        running.down()  # what an interrupted run may have left
+        try:
+            running.up()
+            yield running
+        finally:
+            running.down()
 
 
 @pytest.fixture(scope="module")
