@@ -1,9 +1,10 @@
 """How far a consumer group is behind: its committed offsets against the partitions' ends.
 
 One reader for every question of the kind: `/ready`'s catch-up (`catchup`) asks it of the
-ends it noted at start, the lag metric (shared/runtime/lag.py) of the ends now. Both go through a consumer that
-carries the group's id and never subscribes (it joins no group, commits nothing): its
-`committed()` reads the group's offsets and `get_watermark_offsets` the ends."""
+ends it noted at start, the lag metric (`shared/runtime/lag.py`) of the ends now. Both go
+through a consumer that carries the group's id and never subscribes (it joins no group,
+commits nothing): its `committed()` reads the group's offsets and `get_watermark_offsets`
+the ends."""
 
 from __future__ import annotations
 
