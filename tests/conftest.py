@@ -230,13 +230,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
         def _split_scope(self, nodeid: str) -> str:
             return _scope(nodeid)
 
-        def schedule(self) -> None:
-            if self.collection is None:
-                for node, collection in self.registered_collections.items():
-                    self.registered_collections[node] = sorted(collection, key=_first)
-            super().schedule()
-
-    config.option.loadscopereorder = False
+    config.option.loadscopereorder = False  # units in collection order: the longest first
     return ByFile(config, log)
 
 
@@ -247,7 +241,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that uses the secured cluster outside SHARED_CLUSTER_FILES would start a
-    cluster of its own on each worker that runs it: refused."""
+    cluster of its own on each worker that runs it: refused. Under `--dist loadscope` the
+    longest units come first, in every process alike: a worker runs the tests the
+    controller names by their index in its own collection, so each must hold the same order."""
     strays = {
         item.path.name
         for item in items
@@ -257,6 +253,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             f"add {sorted(strays)} to SHARED_CLUSTER_FILES in tests/conftest.py"
         )
+    if config.getvalue("dist") == "loadscope":
+        items.sort(key=lambda item: _first(item.nodeid))
 
 
 @pytest.fixture(scope="session")
