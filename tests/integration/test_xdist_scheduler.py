@@ -1,4 +1,4 @@
-"""`make test`'s scheduler (tests/conftest.py) on a small project of its own, in three
+"""`make test`'s scheduler (tests/conftest.py) on a small project of its own, in two
 pytest-xdist workers: every file runs whole on one worker, and the files that share the
 session's stacks run together."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration  # real pytest-xdist workers, seconds; no broker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_each_file_runs_whole_on_one_worker_and_a_group_on_one(tmp_path: Path) -
         (project / "tests" / f"{name}.py").write_text(TESTS.format(count=count))
     ran = tmp_path / "ran.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "3"]
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
         + ["--dist", "loadscope", "tests"],
         cwd=project,
         env={**os.environ, "RAN_FILE": str(ran), "PYTHONPATH": str(ROOT)},
