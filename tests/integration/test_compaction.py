@@ -173,14 +173,10 @@ def test_compaction_keeps_the_newest_stock_changed_of_every_product(kafka_bootst
     assert applied_settings(kafka_bootstrap, history.topic)["cleanup.policy"] == "compact"
 
 
-def test_after_compaction_a_fresh_consumer_rebuilds_products_availability(
-    kafka_bootstrap: str, database_url: str
-) -> None:
-    """Product's `in_stock` is a view of `stock-changes`: a product service that reads the
-    compacted topic from the start, in a group of its own, ends with every product's
-    newest availability. The newest version says the opposite of every older one, so a
-    view built from anything but the newest record is wrong."""
-    prefix = unique("rebuild") + "-"
+def product_service(
+    kafka_bootstrap: str, database_url: str, prefix: str
+) -> tuple[ServiceRuntime, list[str]]:
+    """A product service on its own topics and group, not started, with six products."""
     settings = ProductSettings(
         database_url=database_url,
         topic_prefix=prefix,
@@ -192,6 +188,18 @@ def test_after_compaction_a_fresh_consumer_rebuilds_products_availability(
     upgrade(runtime.engine, PRODUCT.migrations)
     with runtime.uow() as unit:
         products = [create_product(unit, f"gear {n}", 100).id for n in range(6)]
+    return runtime, products
+
+
+def test_after_compaction_a_fresh_consumer_rebuilds_products_availability(
+    kafka_bootstrap: str, database_url: str
+) -> None:
+    """Product's `in_stock` is a view of `stock-changes`: a product service that reads the
+    compacted topic from the start, in a group of its own, ends with every product's
+    newest availability. The newest version says the opposite of every older one, so a
+    view built from anything but the newest record is wrong."""
+    prefix = unique("rebuild") + "-"
+    runtime, products = product_service(kafka_bootstrap, database_url, prefix)
     even = set(products[::2])
 
     def available(product_id: str, version: int) -> int:
@@ -228,17 +236,7 @@ def test_after_compaction_the_replay_command_rebuilds_the_view_a_fresh_consumer_
     emptied view, a group of its own, the topic from the start) builds from the same
     compacted topic."""
     prefix = unique("replay-compacted") + "-"
-    settings = ProductSettings(
-        database_url=database_url,
-        topic_prefix=prefix,
-        consumer_group=unique("product"),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        keyset_public_key=new_anchor(),
-    )
-    runtime = ServiceRuntime(PRODUCT, settings)
-    upgrade(runtime.engine, PRODUCT.migrations)
-    with runtime.uow() as unit:
-        products = [create_product(unit, f"gear {n}", 100).id for n in range(6)]
+    runtime, products = product_service(kafka_bootstrap, database_url, prefix)
     odd = set(products[1::2])
 
     def available(product_id: str, version: int) -> int:
@@ -262,7 +260,7 @@ def test_after_compaction_the_replay_command_rebuilds_the_view_a_fresh_consumer_
         unit.session.execute(update(Product).values(in_stock=Product.id.in_(odd), stock_version=99))
     monkeypatch.setenv("TOPIC_PREFIX", prefix)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    monkeypatch.setenv("AUTH_KEYSET_PUBLIC_KEY", settings.keyset_public_key)
+    monkeypatch.setenv("AUTH_KEYSET_PUBLIC_KEY", runtime.settings.keyset_public_key)
     assert replay_command.main(["product", "--database-url", database_url]) == 0
     printed = capsys.readouterr().out
     assert "published nothing" in printed and "availability" in printed
