@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -274,6 +275,22 @@ def failed(message: Message) -> bool:
     return True
 
 
+def batches(consumer: Consumer, left: set[Place], timeout: float) -> Iterator[list[Message]]:
+    """The consumer's records, a batch at a time, while `left` (which the caller empties as
+    partitions reach their ends) holds any; errors that are not fatal are left out, the
+    end of a partition is kept. Raises TimeoutError when nothing arrives for `timeout`
+    seconds while partitions remain."""
+    deadline = time.monotonic() + timeout
+    while left:
+        batch = consumer.consume(1000, 0.2)
+        if batch:
+            deadline = time.monotonic() + timeout
+        elif time.monotonic() > deadline:
+            unfinished = ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(left))
+            raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
+        yield [message for message in batch if not failed(message)]
+
+
 def places(
     consumer: Consumer, topics: list[str], query: Query, timeout: float, every: bool = False
 ) -> list[Place]:
@@ -341,18 +358,9 @@ def search(
     if not left:
         return found
     consumer.assign([TopicPartition(t, p, ranges[t, p][0]) for t, p in sorted(left)])
-    deadline = time.monotonic() + timeout
     try:
-        while left:
-            batch = consumer.consume(1000, 0.2)
-            if batch:
-                deadline = time.monotonic() + timeout
-            elif time.monotonic() > deadline:
-                unfinished = ", ".join(f"{t}[{p}]" for t, p in sorted(left))
-                raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
+        for batch in batches(consumer, left, timeout):
             for message in batch:
-                if failed(message):
-                    continue
                 place = (message.topic() or "", message.partition() or 0)
                 if place not in left:
                     continue

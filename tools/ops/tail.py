@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -58,7 +57,7 @@ from tools.ops.records import (
     reader,
     stack_topics,
 )
-from tools.ops.search import Query, failed, search
+from tools.ops.search import Query, batches, failed, search
 
 T = TypeVar("T")
 UNDECODABLE = "UNDECODABLE"
@@ -277,17 +276,8 @@ def retained(
     the start) go to `later` when given, else are dropped. Raises TimeoutError when
     nothing arrives for `timeout` seconds while records remain to be read."""
     left = set(ends)
-    deadline = time.monotonic() + timeout
-    while left:
-        batch = consumer.consume(1000, 0.2)
-        if batch:
-            deadline = time.monotonic() + timeout
-        elif time.monotonic() > deadline:
-            unfinished = ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(left))
-            raise TimeoutError(f"nothing read for {timeout}s; unfinished: {unfinished}")
+    for batch in batches(consumer, left, timeout):
         for message in batch:
-            if failed(message):
-                continue
             place = (message.topic() or "", message.partition() or 0)
             offset, end = message.offset() or 0, ends.get(place, 0)
             if message.error() is not None:  # the end of a partition, at `offset`
