@@ -1,16 +1,21 @@
 """Transactional outbox: events are rows committed with the change; a relay publishes them.
 
 The unit of work calls `add_rows` inside the business transaction. `OutboxRelay` runs in
-a thread, is woken by every commit that added events (and polls as a fallback, for other
-processes writing the same database), publishes unsent rows in id order with the
-idempotent producer, and marks them sent only after the broker acknowledged them. A crash
+a thread, is woken by every commit that added events, publishes unsent rows in id order
+with the idempotent producer, and marks them sent only after the broker acknowledged them. A crash
 between publish and mark republishes the same event ids, which consumers drop. A stop
 publishes what is left before it returns.
 
 One bad row never holds up the others (shared.messaging.parking): a record the broker
 refuses for good is parked (after a try on its own, if it was refused within a batch),
 and a row whose values the `on_published` hook cannot store is parked as unrecorded
-(shared.messaging.recording). Nothing the broker acknowledged is sent twice."""
+(shared.messaging.recording). Nothing the broker acknowledged is sent twice.
+
+On SQLite one process writes the database, and its commits wake its relay directly. On
+PostgreSQL several processes may share it: each commit that adds rows notifies the
+table's channel, and every relay LISTENs (shared.storage.notify), so the one that holds
+the advisory lock hears of rows another process wrote as they commit. Polling is left as a
+fallback, every `poll_interval` seconds."""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from shared.messaging.observe import IGNORED_RELAY, RelayObserver
 from shared.messaging.producer import EventProducer, Placed
 from shared.messaging.recording import Hook, Outcome, Recorder, row_to_envelope
 from shared.storage.db import OutboxMixin, is_postgres, reader, writing
+from shared.storage.notify import Listener, listens, notify
 
 __all__ = ["OutboxRelay", "add_rows", "outbox_row", "row_to_envelope"]
 
@@ -58,6 +64,7 @@ def add_rows(session: Session, model: type[OutboxMixin], rows: list[dict[str, An
     """Insert outbox rows in the session's open transaction, in one statement."""
     session.execute(insert(model.__table__), rows)  # type: ignore[attr-defined]
     session.info[_DIRTY] = True
+    notify(session, model.waiting_channel())
 
 
 class OutboxRelay:
@@ -68,7 +75,7 @@ class OutboxRelay:
         producer: EventProducer,
         *,
         batch_size: int = 2000,
-        poll_interval: float = 0.5,
+        poll_interval: float | None = None,
         on_published: Hook | None = None,
         observer: RelayObserver = IGNORED_RELAY,
         dead_letter_topic: str | None = None,
@@ -77,12 +84,13 @@ class OutboxRelay:
         """`on_published` runs in the transaction that marks events sent, with where the
         broker put them (the order service files its own events in the chain there);
         `observer` hears of every acknowledged batch and parked row. A parked row is
-        announced on `dead_letter_topic`, if given, as `name` (`dlq_consumer`)."""
+        announced on `dead_letter_topic`, if given, as `name` (`dlq_consumer`). Without
+        being woken it looks every `poll_interval` seconds: by default 0.5 on SQLite, 5 on
+        PostgreSQL, where notifications wake it."""
         self._sessions = sessions
         self._model = model
         self._producer = producer
         self._batch_size = batch_size
-        self._poll_interval = poll_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,7 +108,14 @@ class OutboxRelay:
             else partial(parking.announce, producer, dead_letter_topic, source=name),
         )
         self.last_error: str | None = None
-        event.listen(sessions, "after_commit", self._after_commit)
+        self._listener: Listener | None = None
+        if listens(engine):
+            self._listener = Listener(engine, model.waiting_channel(), self._wake.set)
+        else:
+            event.listen(sessions, "after_commit", self._after_commit)
+        if poll_interval is None:
+            poll_interval = 0.5 if self._listener is None else 5.0
+        self._poll_interval = poll_interval
 
     @property
     def published(self) -> int:
@@ -119,12 +134,16 @@ class OutboxRelay:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
         self._thread.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.stop()
         if event.contains(self._sessions, "after_commit", self._after_commit):
             event.remove(self._sessions, "after_commit", self._after_commit)
 

@@ -37,6 +37,7 @@ from shared.messaging.deadletter import (
 from shared.messaging.envelope import H_ID, H_TYPE, KafkaHeaders, format_time
 from shared.messaging.producer import EventProducer
 from shared.storage.db import OutboxMixin
+from shared.storage.notify import notify
 
 log = logging.getLogger(__name__)
 
@@ -187,4 +188,5 @@ def unpark(
             .where(model.parked_at.is_not(None), model.event_id.in_(ids))
             .values(parked_at=None, parked_reason=None, sent_at=None)
         )
+        notify(session, model.waiting_channel())
     return ids

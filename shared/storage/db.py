@@ -172,6 +172,11 @@ class OutboxMixin:
     parked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     parked_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
+    @classmethod
+    def waiting_channel(cls) -> str:
+        """What a commit that leaves rows for the relay notifies (shared.storage.notify)."""
+        return f"{cls.__tablename__}_waiting"  # type: ignore[attr-defined]
+
     @declared_attr.directive
     @classmethod
     def __table_args__(cls) -> tuple[Any, ...]:
