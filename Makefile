@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help up down status demo offsets replay test test-fast test-integration test-e2e test-compose lint format bench bench-postgres jars clean clean-kafka contracts k8s engine images lock
+.PHONY: help up down status demo offsets replay test test-fast test-integration test-e2e test-compose lint format bench bench-single bench-postgres jars clean clean-kafka contracts k8s engine images lock
 
 help:
 	@echo "make up        start Kafka and the four services (ready when it returns)"
@@ -143,6 +143,13 @@ clean: down
 # `make up` formats a new cluster, of KAFKA_NODES nodes. Jars, certificates and passwords stay.
 clean-kafka: $(STAMP)
 	$(PY) -m tools.local.stack reset-kafka
+
+# The same on a stack of its own: one plaintext broker, no span export, SQLite (ports
+# 8201-8204, broker 9192); `make up`'s stack may run beside it.
+bench-single: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(PY) -m tools.bench --backend single $(BENCH_ARGS)
 
 # The same on a PostgreSQL stack of its own (ports 8101-8104, 2 workers per service).
 bench-postgres: $(STAMP)

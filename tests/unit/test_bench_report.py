@@ -15,12 +15,14 @@ from tools.bench.report import (
     NOT_MET,
     PHASE_RAW_DECODE,
     PHASE_WORKER_ORDERS,
+    STACK_TARGETS,
     WRK_MARKER,
     category,
     cpu_headline,
     cpu_seconds,
     cpu_self_summary,
     cpu_summary,
+    describe_stack,
     evaluate_targets,
     parse_folded,
     parse_wrk,
@@ -352,7 +354,7 @@ def fast_result() -> dict[str, object]:
         "paced": e2e_run(cpu=FAST, completed=600.0, p99=60.0, rate=600.0),
         "consumer": {
             "phases": [
-                {"name": PHASE_WORKER_ORDERS, "events_per_s": 6000.0},
+                {"name": PHASE_WORKER_ORDERS, "events_per_s": 6500.0},
                 {"name": PHASE_RAW_DECODE, "events_per_s": 20000.0},
             ]
         },
@@ -396,9 +398,25 @@ def test_every_target_is_met_by_a_fast_enough_result() -> None:
     assert {t["status"] for t in targets} == {MET}, [t for t in targets if t["status"] != MET]
 
 
+def test_each_stack_is_held_to_its_own_targets() -> None:
+    result = fast_result()
+    result["e2e"] = e2e_run(cpu={**FAST, "order": 1.5, "kafka": 1.2}, completed=600.0)
+    targets = {stack: by_name(evaluate_targets(result, stack)) for stack in STACK_TARGETS}
+    services, rate = "services CPU per completed order", "completed orders/s, steady window"
+    brokers = "broker CPU per completed order"
+    assert targets["default"][services]["status"] == NOT_MET  # 2.3 ms
+    assert targets["postgres"][services]["status"] == MET
+    assert targets["default"][brokers]["status"] == MET  # 1.2 ms over three brokers
+    assert targets["single"][brokers]["status"] == NOT_MET
+    assert targets["default"][rate]["status"] == MET  # 600/s
+    assert targets["single"][rate]["status"] == NOT_MET
+    with pytest.raises(KeyError):
+        evaluate_targets(result, "nonsense")
+
+
 def test_targets_read_each_figure_from_its_own_run() -> None:
     result = fast_result()
-    slow = {**FAST, "order": 5.0, "kafka": 1.5}
+    slow = {**FAST, "order": 5.0, "kafka": 1.6}
     result["e2e"] = e2e_run(cpu=slow, completed=128.0, lost=2, rss=151.0)
     result["paced"] = e2e_run(cpu=FAST, p99=192.0, rate=64.0, doubled=1, errors=3)
     result["consumer"]["phases"][0]["events_per_s"] = 3000.0  # type: ignore[index]
@@ -426,6 +444,22 @@ def test_missing_parts_are_not_measured_and_a_failed_relay_check_is_not_met() ->
     assert relay["status"] == NOT_MET
     assert relay["detail"] == "relay topic holds 99999"
     assert {t["status"] for t in targets.values()} == {NOT_MEASURED}
+
+
+def test_the_stack_line_names_brokers_database_and_span_export() -> None:
+    sampled = {
+        "brokers": 3,
+        "database": "sqlite",
+        "OTEL_TRACES_EXPORTER": "zipkin",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }
+    assert describe_stack("default", sampled) == (
+        "stack: default (3 broker(s), sqlite, spans to zipkin, parentbased_traceidratio 0.1)"
+    )
+    quiet = {"brokers": 1, "OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+    assert describe_stack("single", quiet) == "stack: single (1 broker(s), no span export)"
+    assert render_headline({"stack": "postgres"})[0] == "stack: postgres (no span export)"
 
 
 def test_render_opens_with_the_cpu_headline_then_the_targets() -> None:

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.runtime.settings import KafkaSettings
-from tools.bench import consumer_bench, limits, load, pg_stack, procs, profile, relay_bench
+from tools.bench import (
+    consumer_bench,
+    limits,
+    load,
+    pg_stack,
+    procs,
+    profile,
+    relay_bench,
+    single_stack,
+)
 from tools.bench.pg_stack import Target
 from tools.bench.plot import plot_run
 from tools.bench.report import (
@@ -112,6 +121,10 @@ def command_run(args: argparse.Namespace) -> int:
         return 2
     if args.backend == "sqlite":
         return run_suite(args, target)
+    if args.backend == "single":
+        with single_stack.single_stack(say=say) as target:
+            args.bootstrap = target.bootstrap
+            return run_suite(args, target)
     with pg_stack.postgres_stack(
         args.bootstrap,
         workers=args.pg_workers,
@@ -261,9 +274,11 @@ def finish(
     report = {
         "kind": "bench",
         "backend": target.backend,
+        "stack": target.stack,
+        "settings": procs.settings(target.pids),
         "workers": target.workers,
         "cpu_ms_per_order": cpu_headline(result.get("e2e")),
-        "targets": evaluate_targets(result),
+        "targets": evaluate_targets(result, target.stack),
         "environment": environment(),
         "args": vars(args),
         **result,
@@ -360,9 +375,10 @@ def parser() -> argparse.ArgumentParser:
         "runs here, signed in as its admin, else 127.0.0.1:9092)",
     )
     main.add_argument(
-        "--backend", choices=["sqlite", "postgres"], default="sqlite",
-        help="sqlite (default): the stack `make up` started; postgres: a stack of its own on "
-        "fresh PostgreSQL databases, ports 8101-8104, stopped afterwards",
+        "--backend", choices=["sqlite", "single", "postgres"], default="sqlite",
+        help="sqlite (default): the stack `make up` started; single: a stack of its own on "
+        "one plaintext broker with no span export, ports 8201-8204; postgres: a stack of its "
+        "own on fresh PostgreSQL databases, ports 8101-8104; both stopped afterwards",
     )  # fmt: skip
     main.add_argument(
         "--database-url",

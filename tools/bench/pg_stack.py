@@ -32,8 +32,9 @@ PORTS = {service.name: service.port + 100 for service in SERVICES}
 
 @dataclass(frozen=True)
 class Target:
-    """The stack a run drives: service URLs, root pids to sample, its topic prefix, where
-    its operator's password is."""
+    """The stack a run drives: which one (`stack`: default, single or postgres), service
+    URLs, root pids to sample, its topic prefix, its own broker (`bootstrap`, else the one
+    the bench was given), where its operator's password is."""
 
     backend: str
     urls: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_URLS))
@@ -41,6 +42,8 @@ class Target:
     topic_prefix: str = ""
     workers: int = 1
     operator_password_file: Path = OPERATOR_PASSWORD_FILE
+    stack: str = "default"
+    bootstrap: Bootstrap | None = None
 
 
 def local_server_pid() -> int | None:
@@ -127,6 +130,7 @@ def postgres_stack(
                 pids["postgres"] = database_pid
             yield Target(
                 backend="postgresql",
+                stack="postgres",
                 urls={name: s.url for name, s in stack.services.items()},
                 pids=pids,
                 topic_prefix=prefix,

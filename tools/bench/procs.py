@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -67,6 +68,25 @@ def pid_files(run_dir: Path = RUN_DIR) -> dict[str, int]:
             found["kafka-" + path.parent.name.removeprefix("node-")] = int(path.read_text())
         except (OSError, ValueError):
             continue
+    return found
+
+
+SETTINGS = ("OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG")
+"""What a report says the services ran with, read from their own environment."""
+
+
+def settings(pids: Mapping[str, int]) -> dict[str, Any]:
+    """How the stack behind `pids` runs: its brokers, and the span export and sampling the
+    order service's process was started with (unset: none exported, every trace kept).
+    A process that cannot be read leaves its settings out."""
+    found: dict[str, Any] = {"brokers": len(brokers(pids))}
+    try:
+        environment = psutil.Process(pids["order"]).environ()
+    except (KeyError, psutil.Error):
+        return found
+    for name in SETTINGS:
+        found[name] = environment.get(name) or None
+    found["database"] = (environment.get("ORDER_DATABASE_URL") or "sqlite").split(":", 1)[0]
     return found
 
 
