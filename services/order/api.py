@@ -60,9 +60,8 @@ async def place_order(
     that arrive together are committed together, and each is answered after that commit."""
     enforce((runtime.per_address, client_address(request)), (runtime.per_subject, caller.subject))
     lines = [Line(product_id=item.product_id, quantity=item.quantity) for item in body.items]
-    placed = await runtime.writes.submit(
-        lambda unit: handlers.place_order(unit, lines, caller.subject, key)
-    )
+    request = handlers.OrderRequest(caller.subject, tuple(lines), key)
+    placed = await runtime.writes.submit_each(handlers.place_orders, request)
     return ORJSONResponse(OrderOut.model_validate(placed).model_dump(mode="json"), status_code=202)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
@@ -33,10 +34,11 @@ from services.order.models import (
     OrderStatus,
 )
 from shared.clock import utcnow
-from shared.errors import Conflict, Invalid, NotAuthenticated, NotFound
+from shared.errors import Conflict, DomainError, Invalid, NotAuthenticated, NotFound
 from shared.messaging import tracing
 from shared.messaging.envelope import Envelope
 from shared.messaging.unit_of_work import Unit
+from shared.runtime.groupcommit import Item
 from shared.storage.db import insert
 
 
@@ -107,93 +109,148 @@ class PlacedOrder:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What POST /orders asks: `user_id`'s order of `lines`, with its Idempotency-Key."""
+
+    user_id: str
+    lines: tuple[Line, ...]
+    idempotency_key: str | None = None
+
+
 def place_order(
     unit: Unit, lines: Sequence[Line], user_id: str, idempotency_key: str | None = None
 ) -> PlacedOrder:
-    """Record a PENDING order of `user_id` for `lines` and emit `order-created`.
+    """Record a PENDING order of `user_id` for `lines` and emit `order-created` (one
+    request of `place_orders`; its refusal raised)."""
+    request = OrderRequest(user_id, tuple(lines), idempotency_key)
+    (answer,) = place_orders(unit, [Item(request, contextvars.copy_context())])
+    if isinstance(answer, DomainError):
+        raise answer
+    return answer
 
-    With an idempotency key, the user's key is claimed first (insert-first), keeping the
-    order as placed: a replay of the same request gets that first order back and creates
-    nothing; the same key with another request conflicts. Each user has a key space of
-    their own, so another user's key is no concern of theirs. Core statements only: this
-    runs once per order under load."""
+
+def place_orders(
+    unit: Unit, requests: Sequence[Item[OrderRequest]]
+) -> list[PlacedOrder | DomainError]:
+    """Place a group commit's orders, set-based: one SELECT each for their users and
+    products, one INSERT each for all their orders and lines (and, on commit, events).
+    Each request gets its PENDING order, or the refusal that left nothing of it written:
+    an unknown user or product, a key used for another request. Each order's
+    `order-created` is emitted in its own request's context (trace, cause).
+
+    With an idempotency key, the user's key is claimed (insert-first) before the order is
+    written, keeping the order as placed: a replay of the same request gets that first
+    order back and creates nothing; the same key with another request conflicts. Each
+    user has a key space of their own, so another user's key is no concern of theirs."""
     session = unit.session
-    placed = PlacedOrder(
-        id=str(uuid.uuid4()),
-        user_id=user_id,
-        lines=tuple(lines),
-        status=OrderStatus.PENDING,
-        reason=None,
-        created_at=utcnow(),
+    wanted_users = {r.value.user_id for r in requests}
+    wanted_products = {line.product_id for r in requests for line in r.value.lines}
+    users = set(session.scalars(select(KnownUser.id).where(KnownUser.id.in_(wanted_users))))
+    products = set(
+        session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted_products)))
     )
-    if idempotency_key is not None:
-        first = _claim_key(session, idempotency_key, placed)
+    answers: list[PlacedOrder | DomainError] = []
+    orders: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    for item in requests:
+        request = item.value
+        placed = PlacedOrder(
+            id=str(uuid.uuid4()),
+            user_id=request.user_id,
+            lines=request.lines,
+            status=OrderStatus.PENDING,
+            reason=None,
+            created_at=utcnow(),
+        )
+        try:
+            first = _claim(session, request, placed, _refusal(request, users, products))
+        except DomainError as refused:
+            answers.append(refused)
+            continue
         if first is not None:
-            return first
+            answers.append(first)
+            continue
+        created = item.within(
+            unit.outbox.emit,
+            OrderCreated(order_id=placed.id, user_id=placed.user_id, items=list(placed.lines)),
+            correlation_id=placed.id,
+        )
+        orders.append(_order_row(placed, created.traceparent))
+        lines.extend(_line_rows(placed))
+        answers.append(placed)
+    if orders:
+        session.execute(insert(session, Order.__table__), orders)
+        session.execute(insert(session, OrderLine.__table__), lines)
+    return answers
 
-    _check_known(unit, lines, user_id)
-    created = unit.outbox.emit(
-        OrderCreated(order_id=placed.id, user_id=user_id, items=list(placed.lines)),
-        correlation_id=placed.id,
-    )
-    _insert_order(session, placed, created.traceparent)
-    return placed
+
+def _refusal(request: OrderRequest, users: set[str], products: set[str]) -> DomainError | None:
+    if request.user_id not in users:
+        return UnknownUser(request.user_id)
+    if missing := sorted({line.product_id for line in request.lines} - products):
+        return UnknownProducts(missing)
+    return None
 
 
-def _claim_key(session: Session, key: str, placed: PlacedOrder) -> PlacedOrder | None:
-    """Claim the user's idempotency `key` for `placed` (insert-first); None when claimed
-    now, the order first placed with it when this is a replay of the same request."""
+def _claim(
+    session: Session, request: OrderRequest, placed: PlacedOrder, refusal: DomainError | None
+) -> PlacedOrder | None:
+    """None when `placed` may be written: no key, or its key claimed now. The first order
+    when the key was claimed before by the same request; raises the refusal, or a
+    conflict when the key was claimed by another request. A refused request claims
+    nothing, so its key stays free for a retry."""
+    key = request.idempotency_key
+    if key is None:
+        if refusal is not None:
+            raise refusal
+        return None
     request_hash = hashlib.sha256(
         orjson.dumps([placed.user_id, {"items": _items(placed.lines)}], option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
-    claimed = session.execute(
-        insert(session, _KEYS)
-        .values(
-            user_id=placed.user_id,
-            key=key,
-            request_hash=request_hash,
-            order_id=placed.id,
-            response=placed.snapshot(),
-        )
-        .on_conflict_do_nothing()
-        .returning(_KEYS.c.key)
-    ).first()
-    if claimed is not None:
-        return None
+    if refusal is None:
+        claimed = session.execute(
+            insert(session, _KEYS)
+            .values(
+                user_id=placed.user_id,
+                key=key,
+                request_hash=request_hash,
+                order_id=placed.id,
+                response=placed.snapshot(),
+            )
+            .on_conflict_do_nothing()
+            .returning(_KEYS.c.key)
+        ).first()
+        if claimed is not None:
+            return None
     first = session.execute(
         select(_KEYS.c.request_hash, _KEYS.c.response).where(
             _KEYS.c.user_id == placed.user_id, _KEYS.c.key == key
         )
     ).first()
+    if first is None and refusal is not None:
+        raise refusal
     if first is None or first.request_hash != request_hash or first.response is None:
         raise IdempotencyKeyReused(key)
     return PlacedOrder.from_snapshot(first.response)
 
 
-def _insert_order(session: Session, placed: PlacedOrder, traceparent: str) -> None:
-    """The order's row and its lines: two Core inserts."""
-    session.execute(
-        insert(session, Order.__table__).values(
-            id=placed.id,
-            user_id=placed.user_id,
-            status=placed.status,
-            traceparent=traceparent,
-            created_at=placed.created_at,
-            updated_at=placed.created_at,
-        )
-    )
-    session.execute(
-        insert(session, OrderLine.__table__),
-        [
-            {
-                "order_id": placed.id,
-                "line_no": n,
-                "product_id": i.product_id,
-                "quantity": i.quantity,
-            }
-            for n, i in enumerate(placed.lines)
-        ],
-    )
+def _order_row(placed: PlacedOrder, traceparent: str) -> dict[str, Any]:
+    return {
+        "id": placed.id,
+        "user_id": placed.user_id,
+        "status": placed.status,
+        "traceparent": traceparent,
+        "created_at": placed.created_at,
+        "updated_at": placed.created_at,
+    }
+
+
+def _line_rows(placed: PlacedOrder) -> list[dict[str, Any]]:
+    return [
+        {"order_id": placed.id, "line_no": n, "product_id": i.product_id, "quantity": i.quantity}
+        for n, i in enumerate(placed.lines)
+    ]
 
 
 _KEYS = IdempotencyKey.__table__
@@ -201,16 +258,6 @@ _KEYS = IdempotencyKey.__table__
 
 def _items(lines: Iterable[Line]) -> list[dict[str, Any]]:
     return [{"product_id": line.product_id, "quantity": line.quantity} for line in lines]
-
-
-def _check_known(unit: Unit, lines: Sequence[Line], user_id: str) -> None:
-    session = unit.session
-    if session.scalar(select(KnownUser.id).where(KnownUser.id == user_id)) is None:
-        raise UnknownUser(user_id)
-    wanted = {line.product_id for line in lines}
-    known = set(session.scalars(select(KnownProduct.id).where(KnownProduct.id.in_(wanted))))
-    if missing := sorted(wanted - known):
-        raise UnknownProducts(missing)
 
 
 def get_order(

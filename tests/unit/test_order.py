@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import itertools
 import re
@@ -44,6 +45,7 @@ from services.order.models import (
     KnownUser,
     Order,
     OrderEvent,
+    OrderLine,
     OrderStatus,
     OutboxMessage,
 )
@@ -57,7 +59,7 @@ from shared.messaging.router import Received
 from shared.messaging.tracing import Cause
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.runtime.errors import answer_to
-from shared.runtime.groupcommit import GroupCommit
+from shared.runtime.groupcommit import GroupCommit, Item
 from shared.runtime.keys import SigningKeys, learn_keys
 from shared.runtime.limits import RateLimiter
 from shared.runtime.service import ServiceSpec
@@ -338,8 +340,8 @@ def statements_of(uow: UnitOfWork, do: Callable[[Any], object]) -> list[str]:
 def test_placing_an_order_takes_one_statement_more_with_a_key_than_without(
     uow: UnitOfWork,
 ) -> None:
-    """The hot path of POST /orders: the key's claim keeps the order as placed in the
-    same insert; the user and products are checked, the order and its lines inserted."""
+    """The hot path of POST /orders: the user and products are checked, the key's claim
+    keeps the order as placed in the same insert, the order and its lines inserted."""
     user_id, (lamp, desk) = known(uow)
     lines = command((lamp, 1), (desk, 2))
 
@@ -347,7 +349,47 @@ def test_placing_an_order_takes_one_statement_more_with_a_key_than_without(
     keyed = statements_of(uow, lambda unit: handlers.place_order(unit, lines, user_id, "k-1"))
 
     assert plain == ["SELECT", "SELECT", "INSERT", "INSERT"]
-    assert keyed == ["INSERT", *plain]
+    assert keyed == ["SELECT", "SELECT", "INSERT", "INSERT", "INSERT"]
+
+
+def requested(n: int, user_id: str, lines: list[Line], key: str | None = None) -> Item[Any]:
+    """Request `n`'s order, as the group commit hands it over: in a context of its own."""
+    with tracing.span("POST /orders", cause=Cause(f"request-{n}", f"client-{n}")):
+        context = contextvars.copy_context()
+    return Item(handlers.OrderRequest(user_id, tuple(lines), key), context)
+
+
+def test_a_group_of_orders_costs_the_statements_of_one_and_each_keeps_its_own_cause(
+    uow: UnitOfWork,
+) -> None:
+    ann, (lamp, desk) = known(uow)
+    bob, _ = known(uow, products=0)
+    ghost, unknown_product = random_id(), random_id()
+    group = [
+        requested(0, ann, command((lamp, 1))),
+        requested(1, bob, command((desk, 2), (lamp, 1))),
+        requested(2, ghost, command((lamp, 1))),
+        requested(3, ann, command((unknown_product, 1))),
+        requested(4, bob, command((lamp, 5)), key="k-1"),
+    ]
+    answers: list[Any] = []
+
+    seen = statements_of(uow, lambda unit: answers.extend(handlers.place_orders(unit, group)))
+
+    assert seen == ["SELECT", "SELECT", "INSERT", "INSERT", "INSERT"]  # the key's claim
+    assert isinstance(answers[2], handlers.UnknownUser) and answers[2].user_id == ghost
+    assert isinstance(answers[3], handlers.UnknownProducts)
+    assert answers[3].product_ids == [unknown_product]
+    placed = [answers[i] for i in (0, 1, 4)]
+    assert [p.user_id for p in placed] == [ann, bob, bob]
+    created = [e for _, e in emitted(uow, "order-created")]
+    assert [e.key for e in created] == [p.id for p in placed]
+    assert [e.causation_id for e in created] == ["request-0", "request-1", "request-4"]
+    assert count(uow, Order) == 3
+    with uow.read() as unit:
+        assert sorted(unit.session.scalars(select(OrderLine.order_id))) == sorted(
+            [placed[0].id, placed[1].id, placed[1].id, placed[2].id]
+        )
 
 
 def test_the_same_key_with_another_request_conflicts_and_adds_nothing(uow: UnitOfWork) -> None:
