@@ -47,6 +47,7 @@ class ConsumerWorker(Applier):
         dead_letter_topic: str,
         group_id: str | None = None,
         batch_size: int = 1000,
+        linger: float = 0.005,
         max_attempts: int = 3,
         backoff: float = 0.1,
         config: dict[str, Any] | None = None,
@@ -68,6 +69,7 @@ class ConsumerWorker(Applier):
         self._config = consumer_config(bootstrap, group_id or name, **(config or {}))
         self._topics = list(topics)
         self._batch_size = batch_size
+        self._linger = linger
         self._thread: threading.Thread | None = None
         self.last_poll = 0.0
         self.assigned: set[tuple[str, int]] = set()
@@ -112,7 +114,7 @@ class ConsumerWorker(Applier):
         try:
             while not self._stop.is_set():
                 self.last_poll = time.monotonic()
-                batch = next_batch(consumer, self._batch_size)
+                batch = next_batch(consumer, self._batch_size, linger=self._linger)
                 try:
                     self.process_batch(consumer, batch)
                 except Rewind as exc:

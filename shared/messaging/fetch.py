@@ -50,15 +50,24 @@ def store(consumer: Consumer, message: Message) -> None:
         log.info("offset not stored: %s", exc)  # re-reads; claims make that harmless
 
 
-def next_batch(consumer: Consumer, size: int, wait: float = 0.5) -> list[Message]:
-    """Wait for one message, then take whatever else is already fetched, up to `size`.
+def next_batch(
+    consumer: Consumer, size: int, wait: float = 0.5, linger: float = 0.0
+) -> list[Message]:
+    """Wait up to `wait` for one message; then take what else arrives within `linger`
+    seconds, up to `size` in all: under load, a batch gathers several commits' events
+    for one transaction, at the price of `linger` more latency per batch.
 
-    (`consume(n, timeout)` would wait out the whole timeout whenever fewer than n are
-    there, adding its timeout to the latency of every quiet moment.)"""
+    (Waiting for `size` messages from the start, `consume(n, timeout)`, would add the
+    whole timeout to the latency of every quiet moment.)"""
     first = consumer.poll(wait)
     if first is None:
         return []
-    return [first, *consumer.consume(size - 1, 0)] if size > 1 else [first]
+    if size == 1:
+        return [first]
+    batch = [first, *consumer.consume(size - 1, 0)]
+    if linger > 0 and len(batch) < size:
+        batch += consumer.consume(size - len(batch), linger)
+    return batch
 
 
 def rewind(consumer: Consumer, unprocessed: Sequence[Message]) -> None:
