@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +35,7 @@ from services.order.models import (
 from shared.clock import utcnow
 from shared.errors import Conflict, DomainError, Invalid, NotAuthenticated, NotFound
 from shared.messaging import tracing
-from shared.messaging.envelope import Envelope
+from shared.messaging.envelope import Envelope, new_id
 from shared.messaging.unit_of_work import Unit
 from shared.runtime.groupcommit import Item
 from shared.storage.db import insert
@@ -156,7 +155,7 @@ def place_orders(
     for item in requests:
         request = item.value
         placed = PlacedOrder(
-            id=str(uuid.uuid4()),
+            id=new_id(),
             user_id=request.user_id,
             lines=request.lines,
             status=OrderStatus.PENDING,

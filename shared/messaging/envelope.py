@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -70,7 +72,23 @@ class KafkaRecord(Protocol):
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7 (RFC 9562): 48 bits of Unix time in milliseconds, then 74 random bits.
+    Ids made later sort later, so every index keyed by them (processed events, outbox
+    rows, orders, the chain) grows at its right edge: a commit dirties a few pages rather
+    than one page per row, as random (v4) ids would."""
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000 & _MS_MASK) << 80
+        | 0x7 << 76  # version 7
+        | (random_bits >> 62 & 0xFFF) << 64
+        | 0b10 << 62  # the RFC's variant
+        | random_bits & _LOW_MASK
+    )
+    return str(uuid.UUID(int=value))
+
+
+_MS_MASK = (1 << 48) - 1
+_LOW_MASK = (1 << 62) - 1
 
 
 def format_time(value: datetime) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -25,6 +27,7 @@ from shared.messaging.envelope import (
     InvalidEnvelope,
     KafkaHeaders,
     format_time,
+    new_id,
 )
 from tests.helpers import ConsumedRecord
 
@@ -280,3 +283,16 @@ def test_the_ce_time_header_is_the_event_time_in_utc() -> None:
     event = replace(full_envelope(), time=datetime(2024, 5, 6, 7, 8, 9, 5, UTC))
 
     assert dict(event.text_headers())[H_TIME] == "2024-05-06T07:08:09.000005Z"
+
+
+def test_new_ids_are_uuid7_unique_and_sort_by_the_millisecond_they_were_made() -> None:
+    before = time.time_ns() // 1_000_000
+    made = [new_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+
+    assert len(set(made)) == len(made)
+    parsed = [uuid.UUID(i) for i in made]
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    stamps = [u.int >> 80 for u in parsed]
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert stamps == sorted(stamps)  # made later, never sorted earlier
