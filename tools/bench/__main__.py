@@ -145,6 +145,11 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
     sampler = procs.Sampler(target.pids).start()
     e2e = EndToEnd(args, target, shop, catalogue, sampler, stamp)
     try:
+        if args.warm_run > 0:
+            say(f"warming the stack: {args.warm_run:.0f}s of load, not measured")
+            attempt(result, "warm", e2e.step("warm", args.warm_run, args.rate))
+            e2e.series.pop("warm", None)
+            result.pop("warm", None)
         main_run = attempt(result, "e2e", e2e.step("e2e", args.duration, args.rate))
         if e2e.recordings:
             result["profiles"] = profile.finish(e2e.recordings, ROOT)
@@ -398,6 +403,11 @@ def parser() -> argparse.ArgumentParser:
         help="cap the request rate (wrk pacing per connection; default: as fast as it goes)",
     )  # fmt: skip
     load_opts.add_argument("--warmup", type=float, default=5, help="s left out of stats (5)")
+    load_opts.add_argument(
+        "--warm-run", type=float, default=30,
+        help="s of load before the measured runs, left out of everything (30): a just-started "
+        "broker's JIT compiler otherwise takes a large share of its CPU per order; 0 skips it",
+    )  # fmt: skip
     load_opts.add_argument("--drain", type=float, default=120, help="max s to await outcomes")
     load_opts.add_argument("--no-paced", action="store_true", help="skip the half-rate run")
     load_opts.add_argument(
