@@ -1,5 +1,10 @@
-"""The explorer's eyes on Kafka: a consumer that reads every topic of the stack, and an
-admin client that asks for end offsets and each consumer group's committed offsets.
+"""The explorer's eyes on Kafka: a consumer that reads every topic of the stack, an admin
+client that lists the topics' offsets and the consumer groups, and for each group a
+consumer that carries its id and never subscribes, which reads the group's committed
+offsets (`committed()`: it joins no group and commits nothing). Not the admin client's
+ListConsumerGroupOffsets: librdkafka's admin client dereferences a missing consumer group
+when a broker answers it NOT_COORDINATOR (librdkafka issue #5040), and that killed the
+explorer while a bench created and deleted groups; a consumer handles that answer.
 
 It reads as a consumer group of its own (`<prefix>observer-explorer-<random>`, an
 observer's group) and never commits, so it changes no other group's position and leaves
@@ -13,7 +18,7 @@ import threading
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from shared.messaging.connection import Bootstrap, client_config
@@ -130,14 +135,19 @@ class Observer:
 
     def _watch(self) -> None:
         admin = AdminClient(client_config(self.bootstrap))
-        while not self._stopping.is_set():
-            try:
-                topics = self._watermarks(admin)
-                self.view.set_offsets(topics, self._groups(admin, set(topics)))
-                self.connected.set()
-            except Exception as exc:  # the broker is away: try again
-                log.warning("offsets: %s", exc)
-            self._stopping.wait(self.refresh)
+        readers: dict[str, Consumer] = {}
+        try:
+            while not self._stopping.is_set():
+                try:
+                    topics = self._watermarks(admin)
+                    self.view.set_offsets(topics, self._groups(admin, topics, readers))
+                    self.connected.set()
+                except Exception as exc:  # the broker is away: try again
+                    log.warning("offsets: %s", exc)
+                self._stopping.wait(self.refresh)
+        finally:
+            for reader in readers.values():
+                reader.close()
 
     def _watermarks(self, admin: AdminClient) -> dict[str, dict[int, tuple[int, int]]]:
         metadata = admin.list_topics(timeout=5)
@@ -158,35 +168,40 @@ class Observer:
             ends.setdefault(tp.topic, {})[tp.partition] = (start, future.result().offset)
         return ends
 
-    def _groups(self, admin: AdminClient, topics: set[str]) -> dict[str, dict[str, Any]]:
+    def _groups(
+        self,
+        admin: AdminClient,
+        topics: dict[str, dict[int, tuple[int, int]]],
+        readers: dict[str, Consumer],
+    ) -> dict[str, dict[str, Any]]:
+        """Each chosen group's state and committed offsets on `topics`, through `readers`
+        (one per group, kept while the group is listed, closed when it is gone)."""
         listed = admin.list_consumer_groups(request_timeout=5).result().valid
-        chosen = [
-            g
+        chosen = {
+            g.group_id: g
             for g in listed
             if g.group_id != self.group_id
             and not g.group_id.startswith(f"{self.prefix}observer")
             and (ours(g.group_id, self.prefix) or g.group_id.startswith(REDRIVE_GROUP))
-        ][: self.max_groups]
-        futures = {
-            g.group_id: (
-                g,
-                admin.list_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(g.group_id)], request_timeout=5
-                )[g.group_id],
-            )
-            for g in chosen
         }
+        chosen = dict(list(chosen.items())[: self.max_groups])
+        for gone in set(readers) - set(chosen):
+            readers.pop(gone).close()
+        asked = [TopicPartition(t, p) for t, partitions in topics.items() for p in partitions]
         groups: dict[str, dict[str, Any]] = {}
-        for group_id, (listing, future) in futures.items():
+        for group_id, listing in chosen.items():
+            reader = readers.get(group_id)
+            if reader is None:
+                reader = readers[group_id] = Consumer(
+                    client_config(
+                        self.bootstrap, **{"group.id": group_id, "enable.auto.commit": False}
+                    )
+                )
             try:
-                answer = future.result()
+                answer = reader.committed(asked, timeout=5) if asked else []
             except KafkaException:
                 continue
-            offsets = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in answer.topic_partitions or []
-                if tp.topic in topics and tp.offset >= 0
-            }
+            offsets = {(tp.topic, tp.partition): tp.offset for tp in answer if tp.offset >= 0}
             if offsets:
                 state = getattr(listing.state, "name", str(listing.state))
                 groups[group_id] = {"state": state.lower(), "offsets": offsets}
