@@ -115,7 +115,10 @@ def command_run(args: argparse.Namespace) -> int:
     try:
         require_wrk()
         if args.backend == "sqlite":
-            target = Target("sqlite", pids=procs.require_stack())
+            pids = procs.require_stack()
+            # `make up` with KAFKA_NODES=1 is held to the single node's targets
+            stack = "single" if len(procs.brokers(pids)) == 1 else "default"
+            target = Target("sqlite", pids=pids, stack=stack)
     except (WrkMissing, procs.StackNotUp) as exc:
         say(f"bench: {exc}")
         return 2
