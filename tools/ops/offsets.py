@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import (
+    Consumer,
     ConsumerGroupState,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -46,7 +47,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from services.registry import names
-from shared.messaging.connection import client_config
+from shared.messaging.connection import Bootstrap, client_config
 from shared.runtime.settings import KafkaSettings
 from tools.local.certs import ADMIN
 from tools.local.cluster import sign_in_locally
@@ -197,11 +198,30 @@ def refuse_live(group: str, description: ConsumerGroupDescription) -> None:
     )
 
 
-def committed(admin: AdminClient, group: str, timeout: float) -> dict[tuple[str, int], int]:
-    request = [ConsumerGroupTopicPartitions(group)]
-    (future,) = admin.list_consumer_group_offsets(request, request_timeout=timeout).values()
-    found = future.result(timeout).topic_partitions or []
-    return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+def committed(
+    kafka: Bootstrap, admin: AdminClient, group: str, timeout: float
+) -> dict[tuple[str, int], int]:
+    """The group's committed offsets on every topic this principal may see, read by a
+    consumer that carries the group's id and joins nothing. Not the admin client's
+    ListConsumerGroupOffsets: a NOT_COORDINATOR answer to it crashes librdkafka (its
+    issue #5040)."""
+    metadata = admin.list_topics(timeout=timeout).topics
+    places = [
+        TopicPartition(name, partition)
+        for name, topic in metadata.items()
+        if not name.startswith("__") and topic.error is None
+        for partition in topic.partitions
+    ]
+    if not places:
+        return {}
+    reader = Consumer(client_config(kafka, **{"group.id": group, "enable.auto.commit": False}))
+    try:
+        found = reader.committed(places, timeout=timeout)
+    finally:
+        reader.close()
+    return {
+        (tp.topic, tp.partition): tp.offset for tp in found if tp.error is None and tp.offset >= 0
+    }
 
 
 def offsets(
@@ -265,10 +285,10 @@ def apply(admin: AdminClient, group: str, steps: Sequence[Step], timeout: float)
         )
 
 
-def move_group(admin: AdminClient, args: argparse.Namespace, move: Move) -> int:
+def move_group(admin: AdminClient, args: argparse.Namespace, move: Move, kafka: Bootstrap) -> int:
     description = describe(admin, args.group, args.timeout)
     refuse_live(args.group, description)
-    held = committed(admin, args.group, args.timeout)
+    held = committed(kafka, admin, args.group, args.timeout)
     if not held and description.state == ConsumerGroupState.DEAD:
         raise Unknown(f"no consumer group {args.group} on the broker")
     if not held:
@@ -374,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     kafka = dataclasses.replace(settings.kafka(), bootstrap=args.bootstrap)
     admin = AdminClient(client_config(kafka))
     try:
-        return move_group(admin, args, chosen_move(args))
+        return move_group(admin, args, chosen_move(args), kafka)
     except Refused as exc:
         print(f"offsets: {exc}", file=sys.stderr)
         return exc.status
