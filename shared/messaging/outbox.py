@@ -2,9 +2,9 @@
 
 The unit of work calls `add_rows` inside the business transaction. `OutboxRelay` runs in
 a thread, is woken by every commit that added events, publishes unsent rows in id order
-with the idempotent producer, and marks them sent only after the broker acknowledged them. A crash
-between publish and mark republishes the same event ids, which consumers drop. A stop
-publishes what is left before it returns.
+with the idempotent producer, and marks them sent only after the broker acknowledged
+them. A crash between publish and mark republishes the same event ids, which consumers
+drop. A stop publishes what is left before it returns.
 
 One bad row never holds up the others (shared.messaging.parking): a record the broker
 refuses for good is parked (after a try on its own, if it was refused within a batch),
