@@ -11,11 +11,11 @@ refuses for good is parked (after a try on its own, if it was refused within a b
 and a row whose values the `on_published` hook cannot store is parked as unrecorded
 (shared.messaging.recording). Nothing the broker acknowledged is sent twice.
 
-On SQLite one process writes the database, and its commits wake its relay directly. On
-PostgreSQL several processes may share it: each commit that adds rows notifies the
-table's channel, and every relay LISTENs (shared.storage.notify), so the one that holds
-the advisory lock hears of rows another process wrote as they commit. Polling is left as a
-fallback, every `poll_interval` seconds."""
+A commit in this process wakes its relay directly. On PostgreSQL several processes may
+share the database: each commit that adds rows also notifies the table's channel, and
+every relay LISTENs (shared.storage.notify) for the other processes' notifications, so
+the one that holds the advisory lock hears of rows another process wrote as they commit.
+Polling is left as a fallback, every `poll_interval` seconds."""
 
 from __future__ import annotations
 
@@ -111,8 +111,7 @@ class OutboxRelay:
         self._listener: Listener | None = None
         if listens(engine):
             self._listener = Listener(engine, model.waiting_channel(), self._wake.set)
-        else:
-            event.listen(sessions, "after_commit", self._after_commit)
+        event.listen(sessions, "after_commit", self._after_commit)
         if poll_interval is None:
             poll_interval = 0.5 if self._listener is None else 5.0
         self._poll_interval = poll_interval

@@ -3,15 +3,20 @@
 A transaction that leaves work for a waiting thread (outbox rows for the relay) calls
 `notify`; PostgreSQL delivers the notification when, and only if, the transaction commits.
 A `Listener` holds a connection of its own that LISTENs, and calls back on each
-notification. SQLite needs neither: one process writes a SQLite database and wakes its own
-threads, so there `notify` does nothing and `listens` is false."""
+notification from another engine: each carries its engine's `sender` token, and a
+process wakes its own threads without a round trip through the server. SQLite needs
+neither: one process writes a SQLite database and wakes its own threads, so there
+`notify` does nothing and `listens` is false."""
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -33,18 +38,28 @@ def listens(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+_senders: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def sender(engine: Engine) -> str:
+    """This engine's token, the payload of its notifications (one per pool: per process
+    in a service)."""
+    return _senders.setdefault(engine.pool, secrets.token_hex(8))
+
+
 def notify(session: Session, name: str) -> None:
     """Notify `name` when the session's transaction commits (nothing if it rolls back;
     several notifications in one transaction arrive as one)."""
-    if listens(session.get_bind()):  # type: ignore[arg-type]
-        session.execute(select(func.pg_notify(channel(name), "")))
+    engine = session.get_bind()
+    if listens(engine):  # type: ignore[arg-type]
+        session.execute(select(func.pg_notify(channel(name), sender(engine))))  # type: ignore[arg-type]
 
 
 class Listener:
     """A thread that LISTENs on `name` over a connection of its own and calls `heard()`
-    for each notification, and once after every (re)connect: what was notified while it
-    was away is lost, so it must look. A lost connection is opened again after `retry`
-    seconds."""
+    for each notification another engine sent (its own engine's commits are the caller's
+    to hear of), and once after every (re)connect: what was notified while it was away is
+    lost, so it must look. A lost connection is opened again after `retry` seconds."""
 
     def __init__(
         self,
@@ -94,9 +109,11 @@ class Listener:
             connection.execute(f'LISTEN "{self._channel}"')  # type: ignore[union-attr]
             self.listening.set()
             self._heard()
+            ours = sender(self._engine)
             while not self._stop.is_set():
-                for _ in connection.notifies(timeout=self._tick):  # type: ignore[union-attr]
-                    self._heard()
+                for note in connection.notifies(timeout=self._tick):  # type: ignore[union-attr]
+                    if note.payload != ours:
+                        self._heard()
         finally:
             self.listening.clear()
             pooled.invalidate()  # never back to the pool while it LISTENs

@@ -165,3 +165,21 @@ def test_the_listener_listens_again_after_its_connection_is_killed(
         )
     finally:
         relay.stop()
+
+
+def test_a_relay_hears_only_the_other_engines_commits(engines: tuple[Engine, Engine]) -> None:
+    """Its own engine's commits wake it directly; the server's copy of their notification
+    is left unheard. Notifications arrive in commit order, so when the other engine's
+    arrives, its own would have arrived first."""
+    ours, theirs = engines
+    relay = start_relay(ours, Recording())
+    heard: list[int] = []
+    try:
+        assert relay._listener is not None
+        relay._listener._heard = lambda: heard.append(1)
+        emit(ours, 1)
+        emit(theirs, 2)
+        eventually(lambda: heard, timeout=10, message="the other engine's commit heard")
+    finally:
+        relay.stop()
+    assert heard == [1]
