@@ -23,7 +23,8 @@ The images build with `--network host` (the engine started by tools.local.docker
 NAT) and trust this machine's CA certificates, so package downloads through a TLS proxy
 work. A second run with nothing changed takes seconds: the base is rebuilt only when its
 inputs change (or with --refresh, to pick up Debian's updates), the rest is Docker's
-layer cache; the Kafka jars and the Jaeger binary are kept under .run/images.
+layer cache; the Kafka jars are kept under .run/images, and the Jaeger binary beside the
+Go tools outside the checkout (tools.dev.gotools), so a fresh clone does not build it again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.dev import gotools
 from tools.local import gomod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -375,8 +377,10 @@ def _kafka_jars(context: Path) -> None:
 
 
 def _jaeger_binary(context: Path) -> None:
-    """Jaeger v2 (cmd/jaeger), built from its Go module once per version."""
-    binary = WORK_DIR / "jaeger" / f"jaeger-{JAEGER_MODULE_VERSION}"
+    """Jaeger v2 (cmd/jaeger), built from its Go module once per version, and kept beside
+    the Go tools (tools.dev.gotools), outside the checkout: a fresh clone does not build
+    it again."""
+    binary = gotools.cache_root() / f"jaeger-{JAEGER_MODULE_VERSION}" / "jaeger"
     if not binary.is_file():
         print(f"  building jaeger {JAEGER_VERSION} from its Go module (minutes)...", flush=True)
         ldflags = f"-X {JAEGER_MODULE}/internal/version.latestVersion=v{JAEGER_VERSION}"
