@@ -17,6 +17,8 @@ help:
 	@echo "make offsets GROUP=order OFFSETS_ARGS=\"--to-earliest\"  plan moving a stopped group;"
 	@echo "               --execute in OFFSETS_ARGS applies the plan"
 	@echo "make test-compose  the compose stack on the local images, scaled, killed, torn down"
+	@echo "make bench     CPU per order and throughput of the running stack (make up first);"
+	@echo "               make bench-single, make bench-postgres: stacks of their own"
 	@echo "make down      stop everything"
 	@echo "make clean-kafka  after make down: remove the Kafka cluster's data, to change KAFKA_NODES"
 	@echo "make k8s       render the Kubernetes chart and validate it offline (deploy/k8s)"
