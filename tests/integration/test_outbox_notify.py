@@ -19,6 +19,7 @@ from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Placed
 from shared.messaging.unit_of_work import UnitOfWork
 from shared.storage.db import OutboxMixin, make_engine, make_sessions
+from shared.storage.notify import sender
 from tests.conftest import fresh_postgres
 from tests.helpers import eventually
 
@@ -183,3 +184,25 @@ def test_a_relay_hears_only_the_other_engines_commits(engines: tuple[Engine, Eng
     finally:
         relay.stop()
     assert heard == [1]
+
+
+def test_anyones_notifications_only_wake_the_relay(engines: tuple[Engine, Engine]) -> None:
+    """A notification is no instruction: whatever its payload, whoever sends it, the relay
+    only looks for unsent rows, finds none, and goes on publishing what is committed."""
+    ours, theirs = engines
+    producer = Recording()
+    relay = start_relay(ours, producer)
+    hostile = ["", "x" * 7999, "' OR 1=1; --", "\u202e\ufeff", sender(ours)]  # the last forged
+    try:
+        notifying = text("SELECT pg_notify('outbox_waiting', :p)")
+        with theirs.connect() as connection:
+            for _ in range(50):
+                for payload in hostile:
+                    connection.execute(notifying, {"p": payload})
+            connection.commit()
+        ids = emit(theirs, 1)
+        eventually(lambda: len(producer.sent) >= 1, timeout=10, message="the row published")
+    finally:
+        relay.stop()
+    assert [e.id for e in producer.sent] == ids
+    assert relay.last_error is None
