@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import pytest
 from sqlalchemy import Engine, String, func, select
@@ -52,11 +53,12 @@ def names(uow: UnitOfWork) -> list[str]:
         return sorted(unit.session.scalars(select(Written.name)))
 
 
-def test_writes_that_arrive_together_share_one_commit_and_a_refused_one_undoes_no_other(
-    uow: UnitOfWork,
-) -> None:
-    writes = GroupCommit(uow)
-    writes.start()
+def behind_a_held_group(
+    writes: GroupCommit, *calls: Callable[[], Awaitable[object]]
+) -> list[object]:
+    """Start `writes`, hold its first group open while `calls` arrive (so that they form
+    the next group together), then stop it: the first group's result, then each call's
+    result or exception."""
     gate = threading.Event()
 
     def blocker(unit: Unit) -> str:
@@ -66,17 +68,26 @@ def test_writes_that_arrive_together_share_one_commit_and_a_refused_one_undoes_n
     async def scenario() -> list[object]:
         first = asyncio.ensure_future(writes.submit(blocker))
         await asyncio.sleep(0.05)  # the writer holds the first group open
-        rest = [
-            asyncio.ensure_future(writes.submit(write(f"w{n}", refuse=n == 2))) for n in range(5)
-        ]
+        rest = [asyncio.ensure_future(call()) for call in calls]
         await asyncio.sleep(0.05)
         gate.set()
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
+    writes.start()
     try:
-        results = asyncio.run(scenario())
+        return asyncio.run(scenario())
     finally:
         writes.stop()
+
+
+def test_writes_that_arrive_together_share_one_commit_and_a_refused_one_undoes_no_other(
+    uow: UnitOfWork,
+) -> None:
+    writes = GroupCommit(uow)
+    results = behind_a_held_group(
+        writes,
+        *(partial(writes.submit, write(f"w{n}", refuse=n == 2)) for n in range(5)),
+    )
 
     assert results[0] == "first"
     assert results[1:3] + results[4:] == ["w0", "w1", "w3", "w4"]
@@ -146,30 +157,13 @@ def test_values_that_arrive_together_reach_their_batch_in_one_call(uow: UnitOfWo
     """One call for the group; a refused value fails its own caller only; each value is
     answered in the context of its own request."""
     writes = GroupCommit(uow)
-    writes.start()
     batch = Batches()
-    gate = threading.Event()
-
-    def blocker(unit: Unit) -> str:
-        assert gate.wait(10)
-        return "first"
 
     async def one(name: str) -> str:
         request.set(f"r-{name}")
         return await writes.submit_each(batch, name)
 
-    async def scenario() -> list[object]:
-        first = asyncio.ensure_future(writes.submit(blocker))
-        await asyncio.sleep(0.05)  # the writer holds the first group open
-        rest = [asyncio.ensure_future(one(name)) for name in ("a", "xb", "c")]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return await asyncio.gather(first, *rest, return_exceptions=True)
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writes.stop()
+    results = behind_a_held_group(writes, *(partial(one, name) for name in ("a", "xb", "c")))
 
     assert results[0] == "first"
     assert results[1] == "a@r-a" and results[3] == "c@r-c"
@@ -181,26 +175,10 @@ def test_values_that_arrive_together_reach_their_batch_in_one_call(uow: UnitOfWo
 
 def test_a_batch_that_raises_runs_again_one_value_at_a_time(uow: UnitOfWork) -> None:
     writes = GroupCommit(uow)
-    writes.start()
     batch = Batches()
-    gate = threading.Event()
-
-    def blocker(unit: Unit) -> str:
-        assert gate.wait(10)
-        return "first"
-
-    async def scenario() -> list[object]:
-        first = asyncio.ensure_future(writes.submit(blocker))
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(writes.submit_each(batch, n)) for n in ("a", "boom", "c")]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return await asyncio.gather(first, *rest, return_exceptions=True)
-
-    try:
-        results = asyncio.run(scenario())
-    finally:
-        writes.stop()
+    results = behind_a_held_group(
+        writes, *(partial(writes.submit_each, batch, name) for name in ("a", "boom", "c"))
+    )
 
     assert results[1] == "a@none" and results[3] == "c@none"
     assert isinstance(results[2], Refused)
