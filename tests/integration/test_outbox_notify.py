@@ -11,27 +11,19 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import DeclarativeBase
 
 from shared.messaging.envelope import Envelope, KafkaHeaders
 from shared.messaging.events import Event
 from shared.messaging.outbox import OutboxRelay
 from shared.messaging.producer import Placed
 from shared.messaging.unit_of_work import UnitOfWork
-from shared.storage.db import OutboxMixin, make_engine, make_sessions
+from shared.storage.db import make_engine, make_sessions
 from shared.storage.notify import sender
 from tests.conftest import fresh_postgres
 from tests.helpers import eventually
+from tests.schema import Base, Outbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Outbox(OutboxMixin, Base):
-    __tablename__ = "outbox"
 
 
 class Tick(Event, type="tick", topic="orders", key="key"):
