@@ -46,6 +46,11 @@ class Target:
     bootstrap: Bootstrap | None = None
 
 
+def service_pids(stack: Stack) -> dict[str, int]:
+    """The root pid of each service of `stack` that runs, by name."""
+    return {name: pid for name, process in stack.services.items() if (pid := process.pid())}
+
+
 def local_server_pid() -> int | None:
     """The postmaster of tools/local/postgres.sh's server (its backends are its children)."""
     try:
@@ -124,8 +129,7 @@ def postgres_stack(
         )
         try:
             stack.up(timeout=timeout)
-            pids = {name: pid for name, s in stack.services.items() if (pid := s.pid())}
-            pids |= kafka_pids or {}
+            pids = service_pids(stack) | dict(kafka_pids or {})
             if database_pid is not None:
                 pids["postgres"] = database_pid
             yield Target(

@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable, Iterator
 
 from services.registry import SERVICES
-from tools.bench.pg_stack import ROOT, Target
+from tools.bench.pg_stack import ROOT, Target, service_pids
 from tools.local.kafka import LocalBroker
 from tools.local.stack import Stack
 
@@ -48,7 +48,7 @@ def single_stack(*, timeout: float = 180, say: Callable[[str], None] = print) ->
         )
         try:
             stack.up(timeout=timeout)
-            pids = {name: pid for name, s in stack.services.items() if (pid := s.pid())}
+            pids = service_pids(stack)
             if (pid := broker.pid()) is not None:
                 pids["kafka"] = pid
             yield Target(
