@@ -11,11 +11,12 @@ refuses for good is parked (after a try on its own, if it was refused within a b
 and a row whose values the `on_published` hook cannot store is parked as unrecorded
 (shared.messaging.recording). Nothing the broker acknowledged is sent twice.
 
-A commit in this process wakes its relay directly. On PostgreSQL several processes may
-share the database: each commit that adds rows also notifies the table's channel, and
-every relay LISTENs (shared.storage.notify) for the other processes' notifications, so
-the one that holds the advisory lock hears of rows another process wrote as they commit.
-Polling is left as a fallback, every `poll_interval` seconds."""
+A commit in this process on the relay's database wakes the relay directly. On PostgreSQL
+several processes may share the database: each commit that adds rows also notifies the
+table's channel, and every relay LISTENs (shared.storage.notify) for the other
+processes' notifications, so the one that holds the advisory lock hears of rows another
+process wrote as they commit. Polling is left as a fallback, every `poll_interval`
+seconds."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ class OutboxRelay:
         self._listener: Listener | None = None
         if listens(engine):
             self._listener = Listener(engine, model.waiting_channel(), self._wake.set)
-        event.listen(sessions, "after_commit", self._after_commit)
+        event.listen(Session, "after_commit", self._after_commit)
         if poll_interval is None:
             poll_interval = 0.5 if self._listener is None else 5.0
         self._poll_interval = poll_interval
@@ -127,7 +128,11 @@ class OutboxRelay:
         return self._recorder.parked
 
     def _after_commit(self, session: Session) -> None:
-        if session.info.pop(_DIRTY, False):
+        """Any session of this process on the relay's database (its engine's pool) that
+        added rows wakes it: the same scope as the engine's notifications, which its
+        listener skips (shared.storage.notify)."""
+        if session.info.get(_DIRTY) and _pool(session) is self._engine.pool:
+            del session.info[_DIRTY]
             self._wake.set()
 
     def start(self) -> None:
@@ -143,8 +148,8 @@ class OutboxRelay:
             self._thread.join(timeout)
         if self._listener is not None:
             self._listener.stop()
-        if event.contains(self._sessions, "after_commit", self._after_commit):
-            event.remove(self._sessions, "after_commit", self._after_commit)
+        if event.contains(Session, "after_commit", self._after_commit):
+            event.remove(Session, "after_commit", self._after_commit)
 
     @property
     def alive(self) -> bool:
@@ -297,6 +302,11 @@ class OutboxRelay:
     def pending(self) -> int:
         """How many rows wait to be published (parked ones do not)."""
         return self.unsent()[0]
+
+
+def _pool(session: Session) -> Any:
+    bind = session.get_bind()
+    return getattr(bind, "pool", None)
 
 
 def _unlock(connection: Connection, key: int) -> None:
