@@ -31,7 +31,7 @@ PLACE_ORDER_ERRORS: Responses = {
 }
 
 
-def idempotency_key(
+async def idempotency_key(
     idempotency_key: Annotated[
         str | None,
         Header(

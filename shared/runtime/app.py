@@ -21,8 +21,10 @@ from shared.runtime.service import ServiceRuntime, ServiceSpec
 from shared.runtime.settings import ServiceSettings
 
 
-def get_runtime(request: Request) -> ServiceRuntime:
-    """The running service's runtime, as a route dependency."""
+async def get_runtime(request: Request) -> ServiceRuntime:
+    """The running service's runtime, as a route dependency. (A coroutine, as every
+    dependency that does no I/O is here: FastAPI runs a plain `def` dependency in its
+    threadpool, a thread hop per request.)"""
     runtime: ServiceRuntime = request.app.state.runtime
     return runtime
 

@@ -263,7 +263,7 @@ async def authenticated(
     return principal
 
 
-def operator(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+async def operator(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
     if OPERATOR not in principal.scopes:
         raise HTTPException(403, "this needs the operator scope")
     return principal
