@@ -55,7 +55,7 @@ def register_product(unit: Unit, product: ProductCreated) -> None:
     """Open an empty stock row for a new product; a repeat changes nothing."""
     session = unit.session
     session.execute(
-        insert(session, Stock)
+        insert(session, Stock.__table__)
         .values(product_id=product.product_id, available=0, reserved=0, version=0)
         .on_conflict_do_nothing()
     )
@@ -124,7 +124,7 @@ def reserve_stock(
             .values(status=OrderStatus.SHORT)
         )
     if held:
-        session.execute(insert(session, Reservation), held)
+        session.execute(insert(session, Reservation.__table__), held)
         _write_stock(unit, [stock[p] for p in sorted(last_change)], last_change)
 
 
@@ -191,10 +191,10 @@ def _claim_order(session: Session, order_id: str, status: OrderStatus) -> bool:
     between two processes, where a check-then-insert would race. RETURNING tells whether
     the row was inserted: `rowcount` of an INSERT is -1 on psycopg under SQLAlchemy 2.1."""
     inserted = session.scalar(
-        insert(session, Order)
+        insert(session, Order.__table__)
         .values(order_id=order_id, status=status)
         .on_conflict_do_nothing()
-        .returning(Order.order_id)
+        .returning(Order.__table__.c.order_id)
     )
     return inserted is not None
 
@@ -202,7 +202,8 @@ def _claim_order(session: Session, order_id: str, status: OrderStatus) -> bool:
 def _claim_orders(session: Session, order_ids: list[str], status: OrderStatus) -> set[str]:
     """`_claim_order` for many orders in one statement: the ids this call inserted."""
     rows = [{"order_id": order_id, "status": status} for order_id in dict.fromkeys(order_ids)]
-    statement = insert(session, Order).on_conflict_do_nothing().returning(Order.order_id)
+    orders = Order.__table__
+    statement = insert(session, orders).on_conflict_do_nothing().returning(orders.c.order_id)
     return set(session.execute(statement, rows).scalars())
 
 
