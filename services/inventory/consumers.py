@@ -8,6 +8,6 @@ from shared.runtime.keys import learn_keys
 
 events = EventRouter()
 events.on(learn_keys)
-events.on(handlers.register_product)
+events.on(handlers.register_product)  # a batch
 events.on(handlers.reserve_stock)  # a batch: every fetched order-created in one go
 events.on(handlers.release_stock)

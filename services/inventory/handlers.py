@@ -51,14 +51,15 @@ class StockNotFound(NotFound):
         self.product_id = product_id
 
 
-def register_product(unit: Unit, product: ProductCreated) -> None:
-    """Open an empty stock row for a new product; a repeat changes nothing."""
+def register_product(unit: Unit, products: Sequence[ProductCreated]) -> None:
+    """Open an empty stock row for each new product, in one statement for a consumer's
+    whole run; a repeat changes nothing."""
     session = unit.session
-    session.execute(
-        insert(session, Stock.__table__)
-        .values(product_id=product.product_id, available=0, reserved=0, version=0)
-        .on_conflict_do_nothing()
-    )
+    rows = [
+        {"product_id": product.product_id, "available": 0, "reserved": 0, "version": 0}
+        for product in products
+    ]
+    session.execute(insert(session, Stock.__table__).on_conflict_do_nothing(), rows)
 
 
 def reserve_stock(

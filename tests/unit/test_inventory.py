@@ -101,7 +101,7 @@ def emitted(uow: UnitOfWork, event_type: str | None = None) -> list[tuple[str, s
 def add_product(uow: UnitOfWork, available: int = 0) -> str:
     product_id = random_id()
     with uow() as unit:
-        handlers.register_product(unit, ProductCreated(product_id=product_id))
+        handlers.register_product(unit, [ProductCreated(product_id=product_id)])
     if available:
         with uow() as unit:
             handlers.set_stock(unit, product_id, available)
@@ -161,7 +161,7 @@ def test_product_created_opens_an_empty_stock_row_once(uow: UnitOfWork) -> None:
     with uow() as unit:
         handlers.set_stock(unit, product_id, 4)
     with uow() as unit:
-        handlers.register_product(unit, ProductCreated(product_id=product_id))
+        handlers.register_product(unit, [ProductCreated(product_id=product_id)])
 
     assert stock(uow, product_id) == (4, 0)
     with uow() as unit:
@@ -539,7 +539,7 @@ def test_router_handles_inventory_events_and_skips_the_other_order_events() -> N
     assert events.routes["signing-keys"].handler is learn_keys
     assert events.routes["order-created"].handler is handlers.reserve_stock
     assert events.routes["order-created"].batch, "one reservation run per fetched batch"
-    assert not events.routes["product-created"].batch
+    assert events.routes["product-created"].batch, "one insert per fetched batch"
     assert not events.routes["order-cancelled"].batch
     assert not events.routes["signing-keys"].batch
     assert SPEC.subscribes == events.topics == ["orders", "products", "users"]
