@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message
@@ -43,6 +43,7 @@ NEW = Claim.NEW
 OTHER = "other"
 """The type reported for records that are not events this service handles, so that
 the types reported stay the few the service knows."""
+EMPTY: Mapping[int, list[Message]] = {}
 
 
 class Applier:
@@ -92,8 +93,15 @@ class Applier:
         """Decode every record once; apply each run of well-formed events in one
         transaction; dead-letter, skip or pass over the others in their place; store the
         offset of each record once it is dealt with. Raises `Rewind` to have the loop
-        consume a record again after a pause, `Fatal` to end it."""
+        consume a record again after a pause, `Fatal` to end it.
+
+        A record skipped (a type no handler takes, as `order-confirmed` is to inventory)
+        does not end the run: events of other types share the topic, and a run cut at
+        each would cost a transaction per event. Its offset is stored right after that of
+        the event before it, once that is applied."""
         run: list[Received[Any]] = []
+        after: dict[int, list[Message]] = {}
+        """Records skipped after an event of the run (by the event's `id()`)."""
         consumed: dict[tuple[str, str], int] = {}
         skipped: dict[str, int] = {}
         for message in batch:
@@ -108,20 +116,22 @@ class Applier:
             if isinstance(decoded, Received):
                 run.append(decoded)
                 counted = (topic, decoded.event.type)
-                consumed[counted] = consumed.get(counted, 0) + 1
-                continue
-            self._apply_run(consumer, run)
-            run = []
-            if isinstance(decoded, DeadLetter):
+            elif isinstance(decoded, DeadLetter):
+                self._apply_run(consumer, run, after)
+                run, after = [], {}
                 counted = (topic, self._known_type(message))
                 self._dead_letter(message, decoded)
+                store(consumer, message)
             else:
                 counted = (topic, OTHER)
                 self.skipped += 1
                 skipped[topic] = skipped.get(topic, 0) + 1
+                if run:
+                    after.setdefault(id(run[-1]), []).append(message)
+                else:
+                    store(consumer, message)
             consumed[counted] = consumed.get(counted, 0) + 1
-            store(consumer, message)
-        self._apply_run(consumer, run)
+        self._apply_run(consumer, run, after)
         self._report(consumed, skipped)
 
     def _report(self, consumed: dict[tuple[str, str], int], skipped: dict[str, int]) -> None:
@@ -150,15 +160,21 @@ class Applier:
                 underway.clear()  # what fails now fails at commit
         return outcomes
 
-    def _apply_run(self, consumer: Consumer, run: list[Received[Any]]) -> None:
-        """Apply a run of events in one transaction, then store their offsets. If a
-        handler fails, apply what came before it as a run, retry it alone and go on after
-        it; if the culprit is unknown (a batch handler, the commit), go one at a time."""
+    def _apply_run(
+        self,
+        consumer: Consumer,
+        run: list[Received[Any]],
+        after: Mapping[int, list[Message]] = EMPTY,
+    ) -> None:
+        """Apply a run of events in one transaction, then store their offsets, each
+        followed by those of the records skipped `after` it. If a handler fails, apply
+        what came before it as a run, retry it alone and go on after it; if the culprit
+        is unknown (a batch handler, the commit), go one at a time."""
         if not run:
             return
         if len(run) == 1:
             self._apply_alone(run[0])
-            store(consumer, run[0].message)
+            _store(consumer, run[0], after)
             return
         underway: list[Any] = []
         try:
@@ -169,18 +185,18 @@ class Applier:
             if not underway or deadlock(exc):
                 for item in run:
                     self._apply_alone(item)
-                    store(consumer, item.message)
+                    _store(consumer, item, after)
                 return
             at = next(i for i, item in enumerate(run) if item is underway[0])
-            self._apply_run(consumer, run[:at])
+            self._apply_run(consumer, run[:at], after)
             self._apply_alone(run[at], failed_once=exc)
-            store(consumer, run[at].message)
-            self._apply_run(consumer, run[at + 1 :])
+            _store(consumer, run[at], after)
+            self._apply_run(consumer, run[at + 1 :], after)
             return
         for item, outcome in zip(run, outcomes, strict=True):
             self._settle(item, outcome)
         for item in run:
-            store(consumer, item.message)
+            _store(consumer, item, after)
 
     def _apply_alone(self, item: Received[Any], failed_once: Exception | None = None) -> None:
         """Apply one event, retrying a failing handler with backoff, then dead-letter it.
@@ -247,3 +263,10 @@ class Applier:
                 text = value.decode(errors="replace") if isinstance(value, bytes) else value
                 return text if text in self._router.routes else OTHER
         return OTHER
+
+
+def _store(consumer: Consumer, item: Received[Any], after: Mapping[int, list[Message]]) -> None:
+    """Store an applied event's offset, then those of the records skipped after it."""
+    store(consumer, item.message)
+    for message in after.get(id(item), ()):
+        store(consumer, message)

@@ -751,6 +751,63 @@ def test_one_fetched_batch_applies_good_events_once_and_sends_the_rest_where_the
     assert (harness.worker.applied, harness.worker.dead_lettered) == (3, 2)
 
 
+def test_records_skipped_among_a_runs_events_leave_it_one_transaction_and_store_in_order(
+    uow: UnitOfWork,
+) -> None:
+    """As inventory's order-created share `orders` with the order-confirmed it skips: a
+    run cut at every skipped record would cost a transaction per event."""
+    exporters.configure("test")
+    runs: list[list[int]] = []
+    router = EventRouter()
+
+    @router.on
+    def ticks(unit: Unit, received: Sequence[Tick]) -> None:
+        runs.append([tick.seq for tick in received])
+
+    harness = Harness(uow, router=router)
+    batch = [
+        message(tick(1), offset=0),
+        message(tick(90, event_type="tack"), offset=1),
+        message(tick(2), offset=2, partition=1),
+        message(tick(91, event_type="tack"), offset=3, partition=1),
+        message(tick(92, event_type="tack"), offset=4),
+        message(tick(3), offset=5),
+        message(tick(93, event_type="tack"), offset=6),
+    ]
+
+    harness.worker.process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+
+    assert runs == [[1, 2, 3]]
+    assert harness.consumer.stored == batch
+    assert (harness.worker.applied, harness.worker.skipped) == (3, 4)
+
+
+def test_a_failing_event_among_skipped_records_fails_alone_and_every_offset_follows_in_order(
+    harness: Harness,
+) -> None:
+    first, second, third = tick(1), tick(2), tick(3)
+
+    def fail_on_second(_: int) -> None:
+        if harness.seen[-1].id == second.id:
+            raise ValueError("bad data")
+
+    harness.behaviour = fail_on_second
+    batch = [
+        message(first, offset=0),
+        message(tick(90, event_type="tack"), offset=1),
+        message(second, offset=2),
+        message(tick(91, event_type="tack"), offset=3),
+        message(third, offset=4),
+        message(tick(92, event_type="tack"), offset=5),
+    ]
+
+    harness.worker.process_batch(harness.consumer, batch)  # type: ignore[arg-type]
+
+    assert harness.applied() == [1, 3]
+    assert harness.reasons() == [Reason.HANDLER_FAILED]
+    assert harness.consumer.stored == batch
+
+
 def test_a_batch_handler_gets_each_run_of_its_type_in_order(uow: UnitOfWork) -> None:
     calls: list[tuple[str, list[int]]] = []
     router = EventRouter()
