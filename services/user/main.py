@@ -67,6 +67,7 @@ SPEC = ServiceSpec(
     publishes=PUBLISHES,
     tables=shared_tables(Base),
     migrations=Path(__file__).parent / "migrations",
+    consumer_linger=0.05,  # its views: no order waits for them
     # on_start: `start`, given the keystore create_app's lifespan reads
 )
 

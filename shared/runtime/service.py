@@ -66,6 +66,11 @@ class ServiceSpec:
     """Its outbox and processed-events tables: `shared_tables(Base)`."""
     migrations: Path
     consumer_config: dict[str, Any] = field(default_factory=dict)
+    consumer_linger: float = 0.005
+    """Seconds the consumer waits after a batch's first record for more to share its
+    transaction. A step of the saga keeps it short: it is on every order's way to its
+    outcome. A view nobody waits on lingers longer: a transaction costs the same few
+    hundred microseconds for one event as for twenty."""
     on_published: Callable[[Session, list[Delivery]], None] | None = None
     """Runs as the relay marks events sent, with their partitions and offsets."""
     on_start: Callable[[ServiceRuntime], None] | None = None
@@ -189,6 +194,7 @@ class ServiceRuntime:
                 producer=EventProducer(kafka),
                 dead_letter_topic=settings.topic(DEAD_LETTERS),
                 config=spec.consumer_config,
+                linger=spec.consumer_linger,
                 observer=self.instruments,
             )
             self.consumer.start()
