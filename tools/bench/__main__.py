@@ -148,11 +148,7 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
     sampler = procs.Sampler(target.pids).start()
     e2e = EndToEnd(args, target, shop, catalogue, sampler, stamp)
     try:
-        if args.warm_run > 0:
-            say(f"warming the stack: {args.warm_run:.0f}s of load, not measured")
-            attempt(result, "warm", e2e.step("warm", args.warm_run, args.rate))
-            e2e.series.pop("warm", None)
-            result.pop("warm", None)
+        warm_up(args, target, e2e, result)
         main_run = attempt(result, "e2e", e2e.step("e2e", args.duration, args.rate))
         if e2e.recordings:
             result["profiles"] = profile.finish(e2e.recordings, ROOT)
@@ -169,6 +165,40 @@ def run_suite(args: argparse.Namespace, target: Target) -> int:
         sampler.stop()
         shop.close()
     return finish(args, result, target, e2e.series, stamp)
+
+
+JIT_QUIET = 0.05
+"""The brokers are warm once their JIT compilers take at most this share of their CPU."""
+WARM_STEP = 15.0
+
+
+def warm_up(
+    args: argparse.Namespace, target: Target, e2e: EndToEnd, result: dict[str, Any]
+) -> None:
+    """Load left out of everything before the measured runs: `--warm-run` seconds, then
+    WARM_STEP more at a time while the brokers' JIT compilers still take over JIT_QUIET of
+    their CPU (a fresh cluster's do for minutes), `--warm-max` seconds in all at most."""
+    brokers = list(procs.brokers(target.pids).values())
+    spent, step = 0.0, args.warm_run
+    while step > 0:
+        say(f"warming the stack: {step:.0f}s of load, not measured")
+        before = procs.jit_ticks(brokers)
+        attempt(result, "warm", e2e.step("warm", step, args.rate))
+        e2e.series.pop("warm", None)
+        result.pop("warm", None)
+        spent += step
+        share = procs.jit_share(before, procs.jit_ticks(brokers))
+        if brokers:
+            say(f"  the brokers' JIT compilers took {share:.0%} of their CPU")
+        step = next_warm_step(share, spent, args.warm_max)
+
+
+def next_warm_step(jit_share: float, spent: float, limit: float) -> float:
+    """Seconds of warm load still to run: none once the compilers are quiet or `limit`
+    seconds were spent."""
+    if jit_share <= JIT_QUIET or spent >= limit:
+        return 0.0
+    return min(WARM_STEP, limit - spent)
 
 
 def make_catalogue(args: argparse.Namespace, target: Target, shop: ShopClient) -> load.Catalogue:
@@ -409,8 +439,12 @@ def parser() -> argparse.ArgumentParser:
     load_opts.add_argument(
         "--warm-run", type=float, default=30,
         help="s of load before the measured runs, left out of everything (30): a just-started "
-        "broker's JIT compiler otherwise takes a large share of its CPU per order; 0 skips it",
+        "broker's JIT compiler otherwise takes a large share of its CPU per order; more in "
+        "steps of 15 while the brokers' compilers take over 5%% of their CPU; 0 skips it",
     )  # fmt: skip
+    load_opts.add_argument(
+        "--warm-max", type=float, default=180, help="s of warm load at most (180)"
+    )
     load_opts.add_argument("--drain", type=float, default=120, help="max s to await outcomes")
     load_opts.add_argument("--no-paced", action="store_true", help="skip the half-rate run")
     load_opts.add_argument(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,38 @@ def settings(pids: Mapping[str, int]) -> dict[str, Any]:
 def brokers(found: Mapping[str, int]) -> dict[str, int]:
     """The broker processes among `found`: `kafka` or `kafka-<id>`."""
     return {k: v for k, v in found.items() if k == "kafka" or k.startswith("kafka-")}
+
+
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
+"""How the JVM's JIT compiler threads are named in /proc (15 characters at most)."""
+
+
+def jit_ticks(pids: Iterable[int], proc: Path = Path("/proc")) -> tuple[int, int]:
+    """(CPU clock ticks of the JIT compiler threads, of all threads) summed over the JVMs
+    `pids`: a just-started broker's compilers stay busy for minutes of load."""
+    jit = total = 0
+    for pid in pids:
+        try:
+            tasks = list((proc / str(pid) / "task").iterdir())
+        except OSError:  # gone, or not ours to read
+            continue
+        for task in tasks:
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])  # utime + stime
+            except (OSError, IndexError, ValueError):  # the thread ended meanwhile
+                continue
+            total += ticks
+            if name.startswith(JIT_THREADS):
+                jit += ticks
+    return jit, total
+
+
+def jit_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The compilers' share of the JVMs' CPU between two `jit_ticks`."""
+    spent = after[1] - before[1]
+    return max(after[0] - before[0], 0) / spent if spent > 0 else 0.0
 
 
 class _Tree:
