@@ -37,6 +37,7 @@ from shared.runtime.groupcommit import GroupCommit
 from shared.runtime.keys import SigningKeys, parse_anchors, trust_anchors, trusted_keys
 from shared.runtime.lag import LagCollector
 from shared.runtime.limits import RateLimiter
+from shared.runtime.memory import return_large_allocations
 from shared.runtime.metrics import OutboxCollector, ServiceMetrics
 from shared.runtime.settings import ServiceSettings
 from shared.storage.db import (
@@ -203,6 +204,7 @@ class ServiceRuntime:
         )
         self._housekeeper.start()
         quiet_garbage_collector()
+        return_large_allocations()
 
     def stop(self) -> None:
         self._stop.set()
