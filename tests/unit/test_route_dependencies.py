@@ -36,9 +36,11 @@ def dependencies(dependant: Dependant) -> Iterator[Dependant]:
 
 
 def runs_in_threadpool(call: Any) -> bool:
-    target = call if inspect.isroutine(call) else getattr(call, "__call__", call)  # noqa: B004
+    """As FastAPI decides: a class, a plain function or a sync generator runs in its
+    threadpool; a coroutine function (or an object whose `__call__` is one) does not."""
     if inspect.isclass(call):
         return True
+    target = call if inspect.isroutine(call) else call.__call__
     return not (inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target))
 
 
