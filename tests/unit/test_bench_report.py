@@ -38,7 +38,7 @@ from tools.bench.report import (
     summarize,
     target,
 )
-from tools.bench.wrk import OrderMix, lua_data, lua_string, pacing_delay_ms
+from tools.bench.wrk import OrderMix, lua_data, lua_string, pacing_interval_ms
 
 pytestmark = pytest.mark.unit
 
@@ -267,20 +267,20 @@ def test_render_survives_a_profile_that_failed() -> None:
 
 def test_lua_data_quotes_strings_and_carries_the_mix() -> None:
     mix = OrderMix(tokens=['t"1', "t2"], ample=["a", "b"], scarce=["c"], scarce_share=0.25)
-    text = lua_data(mix, delay_ms=12.5)
+    text = lua_data(mix, interval_ms=12.5)
     assert 'tokens = {"t\\"1", "t2"}' in text
     assert 'ample = {"a", "b"}' in text
     assert 'scarce = {"c"}' in text
     assert "scarce_share = 0.25" in text
-    assert "delay_ms = 12.5" in text
+    assert "interval_ms = 12.5" in text
     assert 'path = "/orders"' in text
     assert lua_string("a\\b\n") == '"a\\\\b\\n"'
 
 
-def test_pacing_spreads_the_rate_over_the_connections() -> None:
-    assert pacing_delay_ms(None, 16) == 0.0
-    assert pacing_delay_ms(100, 10) == 100.0
-    assert pacing_delay_ms(400, 16) == 40.0
+def test_pacing_spreads_the_rate_over_wrks_threads() -> None:
+    assert pacing_interval_ms(None, 1) == 0.0
+    assert pacing_interval_ms(100, 1) == 10.0
+    assert pacing_interval_ms(400, 2) == 5.0
 
 
 def test_profile_summary_skips_threads_without_python_frames() -> None:

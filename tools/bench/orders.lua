@@ -2,12 +2,12 @@
 --
 -- The bench writes a Lua data file and names it in BENCH_ORDERS_DATA:
 --   return {tokens = {"<bearer token>", ...}, ample = {"<id>", ...}, scarce = {"<id>", ...},
---           scarce_share = 0.1, delay_ms = 0, path = "/orders"}
+--           scarce_share = 0.1, interval_ms = 0, path = "/orders"}
 -- Each request carries the next token in turn (one per user: the order service limits
 -- each user's rate, so the load is spread over many). A share `scarce_share` of requests
--- orders a scarce product (so some orders are rejected); `delay_ms` > 0 paces each
--- connection (wrk's delay(): that many ms between a response and the connection's next
--- request). done() prints one JSON line after BENCH_WRK_JSON.
+-- orders a scarce product (so some orders are rejected); `interval_ms` > 0 paces the
+-- thread: its requests start that many ms apart (see delay() below). done() prints one
+-- JSON line after BENCH_WRK_JSON.
 
 local data = dofile(os.getenv("BENCH_ORDERS_DATA"))
 local signed = {}
@@ -46,9 +46,33 @@ function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
 
-if data.delay_ms and data.delay_ms > 0 then
+-- Pacing: wrk asks delay() before each connection's next request. The thread books request
+-- starts `interval_ms` apart on the monotonic clock (LuaJIT's ffi: wrk's Lua has no clock
+-- finer than a second) and holds the connection until its slot, so the rate holds whatever
+-- the answers' latency. A slot already past is taken at once; one more than an interval
+-- past restarts the schedule from now, so a stall is not followed by a burst.
+if data.interval_ms and data.interval_ms > 0 then
+  local ffi = require("ffi")
+  ffi.cdef([[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clock, bench_timespec *now);
+  ]])
+  local CLOCK_MONOTONIC = 1
+  local clock = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(CLOCK_MONOTONIC, clock)
+    return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+  end
+  local slot = nil
+
   function delay()
-    return data.delay_ms
+    local now = now_ms()
+    if slot == nil or slot < now - data.interval_ms then
+      slot = now
+    end
+    local wait = slot - now
+    slot = slot + data.interval_ms
+    return math.floor(wait + 0.5)
   end
 end
 

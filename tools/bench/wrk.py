@@ -1,10 +1,12 @@
 """Drive HTTP load with wrk and orders.lua; return wrk's own summary as a dict.
 
 wrk is a closed loop: each connection sends its next request when the previous answer
-arrives, so it finds the maximum throughput. With `rate`, each connection waits
-connections/rate seconds between an answer and its next request (wrk's delay()), which
-caps the rate from above; it is still a closed loop, so when the service is slower than
-that it sends less (and a stall delays the requests behind it rather than queueing them)."""
+arrives, so it finds the maximum throughput. With `rate`, each wrk thread books its
+requests' starts threads/rate seconds apart on a clock of its own, and a connection whose
+answer came early waits for its slot (orders.lua's delay()): the rate holds whatever the
+answers' latency, up to what the connections can carry. A service slower than the rate
+gets the closed loop; after a stall the schedule starts again from then, rather than
+sending what it missed at once."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def lua_string(text: str) -> str:
     return f'"{escaped}"'
 
 
-def lua_data(mix: OrderMix, delay_ms: float = 0) -> str:
+def lua_data(mix: OrderMix, interval_ms: float = 0) -> str:
     """The data file orders.lua loads with dofile()."""
 
     def array(items: Sequence[str]) -> str:
@@ -57,17 +59,18 @@ def lua_data(mix: OrderMix, delay_ms: float = 0) -> str:
         f"  ample = {array(mix.ample)},\n"
         f"  scarce = {array(mix.scarce)},\n"
         f"  scarce_share = {mix.scarce_share!r},\n"
-        f"  delay_ms = {delay_ms!r},\n"
+        f"  interval_ms = {interval_ms!r},\n"
         f"  path = {lua_string(mix.path)},\n"
         "}\n"
     )
 
 
-def pacing_delay_ms(rate: float | None, connections: int) -> float:
-    """The pause per connection that caps `connections` connections at `rate` req/s."""
+def pacing_interval_ms(rate: float | None, threads: int) -> float:
+    """The time between two request starts of one wrk thread, so that `threads` threads
+    send `rate` requests a second in all; 0 for no pacing."""
     if not rate:
         return 0.0
-    return 1000.0 * connections / rate
+    return 1000.0 * threads / rate
 
 
 def require_wrk() -> str:
@@ -95,7 +98,7 @@ def run_wrk(
     threads = max(1, min(threads, connections))
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         data = Path(tmp) / "orders-data.lua"
-        data.write_text(lua_data(mix, pacing_delay_ms(rate, connections)))
+        data.write_text(lua_data(mix, pacing_interval_ms(rate, threads)))
         command = [
             wrk,
             f"-t{threads}",
